@@ -1,0 +1,68 @@
+"""Every protocol limit, named, with the reason for its value.
+
+These are consensus rules: a block that breaks one is invalid for every member, so a change
+here is a protocol version change.
+"""
+
+PROTOCOL_VERSION = 1
+"""Wire and block format version; a peer with another version is refused at the hello."""
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Largest network frame. Fits the largest block (MAX_BLOCK_BYTES) plus its envelope; anything
+bigger is an attack or a bug, and bounding it bounds the memory one peer can make us allocate."""
+
+MAX_CBOR_DEPTH = 12
+"""Deepest nesting any PeerDB object uses is 6 (block > txs > tx > ops > op > value); 12 leaves
+room for extensions while keeping recursive decoding far from Python's recursion limit."""
+
+MAX_BLOCK_TXS = 20_000
+"""Hard ceiling on transactions per block; the consortium's max_block_txs must be at most this.
+At ~64 us per Ed25519 verification a full block costs each member ~1.3 s of one core to check,
+which stays well under the default turn timeout."""
+
+MAX_BLOCK_BYTES = 12 * 1024 * 1024
+"""Hard ceiling on a block's encoded size (consortium's max_block_bytes must be at most this)."""
+
+MAX_TX_BYTES = 256 * 1024
+"""Largest encoded transaction: a few maximal values plus their keys and the envelope."""
+
+MAX_OPS_PER_TX = 64
+"""Operations in one atomic transaction; enough for a multi-key update, small enough that one
+transaction cannot monopolise a block."""
+
+MAX_NAMESPACE_LEN = 64
+"""Namespace names are identifiers (``books``, ``exposures.bank-a``), not data."""
+
+MAX_KEY_BYTES = 512
+"""UTF-8 bytes of a key: room for paths and composite ids, bounded for index pages."""
+
+MAX_VALUE_BYTES = 64 * 1024
+"""Bytes of a value. PeerDB records facts and digests, not documents; bigger blobs belong in
+the firm's own storage with their hash recorded here."""
+
+MAX_EVIDENCE_PER_BLOCK = 64
+"""Double-sign evidence objects carried by one block; more culprits than that is a consortium
+in ruins, and the rest fit in the next block."""
+
+MAX_REASON_LEN = 500
+"""Characters in an objection's reason: a sentence for a person, not a document."""
+
+MAX_NAME_LEN = 64
+"""Member and consortium names."""
+
+MAX_MEMBERS = 64
+"""Members of one consortium: every member verifies every signature, so cost grows with it."""
+
+MAX_CLOCK_SKEW_MS = 60_000
+"""Upper bound for the consortium's clock_skew_ms parameter."""
+
+MAX_TX_TTL_MS = 7 * 24 * 3600 * 1000
+"""A transaction may name an expiry at most this far after the block that includes it, which
+bounds how long members must remember its id to refuse a replay."""
+
+MAX_ROUND = 1_000_000
+"""Rounds per height; a sane bound so round arithmetic never overflows a u64."""
+
+HASH_LEN = 32
+SIG_LEN = 64
+KEY_LEN = 32
