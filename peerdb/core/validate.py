@@ -1,0 +1,94 @@
+"""Who may propose what, when, and whether a block is acceptable on top of its parent.
+
+Turns are a pure function of the member list, the height and the round: every member computes
+the same schedule without talking to anyone. A round's proposer that stays silent for
+``turn_timeout_ms`` hands the turn to the next member, so a crashed member delays a height by
+at most one timeout per consecutive dead member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .consortium import Consortium
+from .errors import LimitError, SignatureError, ValidationError
+from .limits import MAX_ROUND
+from .model import Block, BlockSignature, Evidence, Header, Tx
+from .state import Effects, StateReader, apply_txs
+
+
+def proposer_for(members: Sequence[str], height: int, round_: int) -> str:
+    """Round-robin: height h, round r belongs to members[(h - 1 + r) mod n]."""
+    if not members:
+        raise ValidationError("no members to take turns")
+    return members[(height - 1 + round_) % len(members)]
+
+
+def round_at(elapsed_ms: int, turn_timeout_ms: int) -> int:
+    """The round in force ``elapsed_ms`` after a member first saw the parent block."""
+    if elapsed_ms <= 0:
+        return 0
+    return min(elapsed_ms // turn_timeout_ms, MAX_ROUND)
+
+
+def check_header(header: Header, parent: Header, consortium: Consortium, now_ms: int) -> None:
+    """Rules on the header alone: linkage, turn, time. Raises ValidationError naming the rule."""
+    where = f"block at height {header.height} round {header.round}"
+    if header.height != parent.height + 1:
+        raise ValidationError(f"{where}: height is not parent height {parent.height} + 1")
+    if header.prev != parent.hash:
+        raise ValidationError(f"{where}: prev does not match the parent's hash")
+    expected = proposer_for(consortium.member_names, header.height, header.round)
+    if header.proposer != expected:
+        raise ValidationError(f"{where}: proposed by {header.proposer}, but the turn belongs to {expected}")
+    params = consortium.params
+    earliest = parent.time_ms + header.round * params.turn_timeout_ms - params.clock_skew_ms
+    if header.time_ms < parent.time_ms or header.time_ms < earliest:
+        raise ValidationError(
+            f"{where}: time {header.time_ms} is before its round could start ({max(parent.time_ms, earliest)})")
+    if header.time_ms > now_ms + params.clock_skew_ms:
+        raise ValidationError(f"{where}: time {header.time_ms} is more than clock_skew_ms in the future (now {now_ms})")
+    if header.tx_count > params.max_block_txs:
+        raise LimitError(f"{where}: {header.tx_count} transactions, more than max_block_txs={params.max_block_txs}")
+
+
+def check_proposer_signature(block: Block, sig: BlockSignature, consortium: Consortium, cid: bytes) -> None:
+    if sig.block_hash != block.hash or sig.member != block.header.proposer:
+        raise SignatureError(f"block at height {block.height}: proposal is not signed by its proposer")
+    member = consortium.member(sig.member)
+    if member is None or not sig.valid(cid, member.key):
+        raise SignatureError(f"block at height {block.height}: proposer signature of {sig.member} does not verify")
+
+
+def check_evidence(ev: Evidence, consortium: Consortium, cid: bytes) -> None:
+    member = consortium.member(ev.member)
+    if member is None:
+        raise ValidationError(f"evidence: {ev.member} is not a member")
+    ev.check(cid, member.key)
+
+
+def check_block(
+    block: Block,
+    parent: Header,
+    parent_state_root: bytes,
+    reader: StateReader,
+    consortium: Consortium,
+    cid: bytes,
+    now_ms: int,
+    evidence_known: Callable[[bytes], bool] = lambda _id: False,
+    signature_ok: Callable[[Tx], bool] | None = None,
+) -> Effects:
+    """Everything an honest member checks before co-signing; returns the block's effects."""
+    check_header(block.header, parent, consortium, now_ms)
+    if len(block.raw) > consortium.params.max_block_bytes:
+        raise LimitError(f"block at height {block.height}: {len(block.raw)} bytes, more than max_block_bytes")
+    ids = set()
+    for ev in block.evidence:
+        if ev.id in ids or evidence_known(ev.id):
+            raise ValidationError(f"block at height {block.height}: evidence against {ev.member} is already recorded")
+        ids.add(ev.id)
+        check_evidence(ev, consortium, cid)
+    effects = apply_txs(reader, block.txs, consortium, cid, block.header.time_ms, parent_state_root, signature_ok)
+    if effects.state_root != block.header.state_root:
+        raise ValidationError(f"block at height {block.height}: state_root does not match the transactions' effects")
+    return effects
