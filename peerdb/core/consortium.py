@@ -305,7 +305,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
         key = parse_key(entry.get("key"), f"{where}.key")
         address = entry.get("address")
         parse_address(address, f"{where}.address")
-        assert isinstance(address, str)  # parse_address raised otherwise
+        address = str(address)  # parse_address checked it is a str
         clients_raw = entry.get("clients", [])
         if not isinstance(clients_raw, list):
             raise ConfigError(f"{where}.clients: must be a list of hex keys")
