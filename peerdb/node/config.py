@@ -1,0 +1,160 @@
+"""The node config: one firm's local settings (the consortium file is shared by all firms).
+
+Paths in the file are relative to the file itself, so a config directory can be moved whole.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.consortium import Consortium, check_name, load_consortium, parse_address
+from ..core.errors import ConfigError
+from ..core.keys import SigningKey
+from ..keyfile import read_key
+
+DEFAULT_MEMPOOL_TXS = 200_000
+"""Transactions waiting for a block before clients get back-pressure (about 40 blocks of 5,000)."""
+
+
+@dataclass(frozen=True)
+class BitcoinConfig:
+    rpc_url: str
+    confirmations: int | None = None
+    """Overrides the consortium's anchor_confirmations for this node's own anchoring only."""
+    fee_budget_sat: int = 20_000
+    """Most this node pays for one anchor transaction; a costlier anchor fails with that reason."""
+    check_pow: bool = False
+    """Check proof of work on anchor headers (true for Bitcoin networks; regtest on litecoind: false)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    member: str
+    consortium_file: Path
+    key_file: Path
+    data_dir: Path
+    listen: str | None
+    api_listen: str
+    api_token: str
+    client_key_file: Path | None
+    bitcoin: BitcoinConfig | None
+    alert_webhook: str | None
+    alert_command: str | None
+    mempool_max_txs: int
+    sync: bool
+    log_level: str
+
+    def load_consortium(self) -> Consortium:
+        consortium = load_consortium(self.consortium_file)
+        if consortium.member(self.member) is None:
+            raise ConfigError(f"{self.path}: node.member {self.member!r} is not a member of consortium "
+                              f"{consortium.name} ({', '.join(consortium.member_names)})")
+        return consortium
+
+    def load_key(self, consortium: Consortium) -> SigningKey:
+        key, _kind = read_key(self.key_file)
+        member = consortium.member(self.member)
+        if member is None or member.key != key.public:
+            raise ConfigError(f"{self.key_file}: this key is not {self.member}'s member key in the consortium file")
+        return key
+
+    def load_client_key(self) -> SigningKey | None:
+        if self.client_key_file is None:
+            return None
+        return read_key(self.client_key_file)[0]
+
+    def listen_address(self, consortium: Consortium) -> tuple[str, int]:
+        if self.listen is not None:
+            return parse_address(self.listen, "node.listen")
+        member = consortium.member(self.member)
+        assert member is not None  # load_consortium checked membership
+        return member.host_port
+
+
+def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}: missing")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key}: must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: node config not found (create configs with `peerdb consortium init`)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read node config ({exc})") from None
+    base = path.parent
+    allowed = {"node", "api", "bitcoin", "alerts"}
+    if set(data) - allowed:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(set(data) - allowed)}")
+    node = data.get("node")
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: [node] section missing")
+    known = {"member", "consortium", "key_file", "data_dir", "listen", "client_key_file", "mempool_max_txs",
+             "sync", "log_level"}
+    if set(node) - known:
+        raise ConfigError(f"{path}: [node] unknown field(s) {sorted(set(node) - known)}")
+    member = check_name(_get(node, "member", str, "node"), "node.member")
+    listen = _get(node, "listen", str, "node", None)
+    if listen is not None:
+        parse_address(listen, "node.listen")
+    api = data.get("api", {})
+    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file"}:
+        raise ConfigError(f"{path}: [api] must have only listen, token or token_file")
+    api_listen = _get(api, "listen", str, "api", "127.0.0.1:0")
+    parse_address(api_listen, "api.listen")
+    token = _get(api, "token", str, "api", None)
+    token_file = _get(api, "token_file", str, "api", None)
+    if token is None and token_file is not None:
+        try:
+            token = (base / token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: api.token_file: {exc}") from None
+    if not token or len(token) < 16:
+        raise ConfigError(f"{path}: api.token (or api.token_file) must give a bearer token of at least 16 characters")
+    bitcoin = None
+    btc = data.get("bitcoin")
+    if btc is not None:
+        if not isinstance(btc, dict) or set(btc) - {"rpc_url", "confirmations", "fee_budget_sat", "check_pow"}:
+            raise ConfigError(f"{path}: [bitcoin] has unknown fields")
+        bitcoin = BitcoinConfig(
+            rpc_url=_get(btc, "rpc_url", str, "bitcoin"),
+            confirmations=_get(btc, "confirmations", int, "bitcoin", None),
+            fee_budget_sat=_get(btc, "fee_budget_sat", int, "bitcoin", 20_000),
+            check_pow=_get(btc, "check_pow", bool, "bitcoin", False),
+        )
+    alerts = data.get("alerts", {})
+    if not isinstance(alerts, dict) or set(alerts) - {"webhook", "command"}:
+        raise ConfigError(f"{path}: [alerts] must have only webhook or command")
+    client_key = _get(node, "client_key_file", str, "node", None)
+    level = _get(node, "log_level", str, "node", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{path}: node.log_level must be DEBUG, INFO, WARNING or ERROR")
+    return NodeConfig(
+        path=path,
+        member=member,
+        consortium_file=base / _get(node, "consortium", str, "node"),
+        key_file=base / _get(node, "key_file", str, "node"),
+        data_dir=base / _get(node, "data_dir", str, "node"),
+        listen=listen,
+        api_listen=api_listen,
+        api_token=token,
+        client_key_file=base / client_key if client_key else None,
+        bitcoin=bitcoin,
+        alert_webhook=_get(alerts, "webhook", str, "alerts", None),
+        alert_command=_get(alerts, "command", str, "alerts", None),
+        mempool_max_txs=_get(node, "mempool_max_txs", int, "node", DEFAULT_MEMPOOL_TXS),
+        sync=_get(node, "sync", bool, "node", True),
+        log_level=level,
+    )
