@@ -111,7 +111,7 @@ class RegtestNode:
         return self._process is not None and self._process.poll() is None
 
     def rpc(self, *, timeout: float = 30.0) -> BitcoinRPC:
-        """A fresh client for this node (clients are cheap; each holds one HTTP connection)."""
+        """A client for this node."""
         return BitcoinRPC(self.rpc_url, timeout=timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -127,7 +127,6 @@ class RegtestNode:
             "-discover=0",
             "-dnsseed=0",
             "-upnp=0",
-            "-natpmp=0",
             "-printtoconsole=0",
             "-shrinkdebugfile=1",
             "-vbparams=mweb:-2:0",

@@ -7,14 +7,13 @@ python-bitcoinlib's :class:`bitcoin.rpc.RawProxy` built from an explicit URL: no
 
 Every failure to reach the node becomes :class:`BitcoinUnavailable` and every refusal by the node
 becomes :class:`BitcoinRPCError`, so the anchoring service can show a reason instead of crashing.
-Calls are blocking; the service runs them with ``trio.to_thread.run_sync``. One client holds one
-HTTP connection, guarded by a lock so that calls from several threads take turns.
+Calls are blocking; the service runs them with ``trio.to_thread.run_sync``. A client is safe to
+share between threads (every call has its own connection).
 """
 
 from __future__ import annotations
 
 import http.client
-import threading
 import urllib.parse
 from dataclasses import dataclass
 from decimal import Decimal
@@ -121,7 +120,7 @@ def sats(amount: Any, what: str) -> int:
 
 
 class BitcoinRPC:
-    """Blocking Bitcoin Core JSON-RPC client (thread-safe; one call at a time)."""
+    """Blocking Bitcoin Core JSON-RPC client (thread-safe)."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_RPC_TIMEOUT_S) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -130,40 +129,35 @@ class BitcoinRPC:
         self._url = url
         self.endpoint = _redact(url)
         self._timeout = timeout
-        self._lock = threading.Lock()
-        self._proxy: RawProxy | None = None
 
     def close(self) -> None:
-        with self._lock:
-            self._drop_proxy()
-
-    def _drop_proxy(self) -> None:
-        if self._proxy is not None:
-            self._proxy.close()
-            self._proxy = None
+        """Nothing to release: each call uses its own connection (kept for API symmetry)."""
 
     def call(self, method: str, *params: Any) -> Any:
-        """One JSON-RPC call; raises :class:`BitcoinUnavailable` or :class:`BitcoinRPCError`."""
-        with self._lock:
-            if self._proxy is None:
-                self._proxy = RawProxy(service_url=self._url, timeout=self._timeout)
-            try:
-                return self._proxy._call(method, *params)
-            except JSONRPCError as exc:
-                code = int(exc.error.get("code", 0))
-                message = str(exc.error.get("message", ""))
-                if code in _UNAVAILABLE_CODES:
-                    self._drop_proxy()
-                    raise BitcoinUnavailable(
-                        f"bitcoin node {self.endpoint}: {method}: {_UNAVAILABLE_CODES[code]}: {message}"
-                    ) from None
-                raise BitcoinRPCError(method, code, message) from None
-            except (OSError, http.client.HTTPException) as exc:
-                # Connection refused/reset, timeouts, a half-closed keep-alive connection: the
-                # connection object is unusable afterwards, so the next call opens a new one.
-                self._drop_proxy()
-                reason = str(exc) or type(exc).__name__
-                raise BitcoinUnavailable(f"bitcoin node {self.endpoint}: {method}: {reason}") from None
+        """One JSON-RPC call; raises :class:`BitcoinUnavailable` or :class:`BitcoinRPCError`.
+
+        Each call opens and closes its own HTTP connection. An idle keep-alive connection makes
+        Bitcoin Core 0.21's shutdown wait for it (a stopped node would hang for its full timeout),
+        a connection broken by a node restart would fail the next call, and sharing one between
+        worker threads would need a lock; a loopback connect costs far less than any of these.
+        """
+        proxy = RawProxy(service_url=self._url, timeout=self._timeout)
+        try:
+            return proxy._call(method, *params)
+        except JSONRPCError as exc:
+            code = int(exc.error.get("code", 0))
+            message = str(exc.error.get("message", ""))
+            if code in _UNAVAILABLE_CODES:
+                raise BitcoinUnavailable(
+                    f"bitcoin node {self.endpoint}: {method}: {_UNAVAILABLE_CODES[code]}: {message}"
+                ) from None
+            raise BitcoinRPCError(method, code, message) from None
+        except (OSError, http.client.HTTPException) as exc:
+            # Connection refused or reset, timeouts, a server that closed on us.
+            reason = str(exc) or type(exc).__name__
+            raise BitcoinUnavailable(f"bitcoin node {self.endpoint}: {method}: {reason}") from None
+        finally:
+            proxy.close()
 
     # -- chain --------------------------------------------------------------------------------
 
