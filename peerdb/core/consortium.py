@@ -181,7 +181,7 @@ class Consortium:
 
     def __post_init__(self) -> None:
         check_name(self.name, "consortium name")
-        if self.protocol != PROTOCOL_VERSION:
+        if type(self.protocol) is not int or self.protocol != PROTOCOL_VERSION:
             raise ConfigError(f"consortium.protocol: this build speaks protocol {PROTOCOL_VERSION}, file says {self.protocol}")
         if type(self.genesis_time_ms) is not int or self.genesis_time_ms < 0:
             raise ConfigError("consortium.genesis_time_ms: must be a non-negative integer (ms since the epoch)")
