@@ -12,8 +12,9 @@ The chain of evidence, each link checked by :func:`verify_anchor_proof`:
 4. the txoutproof's header is the first header of the chain;
 5. the headers link (and, on Bitcoin networks, carry proof of work).
 
-``bitcoin_height`` is a claim: no header states its height. An auditor with RPC access checks it
-(and that the headers are in the best chain) against a node.
+``bitcoin_height`` is a claim: no header states its height. An auditor with RPC access checks it,
+that the headers are in the best chain, and that the txoutproof's transaction count is the
+block's (``getblockheader`` gives ``height``, ``confirmations`` and ``nTx``) against a node.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ MAX_BITCOIN_HEIGHT = 2**31 - 1
 
 MAX_ANCHOR_PROOF_BYTES = 2 * MAX_ANCHOR_TX_BYTES + MAX_TXOUTPROOF_BYTES + MAX_PROOF_HEADERS * (HEADER_LEN + 2) + 4096
 """Upper bound of an encoded proof: its parts at their limits plus CBOR overhead, generously."""
+
+INNER_NODE_LEN = 64
+"""Bytes hashed for a Bitcoin Merkle inner node (two hashes)."""
 
 _FIELDS = ("v", "block_hash", "path", "root", "bitcoin_tx", "txoutproof", "headers", "bitcoin_height")
 
@@ -162,6 +166,8 @@ class VerifiedAnchor:
     bitcoin_height: int
     depth: int
     header_hashes: tuple[bytes, ...]
+    block_tx_count: int
+    """Transactions the txoutproof says the Bitcoin block has (checkable only against a node)."""
 
     @property
     def txid_hex(self) -> str:
@@ -193,6 +199,10 @@ def verify_anchor_proof(
     if root_from_path(block_hash, proof.path) != proof.root:
         raise AnchorProofError("anchor_proof.path: Merkle path from the block hash does not lead to the anchored root")
     tx = parse_tx(proof.bitcoin_tx, "anchor_proof.bitcoin_tx")
+    if len(tx.serialize(params={"include_witness": False})) == INNER_NODE_LEN:
+        # A 64-byte transaction could double as an inner Merkle node (two 32-byte hashes), the
+        # ambiguity behind Bitcoin's 64-byte-transaction rule. Ours can never be 64 bytes.
+        raise AnchorProofError("anchor_proof.bitcoin_tx: 64-byte transactions are ambiguous with Merkle nodes")
     roots = anchored_roots(tx)
     if len(roots) != 1:
         raise AnchorProofError(f"anchor_proof.bitcoin_tx: {len(roots)} PeerDB anchor outputs, expected exactly 1")
@@ -215,6 +225,7 @@ def verify_anchor_proof(
         bitcoin_height=proof.bitcoin_height,
         depth=len(chain),
         header_hashes=tuple(h.hash for h in chain),
+        block_tx_count=merkle_block.total_transactions,
     )
 
 

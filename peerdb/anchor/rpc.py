@@ -24,9 +24,10 @@ from bitcoin.rpc import JSONRPCError, RawProxy
 from peerdb.core.errors import ConfigError, DecodeError
 
 from .anchortx import MAX_ANCHOR_TX_BYTES, parse_tx, txid
-from .errors import BitcoinRPCError, BitcoinUnavailable, FeeOverBudget
+from .errors import AnchorProofError, BitcoinRPCError, BitcoinUnavailable, FeeOverBudget
 from .hashes import to_display
 from .headers import HEADER_LEN
+from .proof import VerifiedAnchor
 
 SATS_PER_BTC = 100_000_000
 
@@ -195,6 +196,34 @@ class BitcoinRPC:
                 return False
             raise
         return int(info["confirmations"]) > 0
+
+    def check_anchor_in_best_chain(self, verified: VerifiedAnchor) -> None:
+        """The online half of verifying an anchor proof (after :func:`~.proof.verify_anchor_proof`).
+
+        Every header of the proof must be in this node's best chain at the claimed heights, and
+        the Bitcoin block must hold as many transactions as the txoutproof says (Core's
+        ``verifytxoutproof`` makes the same count check). Raises :class:`AnchorProofError`.
+        """
+        for i, header_hash in enumerate(verified.header_hashes):
+            shown = to_display(header_hash)
+            try:
+                info = self.get_block_header_info(shown)
+            except BitcoinRPCError as exc:
+                if exc.code != _RPC_INVALID_ADDRESS_OR_KEY:
+                    raise
+                raise AnchorProofError(f"anchor_proof.headers[{i}]: block {shown} is unknown to the bitcoin node") from None
+            if int(info["confirmations"]) <= 0:
+                raise AnchorProofError(f"anchor_proof.headers[{i}]: block {shown} is not in the bitcoin node's best chain")
+            if int(info["height"]) != verified.bitcoin_height + i:
+                raise AnchorProofError(
+                    f"anchor_proof.bitcoin_height: claims {verified.bitcoin_height + i} for headers[{i}], "
+                    f"the bitcoin node says {info['height']}"
+                )
+            if i == 0 and int(info["nTx"]) != verified.block_tx_count:
+                raise AnchorProofError(
+                    f"anchor_proof.txoutproof: claims {verified.block_tx_count} transactions, "
+                    f"block {shown} has {info['nTx']}"
+                )
 
     # -- transactions -------------------------------------------------------------------------
 

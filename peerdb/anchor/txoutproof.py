@@ -13,8 +13,14 @@ consumes one hash. Where Bitcoin pairs an odd last node with itself, a proof cou
 present a forged subtree whose two halves are equal (CVE-2012-2459), so equal left and right
 children are refused, as Core does.
 
-One deliberate difference: Core ignores the padding bits after the last used flag bit; we require
-them to be zero (Core always writes zeros), so that one proof has exactly one encoding.
+What needs the chain is left to the caller: Core's ``verifytxoutproof`` also checks that the
+block is in its best chain and that the proof's transaction count equals the block's (the count
+is not committed by the Merkle root; ``getblockheader``'s ``nTx`` gives it).
+
+Two deliberate differences, both refusing what Core tolerates but never writes, so that one proof
+has exactly one encoding: Core ignores the padding bits after the last used flag bit (we require
+zeros) and ``verifytxoutproof`` ignores bytes after the proof (we refuse them). Proofs produced
+by ``gettxoutproof`` are accepted either way; the tests check both differences against the node.
 """
 
 from __future__ import annotations
