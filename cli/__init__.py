@@ -1,0 +1,1 @@
+"""The ``peerdb`` command line: operators, the firm's analysts, and auditors."""

@@ -1,0 +1,17 @@
+"""Exit codes of every ``peerdb`` command (documented in README and ``peerdb --help``)."""
+
+OK = 0
+ERROR = 1
+"""Anything not covered below."""
+USAGE = 2
+"""Bad arguments or options (click's own convention)."""
+UNREACHABLE = 3
+"""The node's API could not be reached (not running, wrong address)."""
+VERIFY_FAILED = 4
+"""An audit verification or comparison found a problem."""
+CONFIG = 5
+"""A config, consortium or key file is missing or wrong."""
+REJECTED = 6
+"""The node refused the request (invalid transaction, forbidden namespace, full mempool)."""
+TIMEOUT = 7
+"""--wait gave up before the requested view was reached (the transaction is still pending)."""

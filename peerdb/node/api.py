@@ -1,0 +1,411 @@
+"""The client API: HTTP/JSON for the firm's applications, served by hypercorn on trio.
+
+Bound to 127.0.0.1 by default and guarded by the bearer token of the node config: the API
+speaks for the firm (it can sign with the firm's client key), so it is as private as the key.
+Every read names the view it was answered from and the height of that view's head; every
+error is ``{"error": {"code": ..., "message": ...}}`` with a matching HTTP status.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..core.chain import View
+from ..core.errors import AccessError, ConfigError, DecodeError, PeerDBError, RemoteError, ValidationError
+from ..core.keys import SigningKey
+from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
+from .engine import MempoolFull
+from .service import NodeService
+
+log = logging.getLogger("peerdb.api")
+
+DEFAULT_VIEW = View.MAJORITY
+"""Reads default to the majority view: tentative can roll back on a fork, unanimous waits for
+Bitcoin confirmations; majority is what most of the consortium has already signed."""
+MAX_WAIT_S = 600.0
+"""Longest a client may ask the node to hold a request open waiting for a view."""
+MAX_BLOCKS_PER_PAGE = 500
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_TX_TTL_MS = 10 * 60 * 1000
+"""Expiry the node gives transactions it signs for clients (``/v1/write``)."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def value_json(value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        return {"value": None, "value_text": None}
+    try:
+        text: str | None = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"value": base64.b64encode(value).decode("ascii"), "value_text": text}
+
+
+def tx_json(tx: Tx) -> dict[str, Any]:
+    return {
+        "txid": tx.txid.hex(), "member": tx.member, "client": tx.client.hex(), "nonce": tx.nonce,
+        "expires_ms": tx.expires_ms,
+        "ops": [{"op": "put" if op.kind == OP_PUT else "delete", "namespace": op.namespace, "key": op.key,
+                 **value_json(op.value)} for op in tx.ops],
+    }
+
+
+def parse_view(text: str | None) -> View:
+    if text is None:
+        return DEFAULT_VIEW
+    try:
+        return View.parse(text)
+    except ValidationError as exc:
+        raise ApiError(400, "bad_view", str(exc)) from None
+
+
+def parse_int(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise ApiError(400, "bad_parameter", f"{name}: must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def parse_ops(raw: Any) -> list[Op]:
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "bad_request", "ops: must be a non-empty list")
+    ops = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ApiError(400, "bad_request", f"ops[{i}]: must be an object")
+        kind = item.get("op", "put")
+        try:
+            if kind == "put":
+                if "value_b64" in item:
+                    value = base64.b64decode(str(item["value_b64"]), validate=True)
+                elif isinstance(item.get("value"), str):
+                    value = item["value"].encode("utf-8")
+                else:
+                    raise ApiError(400, "bad_request", f"ops[{i}]: a put needs 'value' (text) or 'value_b64'")
+                ops.append(Op(OP_PUT, item.get("namespace"), item.get("key"), value))  # type: ignore[arg-type]
+            elif kind == "delete":
+                ops.append(Op(OP_DELETE, item.get("namespace"), item.get("key")))  # type: ignore[arg-type]
+            else:
+                raise ApiError(400, "bad_request", f"ops[{i}].op: must be 'put' or 'delete', got {kind!r}")
+        except (DecodeError, binascii.Error) as exc:
+            raise ApiError(400, "bad_request", f"ops[{i}]: {exc}") from None
+    return ops
+
+
+class Api:
+    def __init__(self, service: NodeService, token: str, client_key: SigningKey | None,
+                 extras: dict[str, Callable[[], Any]] | None = None) -> None:
+        self.service = service
+        self.engine = service.engine
+        self.token = token
+        self.client_key = client_key
+        self.extras = extras or {}
+        routes = [
+            Route("/v1/txs", self.post_txs, methods=["POST"]),
+            Route("/v1/write", self.post_write, methods=["POST"]),
+            Route("/v1/tx/{txid}", self.get_tx),
+            Route("/v1/kv/{ns}/{key:path}", self.get_kv),
+            Route("/v1/history/{ns}/{key:path}", self.get_history),
+            Route("/v1/blocks", self.get_blocks),
+            Route("/v1/blocks/{ref}", self.get_block),
+            Route("/v1/status", self.get_status),
+            Route("/v1/alerts", self.get_alerts),
+            Route("/v1/peers", self.get_peers),
+            Route("/v1/evidence", self.get_evidence),
+            Route("/v1/objections", self.get_objections),
+            Route("/v1/anchors", self.get_anchors),
+            Route("/v1/consortium", self.get_consortium),
+        ]
+        self.app = Starlette(routes=routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            expected = f"Bearer {self.token}"
+            if not hmac.compare_digest(header.encode(), expected.encode()):
+                response = error_response(401, "unauthorized", "missing or wrong bearer token "
+                                          "(see api.token in the node config)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    # Each endpoint is wrapped so that every failure becomes a JSON error.
+    def _wrap(fn: Callable[["Api", Request], Awaitable[Any]]) -> Callable[["Api", Request], Awaitable[Response]]:  # type: ignore[misc]
+        async def wrapper(self: "Api", request: Request) -> Response:
+            try:
+                body = await fn(self, request)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except MempoolFull as exc:
+                return error_response(503, "mempool_full", str(exc))
+            except AccessError as exc:
+                return error_response(403, "forbidden", str(exc))
+            except (RemoteError, ValueError) as exc:
+                return error_response(400, "bad_request", str(exc))
+            except ConfigError as exc:
+                return error_response(409, "not_configured", str(exc))
+            if isinstance(body, Response):
+                return body
+            return JSONResponse(body)
+        return wrapper
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ApiError(413, "too_large", f"request body over {MAX_REQUEST_BYTES} bytes")
+        try:
+            import json
+            data = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise ApiError(400, "bad_json", f"request body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "bad_json", "request body must be a JSON object")
+        return data
+
+    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> dict[str, Any]:
+        result = await self.service.submit(raws)
+        answer: dict[str, Any] = {
+            "accepted": [t.hex() for t in result.accepted],
+            "duplicates": [t.hex() for t in result.duplicates],
+            "rejected": [{"index": i, "reason": r} for i, r in result.rejected],
+        }
+        wait = data.get("wait")
+        if wait and (result.accepted or result.duplicates):
+            view = parse_view(str(wait))
+            timeout = float(data.get("timeout_s", 30))
+            if not 0 < timeout <= MAX_WAIT_S:
+                raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
+            reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout)
+            answer["wait"] = {"view": view.value, "reached": reached}
+            if not reached:
+                answer["wait"]["message"] = f"not yet in the {view.value} view after {timeout} s; it is still pending"
+        return answer
+
+    @_wrap
+    async def post_txs(self, request: Request) -> Any:
+        data = await self._json_body(request)
+        items = data.get("txs")
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, "bad_request", "txs: must be a non-empty list of base64 transactions")
+        try:
+            raws = [base64.b64decode(str(t), validate=True) for t in items]
+        except binascii.Error as exc:
+            raise ApiError(400, "bad_request", f"txs: not base64 ({exc})") from None
+        answer = await self._submit_and_wait(raws, data)
+        if answer["rejected"] and not answer["accepted"] and not answer["duplicates"]:
+            return JSONResponse({**answer, "error": {"code": "rejected", "message": answer["rejected"][0]["reason"]}},
+                                status_code=400)
+        return answer
+
+    @_wrap
+    async def post_write(self, request: Request) -> Any:
+        if self.client_key is None:
+            raise ConfigError("this node has no client_key_file configured; sign transactions yourself "
+                              "and POST them to /v1/txs")
+        data = await self._json_body(request)
+        ops = parse_ops(data.get("ops"))
+        now = self.service.clock_ms()
+        tx = Tx.create(self.client_key, self.engine.cid, self.engine.me, secrets.randbits(63),
+                       now + DEFAULT_TX_TTL_MS, ops)
+        answer = await self._submit_and_wait([tx.raw], data)
+        if answer["rejected"]:
+            raise ApiError(400, "rejected", answer["rejected"][0]["reason"])
+        return answer
+
+    def _tx_info(self, txid: bytes) -> dict[str, Any]:
+        store = self.engine.store
+        height, level = self.service.tx_level(txid)
+        if height is None:
+            if txid in self.engine.mempool:
+                return {"txid": txid.hex(), "status": "pending"}
+            raise ApiError(404, "not_found", f"transaction {txid.hex()} is neither pending nor on the best chain")
+        location = store.tx_location(txid)
+        assert location is not None
+        return {"txid": txid.hex(), "status": level or "tentative", "height": height,
+                "block": location[1].hex()}
+
+    @_wrap
+    async def get_tx(self, request: Request) -> Any:
+        try:
+            txid = bytes.fromhex(request.path_params["txid"])
+        except ValueError:
+            raise ApiError(400, "bad_parameter", "txid: must be hex") from None
+        return await self.service.read(self._tx_info, txid)
+
+    def _check_read(self, ns: str) -> None:
+        if not self.engine.consortium.may_read(self.engine.me, ns):
+            raise ApiError(403, "forbidden", f"{self.engine.me} may not read namespace {ns!r}")
+
+    def _kv(self, ns: str, key: str, view: View, at: int | None) -> dict[str, Any]:
+        heads = self.engine.heads()
+        head_height = heads.height(view)
+        height = head_height if at is None else at
+        if height > head_height:
+            raise ApiError(400, "beyond_view", f"height {height} is above the {view.value} head ({head_height})")
+        value, written = self.engine.store.get(ns, key, height)
+        return {"namespace": ns, "key": key, "found": value is not None, **value_json(value),
+                "written_at": written, "view": view.value, "height": height, "head_height": head_height}
+
+    @_wrap
+    async def get_kv(self, request: Request) -> Any:
+        ns, key = request.path_params["ns"], request.path_params["key"]
+        self._check_read(ns)
+        view = parse_view(request.query_params.get("view"))
+        at = parse_int(request.query_params.get("at"), "at")
+        return await self.service.read(self._kv, ns, key, view, at)
+
+    @_wrap
+    async def get_history(self, request: Request) -> Any:
+        ns, key = request.path_params["ns"], request.path_params["key"]
+        self._check_read(ns)
+
+        def read() -> dict[str, Any]:
+            heads = self.engine.heads()
+            versions = []
+            for height, block_hash, value in self.engine.store.history(ns, key):
+                versions.append({"height": height, "block": block_hash.hex(), "deleted": value is None,
+                                 "status": self.engine.tree.status(block_hash, heads).value, **value_json(value)})
+            return {"namespace": ns, "key": key, "versions": versions}
+        return await self.service.read(read)
+
+    def _block_summary(self, block_hash: bytes) -> dict[str, Any]:
+        tree = self.engine.tree
+        h = tree.header(block_hash)
+        return {"height": h.height, "hash": block_hash.hex(), "round": h.round, "proposer": h.proposer,
+                "time_ms": h.time_ms, "tx_count": h.tx_count, "status": tree.status(block_hash).value,
+                "signers": sorted(tree.signers(block_hash)),
+                "anchored": self.engine.store.anchor(block_hash) is not None}
+
+    @_wrap
+    async def get_blocks(self, request: Request) -> Any:
+        def read() -> dict[str, Any]:
+            tip = self.engine.tree.best_tip.height
+            to = parse_int(request.query_params.get("to"), "to")
+            to = tip if to is None else min(to, tip)
+            start = parse_int(request.query_params.get("from"), "from")
+            start = max(1, to - 19) if start is None else max(1, start)
+            start = max(start, to - MAX_BLOCKS_PER_PAGE + 1)
+            blocks = []
+            for height in range(start, to + 1):
+                block_hash = self.engine.tree.best_chain_hash(height)
+                if block_hash is not None:
+                    blocks.append(self._block_summary(block_hash))
+            return {"tip": tip, "blocks": blocks}
+        return await self.service.read(read)
+
+    @_wrap
+    async def get_block(self, request: Request) -> Any:
+        ref = request.path_params["ref"]
+
+        def read() -> dict[str, Any]:
+            tree = self.engine.tree
+            if ref.isdigit():
+                block_hash = tree.best_chain_hash(int(ref))
+            else:
+                try:
+                    block_hash = bytes.fromhex(ref)
+                except ValueError:
+                    raise ApiError(400, "bad_parameter", "block: give a height or a hex hash") from None
+            if block_hash is None or block_hash not in tree:
+                raise ApiError(404, "not_found", f"no block {ref}")
+            block: Block | None = self.engine.store.block(block_hash)
+            if block is None:
+                raise ApiError(404, "not_found", f"block {ref} has no stored body")
+            h = block.header
+            signers = tree.signers(block_hash)
+            info = self._block_summary(block_hash)
+            info.update({
+                "prev": h.prev.hex(), "tx_root": h.tx_root.hex(), "state_root": h.state_root.hex(),
+                "evidence_root": h.evidence_root.hex(),
+                "signatures": [{"member": m, "signed": m in signers, "excluded": m in tree.culprits}
+                               for m in tree.members],
+                "objections": [{"member": o.member, "reason": o.reason} for o in self.engine.store.objections(block_hash)],
+                "evidence": [{"id": e.id.hex(), "member": e.member, "height": e.header_a.height} for e in block.evidence],
+                "txs": [tx_json(tx) for tx in block.txs],
+            })
+            return info
+        return await self.service.read(read)
+
+    def status_dict(self) -> dict[str, Any]:
+        engine = self.engine
+        heads = engine.heads()
+        now = self.service.clock_ms()
+        height, round_, proposer = engine.current_turn(now)
+        status: dict[str, Any] = {
+            "member": engine.me, "consortium": engine.consortium.name, "consortium_id": engine.cid.hex(),
+            "heads": {"tentative": heads.tentative, "majority": heads.majority,
+                      "unanimous_signed": heads.unanimous_signed, "unanimous": heads.unanimous,
+                      "anchored": heads.anchored},
+            "tip": engine.tree.best_tip.hash.hex(),
+            "turn": {"height": height, "round": round_, "proposer": proposer},
+            "up_to_date": heads.unanimous == heads.tentative,
+            "mempool": len(engine.mempool),
+            "excluded": sorted(engine.tree.culprits),
+            "peers": {m: self.service.is_up(m) for m in engine.consortium.member_names if m != engine.me},
+            "alerts": self.service.alerts.snapshot(),
+            "uptime_s": (now - self.service.started_ms) / 1000,
+        }
+        for name, fn in self.extras.items():
+            status[name] = fn()
+        return status
+
+    @_wrap
+    async def get_status(self, request: Request) -> Any:
+        return await self.service.read(self.status_dict)
+
+    @_wrap
+    async def get_alerts(self, request: Request) -> Any:
+        return {"active": self.service.alerts.snapshot(), "cleared": self.service.alerts.history}
+
+    @_wrap
+    async def get_peers(self, request: Request) -> Any:
+        return {"peers": [{"member": m, "up": self.service.is_up(m)}
+                          for m in self.engine.consortium.member_names if m != self.engine.me]}
+
+    @_wrap
+    async def get_evidence(self, request: Request) -> Any:
+        return {"evidence": [{"id": e.id.hex(), "member": e.member, "height": e.header_a.height,
+                              "block_a": e.header_a.hash.hex(), "block_b": e.header_b.hash.hex(),
+                              "encoded": base64.b64encode(e.encode()).decode()}
+                             for e in self.engine.evidence.values()]}
+
+    @_wrap
+    async def get_objections(self, request: Request) -> Any:
+        return {"objections": [{"block": o.block_hash.hex(), "member": o.member, "reason": o.reason}
+                               for o in self.engine.store.objections(None)]}
+
+    @_wrap
+    async def get_anchors(self, request: Request) -> Any:
+        fn = self.extras.get("anchoring")
+        return {"anchoring": fn() if fn else None,
+                "anchored_height": self.engine.heads().anchored}
+
+    @_wrap
+    async def get_consortium(self, request: Request) -> Any:
+        c = self.engine.consortium
+        return {"name": c.name, "id": self.engine.cid.hex(),
+                "members": [{"name": m.name, "key": m.key.hex(), "address": m.address} for m in c.members],
+                "params": {k: getattr(c.params, k) for k in c.params.__dataclass_fields__}}

@@ -1,0 +1,577 @@
+"""The consensus engine: one member's protocol logic, without sockets or timers.
+
+The engine takes messages and ticks, consults the pure core for every decision, persists through
+the store, and answers with the messages to send. It never blocks on the network and never
+reads a clock of its own: ``now_ms`` is passed in. The trio layer (:mod:`peerdb.node.service`)
+feeds it, serialised by one lock, and runs it in a worker thread in production because store
+writes fsync.
+
+Invariants it keeps:
+* a block enters the tree only after full validation against its parent's state;
+* a signature leaves the engine only after the store's signing guard durably recorded it;
+* the store's head always equals the tree's best tip after every handler returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..core.alerts import Alert, chain_alerts, waiting_for
+from ..core.chain import BlockTree, ViewHeads
+from ..core.consortium import Consortium
+from ..core.errors import (
+    DecodeError,
+    DoubleSignRefused,
+    RemoteError,
+    SignatureError,
+    ValidationError,
+)
+from ..core.keys import SigningKey
+from ..core.merkle import merkle_root
+from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
+from ..core.state import Effects, apply_txs, check_tx_static, check_tx_time
+from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
+from .messages import (
+    MAX_CATCHUP_BLOCKS,
+    MAX_CATCHUP_BYTES,
+    STATUS_RECENT,
+    Blocks,
+    EvidenceMsg,
+    GetBlocks,
+    Message,
+    ObjectionMsg,
+    Proposal,
+    Sigs,
+    Status,
+    Txs,
+)
+from .verify import Verifier
+
+log = logging.getLogger("peerdb.node")
+
+MAX_ORPHANS = 256
+"""Proposals whose parent we lack, kept until catch-up brings the parent."""
+MAX_PENDING_SIG_BLOCKS = 4096
+"""Unknown blocks for which we hold early signatures (signatures can overtake their block)."""
+EFFECTS_CACHE = 256
+"""Effects of recently validated blocks, so applying them to the head does not recompute them."""
+CATCHUP_RETRY_MS = 2000
+"""Do not ask the same peer for blocks again sooner than this while a request is outstanding."""
+
+
+class MempoolFull(RemoteError):
+    """Back-pressure: the pool of waiting transactions is at its limit; retry later."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    to: str | None  # None: every other member
+    msg: Message
+
+
+@dataclass
+class SubmitResult:
+    accepted: list[bytes] = field(default_factory=list)
+    duplicates: list[bytes] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+
+
+class Engine:
+    def __init__(self, consortium: Consortium, me: str, key: SigningKey, store: "StoreLike",
+                 now_ms: int, *, mempool_max: int = 200_000, verifier: Verifier | None = None) -> None:
+        self.consortium = consortium
+        self.cid = consortium_id(consortium)
+        self.me = me
+        self.key = key
+        self.store = store
+        self.mempool_max = mempool_max
+        self.verifier = verifier or Verifier(self.cid)
+        self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
+        self.outbox: list[Outgoing] = []
+        self.mempool: OrderedDict[bytes, Tx] = OrderedDict()
+        self.orphans: OrderedDict[bytes, tuple[Block, BlockSignature]] = OrderedDict()
+        self.pending_sigs: OrderedDict[bytes, dict[str, BlockSignature]] = OrderedDict()
+        self.effects_cache: OrderedDict[bytes, Effects] = OrderedDict()
+        self.evidence: dict[bytes, Evidence] = {}
+        self.evidence_in_block: dict[bytes, list[bytes]] = {}
+        self.proposed: set[tuple[int, int]] = set()
+        self.catchup_asked: dict[str, int] = {}
+        self.tip_seen_ms = now_ms
+        self.objection_count = 0
+        self._load(now_ms)
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def _load(self, now_ms: int) -> None:
+        for header in self.store.headers_iter():
+            if header.height > 0:
+                self.tree.add_header(header)
+        for sig in self.store.all_signatures_iter():
+            if sig.block_hash in self.tree:
+                self.tree.add_signature(sig.block_hash, sig.member)
+        for ev in self.store.evidence_list():
+            self.evidence[ev.id] = ev
+            self.tree.add_culprit(ev.member)
+        for header in self.tree.headers():
+            if header.height > 0 and header.evidence_root != merkle_root([]):
+                block = self.store.block(header.hash)
+                if block is not None:
+                    for ev in block.evidence:
+                        self.evidence_in_block.setdefault(ev.id, []).append(header.hash)
+        for block_hash in self.store.anchored_hashes():
+            self.tree.set_anchored(block_hash)
+        for tx in self.store.mempool_items():
+            self.mempool[tx.txid] = tx
+        if self.mempool:
+            self.verifier.verify(list(self.mempool.values()))
+        self._sync_head(now_ms)
+        log.info("engine loaded: %d blocks, tip height %d, %d pending txs, %d culprits",
+                 sum(1 for _ in self.tree.headers()) - 1, self.tree.best_tip.height, len(self.mempool),
+                 len(self.tree.culprits))
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _send(self, msg: Message, to: str | None = None) -> None:
+        self.outbox.append(Outgoing(to, msg))
+
+    def take_outbox(self) -> list[Outgoing]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def heads(self) -> ViewHeads:
+        return self.tree.heads()
+
+    def _is_ancestor(self, ancestor: bytes, block_hash: bytes) -> bool:
+        if ancestor not in self.tree or block_hash not in self.tree:
+            return False
+        target = self.tree.header(ancestor).height
+        h = block_hash
+        while True:
+            header = self.tree.header(h)
+            if header.height <= target:
+                return h == ancestor
+            h = header.prev
+
+    def _evidence_included(self, ev_id: bytes, parent: bytes) -> bool:
+        return any(self._is_ancestor(b, parent) for b in self.evidence_in_block.get(ev_id, ()))
+
+    def _remember_effects(self, block_hash: bytes, effects: Effects) -> None:
+        self.effects_cache[block_hash] = effects
+        while len(self.effects_cache) > EFFECTS_CACHE:
+            self.effects_cache.popitem(last=False)
+
+    # --- blocks --------------------------------------------------------------------------------
+
+    def on_proposal(self, peer: str | None, proposal: Proposal, now_ms: int) -> None:
+        try:
+            block = Block.decode(proposal.block)
+        except (DecodeError, ValidationError) as exc:
+            log.warning("rejected proposal from %s: %s", peer, exc)
+            return
+        self._accept_block(block, (proposal.signature,), peer, now_ms, object_on_failure=True)
+        self._after_change(now_ms)
+
+    def _accept_block(self, block: Block, sigs: Sequence[BlockSignature], peer: str | None, now_ms: int,
+                      object_on_failure: bool) -> bool:
+        """Validate and store one block; returns True if it was new and valid."""
+        if block.hash in self.tree:
+            self._accept_sigs(sigs, peer, now_ms)
+            return False
+        proposer_sig = next((s for s in sigs if s.member == block.header.proposer and s.block_hash == block.hash), None)
+        if proposer_sig is None:
+            log.warning("rejected block %d %s from %s: no proposer signature", block.height,
+                        block.hash.hex()[:16], peer)
+            return False
+        try:
+            check_proposer_signature(block, proposer_sig, self.consortium, self.cid)
+        except ValidationError as exc:
+            log.warning("rejected block %d from %s: %s", block.height, peer, exc)
+            return False
+        if block.header.prev not in self.tree:
+            self.orphans[block.hash] = (block, proposer_sig)
+            while len(self.orphans) > MAX_ORPHANS:
+                self.orphans.popitem(last=False)
+            if peer is not None:
+                self._request_catchup(peer, max(block.height, self.tree.best_tip.height + 1), now_ms)
+            return False
+        parent = self.tree.header(block.header.prev)
+        try:
+            self.verifier.verify(block.txs)
+            effects = check_block(
+                block, parent, parent.state_root, self.store.state_reader_at(parent.hash), self.consortium,
+                self.cid, now_ms, evidence_known=lambda ev_id: self._evidence_included(ev_id, parent.hash),
+                signature_ok=self.verifier.known)
+        except ValidationError as exc:
+            log.warning("rejected block %d round %d by %s (from %s): %s", block.height, block.header.round,
+                        block.header.proposer, peer, exc)
+            if object_on_failure:
+                self._object(block.hash, str(exc))
+            return False
+        self._store_new_block(block, proposer_sig, effects)
+        for sig in sigs:
+            if sig is not proposer_sig:
+                self._accept_sigs([sig], peer, now_ms)
+        for ev in block.evidence:
+            self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
+            self._accept_evidence(ev, None, now_ms)
+        early = self.pending_sigs.pop(block.hash, None)
+        if early:
+            self._accept_sigs(list(early.values()), None, now_ms)
+        orphan_children = [o for o in self.orphans.values() if o[0].header.prev == block.hash]
+        for child, child_sig in orphan_children:
+            self.orphans.pop(child.hash, None)
+            self._accept_block(child, (child_sig,), None, now_ms, object_on_failure)
+        return True
+
+    def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects) -> None:
+        self._check_double_sign(block.header, proposer_sig)
+        self.tree.add_header(block.header)
+        self.tree.add_signature(block.hash, proposer_sig.member)
+        self._remember_effects(block.hash, effects)
+        head = self.store.head()
+        extends_head = block.header.prev == head.hash and self.tree.best_tip.hash == block.hash
+        result = self.store.add_block(block, [proposer_sig], effects=effects, make_head=extends_head)
+        if extends_head:
+            self._applied([block.hash], [], result.returned_txs if result else [])
+        log.debug("stored block %d round %d by %s (%d txs) %s", block.height, block.header.round,
+                  block.header.proposer, len(block.txs), block.hash.hex()[:16])
+
+    def _sync_head(self, now_ms: int) -> None:
+        """Make the store's head follow the tree's best tip (reorg if needed)."""
+        tip = self.tree.best_tip
+        if self.store.head().hash == tip.hash:
+            return
+        result = self.store.set_head(tip.hash, self.effects_cache)
+        if result.rolled_back:
+            log.warning("reorg: rolled back %d blocks, applied %d; new tip %d %s; %d txs back to the pool",
+                        len(result.rolled_back), len(result.applied), tip.height, tip.hash.hex()[:16],
+                        len(result.returned_txs))
+        self._applied(result.applied, result.rolled_back, result.returned_txs)
+
+    def _applied(self, applied: Sequence[bytes], rolled_back: Sequence[bytes], returned: Sequence[Tx]) -> None:
+        for block_hash in applied:
+            block = self.store.block(block_hash)
+            if block is not None:
+                for tx in block.txs:
+                    self.mempool.pop(tx.txid, None)
+        for tx in returned:
+            if tx.txid not in self.mempool:
+                self.mempool[tx.txid] = tx
+        self.verifier.remember(list(returned))
+
+    def _after_change(self, now_ms: int) -> None:
+        before = self.store.head().hash
+        self._sync_head(now_ms)
+        if self.tree.best_tip.hash != before:
+            self.tip_seen_ms = now_ms
+        self._maybe_sign_tip(now_ms)
+
+    def _maybe_sign_tip(self, now_ms: int) -> None:
+        tip = self.tree.best_tip
+        if tip.height == 0 or self.me in self.tree.signers(tip.hash):
+            return
+        if self.tree.signed_at(self.me, tip.height):
+            return  # we endorsed another block at this height; we endorse this branch at the next one
+        try:
+            self.store.guard_sign(tip.height, tip.round, tip.hash)
+        except DoubleSignRefused as exc:
+            log.error("signing guard refused to sign block %d %s: %s", tip.height, tip.hash.hex()[:16], exc)
+            return
+        sig = BlockSignature.create(self.key, self.cid, self.me, tip.hash)
+        self.store.add_signatures([sig])
+        self.tree.add_signature(tip.hash, self.me)
+        self._send(Sigs((sig,)))
+        self._sync_head(now_ms)
+
+    def _object(self, block_hash: bytes, reason: str) -> None:
+        objection = Objection.create(self.key, self.cid, self.me, block_hash, reason)
+        self.store.add_objection(objection)
+        self.objection_count += 1
+        self._send(ObjectionMsg(objection))
+
+    # --- signatures and evidence ----------------------------------------------------------------
+
+    def on_sigs(self, peer: str | None, msg: Sigs, now_ms: int) -> None:
+        self._accept_sigs(msg.sigs, peer, now_ms)
+        self._after_change(now_ms)
+
+    def _accept_sigs(self, sigs: Iterable[BlockSignature], peer: str | None, now_ms: int) -> None:
+        fresh = []
+        for sig in sigs:
+            member = self.consortium.member(sig.member)
+            if member is None:
+                log.warning("rejected signature from %s: %s is not a member", peer, sig.member)
+                continue
+            if sig.member in self.tree.signers(sig.block_hash):
+                continue
+            if not sig.valid(self.cid, member.key):
+                log.warning("rejected signature from %s: %s's signature on %s does not verify", peer, sig.member,
+                            sig.block_hash.hex()[:16])
+                continue
+            if sig.block_hash not in self.tree:
+                waiting = self.pending_sigs.setdefault(sig.block_hash, {})
+                waiting[sig.member] = sig
+                while len(self.pending_sigs) > MAX_PENDING_SIG_BLOCKS:
+                    self.pending_sigs.popitem(last=False)
+                continue
+            self._check_double_sign(self.tree.header(sig.block_hash), sig)
+            self.tree.add_signature(sig.block_hash, sig.member)
+            fresh.append(sig)
+        if fresh:
+            self.store.add_signatures(fresh)
+
+    def _check_double_sign(self, header: Header, sig: BlockSignature) -> None:
+        for other in self.tree.signed_at(sig.member, header.height):
+            if other == header.hash:
+                continue
+            other_sig = next((s for s in self.store.signatures(other) if s.member == sig.member), None)
+            if other_sig is None:
+                continue
+            ev = Evidence.from_signatures(sig.member, header, sig.signature, self.tree.header(other),
+                                          other_sig.signature)
+            log.error("DOUBLE SIGN: %s signed blocks %s and %s at height %d", sig.member,
+                      header.hash.hex()[:16], other.hex()[:16], header.height)
+            self._accept_evidence(ev, None, 0)
+            return
+
+    def on_evidence(self, peer: str | None, msg: EvidenceMsg, now_ms: int) -> None:
+        self._accept_evidence(msg.evidence, peer, now_ms)
+        self._after_change(now_ms)
+
+    def _accept_evidence(self, ev: Evidence, peer: str | None, now_ms: int) -> None:
+        if ev.id in self.evidence:
+            return
+        try:
+            check_evidence(ev, self.consortium, self.cid)
+        except ValidationError as exc:
+            log.warning("rejected evidence from %s: %s", peer, exc)
+            return
+        self.evidence[ev.id] = ev
+        self.store.add_evidence(ev)
+        if self.tree.add_culprit(ev.member):
+            log.error("evidence: %s double-signed at height %d; its signatures no longer count",
+                      ev.member, ev.header_a.height)
+        self._send(EvidenceMsg(ev))
+
+    def on_objection(self, peer: str | None, msg: ObjectionMsg, now_ms: int) -> None:
+        obj = msg.objection
+        member = self.consortium.member(obj.member)
+        if member is None or not obj.valid(self.cid, member.key):
+            log.warning("rejected objection from %s: bad signature or unknown member %s", peer, obj.member)
+            return
+        if self.store.add_objection(obj):
+            log.warning("objection by %s to block %s: %s", obj.member, obj.block_hash.hex()[:16], obj.reason)
+
+    # --- transactions ---------------------------------------------------------------------------
+
+    def submit(self, raws: Sequence[bytes], peer: str | None, now_ms: int) -> SubmitResult:
+        """Admit transactions to the pool (from a client when ``peer`` is None, else from a peer)."""
+        result = SubmitResult()
+        candidates: list[tuple[int, Tx]] = []
+        seen_batch: set[bytes] = set()
+        for i, raw in enumerate(raws):
+            try:
+                tx = Tx.decode(raw)
+                check_tx_static(tx, self.consortium)
+                check_tx_time(tx, now_ms, self.consortium.params.tx_ttl_ms + self.consortium.params.clock_skew_ms)
+            except (DecodeError, ValidationError) as exc:
+                result.rejected.append((i, str(exc)))
+                continue
+            if tx.txid in self.mempool or tx.txid in seen_batch or self.store.tx_seen(tx.txid):
+                result.duplicates.append(tx.txid)
+                continue
+            seen_batch.add(tx.txid)
+            candidates.append((i, tx))
+        if len(self.mempool) + len(candidates) > self.mempool_max:
+            raise MempoolFull(f"mempool: {len(self.mempool)} transactions waiting, limit {self.mempool_max}; "
+                              f"retry after the next blocks")
+        oks = self.verifier.verify([tx for _, tx in candidates])
+        admitted = []
+        for (i, tx), ok in zip(candidates, oks):
+            if not ok:
+                result.rejected.append((i, f"tx {tx.txid.hex()[:16]}: client signature does not verify"))
+                continue
+            admitted.append(tx)
+            result.accepted.append(tx.txid)
+        if admitted:
+            self.store.mempool_add(admitted)
+            for tx in admitted:
+                self.mempool[tx.txid] = tx
+            if peer is None:
+                self._send(Txs(tuple(tx.raw for tx in admitted)))
+        if result.rejected and peer is not None:
+            log.warning("rejected %d transactions from %s: %s", len(result.rejected), peer, result.rejected[0][1])
+        return result
+
+    def on_txs(self, peer: str, msg: Txs, now_ms: int) -> None:
+        try:
+            self.submit(msg.txs, peer, now_ms)
+        except MempoolFull as exc:
+            log.warning("dropped %d forwarded transactions from %s: %s (the sender keeps them)",
+                        len(msg.txs), peer, exc)
+
+    # --- proposing -----------------------------------------------------------------------------
+
+    def current_turn(self, now_ms: int) -> tuple[int, int, str]:
+        tip = self.tree.best_tip
+        round_ = round_at(now_ms - self.tip_seen_ms, self.consortium.params.turn_timeout_ms)
+        return tip.height + 1, round_, proposer_for(self.tree.members, tip.height + 1, round_)
+
+    def next_deadline_ms(self, now_ms: int) -> int:
+        """When the turn situation next changes by itself (heartbeat or round timeout)."""
+        params = self.consortium.params
+        _, round_, _ = self.current_turn(now_ms)
+        round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
+        heartbeat = round_start + params.heartbeat_ms
+        return heartbeat if heartbeat > now_ms else round_start + params.turn_timeout_ms
+
+    def maybe_propose(self, now_ms: int) -> Block | None:
+        height, round_, proposer = self.current_turn(now_ms)
+        if proposer != self.me or (height, round_) in self.proposed or self.tree.signed_at(self.me, height):
+            return None
+        params = self.consortium.params
+        tip = self.tree.best_tip
+        round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
+        parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
+        if not ((self.mempool and parent_endorsed) or now_ms >= round_start + params.heartbeat_ms):
+            return None
+        block = self._build_block(tip, height, round_, now_ms)
+        self.proposed.add((height, round_))
+        try:
+            self.store.guard_sign(height, round_, block.hash)
+        except DoubleSignRefused as exc:
+            log.error("signing guard refused our own proposal at height %d: %s", height, exc)
+            return None
+        sig = BlockSignature.create(self.key, self.cid, self.me, block.hash)
+        effects = self.effects_cache[block.hash]
+        self._store_new_block(block, sig, effects)
+        self._send(Proposal(block.raw, sig))
+        log.info("proposed block %d round %d with %d txs %s", height, round_, len(block.txs), block.hash.hex()[:16])
+        self._after_change(now_ms)
+        return block
+
+    def _build_block(self, tip: Header, height: int, round_: int, now_ms: int) -> Block:
+        params = self.consortium.params
+        time_ms = max(now_ms, tip.time_ms, tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms)
+        chosen: list[Tx] = []
+        size = 1024
+        stale = []
+        for txid, tx in self.mempool.items():
+            if len(chosen) >= params.max_block_txs:
+                break
+            if size + len(tx.raw) + 8 > params.max_block_bytes:
+                break
+            try:
+                check_tx_static(tx, self.consortium)
+                check_tx_time(tx, time_ms, params.tx_ttl_ms)
+            except ValidationError:
+                if tx.expires_ms < time_ms:
+                    stale.append(txid)
+                continue
+            if self.store.tx_seen(txid):
+                stale.append(txid)
+                continue
+            chosen.append(tx)
+            size += len(tx.raw) + 8
+        if stale:
+            for txid in stale:
+                self.mempool.pop(txid, None)
+            self.store.mempool_remove(stale)
+        evidence = [ev for ev in self.evidence.values() if not self._evidence_included(ev.id, tip.hash)]
+        evidence = sorted(evidence, key=lambda e: e.id)[:64]
+        effects = apply_txs(self.store.state_reader_at(tip.hash), chosen, self.consortium, self.cid, time_ms,
+                            tip.state_root, signature_ok=lambda tx: True)
+        header = Header(height, round_, tip.hash, self.me, time_ms, merkle_root([tx.txid for tx in chosen]),
+                        len(chosen), effects.state_root, merkle_root([e.id for e in evidence]))
+        block = Block(header, tuple(chosen), tuple(evidence))
+        self._remember_effects(block.hash, effects)
+        return block
+
+    # --- catch-up and anti-entropy ---------------------------------------------------------------
+
+    def _request_catchup(self, peer: str, to_height: int, now_ms: int) -> None:
+        last = self.catchup_asked.get(peer)
+        if last is not None and now_ms - last < CATCHUP_RETRY_MS:
+            return
+        self.catchup_asked[peer] = now_ms
+        start = self.tree.heads().unanimous_signed + 1
+        self._send(GetBlocks(start, max(start, to_height)), to=peer)
+
+    def on_get_blocks(self, peer: str, msg: GetBlocks) -> None:
+        items: list[tuple[bytes, tuple[BlockSignature, ...]]] = []
+        size = 0
+        height = max(1, msg.from_height)
+        while height <= msg.to_height and len(items) < MAX_CATCHUP_BLOCKS:
+            block_hash = self.tree.best_chain_hash(height)
+            if block_hash is None:
+                break
+            block = self.store.block(block_hash)
+            if block is None:
+                break
+            if items and size + len(block.raw) > MAX_CATCHUP_BYTES:
+                break
+            size += len(block.raw)
+            items.append((block.raw, tuple(self.store.signatures(block_hash))))
+            height += 1
+        self._send(Blocks(tuple(items), self.tree.best_tip.height), to=peer)
+
+    def on_blocks(self, peer: str, msg: Blocks, now_ms: int) -> None:
+        self.catchup_asked.pop(peer, None)
+        last_height = 0
+        for raw, sigs in msg.items:
+            try:
+                block = Block.decode(raw)
+            except (DecodeError, ValidationError) as exc:
+                log.warning("catch-up from %s: bad block: %s", peer, exc)
+                break
+            self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
+            if block.hash not in self.tree:
+                break
+            last_height = block.height
+        if msg.items:
+            log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
+        self._after_change(now_ms)
+        if msg.items and last_height and msg.peer_height > last_height:
+            self._request_catchup(peer, msg.peer_height, now_ms)
+
+    def status_message(self) -> Status:
+        tip = self.tree.best_tip
+        recent = []
+        for height in range(tip.height, max(0, tip.height - STATUS_RECENT), -1):
+            block_hash = self.tree.best_chain_hash(height)
+            if block_hash is None:
+                break
+            recent.append((block_hash, tuple(sorted(self.tree.signers(block_hash)))))
+        return Status(tip.hash, tip.height, tuple(recent))
+
+    def on_status(self, peer: str, msg: Status, now_ms: int) -> None:
+        if msg.tip not in self.tree and msg.height >= self.tree.heads().unanimous_signed:
+            self._request_catchup(peer, msg.height, now_ms)
+        missing: list[BlockSignature] = []
+        for block_hash, signers in msg.recent:
+            if block_hash not in self.tree:
+                continue
+            ours = self.tree.signers(block_hash) - set(signers)
+            if ours:
+                missing.extend(s for s in self.store.signatures(block_hash) if s.member in ours)
+        if missing:
+            self._send(Sigs(tuple(missing)), to=peer)
+
+    # --- alerts ---------------------------------------------------------------------------------
+
+    def alert_conditions(self, now_ms: int, peers_up: Callable[[str], bool]) -> list[Alert]:
+        alerts = chain_alerts(self.tree, self.me)
+        params = self.consortium.params
+        if now_ms - self.tip_seen_ms > params.turn_timeout_ms + params.heartbeat_ms:
+            alerts.append(waiting_for(self.tree, self.tip_seen_ms, now_ms, params.turn_timeout_ms))
+        for member in self.consortium.member_names:
+            if member != self.me and not peers_up(member):
+                alerts.append(Alert("peer_down", f"peer {member} is not connected", subject=member))
+        return alerts
+
+
+class StoreLike:  # pragma: no cover - documentation of what the engine needs from the store
+    """The subset of :class:`peerdb.store.Store` the engine uses (see that class)."""

@@ -1,0 +1,68 @@
+"""Writing a new consortium: keys, the shared consortium file and per-member node configs.
+
+Used by ``peerdb consortium init``, the demo, the benchmark and the tests, so that every one of
+them starts from files an operator could have written by hand.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .core.consortium import Consortium, Member, Params, check_name, consortium_to_toml_data
+from .core.errors import ConfigError
+from .core.keys import SigningKey
+from .keyfile import write_key
+from .net.certs import member_certificate
+
+
+def init_consortium(directory: Path, name: str, member_names: list[str], *, host: str = "127.0.0.1",
+                    base_port: int = 7100, api_base_port: int = 8100, bitcoin_rpc: str | None = None,
+                    params: dict[str, int] | None = None, overwrite: bool = False,
+                    genesis_time_ms: int | None = None, sync: bool = True) -> dict[str, Any]:
+    check_name(name, "consortium name")
+    for member in member_names:
+        check_name(member, "member name")
+    if len(set(member_names)) != len(member_names):
+        raise ConfigError(f"member names must differ: {member_names}")
+    directory.mkdir(parents=True, exist_ok=True)
+    consortium_file = directory / "consortium.toml"
+    if consortium_file.exists() and not overwrite:
+        raise ConfigError(f"{consortium_file}: already exists (use --force to overwrite, or another --dir)")
+    members = []
+    keys: dict[str, tuple[SigningKey, SigningKey]] = {}
+    for i, member in enumerate(member_names):
+        member_key, client_key = SigningKey.generate(), SigningKey.generate()
+        keys[member] = (member_key, client_key)
+        write_key(directory / "keys" / f"{member}.key", member_key, "member", overwrite=overwrite)
+        write_key(directory / "keys" / f"{member}-client.key", client_key, "client", overwrite=overwrite)
+        members.append(Member(member, member_key.public, f"{host}:{base_port + i}", (client_key.public,),
+                              cert=member_certificate(member_key.seed, member),
+                              api=f"{host}:{api_base_port + i}"))
+    consortium = Consortium(name, genesis_time_ms if genesis_time_ms is not None else int(time.time() * 1000),
+                            tuple(members), Params(**(params or {})))
+    consortium_file.write_text(
+        "# PeerDB consortium file: the founding contract, identical for every member.\n"
+        "# Its hash (without addresses and certs) is the consortium id; see docs/protocol.md.\n"
+        + tomli_w.dumps(consortium_to_toml_data(consortium)))
+    configs = {}
+    for i, member in enumerate(member_names):
+        cfg: dict[str, Any] = {
+            "node": {"member": member, "consortium": "consortium.toml", "key_file": f"keys/{member}.key",
+                     "client_key_file": f"keys/{member}-client.key", "data_dir": f"data/{member}",
+                     "sync": sync},
+            "api": {"listen": f"{host}:{api_base_port + i}", "token": secrets.token_urlsafe(24)},
+        }
+        if bitcoin_rpc:
+            cfg["bitcoin"] = {"rpc_url": bitcoin_rpc}
+        path = directory / f"{member}.toml"
+        path.write_text(f"# PeerDB node config for {member}. Keep it private: it holds the API token.\n"
+                        + tomli_w.dumps(cfg))
+        path.chmod(0o600)
+        configs[member] = str(path)
+    return {"consortium_file": str(consortium_file), "consortium_id": None, "configs": configs,
+            "members": member_names}
