@@ -245,7 +245,7 @@ class Api:
         location = store.tx_location(txid)
         assert location is not None
         return {"txid": txid.hex(), "status": level or "tentative", "height": height,
-                "block": location[1].hex()}
+                "block": location.block_hash.hex()}
 
     @_wrap
     async def get_tx(self, request: Request) -> Any:
@@ -395,7 +395,7 @@ class Api:
     @_wrap
     async def get_objections(self, request: Request) -> Any:
         return {"objections": [{"block": o.block_hash.hex(), "member": o.member, "reason": o.reason}
-                               for o in self.engine.store.objections(None)]}
+                               for o in self.engine.store.all_objections()]}
 
     @_wrap
     async def get_anchors(self, request: Request) -> Any:

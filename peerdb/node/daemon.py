@@ -8,6 +8,7 @@ cancel the nursery; an engine call in progress runs to the end of its LMDB trans
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -117,7 +118,8 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, key: SigningKey, acc
             await nursery.start(service.run)
             if anchoring is not None:
                 await nursery.start(anchoring.run)
-            bound = await nursery.start(hypercorn_serve, api, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            serve_api = functools.partial(hypercorn_serve, api, hconfig, shutdown_trigger=stop.wait)
+            bound = await nursery.start(serve_api)
             log.info("client API listening on %s", bound if bound else cfg.api_listen)
             task_status.started(service)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -33,6 +33,7 @@ from ..core.keys import SigningKey
 from ..core.merkle import merkle_root
 from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
 from ..core.state import Effects, apply_txs, check_tx_static, check_tx_time
+from ..store import Store
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from .messages import (
     MAX_CATCHUP_BLOCKS,
@@ -80,7 +81,7 @@ class SubmitResult:
 
 
 class Engine:
-    def __init__(self, consortium: Consortium, me: str, key: SigningKey, store: "StoreLike",
+    def __init__(self, consortium: Consortium, me: str, key: SigningKey, store: Store,
                  now_ms: int, *, mempool_max: int = 200_000, verifier: Verifier | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
@@ -121,7 +122,7 @@ class Engine:
                 if block is not None:
                     for ev in block.evidence:
                         self.evidence_in_block.setdefault(ev.id, []).append(header.hash)
-        for block_hash in self.store.anchored_hashes():
+        for block_hash, _proof in self.store.anchors():
             self.tree.set_anchored(block_hash)
         for tx in self.store.mempool_items():
             self.mempool[tx.txid] = tx
@@ -200,10 +201,11 @@ class Engine:
         parent = self.tree.header(block.header.prev)
         try:
             self.verifier.verify(block.txs)
-            effects = check_block(
-                block, parent, parent.state_root, self.store.state_reader_at(parent.hash), self.consortium,
-                self.cid, now_ms, evidence_known=lambda ev_id: self._evidence_included(ev_id, parent.hash),
-                signature_ok=self.verifier.known)
+            with self.store.state_reader_at(parent.hash, self.effects_cache) as reader:
+                effects = check_block(
+                    block, parent, parent.state_root, reader, self.consortium, self.cid, now_ms,
+                    evidence_known=lambda ev_id: self._evidence_included(ev_id, parent.hash),
+                    signature_ok=self.verifier.known)
         except ValidationError as exc:
             log.warning("rejected block %d round %d by %s (from %s): %s", block.height, block.header.round,
                         block.header.proposer, peer, exc)
@@ -380,7 +382,7 @@ class Engine:
             except (DecodeError, ValidationError) as exc:
                 result.rejected.append((i, str(exc)))
                 continue
-            if tx.txid in self.mempool or tx.txid in seen_batch or self.store.tx_seen(tx.txid):
+            if tx.txid in self.mempool or tx.txid in seen_batch or self.store.tx_location(tx.txid) is not None:
                 result.duplicates.append(tx.txid)
                 continue
             seen_batch.add(tx.txid)
@@ -471,7 +473,7 @@ class Engine:
                 if tx.expires_ms < time_ms:
                     stale.append(txid)
                 continue
-            if self.store.tx_seen(txid):
+            if self.store.tx_location(txid) is not None:
                 stale.append(txid)
                 continue
             chosen.append(tx)
@@ -482,8 +484,9 @@ class Engine:
             self.store.mempool_remove(stale)
         evidence = [ev for ev in self.evidence.values() if not self._evidence_included(ev.id, tip.hash)]
         evidence = sorted(evidence, key=lambda e: e.id)[:64]
-        effects = apply_txs(self.store.state_reader_at(tip.hash), chosen, self.consortium, self.cid, time_ms,
-                            tip.state_root, signature_ok=lambda tx: True)
+        with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
+            effects = apply_txs(reader, chosen, self.consortium, self.cid, time_ms, tip.state_root,
+                                signature_ok=lambda tx: True)
         header = Header(height, round_, tip.hash, self.me, time_ms, merkle_root([tx.txid for tx in chosen]),
                         len(chosen), effects.state_root, merkle_root([e.id for e in evidence]))
         block = Block(header, tuple(chosen), tuple(evidence))
@@ -571,7 +574,3 @@ class Engine:
             if member != self.me and not peers_up(member):
                 alerts.append(Alert("peer_down", f"peer {member} is not connected", subject=member))
         return alerts
-
-
-class StoreLike:  # pragma: no cover - documentation of what the engine needs from the store
-    """The subset of :class:`peerdb.store.Store` the engine uses (see that class)."""

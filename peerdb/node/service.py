@@ -218,7 +218,7 @@ class NodeService:
         location = self.engine.store.tx_location(txid)
         if location is None:
             return None, None
-        height = location[0]
+        height = location.height
         heads = self.engine.heads()
         for view in (View.UNANIMOUS, View.UNANIMOUS_SIGNED, View.MAJORITY, View.TENTATIVE):
             if heads.height(view) >= height:
@@ -229,7 +229,7 @@ class NodeService:
         target = self.engine.heads().height(view)
         for txid in txids:
             location = self.engine.store.tx_location(txid)
-            if location is None or location[0] > target:
+            if location is None or location.height > target:
                 return False
         return True
 

@@ -1,0 +1,164 @@
+"""Anchoring inside the node: whose duty it is, which blocks to anchor, and sharing proofs.
+
+Duty rotates (docs/protocol.md, "Anchoring"): interval k = floor(now / anchor_interval) belongs
+to members[k mod n]. In its interval the duty member hands every best-chain block above the
+anchored height to its :class:`~peerdb.anchor.service.AnchorService`, which publishes one
+Bitcoin transaction for all of them. A member that is down simply misses its interval and the
+next one anchors; so the consortium pays for at most one anchor per interval, whatever the
+block rate, and no member is needed for anchoring to continue.
+
+Confirmed proofs are stored, marked in the block tree, and sent to every member in an
+``anchor`` message. Every member verifies every proof it receives offline (Merkle path, OP_RETURN,
+partial Merkle tree, header chain, depth) and, when it has a Bitcoin node, also that the header
+is on that node's best chain, before it counts the block as anchored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ..anchor.errors import AnchorProofError, BitcoinRPCError, BitcoinUnavailable
+from ..anchor.planner import AnchorItem, AnchorPolicy
+from ..anchor.proof import AnchorProof, verify_anchor_proof
+from ..anchor.rpc import BitcoinRPC
+from ..anchor.service import AnchorService, AnchorServiceConfig
+from ..core.alerts import Alert
+from ..core.consortium import Consortium
+from ..core.errors import DecodeError, ValidationError
+from .config import NodeConfig
+from .messages import AnchorMsg
+from .service import NodeService
+
+log = logging.getLogger("peerdb.anchor")
+
+ANCHOR_PENDING_ALERT_MS = 3
+"""Multiples of the anchor interval after which unanchored blocks raise ``anchor_pending``."""
+
+
+def anchor_duty(members: Sequence[str], now_ms: int, interval_s: int) -> str:
+    return members[(now_ms // (interval_s * 1000)) % len(members)]
+
+
+class NodeAnchoring:
+    def __init__(self, service: NodeService, cfg: NodeConfig, consortium: Consortium) -> None:
+        assert cfg.bitcoin is not None  # the daemon builds this only with a [bitcoin] section
+        self.service = service
+        self.engine = service.engine
+        self.cfg = cfg
+        self.bitcoin = cfg.bitcoin
+        self.consortium = consortium
+        self.params = consortium.params
+        self.confirmations = cfg.bitcoin.confirmations or self.params.anchor_confirmations
+        self.rpc = BitcoinRPC(cfg.bitcoin.rpc_url)
+        policy = AnchorPolicy(interval_ms=0, interval_blocks=None, confirmations=self.confirmations,
+                              max_fee_sat=cfg.bitcoin.fee_budget_sat)
+        self.anchor_service = AnchorService(self.rpc, self, AnchorServiceConfig(policy=policy),
+                                            clock=service.clock_ms)
+        self.handed_over: set[bytes] = set()
+        self.last_duty_interval = -1
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.anchor_service.run)
+            nursery.start_soon(self._duty_loop)
+            task_status.started()
+
+    async def _duty_loop(self) -> None:
+        """Wake the anchor service at the start of each interval that is ours."""
+        interval_ms = self.params.anchor_interval_s * 1000
+        while True:
+            now = self.service.clock_ms()
+            k = now // interval_ms
+            if anchor_duty(self.consortium.member_names, now, self.params.anchor_interval_s) == self.engine.me \
+                    and k != self.last_duty_interval:
+                self.anchor_service.wake()
+            await trio.sleep(max(0.05, ((k + 1) * interval_ms - now) / 1000))
+
+    # --- AnchorHost ------------------------------------------------------------------------------
+
+    def new_blocks(self) -> Sequence[AnchorItem]:
+        now = self.service.clock_ms()
+        interval_ms = self.params.anchor_interval_s * 1000
+        k = now // interval_ms
+        if k == self.last_duty_interval or \
+                anchor_duty(self.consortium.member_names, now, self.params.anchor_interval_s) != self.engine.me:
+            return []
+        tree = self.engine.tree
+        heads = tree.heads()
+        items = []
+        for height in range(heads.anchored + 1, heads.tentative + 1):
+            block_hash = tree.best_chain_hash(height)
+            if block_hash is not None and block_hash not in self.handed_over:
+                items.append(AnchorItem(height, block_hash))
+        if not items:
+            return []
+        self.last_duty_interval = k
+        self.handed_over.update(i.block_hash for i in items)
+        log.info("anchor duty: anchoring heights %d-%d", items[0].height, items[-1].height)
+        return items
+
+    async def on_proof(self, proof: AnchorProof) -> None:
+        await self.service.call(self._record, [proof], True)
+
+    def _record(self, proofs: list[AnchorProof], share: bool) -> None:
+        fresh = []
+        for proof in proofs:
+            if self.engine.store.anchor(proof.block_hash) is not None:
+                continue
+            self.engine.store.record_anchor(proof.block_hash, proof.encode())
+            if proof.block_hash in self.engine.tree:
+                self.engine.tree.set_anchored(proof.block_hash)
+            fresh.append(proof)
+        if fresh:
+            log.info("anchored %d blocks in Bitcoin block %d", len(fresh), fresh[0].bitcoin_height)
+            if share:
+                self.engine.outbox.append(_outgoing(AnchorMsg(tuple(p.encode() for p in fresh))))
+
+    def on_anchor_message(self, peer: str, msg: AnchorMsg, now_ms: int) -> None:
+        good = []
+        for raw in msg.proofs:
+            try:
+                proof = AnchorProof.decode(raw)
+                if self.engine.store.anchor(proof.block_hash) is not None:
+                    continue
+                verified = verify_anchor_proof(proof, proof.block_hash, check_pow=self.bitcoin.check_pow,
+                                               min_depth=self.confirmations)
+                self.rpc.check_anchor_in_best_chain(verified)
+            except (DecodeError, ValidationError, AnchorProofError) as exc:
+                log.warning("rejected anchor proof from %s: %s", peer, exc)
+                continue
+            except (BitcoinUnavailable, BitcoinRPCError) as exc:
+                log.warning("cannot check anchor proof from %s against Bitcoin now: %s", peer, exc)
+                continue
+            good.append(proof)
+        self._record(good, share=False)
+
+    # --- status and alerts ---------------------------------------------------------------------
+
+    def status_dict(self) -> dict[str, Any]:
+        status = self.anchor_service.status()
+        return {"state": status.state, "reason": status.reason, "lines": status.lines(),
+                "summary": "; ".join(status.lines()) or status.state,
+                "duty": anchor_duty(self.consortium.member_names, self.service.clock_ms(),
+                                    self.params.anchor_interval_s)}
+
+    def alert_conditions(self) -> dict[str, Any]:
+        status = self.anchor_service.status()
+        alerts = []
+        if status.state == "failed":
+            alerts.append(Alert("anchor_pending", f"anchoring failed: {status.reason}", subject="failed"))
+        heads = self.engine.tree.heads()
+        if heads.tentative > heads.anchored and status.waiting_since_ms is not None:
+            waited = status.now_ms - status.waiting_since_ms
+            if waited > ANCHOR_PENDING_ALERT_MS * self.params.anchor_interval_s * 1000:
+                alerts.append(Alert("anchor_pending", "; ".join(status.lines()), subject="pending"))
+        return {"alerts": alerts}
+
+
+def _outgoing(msg: AnchorMsg) -> Any:
+    from .engine import Outgoing
+    return Outgoing(None, msg)

@@ -1,0 +1,136 @@
+"""A consortium of real engines and stores in one process, joined by the in-memory hub.
+
+Runs under trio's autojump MockClock: time moves only when every task waits, so turn timeouts,
+heartbeats and reconnect backoff happen instantly and in the same order on every run. Engine
+calls run inline (no worker threads), stores are real LMDB with sync off (tmp_path).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from peerdb.core.consortium import Consortium, Member, Params
+from peerdb.core.keys import SigningKey
+from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
+from peerdb.net.memory import MemoryHub
+from peerdb.net.peers import NetConfig, PeerNetwork
+from peerdb.node.engine import Engine
+from peerdb.node.service import NodeService, trio_clock_ms
+from peerdb.store import Store
+
+NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
+FAST_PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000, anchor_interval_s=60)
+NET = NetConfig(backoff_initial=0.05, backoff_max=0.5, ping_interval=1.0, idle_timeout=4.0, stable_after=1.0)
+
+
+@dataclass
+class MemberNode:
+    name: str
+    store: Store
+    engine: Engine
+    service: NodeService
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, names: tuple[str, ...] = NAMES, params: Params = FAST_PARAMS,
+                 namespaces: tuple[Any, ...] = ()) -> None:
+        self.tmp_path = tmp_path
+        self.names = names
+        self.keys = {n: SigningKey.generate() for n in names}
+        self.client_keys = {n: SigningKey.generate() for n in names}
+        self.consortium = Consortium("test", 0, tuple(
+            Member(n, self.keys[n].public, f"127.0.0.1:{7000 + i}", (self.client_keys[n].public,))
+            for i, n in enumerate(names)), params, namespaces)
+        self.cid = consortium_id(self.consortium)
+        self.hub = MemoryHub()
+        self.nodes: dict[str, MemberNode] = {}
+        self.nursery: trio.Nursery | None = None
+        self._nonce = itertools.count(1)
+
+    def _build(self, name: str) -> MemberNode:
+        store = Store.open(self.tmp_path / name, self.consortium, name, sync=False)
+        engine = Engine(self.consortium, name, self.keys[name], store, trio_clock_ms(), verifier=None)
+        network = PeerNetwork(name, self.names, self.cid, self.hub.transport(name), config=NET)
+        service = NodeService(engine, network, clock_ms=trio_clock_ms, offload=False)
+        return MemberNode(name, store, engine, service)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        for name in self.names:
+            await self.start_node(name)
+
+    async def start_node(self, name: str) -> None:
+        assert self.nursery is not None
+        node = self._build(name)
+        self.nodes[name] = node
+        await self.nursery.start(self._run, node)
+
+    async def _run(self, node: MemberNode, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            node.scope = scope
+            try:
+                await node.service.run(task_status=task_status)
+            finally:
+                node.stopped.set()
+
+    async def crash(self, name: str) -> None:
+        """Stop a member abruptly (its store keeps what it committed) and close its store."""
+        node = self.nodes[name]
+        assert node.scope is not None
+        node.scope.cancel()
+        await node.stopped.wait()
+        node.engine.verifier.close()
+        node.store.close()
+
+    def tx(self, member: str, key: str, value: bytes = b"v", namespace: str = "ns") -> Tx:
+        return Tx.create(self.client_keys[member], self.cid, member, next(self._nonce),
+                         trio_clock_ms() + 600_000, [Op(OP_PUT, namespace, key, value)])
+
+    async def submit(self, member: str, txs: list[Tx]) -> None:
+        result = await self.nodes[member].service.submit([tx.raw for tx in txs])
+        assert len(result.accepted) == len(txs), result
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 120.0, what: str = "") -> None:
+        """Poll a condition in virtual time (autojump clock: no wall-clock waiting)."""
+        with trio.move_on_after(timeout) as scope:
+            while not predicate():
+                await trio.sleep(0.05)
+        if scope.cancelled_caught:
+            raise AssertionError(f"timed out (virtual {timeout} s) waiting for {what or predicate}\n{self.describe()}")
+
+    def describe(self) -> str:
+        lines = []
+        for name, node in self.nodes.items():
+            h = node.engine.heads()
+            lines.append(f"{name}: {h} tip={node.engine.tree.best_tip.hash.hex()[:12]} mempool={len(node.engine.mempool)}")
+        return "\n".join(lines)
+
+    def included(self, member: str, txs: list[Tx], level: str = "unanimous_signed") -> bool:
+        node = self.nodes[member]
+        heads = node.engine.heads()
+        target = getattr(heads, level)
+        for tx in txs:
+            loc = node.store.tx_location(tx.txid)
+            if loc is None or loc.height > target:
+                return False
+        return True
+
+    def live(self) -> list[MemberNode]:
+        return [n for n in self.nodes.values() if not n.stopped.is_set()]
+
+    def same_tip(self, names: tuple[str, ...] | None = None) -> bool:
+        nodes = [self.nodes[n] for n in names] if names else self.live()
+        return len({n.engine.tree.best_tip.hash for n in nodes}) == 1
+
+    async def close(self) -> None:
+        for node in self.nodes.values():
+            if not node.stopped.is_set():
+                await self.crash(node.name)
