@@ -102,6 +102,7 @@ class Engine:
         self.catchup_asked: dict[str, int] = {}
         self.tip_seen_ms = now_ms
         self.objection_count = 0
+        self._last_tip = b""
         self._load(now_ms)
 
     # --- start-up ------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class Engine:
         if self.mempool:
             self.verifier.verify(list(self.mempool.values()))
         self._sync_head(now_ms)
+        self._last_tip = self.tree.best_tip.hash
         log.info("engine loaded: %d blocks, tip height %d, %d pending txs, %d culprits",
                  sum(1 for _ in self.tree.headers()) - 1, self.tree.best_tip.height, len(self.mempool),
                  len(self.tree.culprits))
@@ -265,11 +267,12 @@ class Engine:
         self.verifier.remember(list(returned))
 
     def _after_change(self, now_ms: int) -> None:
-        before = self.store.head().hash
         self._sync_head(now_ms)
-        if self.tree.best_tip.hash != before:
-            self.tip_seen_ms = now_ms
         self._maybe_sign_tip(now_ms)
+        tip = self.tree.best_tip.hash
+        if tip != self._last_tip:
+            self._last_tip = tip
+            self.tip_seen_ms = now_ms
 
     def _maybe_sign_tip(self, now_ms: int) -> None:
         tip = self.tree.best_tip
@@ -440,6 +443,8 @@ class Engine:
         parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
         if not ((self.mempool and parent_endorsed) or now_ms >= round_start + params.heartbeat_ms):
             return None
+        if tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms > now_ms:
+            return None  # by the parent's clock this round has not begun: peers would refuse the block
         block = self._build_block(tip, height, round_, now_ms)
         self.proposed.add((height, round_))
         try:
@@ -457,7 +462,7 @@ class Engine:
 
     def _build_block(self, tip: Header, height: int, round_: int, now_ms: int) -> Block:
         params = self.consortium.params
-        time_ms = max(now_ms, tip.time_ms, tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms)
+        time_ms = max(now_ms, tip.time_ms)
         chosen: list[Tx] = []
         size = 1024
         stale = []
