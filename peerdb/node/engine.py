@@ -219,7 +219,6 @@ class Engine:
             if sig is not proposer_sig:
                 self._accept_sigs([sig], peer, now_ms)
         for ev in block.evidence:
-            self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
             self._accept_evidence(ev, None, now_ms)
         early = self.pending_sigs.pop(block.hash, None)
         if early:
@@ -232,6 +231,8 @@ class Engine:
 
     def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects) -> None:
         self._check_double_sign(block.header, proposer_sig)
+        for ev in block.evidence:
+            self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
         self.tree.add_header(block.header)
         self.tree.add_signature(block.hash, proposer_sig.member)
         self._remember_effects(block.hash, effects)
