@@ -256,6 +256,8 @@ class AnchorPlanner:
     _queue: list[AnchorItem] = field(default_factory=list)
     _queued_ms: dict[bytes, int] = field(default_factory=dict)
     _batches: dict[int, _Batch] = field(default_factory=dict)
+    _live: set[bytes] = field(default_factory=set)
+    """Every hash queued or in a batch, so that adding is O(1) per hash at any backlog."""
     _next_id: int = 1
     _last_publish_ms: int | None = None
     _last_anchored: BatchStatus | None = None
@@ -264,12 +266,11 @@ class AnchorPlanner:
 
     def add(self, items: Iterable[AnchorItem], now_ms: int) -> int:
         """Queue block hashes; ones already queued or in a live batch are ignored. Returns how many were new."""
-        live = {i.block_hash for b in self._batches.values() for i in b.items} | set(self._queued_ms)
         added = 0
         for item in items:
-            if item.block_hash in live:
+            if item.block_hash in self._live:
                 continue
-            live.add(item.block_hash)
+            self._live.add(item.block_hash)
             self._queue.append(item)
             self._queued_ms[item.block_hash] = now_ms
             added += 1
@@ -411,6 +412,7 @@ class AnchorPlanner:
         batch = self._get(batch_id, BatchState.CONFIRMED)
         batch.reason = None
         del self._batches[batch_id]
+        self._live.difference_update(i.block_hash for i in batch.items)
         self._last_anchored = replace(batch.snapshot(), since_ms=now_ms)
 
     # -- status -------------------------------------------------------------------------------
