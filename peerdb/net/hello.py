@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from peerdb.core.errors import ProtocolError, RemoteError
+from peerdb.core.errors import ProtocolError
 from peerdb.core.limits import HASH_LEN, MAX_NAME_LEN, MAX_REASON_LEN, PROTOCOL_VERSION
 
 from .frames import FrameReader, send_frame
@@ -29,8 +29,20 @@ REFUSAL_SEND_TIMEOUT = 2.0
 a peer that stopped reading hold our task open."""
 
 
+DUPLICATE_CONNECTION = "duplicate connection"
+"""The reason sent when the one-connection rule refuses a connection (routine, not a fault)."""
+
+REPLACED = "replaced by a newer connection"
+"""The goodbye on a connection being retired for a newer one: "finish reading, then close"."""
+
+
 class RefusedByPeer(ProtocolError):
     """The peer answered with an error frame; it closes the connection, we just log its reason."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"refused by {peer}: {reason}")
+        self.peer = peer
+        self.reason = reason
 
 
 def make_hello(consortium_id: bytes, name: str) -> dict[str, Any]:
@@ -93,7 +105,7 @@ async def receive_hello(reader: FrameReader, expected_cid: bytes, peer_identity:
     message = await reader.receive()
     reason = refusal_reason(message)
     if reason is not None:
-        raise RefusedByPeer(f"refused by {peer_identity}: {reason}")
+        raise RefusedByPeer(peer_identity, reason)
     check_hello(message, expected_cid, peer_identity)
 
 
@@ -105,7 +117,3 @@ async def send_refusal(stream: trio.abc.SendStream, reason: str) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
 
-
-def is_remote_fault(exc: BaseException) -> bool:
-    """True for errors that mean the peer broke the protocol (worth telling it why)."""
-    return isinstance(exc, RemoteError) and not isinstance(exc, RefusedByPeer)

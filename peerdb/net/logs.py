@@ -37,6 +37,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, trio.EndOfChannel):
         return "closed by peer"
     cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"tls: certificate verify failed ({cause.verify_message})"
     if isinstance(cause, ssl.SSLError):
         return f"tls: {cause.reason or cause}"
     if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)) and cause is not None:

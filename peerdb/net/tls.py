@@ -19,6 +19,7 @@ import ssl
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -110,7 +111,7 @@ def client_context(seed: bytes, certificate: bytes, trusted: Iterable[bytes]) ->
     return _build_context(ssl.PROTOCOL_TLS_CLIENT, seed, certificate, trusted)
 
 
-def peer_identity(stream: trio.SSLStream[trio.abc.Stream], members_by_key: Mapping[bytes, str]) -> str:
+def peer_identity(stream: trio.SSLStream[Any], members_by_key: Mapping[bytes, str]) -> str:
     """Member name owning the key of the certificate the peer presented in this handshake."""
     der = stream.getpeercert(binary_form=True)
     if not der:
@@ -191,7 +192,7 @@ class TlsTransport(Transport):
         host, port = self._listen
         listeners = await trio.open_tcp_listeners(port, host=host)
         self._bound_port = listeners[0].socket.getsockname()[1]
-        log_event(logging.INFO, "listening", member=self.own_name, address=f"{host}:{self._bound_port}")
+        log_event(logging.INFO, "listening", node=self.own_name, address=f"{host}:{self._bound_port}")
 
         async def accept(tcp: trio.SocketStream) -> None:
             await self._accept(tcp, handler)
@@ -212,7 +213,7 @@ class TlsTransport(Transport):
                 await stream.do_handshake()
             identity = peer_identity(stream, self._by_key)
         except (trio.BrokenResourceError, trio.TooSlowError, RemoteError) as exc:
-            log_event(logging.WARNING, "refused", remote=remote, reason=describe_error(exc))
+            log_event(logging.WARNING, "refused", node=self.own_name, remote=remote, reason=describe_error(exc))
             await trio.aclose_forcefully(stream)
             return
         await handler(AuthenticatedStream(stream, identity, remote))

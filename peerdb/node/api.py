@@ -394,8 +394,13 @@ class Api:
 
     @_wrap
     async def get_objections(self, request: Request) -> Any:
-        return {"objections": [{"block": o.block_hash.hex(), "member": o.member, "reason": o.reason}
-                               for o in self.engine.store.all_objections()]}
+        def read() -> dict[str, Any]:
+            out = []
+            for header in self.engine.tree.headers():
+                for o in self.engine.store.objections(header.hash):
+                    out.append({"block": o.block_hash.hex(), "member": o.member, "reason": o.reason})
+            return {"objections": out}
+        return await self.service.read(read)
 
     @_wrap
     async def get_anchors(self, request: Request) -> Any:

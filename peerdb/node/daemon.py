@@ -53,6 +53,31 @@ def setup_logging(level: str, member: str) -> None:
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
 
 
+def task_tree() -> str:
+    """The trio task tree with each task's innermost frames: what `kill -USR1 <pid>` logs."""
+    lines: list[str] = []
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        frames = []
+        coro: Any = task.coro
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:
+            frames.append(f"{coro.cr_frame.f_code.co_name}:{coro.cr_frame.f_lineno}")
+            coro = coro.cr_await
+        lines.append("  " * depth + f"{task.name}  {' > '.join(frames[-5:])}")
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+    walk(trio.lowlevel.current_root_task(), 0)
+    return "\n".join(lines)
+
+
+async def _dump_on_usr1() -> None:
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            for line in task_tree().splitlines():
+                log.warning("task: %s", line)
+
+
 def run_daemon(config_path: str, *, accept_restored: bool = False) -> None:
     cfg = load_node_config(config_path)
     setup_logging(cfg.log_level, cfg.member)
@@ -115,6 +140,7 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, key: SigningKey, acc
         hconfig.errorlog = logging.getLogger("hypercorn.error")
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_dump_on_usr1)
             await nursery.start(service.run)
             if anchoring is not None:
                 await nursery.start(anchoring.run)

@@ -1,0 +1,97 @@
+"""Tunables of the peer network, each a named default with the reason for its value.
+
+These are local choices, not consensus rules: two members with different values still talk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peerdb.core.errors import LocalError
+from peerdb.core.limits import MAX_FRAME_BYTES
+
+OUTGOING_QUEUE_FRAMES = 4096
+"""Frames waiting for one peer. A block is one frame and its signatures a handful more, so this
+holds many heights of traffic: enough to ride out a reconnect without loss."""
+
+OUTGOING_QUEUE_BYTES = 64 * 1024 * 1024
+"""Bytes waiting for one peer: four maximal frames. With MAX_MEMBERS peers this bounds queued
+memory at a few GiB in the absolute worst case, and at almost nothing in practice, since a
+broadcast shares one bytes object between all queues."""
+
+INCOMING_BUFFER = 256
+"""Decoded messages waiting for the node. Small, so that a node that falls behind pushes back on
+its peers through TCP rather than buffering without bound."""
+
+EVENTS_BUFFER = 1024
+"""Up/down events waiting to be read. If nobody reads them they are dropped (logged at debug);
+``PeerNetwork.peer_state`` stays exact either way."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds for connecting plus TLS plus the hello exchange; a healthy WAN peer needs well under
+one. Also how long a replaced connection may take to drain, and how long a peer that announced
+a newer connection is still counted as up while that connection is being made."""
+
+PING_INTERVAL = 5.0
+"""Seconds without outgoing traffic after which we send a ping, so the peer's idle timer sees us."""
+
+IDLE_TIMEOUT = 20.0
+"""Seconds without a single incoming byte before the peer is declared gone: four missed pings,
+so one delayed packet is not an outage, yet a silent partition is reported within half a minute."""
+
+WRITE_TIMEOUT = 60.0
+"""Seconds one frame may take to write. A maximal frame (16 MiB) needs ~2 Mbit/s to make it;
+a peer that stops reading for longer is treated as gone rather than left pinning our writer."""
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds a graceful close (TLS close_notify) may take before the socket is just dropped."""
+
+BACKOFF_INITIAL = 0.5
+"""First redial delay after a failure; also the stagger of the member that does not win ties,
+so that at start-up the preferred dialler usually connects first and no duplicate is made."""
+
+BACKOFF_MAX = 30.0
+"""Cap on the redial delay: a member back from an outage is reconnected within half a minute."""
+
+STABLE_AFTER = 10.0
+"""A connection that lasted this long resets the backoff; a peer that accepts and then drops us
+(or sends garbage) at once keeps backing off instead of being redialled in a tight loop."""
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Tunables of a ``PeerNetwork``; the defaults are the named constants of this module.
+
+    ``stagger_dial=False`` makes both members of a pair dial at once (tests of the tie rule).
+    """
+
+    queue_frames: int = OUTGOING_QUEUE_FRAMES
+    queue_bytes: int = OUTGOING_QUEUE_BYTES
+    incoming_buffer: int = INCOMING_BUFFER
+    events_buffer: int = EVENTS_BUFFER
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    ping_interval: float = PING_INTERVAL
+    idle_timeout: float = IDLE_TIMEOUT
+    write_timeout: float = WRITE_TIMEOUT
+    close_timeout: float = CLOSE_TIMEOUT
+    backoff_initial: float = BACKOFF_INITIAL
+    backoff_max: float = BACKOFF_MAX
+    stable_after: float = STABLE_AFTER
+    stagger_dial: bool = True
+    max_frame_bytes: int = MAX_FRAME_BYTES
+
+    def __post_init__(self) -> None:
+        for field in ("queue_frames", "queue_bytes", "incoming_buffer", "events_buffer", "max_frame_bytes"):
+            if getattr(self, field) < 1:
+                raise LocalError(f"net.{field}: must be at least 1")
+        for field in (
+            "handshake_timeout", "ping_interval", "idle_timeout", "write_timeout", "close_timeout", "backoff_initial",
+        ):
+            if not getattr(self, field) > 0:
+                raise LocalError(f"net.{field}: must be positive")
+        if self.idle_timeout <= self.ping_interval:
+            raise LocalError("net.idle_timeout: must exceed ping_interval, or idle peers would be dropped")
+        if self.backoff_max < self.backoff_initial:
+            raise LocalError("net.backoff_max: must be at least backoff_initial")
+        if self.max_frame_bytes > MAX_FRAME_BYTES:
+            raise LocalError(f"net.max_frame_bytes: above the protocol limit {MAX_FRAME_BYTES}")
