@@ -23,7 +23,9 @@ from .net.certs import member_certificate
 def init_consortium(directory: Path, name: str, member_names: list[str], *, host: str = "127.0.0.1",
                     base_port: int = 7100, api_base_port: int = 8100, bitcoin_rpc: str | None = None,
                     params: dict[str, int] | None = None, overwrite: bool = False,
-                    genesis_time_ms: int | None = None, sync: bool = True) -> dict[str, Any]:
+                    genesis_time_ms: int | None = None, sync: bool = True, ports: list[int] | None = None,
+                    api_ports: list[int] | None = None) -> dict[str, Any]:
+    """Write everything a consortium of ``member_names`` needs; ports default to base + index."""
     check_name(name, "consortium name")
     for member in member_names:
         check_name(member, "member name")
@@ -33,6 +35,10 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
     consortium_file = directory / "consortium.toml"
     if consortium_file.exists() and not overwrite:
         raise ConfigError(f"{consortium_file}: already exists (use --force to overwrite, or another --dir)")
+    ports = ports or [base_port + i for i in range(len(member_names))]
+    api_ports = api_ports or [api_base_port + i for i in range(len(member_names))]
+    if len(ports) != len(member_names) or len(api_ports) != len(member_names):
+        raise ConfigError("one peer port and one API port per member are needed")
     members = []
     keys: dict[str, tuple[SigningKey, SigningKey]] = {}
     for i, member in enumerate(member_names):
@@ -40,9 +46,9 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
         keys[member] = (member_key, client_key)
         write_key(directory / "keys" / f"{member}.key", member_key, "member", overwrite=overwrite)
         write_key(directory / "keys" / f"{member}-client.key", client_key, "client", overwrite=overwrite)
-        members.append(Member(member, member_key.public, f"{host}:{base_port + i}", (client_key.public,),
+        members.append(Member(member, member_key.public, f"{host}:{ports[i]}", (client_key.public,),
                               cert=member_certificate(member_key.seed, member),
-                              api=f"{host}:{api_base_port + i}"))
+                              api=f"{host}:{api_ports[i]}"))
     consortium = Consortium(name, genesis_time_ms if genesis_time_ms is not None else int(time.time() * 1000),
                             tuple(members), Params(**(params or {})))
     consortium_file.write_text(
@@ -55,7 +61,7 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
             "node": {"member": member, "consortium": "consortium.toml", "key_file": f"keys/{member}.key",
                      "client_key_file": f"keys/{member}-client.key", "data_dir": f"data/{member}",
                      "sync": sync},
-            "api": {"listen": f"{host}:{api_base_port + i}", "token": secrets.token_urlsafe(24)},
+            "api": {"listen": f"{host}:{api_ports[i]}", "token": secrets.token_urlsafe(24)},
         }
         if bitcoin_rpc:
             cfg["bitcoin"] = {"rpc_url": bitcoin_rpc}
@@ -64,5 +70,7 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
                         + tomli_w.dumps(cfg))
         path.chmod(0o600)
         configs[member] = str(path)
-    return {"consortium_file": str(consortium_file), "consortium_id": None, "configs": configs,
+    from .core.model import consortium_id
+    return {"consortium_file": str(consortium_file), "consortium_id": consortium_id(consortium).hex(),
+            "configs": configs,
             "members": member_names}

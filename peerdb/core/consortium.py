@@ -33,7 +33,7 @@ from .limits import (
     PROTOCOL_VERSION,
 )
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 """Member, consortium and namespace names: lowercase identifiers, safe in logs, paths and URLs."""
 
 EVERYONE = "*"
@@ -363,11 +363,13 @@ def consortium_to_toml_data(c: Consortium) -> dict[str, Any]:
         if m.cert is not None:
             entry["cert"] = base64.b64encode(m.cert).decode("ascii")
         members.append(entry)
-    return {
+    data: dict[str, Any] = {
         "consortium": {"name": c.name, "protocol": c.protocol, "genesis_time_ms": c.genesis_time_ms,
                        "open_namespaces": c.open_namespaces},
         "params": {f.name: getattr(c.params, f.name) for f in fields(Params)},
         "members": members,
-        "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
-                       for r in c.namespaces],
     }
+    if c.namespaces:
+        data["namespaces"] = [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
+                              for r in c.namespaces]
+    return data
