@@ -261,3 +261,17 @@ def test_evidence_with_bad_signature_is_ignored(net: Net) -> None:
     e = net.engines["firm-a"]
     e.on_evidence("firm-c", EvidenceMsg(ev), net.now)
     assert not e.tree.culprits and not e.evidence
+
+
+def test_body_not_matching_its_signed_header_gets_an_objection(net: Net) -> None:
+    from peerdb.core.codec import encode
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+    proposer = net.engines["firm-a"].current_turn(net.now)[2]
+    block, sig = net.craft(proposer, [net.tx(proposer, "honest")])
+    swapped = encode([block.header.raw, [net.tx(proposer, "swapped").raw], []])
+    victim = next(n for n in NAMES if n != proposer)
+    before = net.snapshot(victim)
+    net.engines[victim].on_proposal(proposer, Proposal(swapped, sig), net.now)
+    assert net.snapshot(victim) == before
+    [objection] = net.stores[victim].objections(block.hash)
+    assert "tx_root" in objection.reason

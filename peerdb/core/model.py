@@ -374,6 +374,12 @@ class Block:
     def height(self) -> int:
         return self.header.height
 
+    @staticmethod
+    def peek_header(data: bytes) -> Header:
+        """Only the header of an encoded block: enough to attribute a block whose body is bad."""
+        items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
+        return Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
+
     @classmethod
     def decode(cls, data: bytes) -> "Block":
         items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)

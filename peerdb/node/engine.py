@@ -103,6 +103,8 @@ class Engine:
         self.tip_seen_ms = now_ms
         self.objection_count = 0
         self._last_tip = b""
+        self._majority_height = -1
+        self._majority_seen_ms = now_ms
         self._load(now_ms)
 
     # --- start-up ------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ class Engine:
             block = Block.decode(proposal.block)
         except (DecodeError, ValidationError) as exc:
             log.warning("rejected proposal from %s: %s", peer, exc)
+            self._object_if_attributable(proposal, str(exc))
             return
         self._accept_block(block, (proposal.signature,), peer, now_ms, object_on_failure=True)
         self._after_change(now_ms)
@@ -291,6 +294,18 @@ class Engine:
         self.tree.add_signature(tip.hash, self.me)
         self._send(Sigs((sig,)))
         self._sync_head(now_ms)
+
+    def _object_if_attributable(self, proposal: Proposal, reason: str) -> None:
+        """A malformed body under a header its proposer really signed deserves an objection."""
+        try:
+            header = Block.peek_header(proposal.block)
+        except (DecodeError, ValidationError):
+            return
+        member = self.consortium.member(header.proposer)
+        sig = proposal.signature
+        if member is not None and sig.member == header.proposer and sig.block_hash == header.hash \
+                and sig.valid(self.cid, member.key):
+            self._object(header.hash, reason)
 
     def _object(self, block_hash: bytes, reason: str) -> None:
         objection = Objection.create(self.key, self.cid, self.me, block_hash, reason)
@@ -574,7 +589,12 @@ class Engine:
     def alert_conditions(self, now_ms: int, peers_up: Callable[[str], bool]) -> list[Alert]:
         alerts = chain_alerts(self.tree, self.me)
         params = self.consortium.params
-        if now_ms - self.tip_seen_ms > params.turn_timeout_ms + params.heartbeat_ms:
+        majority = self.tree.heads().majority
+        if majority != self._majority_height:
+            self._majority_height, self._majority_seen_ms = majority, now_ms
+        # Heartbeat blocks keep the tip moving even when too few members sign; progress is the
+        # majority head moving, so that is what "stalled" watches.
+        if now_ms - self._majority_seen_ms > params.turn_timeout_ms + params.heartbeat_ms:
             alerts.append(waiting_for(self.tree, self.tip_seen_ms, now_ms, params.turn_timeout_ms))
         for member in self.consortium.member_names:
             if member != self.me and not peers_up(member):
