@@ -30,6 +30,7 @@ from ..core.alerts import Alert
 from ..core.consortium import Consortium
 from ..core.errors import DecodeError, ValidationError
 from .config import NodeConfig
+from .engine import Engine, Outgoing
 from .messages import AnchorMsg
 from .service import NodeService
 
@@ -43,6 +44,56 @@ def anchor_duty(members: Sequence[str], now_ms: int, interval_s: int) -> str:
     return members[(now_ms // (interval_s * 1000)) % len(members)]
 
 
+class AnchorBook:
+    """Receiving side, on every member (with or without a Bitcoin node of its own).
+
+    A proof is accepted when it verifies offline at the consortium's ``anchor_confirmations``
+    depth (so all members agree on what counts as anchored) and, when this member has a Bitcoin
+    node, when that node also has the header on its best chain.
+    """
+
+    def __init__(self, engine: Engine, *, check_pow: bool, rpc: BitcoinRPC | None) -> None:
+        self.engine = engine
+        self.check_pow = check_pow
+        self.rpc = rpc
+        self.min_depth = engine.consortium.params.anchor_confirmations
+
+    def record(self, proofs: Sequence[AnchorProof], share: bool) -> int:
+        fresh = []
+        for proof in proofs:
+            if self.engine.store.anchor(proof.block_hash) is not None:
+                continue
+            self.engine.store.record_anchor(proof.block_hash, proof.encode())
+            if proof.block_hash in self.engine.tree:
+                self.engine.tree.set_anchored(proof.block_hash)
+            fresh.append(proof)
+        if fresh:
+            log.info("anchored %d blocks in Bitcoin block %d", len(fresh), fresh[0].bitcoin_height)
+            if share:
+                self.engine.outbox.append(Outgoing(None, AnchorMsg(tuple(p.encode() for p in fresh))))
+        return len(fresh)
+
+    def on_anchor_message(self, peer: str, msg: AnchorMsg, now_ms: int) -> None:
+        good = []
+        for raw in msg.proofs:
+            try:
+                proof = AnchorProof.decode(raw)
+                if self.engine.store.anchor(proof.block_hash) is not None:
+                    continue
+                verified = verify_anchor_proof(proof, proof.block_hash, check_pow=self.check_pow,
+                                               min_depth=self.min_depth)
+                if self.rpc is not None:
+                    self.rpc.check_anchor_in_best_chain(verified)
+            except (DecodeError, ValidationError, AnchorProofError) as exc:
+                log.warning("rejected anchor proof from %s: %s", peer, exc)
+                continue
+            except (BitcoinUnavailable, BitcoinRPCError) as exc:
+                log.warning("cannot check anchor proof from %s against Bitcoin now: %s", peer, exc)
+                continue
+            good.append(proof)
+        self.record(good, share=False)
+
+
 class NodeAnchoring:
     def __init__(self, service: NodeService, cfg: NodeConfig, consortium: Consortium) -> None:
         assert cfg.bitcoin is not None  # the daemon builds this only with a [bitcoin] section
@@ -52,8 +103,10 @@ class NodeAnchoring:
         self.bitcoin = cfg.bitcoin
         self.consortium = consortium
         self.params = consortium.params
-        self.confirmations = cfg.bitcoin.confirmations or self.params.anchor_confirmations
+        # A member may wait deeper than agreed before it shares a proof, never shallower.
+        self.confirmations = max(cfg.bitcoin.confirmations or 0, self.params.anchor_confirmations)
         self.rpc = BitcoinRPC(cfg.bitcoin.rpc_url)
+        self.book = AnchorBook(self.engine, check_pow=cfg.bitcoin.check_pow, rpc=self.rpc)
         policy = AnchorPolicy(interval_ms=0, interval_blocks=None, confirmations=self.confirmations,
                               max_fee_sat=cfg.bitcoin.fee_budget_sat)
         self.anchor_service = AnchorService(self.rpc, self, AnchorServiceConfig(policy=policy),
@@ -102,40 +155,7 @@ class NodeAnchoring:
         return items
 
     async def on_proof(self, proof: AnchorProof) -> None:
-        await self.service.call(self._record, [proof], True)
-
-    def _record(self, proofs: list[AnchorProof], share: bool) -> None:
-        fresh = []
-        for proof in proofs:
-            if self.engine.store.anchor(proof.block_hash) is not None:
-                continue
-            self.engine.store.record_anchor(proof.block_hash, proof.encode())
-            if proof.block_hash in self.engine.tree:
-                self.engine.tree.set_anchored(proof.block_hash)
-            fresh.append(proof)
-        if fresh:
-            log.info("anchored %d blocks in Bitcoin block %d", len(fresh), fresh[0].bitcoin_height)
-            if share:
-                self.engine.outbox.append(_outgoing(AnchorMsg(tuple(p.encode() for p in fresh))))
-
-    def on_anchor_message(self, peer: str, msg: AnchorMsg, now_ms: int) -> None:
-        good = []
-        for raw in msg.proofs:
-            try:
-                proof = AnchorProof.decode(raw)
-                if self.engine.store.anchor(proof.block_hash) is not None:
-                    continue
-                verified = verify_anchor_proof(proof, proof.block_hash, check_pow=self.bitcoin.check_pow,
-                                               min_depth=self.confirmations)
-                self.rpc.check_anchor_in_best_chain(verified)
-            except (DecodeError, ValidationError, AnchorProofError) as exc:
-                log.warning("rejected anchor proof from %s: %s", peer, exc)
-                continue
-            except (BitcoinUnavailable, BitcoinRPCError) as exc:
-                log.warning("cannot check anchor proof from %s against Bitcoin now: %s", peer, exc)
-                continue
-            good.append(proof)
-        self._record(good, share=False)
+        await self.service.call(self.book.record, [proof], True)
 
     # --- status and alerts ---------------------------------------------------------------------
 
@@ -157,8 +177,3 @@ class NodeAnchoring:
             if waited > ANCHOR_PENDING_ALERT_MS * self.params.anchor_interval_s * 1000:
                 alerts.append(Alert("anchor_pending", "; ".join(status.lines()), subject="pending"))
         return {"alerts": alerts}
-
-
-def _outgoing(msg: AnchorMsg) -> Any:
-    from .engine import Outgoing
-    return Outgoing(None, msg)

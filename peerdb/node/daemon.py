@@ -28,6 +28,7 @@ from ..core.model import consortium_id
 from ..net.peers import PeerNetwork
 from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
+from .anchoring import AnchorBook, NodeAnchoring
 from .api import Api
 from .config import NodeConfig, load_node_config
 from .engine import Engine
@@ -67,7 +68,9 @@ def task_tree() -> str:
         for nursery in task.child_nurseries:
             for child in nursery.child_tasks:
                 walk(child, depth + 1)
-    walk(trio.lowlevel.current_root_task(), 0)
+    root = trio.lowlevel.current_root_task()
+    if root is not None:
+        walk(root, 0)
     return "\n".join(lines)
 
 
@@ -128,11 +131,13 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, key: SigningKey, acc
         service = NodeService(engine, network, offload=True, on_alert=await alert_sink(cfg))
         anchoring = None
         if cfg.bitcoin is not None:
-            from .anchoring import NodeAnchoring
             anchoring = NodeAnchoring(service, cfg, consortium)
             extras["anchoring"] = anchoring.status_dict
-            service.anchor_handler = anchoring.on_anchor_message
+            service.anchor_handler = anchoring.book.on_anchor_message
             service.extra_status = anchoring.alert_conditions
+        else:
+            log.warning("no [bitcoin] section: this member verifies anchor proofs offline and anchors nothing")
+            service.anchor_handler = AnchorBook(engine, check_pow=False, rpc=None).on_anchor_message
         api = Api(service, cfg.api_token, cfg.load_client_key(), extras)
         hconfig = HypercornConfig()
         hconfig.bind = [cfg.api_listen]
