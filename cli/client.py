@@ -19,7 +19,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, code: int = exitcodes.ERROR) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.code = code
+        vars(self)["exit_code"] = code  # click reads exit_code to choose the process exit status
 
 
 @dataclass

@@ -9,7 +9,7 @@ import click
 VIEW_NAMES = ("tentative", "majority", "unanimous_signed", "unanimous")
 
 
-class ViewType(click.ParamType):
+class ViewType(click.ParamType[str]):
     name = "view"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
@@ -19,7 +19,7 @@ class ViewType(click.ParamType):
         return text
 
 
-class HeightType(click.ParamType):
+class HeightType(click.ParamType[int]):
     name = "height"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -31,7 +31,7 @@ class HeightType(click.ParamType):
         return int(text)
 
 
-class AddressType(click.ParamType):
+class AddressType(click.ParamType[str]):
     name = "host:port"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
