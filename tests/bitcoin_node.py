@@ -1,7 +1,7 @@
 """Test support for anchoring: the session's regtest node and a reference txoutproof builder.
 
 Use the fixture with ``from tests.bitcoin_node import regtest  # noqa: F401`` at the top of a
-test module. The node gets a fresh datadir under pytest's temporary directory, free ports on
+test module (and ``# noqa: F811`` where a test takes it as an argument). The node gets a fresh datadir under pytest's temporary directory, free ports on
 127.0.0.1, and is stopped (by RPC, then by PID if needed) when the session ends.
 
 :func:`build_txoutproof` is Bitcoin Core's ``CPartialMerkleTree`` constructor transcribed
@@ -21,17 +21,30 @@ from peerdb.anchor.hashes import from_display, sha256d
 from peerdb.anchor.regtest import LITECOIND, RegtestNode
 
 
+_shared: list[RegtestNode] = []
+_users = [0]
+
+
 @pytest.fixture(scope="session")
 def regtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegtestNode]:
-    """One regtest node for the whole session, wallet funded (101 blocks mined)."""
-    if not os.access(LITECOIND, os.X_OK):
-        pytest.fail(f"{LITECOIND} is missing: run scripts/bootstrap (installs Debian's litecoind)")
-    node = RegtestNode(tmp_path_factory.mktemp("regtest"))
-    node.start()
+    """One regtest node for the whole session, wallet funded (101 blocks mined).
+
+    Each module that imports this fixture gets its own fixture definition in pytest's eyes, so
+    the node itself is shared here and stopped when the last user is torn down.
+    """
+    if not _shared:
+        if not os.access(LITECOIND, os.X_OK):
+            pytest.fail(f"{LITECOIND} is missing: run scripts/bootstrap (installs Debian's litecoind)")
+        node = RegtestNode(tmp_path_factory.mktemp("regtest"))
+        node.start()
+        _shared.append(node)
+    _users[0] += 1
     try:
-        yield node
+        yield _shared[0]
     finally:
-        node.stop()
+        _users[0] -= 1
+        if _users[0] == 0:
+            _shared.pop().stop()
 
 
 def make_block(node: RegtestNode, extra_txs: int) -> tuple[str, list[str]]:
