@@ -3,8 +3,9 @@
 The cluster runs with etcd's defaults except addresses and logging: in particular no
 ``--unsafe-no-fsync``, so every acknowledged put is fsynced by a majority (etcd's WAL). Clients
 use the gRPC gateway that every etcd 3.4 member serves on its client port (``POST /v3/kv/put``,
-base64 key and value) through httpx with keep-alive connections, spread round-robin over the
-three members as etcd's own client balancer does. The gateway costs etcd a JSON->gRPC hop inside
+base64 key and value) over keep-alive HTTP/1.1 connections (``bench/http1.py``: httpx cost the
+generator more CPU per request than etcd spent), spread round-robin over the three members as
+etcd's own client balancer does. The gateway costs etcd a JSON->gRPC hop inside
 the member, which a native gRPC client would not pay: the figures are a fair comparison with
 PeerDB's HTTP/JSON API, and a slight underestimate of etcd with its Go client.
 """
@@ -20,12 +21,15 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
+from bench import http1
 from bench.drivers import Client, ClientSpec
 from bench.errors import BenchError, SubmitError, SystemSkipped
+from bench.pool import Pool
 from bench.procs import ManagedProcesses, dead_child, free_ports, wait_until
 
 MEMBERS = 3
@@ -44,6 +48,9 @@ HEALTH_TIMEOUT_S = 1.0
 """Per-probe timeout while waiting for the cluster to elect a leader."""
 
 APT_PACKAGES = ("etcd-server", "etcd-client")
+
+PUT_PATH = "/v3/kv/put"
+"""etcd 3.4's gateway serves the KV API under /v3/ (and the older /v3beta/); 3.3 had only /v3beta/."""
 
 
 class EtcdDriver:
@@ -80,8 +87,8 @@ class EtcdDriver:
             "binary": shutil.which("etcd"),
             "durability": "etcd defaults: WAL fsync on every commit (no --unsafe-no-fsync)",
             "transport": "plain HTTP between members on 127.0.0.1 (no TLS)",
-            "client": "httpx keep-alive HTTP/1.1 to the gRPC gateway, POST /v3/kv/put, "
-            "base64 key/value, round-robin over members",
+            "client": "keep-alive HTTP/1.1 (bench/http1.py) to the gRPC gateway, POST /v3/kv/put, "
+            "base64 key/value, connections round-robin over members",
             "ack": "HTTP 200 from the member: the put is committed by a majority and applied",
         }
 
@@ -154,30 +161,39 @@ def _apt_install(packages: tuple[str, ...]) -> None:
 
 
 class EtcdClient:
-    """Puts through the gateway; one httpx pool of ``concurrency`` keep-alive connections."""
+    """Puts through the gateway over ``concurrency`` keep-alive connections, spread round-robin
+    over the members and opened before the clock starts."""
 
     def __init__(self, endpoints: list[str], concurrency: int) -> None:
         if not endpoints:
             raise BenchError("etcd client spec: field 'endpoints' must list at least one URL")
-        self._urls = [f"{e}/v3/kv/put" for e in endpoints]
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._http = httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S)
+        hosts = [urlsplit(e) for e in endpoints]
+        self._pool = Pool(
+            [http1.Connection(u.hostname or "127.0.0.1", u.port or 2379) for u in (hosts * concurrency)[:concurrency]]
+        )
 
     async def prepare(self, count: int, value_bytes: int) -> None:
-        return None
+        for conn in self._pool.items:
+            await conn.connect()
 
     async def submit(self, seq: int, key: bytes, value: bytes) -> Mapping[str, float]:
         body = json.dumps({"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()})
-        try:
-            r = await self._http.post(self._urls[seq % len(self._urls)], content=body)
-        except httpx.HTTPError as e:
-            raise SubmitError(f"{type(e).__name__}: {e}") from None
-        if r.status_code != 200:
-            raise SubmitError(f"HTTP {r.status_code}: {r.text[:80]}")
+        async with self._pool.borrow() as conn:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    status, answer = await conn.request("POST", PUT_PATH, body.encode(), "application/json")
+            except trio.TooSlowError:
+                await conn.close()
+                raise SubmitError(f"no answer within {REQUEST_TIMEOUT_S} s") from None
+            except http1.HTTPError as e:
+                raise SubmitError(str(e)) from None
+        if status != 200:
+            raise SubmitError(f"HTTP {status}: {answer[:80]!r}")
         return {"committed": trio.current_time()}
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for conn in self._pool.items:
+            await conn.close()
 
 
 def make_client(spec: ClientSpec, concurrency: int) -> Client:

@@ -107,6 +107,7 @@ async def run_open_loop(client: Client, spec: LoadSpec) -> dict[str, Any]:
     n = spec.requests
     values = [os.urandom(spec.value_bytes) for _ in range(min(n, VALUE_POOL_SIZE))]
     nan = math.nan
+    released = [nan] * n
     sent = [nan] * n
     acks = {level: [nan] * n for level in spec.levels}
     errors: Counter[str] = Counter()
@@ -136,13 +137,19 @@ async def run_open_loop(client: Client, spec: LoadSpec) -> dict[str, Any]:
         receive_channel.close()
         async with send_channel:
             i = 0
-            while i < n:  # each pass dispatches >= 1 request or sleeps until one is due
-                due = min(n, int((trio.current_time() - t0) * spec.rate) + 1)
+            while i < n:  # each pass releases >= 1 request or sleeps until the next is due
+                now = trio.current_time()
+                due = min(n, int((now - t0) * spec.rate) + 1)
+                if due <= i:
+                    at = t0 + i / spec.rate
+                    if now < at:
+                        await trio.sleep_until(at)
+                        continue
+                    due = i + 1  # its time has come, whatever float rounding said above
                 while i < due:
+                    released[i] = now
                     send_channel.send_nowait(i)
                     i += 1
-                if i < n:
-                    await trio.sleep_until(t0 + i / spec.rate)
         # All dispatched; give stragglers until the drain deadline, then cancel them.
         nursery.cancel_scope.deadline = t0 + spec.duration_s + spec.drain_s
     t_end = trio.current_time()
@@ -157,8 +164,9 @@ async def run_open_loop(client: Client, spec: LoadSpec) -> dict[str, Any]:
         "dispatched": sum(1 for t in sent if not math.isnan(t)),
         "errors": dict(errors),
         "error_count": sum(errors.values()),
-        "levels": {level: level_stats(scheduled, acks[level], *window) for level in spec.levels},
-        "send_lag_ms": spread_ms([s - sch for s, sch in zip(sent, scheduled)]),
+        "levels": {level: level_stats(scheduled, released, acks[level], *window) for level in spec.levels},
+        "dispatch_lag_ms": spread_ms([r - sch for r, sch in zip(released, scheduled)]),
+        "queue_wait_ms": spread_ms([s - r for s, r in zip(sent, released)]),
         "loadgen_cpu_util": round(cpu_used / max(t_end - t0, 1e-9), 3),
         "wall_s": round(t_end - t0, 3),
     }

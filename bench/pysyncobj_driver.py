@@ -29,6 +29,7 @@ import trio
 from bench import framing
 from bench.drivers import Client, ClientSpec
 from bench.errors import BenchError, SubmitError, SystemSkipped
+from bench.pool import Pool
 from bench.procs import ManagedProcesses, dead_child, free_ports, wait_until
 
 MEMBERS = 3
@@ -42,6 +43,9 @@ INSTALL_TIMEOUT_S = 300.0
 
 STATUS_TIMEOUT_S = 1.0
 """Per-probe timeout on a node's front while waiting for the cluster to elect a leader."""
+
+REQUEST_TIMEOUT_S = 10.0
+"""Per-put client timeout; far beyond any healthy commit, so it only cuts off a stuck request."""
 
 PIP_REQUIREMENT = "pysyncobj>=0.3.12"
 
@@ -81,7 +85,8 @@ class PySyncObjDriver:
             "client": "a length-prefixed TCP front in each node process (bench/pysyncobj_node.py); "
             "load generator connections spread evenly over the three nodes",
             "ack": "pysyncobj callback on the receiving node: committed by a majority and applied there",
-            "settings": "SyncObjConf defaults apart from journalFile",
+            "settings": "SyncObjConf defaults apart from journalFile: autoTickPeriod 0.05 s and "
+            "appendEntriesPeriod 0.1 s batch commands per tick, which sets a latency floor of tens of ms",
         }
 
     def start(self, procs: ManagedProcesses, workdir: Path) -> ClientSpec:
@@ -159,10 +164,15 @@ class _Connection:
         self.stream: trio.SocketStream | None = None
         self.reader: framing.FrameReader | None = None
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        if self.stream is None or self.reader is None:
+    async def connect(self) -> None:
+        if self.stream is None:
             self.stream = await trio.open_tcp_stream(self.host, self.port)
             self.reader = framing.FrameReader(self.stream)
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        await self.connect()
+        if self.stream is None or self.reader is None:
+            raise framing.FrameError("connection: not open")
         await self.stream.send_all(framing.encode_put(key, value))
         frame = await self.reader.read()
         if frame is None:
@@ -172,40 +182,38 @@ class _Connection:
             raise SubmitError(payload.decode("utf-8", "replace"))
 
     async def close(self) -> None:
-        if self.stream is not None:
-            await self.stream.aclose()
-        self.stream = None
-        self.reader = None
+        stream, self.stream, self.reader = self.stream, None, None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 class PySyncObjClient:
-    """``concurrency`` connections, spread round-robin over the nodes, lent out one per request."""
+    """``concurrency`` connections, spread round-robin over the nodes, opened before the clock
+    starts and lent out one per request."""
 
     def __init__(self, fronts: list[tuple[str, int]], concurrency: int) -> None:
         if not fronts:
             raise BenchError("pysyncobj client spec: field 'fronts' must list at least one node")
-        self._connections = [_Connection(*fronts[i % len(fronts)]) for i in range(concurrency)]
-        self._idle_send, self._idle_receive = trio.open_memory_channel[_Connection](concurrency)
+        self._pool = Pool([_Connection(*fronts[i % len(fronts)]) for i in range(concurrency)])
 
     async def prepare(self, count: int, value_bytes: int) -> None:
-        for conn in self._connections:
-            self._idle_send.send_nowait(conn)
+        for conn in self._pool.items:
+            await conn.connect()
 
     async def submit(self, seq: int, key: bytes, value: bytes) -> Mapping[str, float]:
-        conn = await self._idle_receive.receive()
-        try:
-            await conn.put(key, value)
-        except (OSError, trio.BrokenResourceError, framing.FrameError) as e:
-            await conn.close()
-            raise SubmitError(f"{type(e).__name__}: {e}") from None
-        finally:
-            self._idle_send.send_nowait(conn)
+        async with self._pool.borrow() as conn:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    await conn.put(key, value)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, framing.FrameError) as e:
+                await conn.close()
+                raise SubmitError(f"{type(e).__name__}: {e}") from None
         return {"committed": trio.current_time()}
 
     async def aclose(self) -> None:
-        for conn in self._connections:
-            with trio.CancelScope(shield=True):
-                await conn.close()
+        for conn in self._pool.items:
+            await conn.close()
 
 
 def make_client(spec: ClientSpec, concurrency: int) -> Client:
