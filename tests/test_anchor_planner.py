@@ -29,7 +29,7 @@ def items(lo: int, hi: int) -> list[AnchorItem]:
 
 def planner(**policy: int | None) -> AnchorPlanner:
     defaults: dict[str, int | None] = dict(interval_ms=10 * MIN, confirmations=3, max_fee_sat=1000,
-                                           retry_backoff_ms=1000, max_retry_backoff_ms=8000)
+                                           retry_backoff_ms=1000, max_retry_backoff_ms=8000, drop_grace_ms=0)
     defaults.update(policy)
     return AnchorPlanner(AnchorPolicy(**defaults))  # type: ignore[arg-type]
 
@@ -130,6 +130,21 @@ def test_reorg_that_drops_the_tx_re_anchors_at_once() -> None:
     assert batch is not None and batch.attempts == 2 and batch.first_queued_ms == 0
 
 
+def test_a_missing_tx_gets_a_grace_period_before_re_anchoring() -> None:
+    p = planner(drop_grace_ms=MIN)
+    p.add(items(1, 1), 0)
+    bid = publish(p, 0)
+    # e.g. mined a moment ago, but the wallet has not caught up with the block yet
+    assert p.observe(bid, confirmations=0, in_mempool=False, now_ms=1000) is Observation.UNCHANGED
+    assert p.status(1000).reason == (f"bitcoin tx {'aa' * 32} is in neither the best chain nor the mempool; "
+                                     "re-anchoring if still missing after 60 s")
+    assert p.observe(bid, confirmations=1, in_mempool=False, now_ms=2000) is Observation.UNCHANGED
+    assert p.status(2000).reason is None
+    assert p.observe(bid, confirmations=0, in_mempool=False, now_ms=3000) is Observation.UNCHANGED
+    assert p.observe(bid, confirmations=0, in_mempool=False, now_ms=3000 + MIN - 1) is Observation.UNCHANGED
+    assert p.observe(bid, confirmations=0, in_mempool=False, now_ms=3000 + MIN) is Observation.DROPPED
+
+
 def test_conflicted_tx_counts_as_dropped() -> None:
     p = planner()
     p.add(items(1, 1), 0)
@@ -219,7 +234,8 @@ def test_misuse_is_a_planner_error() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [dict(interval_ms=None, interval_blocks=None), dict(interval_ms=-1), dict(interval_blocks=0),
-     dict(confirmations=0), dict(max_fee_sat=-1), dict(retry_backoff_ms=10, max_retry_backoff_ms=5)],
+     dict(confirmations=0), dict(max_fee_sat=-1), dict(retry_backoff_ms=10, max_retry_backoff_ms=5),
+     dict(drop_grace_ms=-1)],
 )
 def test_bad_policies_are_config_errors(kwargs: dict[str, int | None]) -> None:
     with pytest.raises(ConfigError, match="anchor"):

@@ -23,7 +23,7 @@ from peerdb.anchor.anchortx import (
 from peerdb.anchor.errors import AnchorProofError
 from peerdb.anchor.hashes import sha256d
 from peerdb.anchor.headers import POW_LIMITS, compact_to_target
-from peerdb.anchor.proof import AnchorProof, batch_root, build_anchor_proofs, verify_anchor_proof
+from peerdb.anchor.proof import AnchorProof, batch_paths, batch_root, build_anchor_proofs, verify_anchor_proof
 from peerdb.core import codec
 from peerdb.core.errors import DecodeError, NonCanonicalError, TrailingBytesError
 from peerdb.core.merkle import merkle_path, merkle_root
@@ -102,6 +102,12 @@ def test_every_block_of_a_batch_gets_a_verifying_proof(n: int) -> None:
         assert v.txid == txid(parse_tx(setup.raw_tx))
         assert v.bitcoin_block_hash == sha256d(setup.headers[0])
         assert (v.bitcoin_height, v.depth, v.block_tx_count) == (500, 1, 3)
+
+
+def test_batch_paths_equal_the_core_merkle_paths() -> None:
+    for n in range(1, 70):
+        hashes = block_hashes(n)
+        assert batch_paths(hashes) == [merkle_path(hashes, i) for i in range(n)]
 
 
 def test_verified_anchor_reports_depth_and_header_hashes() -> None:

@@ -135,7 +135,7 @@ async def run_inline(fn: Callable[[], Any]) -> Any:
 
 def fake_service(bitcoin: FakeBitcoin, host: Host, **policy: Any) -> AnchorService:
     settings: dict[str, Any] = dict(interval_ms=60_000, confirmations=2, max_fee_sat=1000,
-                                    retry_backoff_ms=1000, max_retry_backoff_ms=8000)
+                                    retry_backoff_ms=1000, max_retry_backoff_ms=8000, drop_grace_ms=5000)
     settings.update(policy)
     config = AnchorServiceConfig(AnchorPolicy(**settings), poll_interval_s=1.0)
     return AnchorService(bitcoin, host, config, run_sync=run_inline)
@@ -235,7 +235,7 @@ async def test_reorg_dropping_the_tx_re_anchors(autojump_clock: trio.testing.Moc
 
 def real_service(node: RegtestNode, host: Host, **policy: Any) -> AnchorService:
     settings: dict[str, Any] = dict(interval_ms=0, confirmations=3, max_fee_sat=100_000,
-                                    retry_backoff_ms=100, max_retry_backoff_ms=400)
+                                    retry_backoff_ms=100, max_retry_backoff_ms=400, drop_grace_ms=300)
     settings.update(policy)
     config = AnchorServiceConfig(AnchorPolicy(**settings), poll_interval_s=0.05)
     return AnchorService(node.rpc(timeout=5.0), host, config)

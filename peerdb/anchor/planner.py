@@ -13,6 +13,8 @@ Rules:
   anchor (the first anchor goes out at once) or ``interval_blocks`` hashes are waiting; a failed
   batch is retried after its backoff regardless of the interval, and while a failure's backoff
   runs nothing new is published (it would most likely fail the same way).
+- A transaction missing from both the best chain and the mempool is re-anchored only once it
+  has stayed missing for ``drop_grace_ms`` (see :data:`DEFAULT_DROP_GRACE_MS`).
 - Batch states (the transitions table is :data:`TRANSITIONS`):
 
   ======================  ===================================================================
@@ -54,6 +56,12 @@ DEFAULT_RETRY_BACKOFF_MS = 5_000
 
 DEFAULT_MAX_RETRY_BACKOFF_MS = 10 * 60 * 1000
 """Backoff doubles per attempt up to this, so a long outage is retried every ten minutes."""
+
+DEFAULT_DROP_GRACE_MS = 60_000
+"""How long a transaction must be missing from both the best chain and the mempool before it is
+re-anchored. A node's wallet learns of blocks asynchronously, so a transaction that just left the
+mempool for a block can look missing for a moment; a minute is small next to Bitcoin's ten-minute
+blocks and avoids paying for a second anchor."""
 
 MAX_REASON_CHARS = 300
 """Reasons come from exceptions (possibly node error text); trimmed to a readable status line."""
@@ -112,6 +120,7 @@ class AnchorPolicy:
     max_fee_sat: int = DEFAULT_MAX_FEE_SAT
     retry_backoff_ms: int = DEFAULT_RETRY_BACKOFF_MS
     max_retry_backoff_ms: int = DEFAULT_MAX_RETRY_BACKOFF_MS
+    drop_grace_ms: int = DEFAULT_DROP_GRACE_MS
 
     def __post_init__(self) -> None:
         if self.interval_ms is None and self.interval_blocks is None:
@@ -126,6 +135,8 @@ class AnchorPolicy:
             raise ConfigError(f"anchor.max_fee_sat: {self.max_fee_sat} is negative")
         if not 0 <= self.retry_backoff_ms <= self.max_retry_backoff_ms:
             raise ConfigError("anchor.retry_backoff_ms: must be between 0 and max_retry_backoff_ms")
+        if self.drop_grace_ms < 0:
+            raise ConfigError(f"anchor.drop_grace_ms: {self.drop_grace_ms} is negative")
 
     def backoff_ms(self, attempts: int) -> int:
         """Delay before retry number ``attempts`` (1 = first failure): doubling, capped."""
@@ -240,6 +251,7 @@ class _Batch:
     confirmations: int = 0
     reason: str | None = None
     retry_at_ms: int | None = None
+    missing_since_ms: int | None = None
 
     def snapshot(self) -> BatchStatus:
         return BatchStatus(
@@ -380,17 +392,25 @@ class AnchorPlanner:
         """Record what the node says about the batch's transaction.
 
         ``confirmations`` as Bitcoin Core reports them (<= 0: not in the best chain). Not in the
-        best chain and not in the mempool means Bitcoin dropped it (a reorg, an eviction, a
-        conflict): the batch fails at once with retry now, which re-anchors its blocks.
+        best chain and not in the mempool for ``drop_grace_ms`` means Bitcoin dropped it (a reorg,
+        an eviction, a conflict): the batch fails with retry now, which re-anchors its blocks.
         """
         batch = self._get(batch_id, BatchState.PENDING, BatchState.CONFIRMED)
         was = batch.state
         batch.confirmations = confirmations
         batch.reason = None
         if confirmations <= 0 and not in_mempool:
-            self._fail(batch, f"bitcoin tx {batch.txid} dropped from the best chain and the mempool; re-anchoring",
-                       now_ms, now_ms)
-            return Observation.DROPPED
+            if batch.missing_since_ms is None:
+                batch.missing_since_ms = now_ms
+            if now_ms - batch.missing_since_ms >= self.policy.drop_grace_ms:
+                self._fail(batch, f"bitcoin tx {batch.txid} dropped from the best chain and the mempool; "
+                                  "re-anchoring", now_ms, now_ms)
+                return Observation.DROPPED
+            batch.reason = (f"bitcoin tx {batch.txid} is in neither the best chain nor the mempool; re-anchoring "
+                            f"if still missing after {format_duration(self.policy.drop_grace_ms)}")
+            self._move(batch, BatchState.PENDING, now_ms)
+            return Observation.UNCHANGED if was is BatchState.PENDING else Observation.UNCONFIRMED
+        batch.missing_since_ms = None
         if confirmations >= self.policy.confirmations:
             self._move(batch, BatchState.CONFIRMED, now_ms)
             return Observation.UNCHANGED if was is BatchState.CONFIRMED else Observation.CONFIRMED

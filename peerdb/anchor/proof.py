@@ -25,7 +25,7 @@ from typing import Any
 
 from peerdb.core import codec
 from peerdb.core.errors import DecodeError
-from peerdb.core.merkle import Path, merkle_path, merkle_root, root_from_path
+from peerdb.core.merkle import Path, leaf_hash, merkle_root, node_hash, root_from_path
 
 from .anchortx import MAX_ANCHOR_TX_BYTES, anchored_roots, parse_tx, txid
 from .errors import AnchorProofError
@@ -244,6 +244,28 @@ def _check_batch(block_hashes: Sequence[bytes]) -> None:
         raise ValueError("an anchor batch must not repeat a block hash")
 
 
+def batch_paths(block_hashes: Sequence[bytes]) -> list[Path]:
+    """Every leaf's audit path in one pass over the tree: O(n log n) for the whole batch.
+
+    Same tree shape as :func:`peerdb.core.merkle.merkle_path` (an odd last node is promoted),
+    which would cost O(n) per leaf and make a busy interval's batch quadratic.
+    """
+    level = [leaf_hash(h) for h in block_hashes]
+    positions = list(range(len(level)))
+    paths: list[list[tuple[bool, bytes]]] = [[] for _ in level]
+    while len(level) > 1:
+        for leaf, pos in enumerate(positions):
+            sibling = pos ^ 1
+            if sibling < len(level):
+                paths[leaf].append((sibling < pos, level[sibling]))
+            positions[leaf] = pos // 2
+        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return [tuple(p) for p in paths]
+
+
 def build_anchor_proofs(
     block_hashes: Sequence[bytes],
     *,
@@ -254,24 +276,29 @@ def build_anchor_proofs(
     check_pow: bool = False,
     pow_limit: int = POW_LIMITS["main"],
 ) -> list[AnchorProof]:
-    """One proof per block hash of a published batch, each verified before it is returned.
+    """One proof per block hash of a published batch, checked before they are returned.
 
     ``block_hashes`` must be in the order that produced the anchored root (:func:`batch_root`).
+    The first proof is verified in full; the others share its Bitcoin part, so only their
+    Merkle paths need checking.
     """
     _check_batch(block_hashes)
     root = merkle_root(block_hashes)
+    headers = tuple(headers)
     proofs = [
         AnchorProof(
             block_hash=h,
-            path=merkle_path(block_hashes, i),
+            path=path,
             root=root,
             bitcoin_tx=bitcoin_tx,
             txoutproof=txoutproof,
-            headers=tuple(headers),
+            headers=headers,
             bitcoin_height=bitcoin_height,
         )
-        for i, h in enumerate(block_hashes)
+        for h, path in zip(block_hashes, batch_paths(block_hashes), strict=True)
     ]
-    for proof in proofs:
-        verify_anchor_proof(proof, proof.block_hash, check_pow=check_pow, pow_limit=pow_limit)
+    verify_anchor_proof(proofs[0], proofs[0].block_hash, check_pow=check_pow, pow_limit=pow_limit)
+    for proof in proofs[1:]:
+        if root_from_path(proof.block_hash, proof.path) != root:
+            raise AnchorProofError(f"anchor_proof.path: built path for {proof.block_hash.hex()} misses the root")
     return proofs

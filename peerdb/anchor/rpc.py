@@ -28,6 +28,7 @@ from .errors import AnchorProofError, BitcoinRPCError, BitcoinUnavailable, FeeOv
 from .hashes import to_display
 from .headers import HEADER_LEN
 from .proof import VerifiedAnchor
+from .txoutproof import MAX_TXOUTPROOF_BYTES
 
 SATS_PER_BTC = 100_000_000
 
@@ -235,7 +236,7 @@ class BitcoinRPC:
     def get_tx_out_proof(self, tx_ids: list[str], block_hash: str | None = None) -> bytes:
         """Serialized CMerkleBlock proving ``tx_ids`` are in a block (see :mod:`.txoutproof`)."""
         params: tuple[Any, ...] = (tx_ids,) if block_hash is None else (tx_ids, block_hash)
-        return _hex_bytes(self.call("gettxoutproof", *params), "txoutproof", 4 * 1024 * 1024)
+        return _hex_bytes(self.call("gettxoutproof", *params), "txoutproof", MAX_TXOUTPROOF_BYTES)
 
     def verify_tx_out_proof(self, proof: bytes) -> list[str]:
         """The node's own check of a proof: matched txids, or [] if its block is not in the best chain."""
@@ -255,8 +256,17 @@ class BitcoinRPC:
 
         Asks the wallet first (it knows its own transactions without ``-txindex`` and reports
         conflicts); falls back to ``getrawtransaction`` (mempool, or ``-txindex``) for a txid the
-        wallet does not know. Unknown everywhere means dropped.
+        wallet does not know. Not in a block and not in the mempool is asked twice, because a
+        block can take the transaction out of the mempool between the two questions.
         """
+        first = self._lookup(tx_id)
+        if first.confirmations > 0:
+            return first
+        if self.in_mempool(tx_id):
+            return TxStatus(tx_id, first.confirmations, None, True)
+        return self._lookup(tx_id)
+
+    def _lookup(self, tx_id: str) -> TxStatus:
         info = self._known_tx("gettransaction", tx_id)
         if info is None:
             info = self._known_tx("getrawtransaction", tx_id, True)
@@ -264,8 +274,7 @@ class BitcoinRPC:
             return TxStatus(tx_id, 0, None, False)
         confirmations = int(info.get("confirmations", 0))
         block_hash = info.get("blockhash") if confirmations > 0 else None
-        in_mempool = confirmations <= 0 and self.in_mempool(tx_id)
-        return TxStatus(tx_id, confirmations, None if block_hash is None else str(block_hash), in_mempool)
+        return TxStatus(tx_id, confirmations, None if block_hash is None else str(block_hash), False)
 
     def _known_tx(self, method: str, *params: Any) -> dict[str, Any] | None:
         try:

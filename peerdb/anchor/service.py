@@ -24,7 +24,15 @@ import trio
 from peerdb.core.errors import DecodeError, ValidationError
 
 from .errors import BitcoinRPCError, BitcoinUnavailable, FeeOverBudget
-from .planner import AnchorItem, AnchorPlanner, AnchorPolicy, AnchorStatus, BatchStatus, Observation
+from .planner import (
+    AnchorItem,
+    AnchorPlanner,
+    AnchorPolicy,
+    AnchorStatus,
+    BatchStatus,
+    Observation,
+    PlannerError,
+)
 from .proof import AnchorProof, build_anchor_proofs
 from .rpc import AnchorMaterial, PublishedAnchor, TxStatus
 
@@ -155,7 +163,7 @@ class AnchorService:
 
     async def _watch(self, batch: BatchStatus) -> None:
         if batch.txid is None:
-            raise AssertionError(f"batch {batch.batch_id} is tracked without a txid")  # planner bug
+            raise PlannerError(f"batch {batch.batch_id}: tracked without a txid")
         try:
             st = await self._call(self._rpc.tx_status, batch.txid)
         except (BitcoinUnavailable, BitcoinRPCError) as exc:
@@ -177,7 +185,7 @@ class AnchorService:
 
     async def _deliver(self, batch: BatchStatus) -> None:
         if batch.txid is None:
-            raise AssertionError(f"batch {batch.batch_id} is confirmed without a txid")  # planner bug
+            raise PlannerError(f"batch {batch.batch_id}: confirmed without a txid")
         depth = self.config.policy.confirmations
         try:
             material = await self._call(self._rpc.anchor_material, batch.txid, depth)
