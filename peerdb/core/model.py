@@ -12,7 +12,7 @@ whether an object is *acceptable* (signatures, turns, rules) is decided in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,7 +381,9 @@ class Block:
         return Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
 
     @classmethod
-    def decode(cls, data: bytes) -> "Block":
+    def decode(cls, data: bytes, known: Mapping[bytes, Tx] | None = None) -> "Block":
+        """Decode a block; ``known`` maps encoded transactions already decoded (the mempool) to
+        their objects, so a member does not parse the same transaction twice."""
         items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
         header = Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
         txs_raw = expect_list(items[1], "block.txs")
@@ -389,6 +391,10 @@ class Block:
             raise LimitError(f"block.txs: more than {MAX_BLOCK_TXS} transactions")
         txs = []
         for i, t in enumerate(txs_raw):
+            cached = known.get(t) if known is not None and type(t) is bytes else None
+            if cached is not None:
+                txs.append(cached)
+                continue
             outer = expect_list(decode(expect_bytes(t, f"block.txs[{i}]", max_len=MAX_TX_BYTES),
                                        max_size=MAX_TX_BYTES, what=f"block.txs[{i}]"), f"block.txs[{i}]", 2)
             txs.append(Tx.from_parts(expect_bytes(outer[0], f"block.txs[{i}].body", max_len=MAX_TX_BYTES),

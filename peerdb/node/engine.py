@@ -93,6 +93,8 @@ class Engine:
         self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
         self.outbox: list[Outgoing] = []
         self.mempool: OrderedDict[bytes, Tx] = OrderedDict()
+        self.mempool_raw: dict[bytes, Tx] = {}  # encoded tx -> tx, to skip re-parsing block bodies
+        self.recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self.orphans: OrderedDict[bytes, tuple[Block, BlockSignature]] = OrderedDict()
         self.pending_sigs: OrderedDict[bytes, dict[str, BlockSignature]] = OrderedDict()
         self.effects_cache: OrderedDict[bytes, Effects] = OrderedDict()
@@ -128,7 +130,7 @@ class Engine:
         for block_hash, _proof in self.store.anchors():
             self.tree.set_anchored(block_hash)
         for tx in self.store.mempool_items():
-            self.mempool[tx.txid] = tx
+            self._mempool_put(tx)
         if self.mempool:
             self.verifier.verify(list(self.mempool.values()))
         self._sync_head(now_ms)
@@ -172,7 +174,7 @@ class Engine:
 
     def on_proposal(self, peer: str | None, proposal: Proposal, now_ms: int) -> None:
         try:
-            block = Block.decode(proposal.block)
+            block = Block.decode(proposal.block, self.mempool_raw)
         except (DecodeError, ValidationError) as exc:
             log.warning("rejected proposal from %s: %s", peer, exc)
             self._object_if_attributable(proposal, str(exc))
@@ -239,6 +241,9 @@ class Engine:
         self.tree.add_header(block.header)
         self.tree.add_signature(block.hash, proposer_sig.member)
         self._remember_effects(block.hash, effects)
+        self.recent_blocks[block.hash] = block
+        while len(self.recent_blocks) > EFFECTS_CACHE:
+            self.recent_blocks.popitem(last=False)
         head = self.store.head()
         extends_head = block.header.prev == head.hash and self.tree.best_tip.hash == block.hash
         result = self.store.add_block(block, [proposer_sig], effects=effects, make_head=extends_head)
@@ -261,14 +266,23 @@ class Engine:
 
     def _applied(self, applied: Sequence[bytes], rolled_back: Sequence[bytes], returned: Sequence[Tx]) -> None:
         for block_hash in applied:
-            block = self.store.block(block_hash)
+            block = self.recent_blocks.get(block_hash) or self.store.block(block_hash)
             if block is not None:
                 for tx in block.txs:
-                    self.mempool.pop(tx.txid, None)
+                    self._mempool_drop(tx.txid)
         for tx in returned:
-            if tx.txid not in self.mempool:
-                self.mempool[tx.txid] = tx
+            self._mempool_put(tx)
         self.verifier.remember(list(returned))
+
+    def _mempool_put(self, tx: Tx) -> None:
+        if tx.txid not in self.mempool:
+            self.mempool[tx.txid] = tx
+            self.mempool_raw[tx.raw] = tx
+
+    def _mempool_drop(self, txid: bytes) -> None:
+        tx = self.mempool.pop(txid, None)
+        if tx is not None:
+            self.mempool_raw.pop(tx.raw, None)
 
     def _after_change(self, now_ms: int) -> None:
         self._sync_head(now_ms)
@@ -418,11 +432,13 @@ class Engine:
             admitted.append(tx)
             result.accepted.append(tx.txid)
         if admitted:
-            self.store.mempool_add(admitted)
-            for tx in admitted:
-                self.mempool[tx.txid] = tx
             if peer is None:
+                # Durable before the client hears "accepted"; a forwarded copy needs no fsync
+                # here because its origin member already made it durable.
+                self.store.mempool_add(admitted)
                 self._send(Txs(tuple(tx.raw for tx in admitted)))
+            for tx in admitted:
+                self._mempool_put(tx)
         if result.rejected and peer is not None:
             log.warning("rejected %d transactions from %s: %s", len(result.rejected), peer, result.rejected[0][1])
         return result
@@ -501,7 +517,7 @@ class Engine:
             size += len(tx.raw) + 8
         if stale:
             for txid in stale:
-                self.mempool.pop(txid, None)
+                self._mempool_drop(txid)
             self.store.mempool_remove(stale)
         evidence = [ev for ev in self.evidence.values() if not self._evidence_included(ev.id, tip.hash)]
         evidence = sorted(evidence, key=lambda e: e.id)[:64]
@@ -547,7 +563,7 @@ class Engine:
         last_height = 0
         for raw, sigs in msg.items:
             try:
-                block = Block.decode(raw)
+                block = Block.decode(raw, self.mempool_raw)
             except (DecodeError, ValidationError) as exc:
                 log.warning("catch-up from %s: bad block: %s", peer, exc)
                 break
