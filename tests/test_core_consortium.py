@@ -189,7 +189,7 @@ PARAM_BOUNDS = {
 
 
 def _param_cases() -> list[tuple[str, Mutator, tuple[str, ...]]]:
-    cases = []
+    cases: list[tuple[str, Mutator, tuple[str, ...]]] = []
     for name, (lo, hi) in PARAM_BOUNDS.items():
         for label, value in (("below", lo - 1), ("above", hi + 1), ("a string", "10"), ("a bool", True), ("a float", 10.0)):
             mutators = [_set(f"params.{name}", value)]
