@@ -65,6 +65,7 @@ def filesystem_of(path: Path) -> dict[str, str | None]:
 
 
 def describe_machine(workdir: Path) -> dict[str, Any]:
+    """Call it before measuring: the load average says whether something else was running."""
     return {
         "cpu_model": _first_line_with("/proc/cpuinfo", "model name") or platform.processor() or None,
         "cores": os.cpu_count(),
@@ -75,6 +76,7 @@ def describe_machine(workdir: Path) -> dict[str, Any]:
         "hypervisor": _first_line_with("/proc/cpuinfo", "flags") is not None
         and "hypervisor" in (_first_line_with("/proc/cpuinfo", "flags") or "").split(),
         "data_filesystem": filesystem_of(workdir),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 

@@ -61,7 +61,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def table(result: Mapping[str, Any]) -> str:
     """The human-readable summary printed at the end of a run."""
     sig = result.get("signature") or {}
+    machine = result.get("machine") or {}
     lines = [
+        f"machine: {machine.get('cpu_model')}, {machine.get('cores')} cores, "
+        f"load average {machine.get('load_average_1m_at_start')} at start; mode {result.get('mode')}",
         f"signature bound: {_fmt(result.get('bound_tps'))} tx/s for {sig.get('members', '?')} members "
         f"(Ed25519 verify/s: 1 thread {_fmt(sig.get('verify_per_s_1_thread'))}, "
         f"{sig.get('cores', '?')} threads {_fmt(sig.get('verify_per_s_all_threads'))}, "
