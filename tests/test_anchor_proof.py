@@ -301,3 +301,21 @@ def test_cannot_build_a_malformed_proof() -> None:
         _replace(P, headers=(b"\x00" * 81,))
     with pytest.raises(DecodeError, match=r"anchor_proof\.path\[0\]"):
         _replace(P, path=((True, b"\x00"),))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 255))
+def test_corrupted_encodings_fail_only_with_decode_or_proof_errors(index: int, value: int) -> None:
+    data = bytearray(P.encode())
+    data[index % len(data)] = value
+    try:
+        proof = AnchorProof.decode(bytes(data))
+        verified = verify_anchor_proof(proof, proof.block_hash, check_pow=True, pow_limit=POW_LIMITS["regtest"])
+    except (DecodeError, AnchorProofError):
+        return
+    # Still valid: the byte was unchanged, or it sits in a header above the anchor's block whose
+    # content only its own proof of work constrains. What the proof attests cannot have changed.
+    original = verify_anchor_proof(P, P.block_hash, check_pow=True, pow_limit=POW_LIMITS["regtest"])
+    assert (verified.block_hash, verified.root, verified.txid, verified.bitcoin_block_hash) == (
+        original.block_hash, original.root, original.txid, original.bitcoin_block_hash)
+    assert proof.headers[:-1] == P.headers[:-1]

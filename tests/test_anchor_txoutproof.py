@@ -329,3 +329,19 @@ def test_duplicate_hash_forgery_agrees_with_the_node(
     assert not _node_accepts(regtest, forged)
     with pytest.raises(AnchorProofError, match="CVE-2012-2459"):
         parse_txoutproof(forged)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.integers(0, 399), st.integers(0, 255))
+def test_garbage_and_corruptions_fail_only_with_our_errors(garbage: bytes, index: int, value: int) -> None:
+    for data in (garbage, _corrupt(proof_for(13, {2, 11})[0], index, value)):
+        try:
+            parse_txoutproof(data)
+        except (DecodeError, AnchorProofError):
+            pass
+
+
+def _corrupt(proof: bytes, index: int, value: int) -> bytes:
+    out = bytearray(proof)
+    out[index % len(out)] = value
+    return bytes(out)

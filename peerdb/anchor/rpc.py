@@ -17,7 +17,7 @@ import http.client
 import urllib.parse
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from bitcoin.rpc import JSONRPCError, RawProxy
 
@@ -29,6 +29,8 @@ from .hashes import to_display
 from .headers import HEADER_LEN
 from .proof import VerifiedAnchor
 from .txoutproof import MAX_TXOUTPROOF_BYTES
+
+T = TypeVar("T")
 
 SATS_PER_BTC = 100_000_000
 
@@ -102,13 +104,30 @@ def _redact(url: str) -> str:
     return f"{parsed.hostname}:{parsed.port}{parsed.path}"
 
 
-def _hex_bytes(value: Any, what: str, max_len: int) -> bytes:
+class UnexpectedAnswer(BitcoinRPCError):
+    """The node answered, but not in the shape Bitcoin Core's documentation gives."""
+
+    def __init__(self, method: str, message: str) -> None:
+        super().__init__(method, 0, f"unexpected answer: {message}")
+
+
+def _hex_bytes(value: Any, method: str, max_len: int) -> bytes:
     if not isinstance(value, str) or len(value) > 2 * max_len:
-        raise DecodeError(f"{what}: expected hex of at most {max_len} bytes from the node")
+        raise UnexpectedAnswer(method, f"expected hex of at most {max_len} bytes")
     try:
         return bytes.fromhex(value)
     except ValueError:
-        raise DecodeError(f"{what}: the node returned non-hex data") from None
+        raise UnexpectedAnswer(method, "not hex") from None
+
+
+def _field(answer: Any, key: str, kind: type[T], method: str) -> T:
+    """``answer[key]`` checked to be a ``kind``, so a strange node fails as an RPC error, not a crash."""
+    value = answer.get(key) if isinstance(answer, dict) else None
+    if kind is int and isinstance(value, bool):
+        value = None
+    if not isinstance(value, kind):
+        raise UnexpectedAnswer(method, f"field {key!r} missing or not {kind.__name__}")
+    return value
 
 
 def sats(amount: Any, what: str) -> int:
@@ -126,6 +145,10 @@ class BitcoinRPC:
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_RPC_TIMEOUT_S) -> None:
         parsed = urllib.parse.urlsplit(url)
+        try:
+            parsed.port
+        except ValueError:
+            raise ConfigError("bitcoin rpc url: the port is not a number") from None
         if parsed.scheme != "http" or not parsed.hostname:
             raise ConfigError(f"bitcoin rpc url: expected http://user:password@host:port, got {_redact(url)}")
         self._url = url
@@ -147,7 +170,8 @@ class BitcoinRPC:
         try:
             return proxy._call(method, *params)
         except JSONRPCError as exc:
-            code = int(exc.error.get("code", 0))
+            raw_code = exc.error.get("code")
+            code = raw_code if isinstance(raw_code, int) else 0
             message = str(exc.error.get("message", ""))
             if code in _UNAVAILABLE_CODES:
                 raise BitcoinUnavailable(
@@ -165,10 +189,13 @@ class BitcoinRPC:
 
     def chain(self) -> str:
         """Network name as Bitcoin Core reports it: main, test, signet or regtest."""
-        return str(self.call("getblockchaininfo")["chain"])
+        return _field(self.call("getblockchaininfo"), "chain", str, "getblockchaininfo")
 
     def get_block_count(self) -> int:
-        return int(self.call("getblockcount"))
+        count = self.call("getblockcount")
+        if not isinstance(count, int):
+            raise UnexpectedAnswer("getblockcount", "not an integer")
+        return count
 
     def get_best_block_hash(self) -> str:
         return str(self.call("getbestblockhash"))
@@ -178,14 +205,16 @@ class BitcoinRPC:
 
     def get_block_header(self, block_hash: str) -> bytes:
         """The raw 80-byte header (``getblockheader hash false``)."""
-        raw = _hex_bytes(self.call("getblockheader", block_hash, False), "block header", HEADER_LEN)
+        raw = _hex_bytes(self.call("getblockheader", block_hash, False), "getblockheader", HEADER_LEN)
         if len(raw) != HEADER_LEN:
-            raise DecodeError(f"block header {block_hash}: {len(raw)} bytes, expected {HEADER_LEN}")
+            raise UnexpectedAnswer("getblockheader", f"{len(raw)} bytes, a header is {HEADER_LEN}")
         return raw
 
     def get_block_header_info(self, block_hash: str) -> dict[str, Any]:
         """Verbose header: height, confirmations (-1 when not in the best chain), ..."""
-        info: dict[str, Any] = self.call("getblockheader", block_hash, True)
+        info = self.call("getblockheader", block_hash, True)
+        if not isinstance(info, dict):
+            raise UnexpectedAnswer("getblockheader", "not an object")
         return info
 
     def in_best_chain(self, block_hash: str) -> bool:
@@ -196,7 +225,7 @@ class BitcoinRPC:
             if exc.code == _RPC_INVALID_ADDRESS_OR_KEY:
                 return False
             raise
-        return int(info["confirmations"]) > 0
+        return _field(info, "confirmations", int, "getblockheader") > 0
 
     def check_anchor_in_best_chain(self, verified: VerifiedAnchor) -> None:
         """The online half of verifying an anchor proof (after :func:`~.proof.verify_anchor_proof`).
@@ -213,34 +242,39 @@ class BitcoinRPC:
                 if exc.code != _RPC_INVALID_ADDRESS_OR_KEY:
                     raise
                 raise AnchorProofError(f"anchor_proof.headers[{i}]: block {shown} is unknown to the bitcoin node") from None
-            if int(info["confirmations"]) <= 0:
+            if _field(info, "confirmations", int, "getblockheader") <= 0:
                 raise AnchorProofError(f"anchor_proof.headers[{i}]: block {shown} is not in the bitcoin node's best chain")
-            if int(info["height"]) != verified.bitcoin_height + i:
+            height = _field(info, "height", int, "getblockheader")
+            if height != verified.bitcoin_height + i:
                 raise AnchorProofError(
                     f"anchor_proof.bitcoin_height: claims {verified.bitcoin_height + i} for headers[{i}], "
-                    f"the bitcoin node says {info['height']}"
+                    f"the bitcoin node says {height}"
                 )
-            if i == 0 and int(info["nTx"]) != verified.block_tx_count:
-                raise AnchorProofError(
-                    f"anchor_proof.txoutproof: claims {verified.block_tx_count} transactions, "
-                    f"block {shown} has {info['nTx']}"
-                )
+            if i == 0:
+                n_tx = _field(info, "nTx", int, "getblockheader")
+                if n_tx != verified.block_tx_count:
+                    raise AnchorProofError(
+                        f"anchor_proof.txoutproof: claims {verified.block_tx_count} transactions, block {shown} has {n_tx}"
+                    )
 
     # -- transactions -------------------------------------------------------------------------
 
     def get_raw_transaction(self, tx_id: str, block_hash: str | None = None) -> bytes:
         """Raw transaction bytes; with ``block_hash`` this works without ``-txindex``."""
         params: tuple[Any, ...] = (tx_id, False) if block_hash is None else (tx_id, False, block_hash)
-        return _hex_bytes(self.call("getrawtransaction", *params), "raw transaction", MAX_ANCHOR_TX_BYTES)
+        return _hex_bytes(self.call("getrawtransaction", *params), "getrawtransaction", MAX_ANCHOR_TX_BYTES)
 
     def get_tx_out_proof(self, tx_ids: list[str], block_hash: str | None = None) -> bytes:
         """Serialized CMerkleBlock proving ``tx_ids`` are in a block (see :mod:`.txoutproof`)."""
         params: tuple[Any, ...] = (tx_ids,) if block_hash is None else (tx_ids, block_hash)
-        return _hex_bytes(self.call("gettxoutproof", *params), "txoutproof", MAX_TXOUTPROOF_BYTES)
+        return _hex_bytes(self.call("gettxoutproof", *params), "gettxoutproof", MAX_TXOUTPROOF_BYTES)
 
     def verify_tx_out_proof(self, proof: bytes) -> list[str]:
         """The node's own check of a proof: matched txids, or [] if its block is not in the best chain."""
-        return [str(t) for t in self.call("verifytxoutproof", proof.hex())]
+        matched = self.call("verifytxoutproof", proof.hex())
+        if not isinstance(matched, list):
+            raise UnexpectedAnswer("verifytxoutproof", "not a list")
+        return [str(t) for t in matched]
 
     def in_mempool(self, tx_id: str) -> bool:
         try:
@@ -267,22 +301,25 @@ class BitcoinRPC:
         return self._lookup(tx_id)
 
     def _lookup(self, tx_id: str) -> TxStatus:
-        info = self._known_tx("gettransaction", tx_id)
-        if info is None:
-            info = self._known_tx("getrawtransaction", tx_id, True)
-        if info is None:
-            return TxStatus(tx_id, 0, None, False)
-        confirmations = int(info.get("confirmations", 0))
-        block_hash = info.get("blockhash") if confirmations > 0 else None
-        return TxStatus(tx_id, confirmations, None if block_hash is None else str(block_hash), False)
+        for method, params in (("gettransaction", (tx_id,)), ("getrawtransaction", (tx_id, True))):
+            info = self._known_tx(method, *params)
+            if info is None:
+                continue
+            # Absent "confirmations" means not in a block (getrawtransaction of a mempool tx).
+            confirmations = _field(info, "confirmations", int, method) if "confirmations" in info else 0
+            block_hash = _field(info, "blockhash", str, method) if confirmations > 0 else None
+            return TxStatus(tx_id, confirmations, block_hash, False)
+        return TxStatus(tx_id, 0, None, False)
 
     def _known_tx(self, method: str, *params: Any) -> dict[str, Any] | None:
         try:
-            info: dict[str, Any] = self.call(method, *params)
+            info = self.call(method, *params)
         except BitcoinRPCError as exc:
             if exc.code == _RPC_INVALID_ADDRESS_OR_KEY:
                 return None
             raise
+        if not isinstance(info, dict):
+            raise UnexpectedAnswer(method, "not an object")
         return info
 
     def abandon_transaction(self, tx_id: str) -> None:
@@ -311,16 +348,23 @@ class BitcoinRPC:
             # sent as a string because JSON floats cannot carry it exactly.
             options["feeRate"] = format(fee_rate_sat_vb * 1000 / SATS_PER_BTC, "f")
         funded = self.call("fundrawtransaction", unfunded, options)
-        fee_sat = sats(funded["fee"], "fundrawtransaction fee")
+        try:
+            fee_sat = sats(funded.get("fee") if isinstance(funded, dict) else None, "fee")
+        except DecodeError as exc:
+            raise UnexpectedAnswer("fundrawtransaction", str(exc)) from None
         if fee_sat > max_fee_sat:
             raise FeeOverBudget(fee_sat, max_fee_sat)
-        signed = self.call("signrawtransactionwithwallet", funded["hex"])
-        if not signed.get("complete"):
+        signed = self.call("signrawtransactionwithwallet", _field(funded, "hex", str, "fundrawtransaction"))
+        if _field(signed, "complete", bool, "signrawtransactionwithwallet") is not True:
             errors = signed.get("errors") or "incomplete signature"
             raise BitcoinRPCError("signrawtransactionwithwallet", 0, f"could not sign: {errors}")
-        raw = _hex_bytes(signed["hex"], "signed transaction", MAX_ANCHOR_TX_BYTES)
-        expected = to_display(txid(parse_tx(raw)))
-        sent = str(self.call("sendrawtransaction", signed["hex"]))
+        signed_hex = _field(signed, "hex", str, "signrawtransactionwithwallet")
+        raw = _hex_bytes(signed_hex, "signrawtransactionwithwallet", MAX_ANCHOR_TX_BYTES)
+        try:
+            expected = to_display(txid(parse_tx(raw)))
+        except DecodeError as exc:
+            raise UnexpectedAnswer("signrawtransactionwithwallet", str(exc)) from None
+        sent = str(self.call("sendrawtransaction", signed_hex))
         if sent != expected:
             raise BitcoinRPCError("sendrawtransaction", 0, f"node reports txid {sent}, expected {expected}")
         return PublishedAnchor(sent, raw, fee_sat)
@@ -337,7 +381,7 @@ class BitcoinRPC:
         if status.block_hash is None or status.confirmations < depth:
             raise AnchorNotReady(f"tx {tx_id} has {status.confirmations} confirmations, {depth} needed")
         block_hash = status.block_hash
-        height = int(self.get_block_header_info(block_hash)["height"])
+        height = _field(self.get_block_header_info(block_hash), "height", int, "getblockheader")
         raw_tx = self.get_raw_transaction(tx_id, block_hash)
         proof = self.get_tx_out_proof([tx_id], block_hash)
         headers = [self.get_block_header(block_hash)]
