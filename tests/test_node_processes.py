@@ -40,7 +40,10 @@ def test_four_processes_crash_alert_restart_and_refuse_outsiders(tmp_path: Path)
         net.start_all()
         net.wait_ready()
         answer = put(net, "firm-a", "first")
-        assert answer["wait"] == {"view": "unanimous_signed", "reached": True}
+        wait = answer["wait"]
+        assert isinstance(wait, dict) and wait["view"] == "unanimous_signed" and wait["reached"] is True
+        levels = wait["levels_ms"]
+        assert levels["majority"] <= levels["unanimous_signed"]
         net.wait_for(lambda: len({net.status(n)["tip"] for n in net.nodes}) == 1 or
                      min(heads(net, n)["unanimous_signed"] for n in net.nodes) > 0, 30, "agreement")
         for name in net.nodes:

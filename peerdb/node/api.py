@@ -198,8 +198,9 @@ class Api:
             timeout = float(data.get("timeout_s", 30))
             if not 0 < timeout <= MAX_WAIT_S:
                 raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
-            reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout)
-            answer["wait"] = {"view": view.value, "reached": reached}
+            levels: dict[str, float] = {}
+            reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout, levels)
+            answer["wait"] = {"view": view.value, "reached": reached, "levels_ms": levels}
             if not reached:
                 answer["wait"]["message"] = f"not yet in the {view.value} view after {timeout} s; it is still pending"
         return answer

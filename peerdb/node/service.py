@@ -225,18 +225,37 @@ class NodeService:
                 return height, view.value
         return height, None
 
-    def _all_reached(self, txids: list[bytes], view: View) -> bool:
-        target = self.engine.heads().height(view)
+    LEVELS = (View.TENTATIVE, View.MAJORITY, View.UNANIMOUS_SIGNED, View.UNANIMOUS)
+
+    def _level_of(self, txids: list[bytes]) -> int:
+        """Index in LEVELS of the strongest view holding every one of ``txids`` (-1: not all in)."""
+        heights = []
         for txid in txids:
             location = self.engine.store.tx_location(txid)
-            if location is None or location.height > target:
-                return False
-        return True
+            if location is None:
+                return -1
+            heights.append(location.height)
+        needed = max(heights, default=0)
+        heads = self.engine.heads()
+        level = -1
+        for i, view in enumerate(self.LEVELS):
+            if heads.height(view) >= needed:
+                level = i
+        return level
 
-    async def wait_for(self, txids: list[bytes], view: View, timeout_s: float) -> bool:
-        deadline = trio.current_time() + timeout_s
+    async def wait_for(self, txids: list[bytes], view: View, timeout_s: float,
+                       levels_ms: dict[str, float] | None = None) -> bool:
+        """Wait until all ``txids`` are in ``view``; record in ``levels_ms`` when each weaker
+        view was reached (ms after the call), so clients can see the whole path."""
+        start = trio.current_time()
+        deadline = start + timeout_s
+        goal = self.LEVELS.index(view)
         while True:
-            if await self.read(self._all_reached, txids, view):
+            level = await self.read(self._level_of, txids)
+            if levels_ms is not None:
+                for i in range(level + 1):
+                    levels_ms.setdefault(self.LEVELS[i].value, round((trio.current_time() - start) * 1000, 3))
+            if level >= goal:
                 return True
             if trio.current_time() >= deadline:
                 return False
