@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import tomli_w
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerdb.core.consortium import (
     Consortium,
@@ -390,3 +392,45 @@ def test_consortium_is_frozen() -> None:
     with pytest.raises(AttributeError):
         CONSORTIUM.name = "x"  # type: ignore[misc]
     assert isinstance(CONSORTIUM, Consortium)
+
+
+# --- property: any data tomllib can produce either parses or is a ConfigError -------------------
+
+toml_scalars = (st.integers(-(2**63), 2**63 - 1) | st.text(max_size=70) | st.booleans()
+                | st.floats(allow_nan=False) | st.datetimes() | st.dates() | st.times())
+toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+@given(st.data())
+def test_property_any_toml_data_parses_or_is_a_config_error(data: st.DataObject) -> None:
+    doc = valid_data()
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = _paths(doc)
+        if not paths:
+            break
+        path = data.draw(st.sampled_from(paths))
+        parent: Any = doc
+        for part in path[:-1]:
+            parent = parent[part]
+        if isinstance(parent, dict) and data.draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(toml_values)
+    try:
+        c = parse_consortium(doc)
+    except ConfigError as exc:
+        assert str(exc)
+        return
+    assert len(c.definition_hash) == 32

@@ -606,3 +606,41 @@ def test_property_signature_and_objection_round_trip_and_mutation(
         assert encode(again.to_cbor()) == mutant
         if again.member in MEMBER_NAMES:
             assert not again.valid(CID, member_key(again.member).public)
+
+
+# --- property: any field replaced by any CBOR value is refused by the error tree, never a crash ---
+
+cbor_scalars = (st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=20)
+                | st.booleans() | st.none())
+cbor_values = st.recursive(cbor_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10)
+
+
+def _replace_somewhere(value: Any, data: st.DataObject) -> Any:
+    """``value`` with one element (at any depth of its arrays) replaced by an arbitrary value."""
+    if isinstance(value, list) and value and data.draw(st.integers(0, 3)) > 0:
+        i = data.draw(st.integers(0, len(value) - 1))
+        return value[:i] + [_replace_somewhere(value[i], data)] + value[i + 1:]
+    return data.draw(cbor_values)
+
+
+@given(blocks(), st.sampled_from(["block", "tx body", "header", "evidence"]), st.data())
+def test_property_structurally_mutated_objects_fail_with_a_remote_error(
+        block: Block, target: str, data: st.DataObject) -> None:
+    items = decode(block.raw)
+    if target == "tx body" and block.txs:
+        tx = block.txs[0]
+        mutated_tx = encode([encode(_replace_somewhere(decode(tx.body), data)), tx.signature])
+        items[1] = [mutated_tx] + items[1][1:]
+    elif target == "header":
+        items[0] = encode(_replace_somewhere(decode(items[0]), data))
+    elif target == "evidence" and block.evidence:
+        items[2] = [_replace_somewhere(items[2][0], data)] + items[2][1:]
+    else:
+        items = _replace_somewhere(items, data)
+    mutant = encode(items)
+    try:
+        again = Block.decode(mutant)
+    except (DecodeError, ValidationError):
+        return
+    assert again.raw == mutant
