@@ -23,6 +23,10 @@ from pysyncobj.batteries import ReplDict  # type: ignore[import-untyped]
 from bench import framing
 
 
+_FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper() and isinstance(v, int)}
+"""pysyncobj's failure codes by number, so errors in the JSON read LEADER_CHANGED, not 5."""
+
+
 class Front:
     """Carries framed puts from TCP clients into the node and acknowledgements back."""
 
@@ -52,7 +56,7 @@ class Front:
             error = await self._replicated_set(key, value)
             if error == FAIL_REASON.SUCCESS:
                 return framing.encode(framing.OK)
-            return framing.encode(framing.ERROR, f"pysyncobj FAIL_REASON {error}".encode())
+            return framing.encode(framing.ERROR, f"pysyncobj {_FAIL_NAMES.get(error, error)}".encode())
         return framing.encode(framing.ERROR, f"unknown frame kind {kind!r}".encode())
 
     async def _replicated_set(self, key: bytes, value: bytes) -> int:
