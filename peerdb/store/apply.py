@@ -130,7 +130,7 @@ def move_head(txn: Txn, t: Tables, tip: bytes, consortium: Consortium, cid: byte
     returned: list[Tx] = []
     for block in reversed(rolled):
         for tx in block.txs:
-            if True:
+            if tx.txid not in applied_txids:
                 txn.put(tx.txid, tx.raw, db=t.mempool)
                 returned.append(tx)
     return ReorgResult([b.hash for b in rolled], [h.hash for h in branch], returned)
