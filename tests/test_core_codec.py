@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peerdb.core import codec
 from peerdb.core.codec import (
     MAX_UINT,
     MIN_INT,
@@ -291,3 +292,41 @@ def test_property_arbitrary_bytes_never_crash(data: bytes) -> None:
         return
     assert encode(value) == data
 
+
+
+def _decode_without_prescan(data: bytes) -> Any:
+    """decode() as it was before the structural pre-scan: cbor2, type walk, re-encode compare."""
+    import io
+
+    stream = io.BytesIO(data)
+    value = cbor2.CBORDecoder(stream).decode()
+    if stream.tell() != len(data):
+        raise ValueError("trailing")
+    codec._check_items(value, 0, "x")
+    if encode(value) != data:
+        raise ValueError("non-canonical")
+    return value
+
+
+@given(values, st.data())
+def test_property_prescan_accepts_exactly_what_full_decoding_accepts(value: Any, data: st.DataObject) -> None:
+    encoded = encode(value)
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    mutant = bytearray(encoded)
+    mutant[index] = data.draw(st.integers(0, 255))
+    for candidate in (encoded, bytes(mutant), encoded[:index]):
+        try:
+            expected = _decode_without_prescan(candidate)
+        except Exception:  # noqa: BLE001 - any failure of the old path counts as a rejection
+            expected = _REJECTED
+        try:
+            got = decode(candidate)
+        except DecodeError:
+            got = _REJECTED
+        if expected is _REJECTED or got is _REJECTED:
+            assert got is expected
+        else:
+            assert encode(got) == encode(expected) == candidate
+
+
+_REJECTED = object()

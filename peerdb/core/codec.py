@@ -60,60 +60,62 @@ def decode(data: bytes, *, max_size: int = MAX_FRAME_BYTES, what: str = "object"
     return value
 
 
-_SIMPLE_ALLOWED = (20, 21, 22)
-"""false, true, null: the only major-type-7 items PeerDB uses (no floats, no undefined)."""
-
-
 def _scan_structure(data: bytes, what: str) -> None:
     """Walk the item heads before cbor2 builds anything: one item, definite lengths, no tags.
 
     cbor2 resolves semantic tags while decoding, and two of them (shared references, 28/29, and
     string references, 256/25) let a few hundred bytes decode into a structure that points at
     itself thousands of times, which the later checks would walk, and re-encoding would expand,
-    for hours. No PeerDB object uses any tag, so a tag is refused here, before decoding.
+    for hours. No PeerDB object uses any tag, so a tag is refused here, before decoding. Of major
+    type 7 only false, true and null (20, 21, 22) are allowed: PeerDB uses no floats or undefined.
     """
     pos, end = 0, len(data)
-    pending = [1]  # items still to read at each open nesting level; the top level holds one
-    while pending:
-        if pending[-1] == 0:
-            pending.pop()
+    enclosing: list[int] = []  # items still to read in each enclosing array or map
+    remaining = 1  # items still to read at the current level; the top level holds one
+    while True:
+        if not remaining:
+            if not enclosing:
+                break
+            remaining = enclosing.pop()
             continue
-        pending[-1] -= 1
-        depth = len(pending) - 1
-        if depth > MAX_CBOR_DEPTH:
-            raise LimitError(f"{what}: nesting deeper than {MAX_CBOR_DEPTH}")
+        remaining -= 1
         if pos >= end:
             raise TruncatedError(f"{what}: truncated CBOR (item head missing at byte {pos})")
-        major, info = data[pos] >> 5, data[pos] & 0x1F
+        head = data[pos]
         pos += 1
-        if info == 31:
-            if major in (2, 3, 4, 5):
-                raise NonCanonicalError(f"{what}: indefinite-length item at byte {pos - 1}")
-            raise DecodeError(f"{what}: malformed CBOR (unexpected break or reserved item at byte {pos - 1})")
-        if info >= 28:
-            raise DecodeError(f"{what}: malformed CBOR (reserved additional information {info} at byte {pos - 1})")
-        if major == 6:
-            raise DecodeError(f"{what}: CBOR tag at byte {pos - 1} is not allowed")
-        if major == 7:
-            if info not in _SIMPLE_ALLOWED:
+        major, argument = head >> 5, head & 0x1F
+        if argument >= 24:
+            if argument >= 28:
+                if argument == 31 and 2 <= major <= 5:
+                    raise NonCanonicalError(f"{what}: indefinite-length item at byte {pos - 1}")
+                raise DecodeError(f"{what}: malformed CBOR (reserved or break item at byte {pos - 1})")
+            if major == 7:
                 raise DecodeError(f"{what}: CBOR float or simple value at byte {pos - 1} is not allowed")
-            continue
-        argument = info
-        if info >= 24:
-            width = 1 << (info - 24)
+            width = 1 << (argument - 24)
             if pos + width > end:
                 raise TruncatedError(f"{what}: truncated CBOR (item head cut at byte {pos})")
             argument = int.from_bytes(data[pos:pos + width], "big")
             pos += width
-        if major in (2, 3):
+        if major < 2:
+            continue
+        if major < 4:
             if argument > end - pos:
                 raise TruncatedError(f"{what}: truncated CBOR (string of {argument} bytes at byte {pos})")
             pos += argument
-        elif major in (4, 5):
-            count = argument * (2 if major == 5 else 1)
-            if count > end - pos:
-                raise TruncatedError(f"{what}: truncated CBOR ({count} items announced at byte {pos})")
-            pending.append(count)
+        elif major < 6:
+            if major == 5:
+                argument *= 2
+            if argument:
+                if argument > end - pos:
+                    raise TruncatedError(f"{what}: truncated CBOR ({argument} items announced at byte {pos})")
+                if len(enclosing) >= MAX_CBOR_DEPTH:
+                    raise LimitError(f"{what}: nesting deeper than {MAX_CBOR_DEPTH}")
+                enclosing.append(remaining)
+                remaining = argument
+        elif major == 6:
+            raise DecodeError(f"{what}: CBOR tag at byte {pos - 1} is not allowed")
+        elif argument not in (20, 21, 22):
+            raise DecodeError(f"{what}: CBOR float or simple value at byte {pos - 1} is not allowed")
     if pos != end:
         raise TrailingBytesError(f"{what}: {end - pos} trailing bytes after the item")
 
