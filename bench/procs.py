@@ -80,25 +80,29 @@ class ManagedProcesses:
 
     def running(self) -> list[tuple[int, str]]:
         """(PID, name) of children that have not exited yet."""
-        return [(pid, name) for pid, (name, p) in self._children.items() if p.poll() is None]
+        return [(pid, name) for pid, (name, p) in self._children.items() if exit_code(p) is None]
 
     def stop(self, pid: int) -> None:
-        """Stop one child and its process group: SIGTERM, then SIGKILL after ``STOP_GRACE_S``."""
+        """Stop one child and its process group: SIGTERM, then SIGKILL after ``STOP_GRACE_S``.
+
+        The group is signalled only while its leader is not yet reaped (alive or a zombie), so
+        its id cannot have been reused by anyone else's process.
+        """
         entry = self._children.pop(pid, None)
         if entry is None:
             return
         _name, proc = entry
-        _signal_group(pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
+        if proc.returncode is None:
+            _signal_group(pid, signal.SIGTERM)
+            if not _wait_exit(proc, STOP_GRACE_S):
+                _signal_group(pid, signal.SIGKILL)
+                _wait_exit(proc, KILL_WAIT_S)
+            # The leader is now a zombie at most: kill helpers it forked, then reap it.
             _signal_group(pid, signal.SIGKILL)
             try:
                 proc.wait(timeout=KILL_WAIT_S)
             except subprocess.TimeoutExpired:
                 pass  # unkillable (D state); nothing more a harness can do
-        # The leader may have exited while a forked helper in its group lives on.
-        _signal_group(pid, signal.SIGKILL)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
@@ -109,13 +113,38 @@ class ManagedProcesses:
             self.stop(pid)
 
 
+def exit_code(proc: subprocess.Popen[bytes]) -> int | None:
+    """The child's exit status, or None while it runs; never reaps it (see ``stop``)."""
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()  # already reaped elsewhere
+    return None if info is None else info.si_status
+
+
+EXIT_POLL_S = 0.05
+"""Polling period while waiting for a signalled child to exit."""
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the child to exit, without reaping it."""
+    deadline = time.monotonic() + timeout_s
+    while exit_code(proc) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(EXIT_POLL_S)
+    return True
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
-        pass  # already gone
+        pass  # the whole group is gone
     except PermissionError:
-        pass  # the group id was reused by someone else's process: not ours to signal
+        pass  # not ours (cannot happen while the leader is unreaped; kept for safety)
 
 
 def free_ports(count: int) -> list[int]:
@@ -176,7 +205,7 @@ def log_tail(path: Path) -> str:
 def dead_child(procs: Sequence[tuple[str, subprocess.Popen[bytes], Path]]) -> str | None:
     """A description of the first child in ``procs`` that has exited, with its log tail."""
     for name, proc, log in procs:
-        code = proc.poll()
+        code = exit_code(proc)
         if code is not None:
             return f"{name} (pid {proc.pid}) exited with {code}; log tail:\n{log_tail(log)}"
     return None

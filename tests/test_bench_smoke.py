@@ -8,6 +8,7 @@ import math
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ if str(REPO) not in sys.path:  # ``bench`` is a directory of the repository, not
 from bench import http1  # noqa: E402
 from bench.errors import SubmitError  # noqa: E402
 from bench.loadgen import LoadSpec, run_open_loop  # noqa: E402
+from bench.procs import ManagedProcesses  # noqa: E402
 from bench.run import is_saturated  # noqa: E402
 from bench.stats import level_stats, percentile  # noqa: E402
 
@@ -32,6 +34,9 @@ SMOKE_TIMEOUT_S = 150.0
 
 TERM_GRACE_S = 20.0
 """After SIGTERM the harness stops its clusters (a few seconds) before it is killed outright."""
+
+GRANDCHILD_EXIT_S = 10.0
+"""A SIGKILLed process disappears in milliseconds; this only bounds the wait."""
 
 REQUIRED_KEYS = {
     "bound_tps",
@@ -250,3 +255,26 @@ async def test_http1_client_reads_length_and_chunked_bodies_on_one_connection() 
         assert await conn.request("POST", "/v3/kv/put", b"{}", "application/json") == (429, b"abcde")
         await conn.close()
         nursery.cancel_scope.cancel()
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_managed_processes_stop_a_child_and_what_it_forked() -> None:
+    with ManagedProcesses() as procs:
+        child = procs.spawn("sh", ["sh", "-c", "sleep 60 & echo $!; wait"], pipes=True)
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        assert procs.running() == [(child.pid, "sh")]
+    assert procs.running() == []
+    assert child.returncode is not None
+    deadline = time.monotonic() + GRANDCHILD_EXIT_S
+    while not _gone_or_zombie(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling a process we killed, with a deadline
+    assert _gone_or_zombie(grandchild)
