@@ -177,9 +177,13 @@ class Engine:
             block = Block.decode(proposal.block, self.mempool_raw)
         except (DecodeError, ValidationError) as exc:
             log.warning("rejected proposal from %s: %s", peer, exc)
-            self._object_if_attributable(proposal, str(exc))
+            if peer is None or proposal.signature.member == peer:
+                self._object_if_attributable(proposal, str(exc))
             return
-        self._accept_block(block, (proposal.signature,), peer, now_ms, object_on_failure=True)
+        # Only the proposer's own copy is attributable to it: a relayer could swap a transaction
+        # signature without changing the block hash (txids cover bodies, not signatures).
+        self._accept_block(block, (proposal.signature,), peer, now_ms,
+                           object_on_failure=peer in (None, block.header.proposer))
         self._after_change(now_ms)
 
     def _accept_block(self, block: Block, sigs: Sequence[BlockSignature], peer: str | None, now_ms: int,
