@@ -17,11 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from peerdb.core.errors import StorageError
-from peerdb.core.model import Header
+from peerdb.core.codec import decode, expect_bytes, expect_list, tagged_hash
+from peerdb.core.errors import DecodeError, StorageError
+from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_TX_BYTES
+from peerdb.core.merkle import merkle_root
+from peerdb.core.model import Evidence, Header
 
 from . import layout
-from .tables import Tables, best_hash, head_hash, need_block, read_header
+from .tables import Tables, best_hash, head_hash, read_header
 
 if TYPE_CHECKING:
     from .tables import Txn
@@ -29,8 +32,11 @@ if TYPE_CHECKING:
 STARTUP_CHECK_BLOCKS = 32
 """Recent best-chain blocks re-hashed on open. LMDB's copy-on-write commits mean a crash cannot
 tear a committed page, so corruption comes from the disk or from outside tampering; checking the
-blocks written last catches a bad last write, and 32 blocks of up to 1,000 transactions decode in
-well under a second."""
+blocks written last catches a bad last write."""
+
+STARTUP_CHECK_TXS = 20_000
+"""...but stop after this many transactions (the head block is always checked whole): re-hashing
+costs ~40 us per transaction, so start-up stays under a second even with full blocks."""
 
 Migration = Callable[["Txn", Tables], None]
 
@@ -97,30 +103,63 @@ def _check_best_index(txn: Txn, t: Tables, where: str, head: Header, consortium_
                            "it has gaps")
 
 
+def verify_block_bytes(block_hash: bytes, raw: bytes) -> tuple[Header, list[bytes]]:
+    """Check that stored block bytes still are the block ``block_hash`` names: the header hashes
+    to it, and the transactions and evidence hash to the header's roots. Returns the header and
+    the txids. Cheaper than ``Block.decode`` (which also builds every operation): each
+    transaction is decoded once, to its body, whose tagged hash is its id (as in ``Tx``)."""
+    try:
+        items = expect_list(decode(raw, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
+        header = Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
+        txids = []
+        for i, tx_raw in enumerate(expect_list(items[1], "block.txs")):
+            tx = expect_list(decode(expect_bytes(tx_raw, f"block.txs[{i}]"), max_size=MAX_TX_BYTES,
+                                    what=f"block.txs[{i}]"), f"block.txs[{i}]", 2)
+            txids.append(tagged_hash("tx", expect_bytes(tx[0], f"block.txs[{i}].body")))
+        evidence_ids = [Evidence.from_cbor(e, f"block.evidence[{i}]").id
+                        for i, e in enumerate(expect_list(items[2], "block.evidence"))]
+    except DecodeError as exc:
+        raise StorageError(f"stored block {block_hash.hex()[:16]} is corrupt: {exc}") from None
+    if header.hash != block_hash:
+        raise StorageError(f"stored block {block_hash.hex()[:16]} hashes to {header.hash.hex()[:16]}")
+    if len(txids) != header.tx_count or merkle_root(txids) != header.tx_root:
+        raise StorageError(f"stored block {block_hash.hex()[:16]}: transactions do not match the header's tx_root")
+    if merkle_root(evidence_ids) != header.evidence_root:
+        raise StorageError(f"stored block {block_hash.hex()[:16]}: evidence does not match the header's evidence_root")
+    return header, txids
+
+
 def _check_recent_blocks(txn: Txn, t: Tables, where: str, head: Header, recent: int) -> None:
+    checked_txs = 0
     for height in range(head.height, max(head.height - recent, -1), -1):
+        if checked_txs >= STARTUP_CHECK_TXS:
+            break
         block_hash = best_hash(txn, t, height)
         if block_hash is None:
             raise StorageError(f"{where}: no best-chain block at height {height}")
+        raw = txn.get(block_hash, db=t.blocks)
+        if raw is None:
+            raise StorageError(f"{where}: best-chain block {block_hash.hex()[:16]} at height {height} is missing")
         try:
-            block = need_block(txn, t, block_hash)  # re-hashes the header, re-checks tx and evidence roots
-            header = read_header(txn, t, block_hash)
+            header, txids = verify_block_bytes(block_hash, raw)
+            stored_header = read_header(txn, t, block_hash)
         except StorageError as exc:
             raise StorageError(f"{where}: {exc}") from None
-        if header is None or header.raw != block.header.raw:
+        if stored_header is None or stored_header.raw != header.raw:
             raise StorageError(f"{where}: block {block_hash.hex()[:16]}: stored header and block disagree")
-        if block.height != height:
+        if header.height != height:
             raise StorageError(f"{where}: block {block_hash.hex()[:16]} is indexed at height {height} "
-                               f"but says {block.height}")
+                               f"but says {header.height}")
         if height > 0:
-            if block.header.prev != best_hash(txn, t, height - 1):
+            if header.prev != best_hash(txn, t, height - 1):
                 raise StorageError(f"{where}: best-chain block at height {height} does not link to the one below")
             if txn.get(block_hash, db=t.undo) is None:
                 raise StorageError(f"{where}: best-chain block at height {height} has no undo record")
         if txn.get(layout.be64(height) + block_hash, db=t.heights) is None:
             raise StorageError(f"{where}: block at height {height} is missing from the height index")
-        for index, tx in enumerate(block.txs):
-            raw = txn.get(tx.txid, db=t.txindex)
-            if raw is None or layout.parse_txindex_record(raw) != (height, index):
-                raise StorageError(f"{where}: transaction {tx.txid.hex()[:16]} of block at height {height} "
+        for index, txid in enumerate(txids):
+            raw_index = txn.get(txid, db=t.txindex)
+            if raw_index is None or layout.parse_txindex_record(raw_index) != (height, index):
+                raise StorageError(f"{where}: transaction {txid.hex()[:16]} of block at height {height} "
                                    "is missing from the transaction index")
+        checked_txs += len(txids)
