@@ -11,7 +11,8 @@ from .certs import certificate_public_key, check_member_certificate, member_cert
 from .frames import FrameDecoder, FrameReader, encode_frame, send_frame
 from .hello import check_hello
 from .memory import MemoryHub, MemoryTransport
-from .peers import NetConfig, PeerEvent, PeerNetwork, PeerState
+from .config import NetConfig
+from .peers import PeerEvent, PeerNetwork, PeerState
 from .tls import TlsMember, TlsTransport, client_context, peer_identity, server_context
 from .transport import AuthenticatedStream, Transport
 

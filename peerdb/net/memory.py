@@ -40,7 +40,12 @@ class _HubStream(trio.abc.Stream):
         if self._link.broken:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError("memory: link broken by the hub")
-        await self._send.send_all(data)
+        try:
+            await self._send.send_all(data)
+        except trio.BrokenResourceError:
+            if self._link.broken:  # the break happened while we were sending: say so
+                raise trio.BrokenResourceError("memory: link broken by the hub") from None
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._send.wait_send_all_might_not_block()
@@ -76,16 +81,13 @@ class _Link:
         self.hub = hub
         self.members = frozenset({dialler, acceptor})
         self.broken = False
-        self._open_ends = 2
         forward_send, forward_receive = trio.testing.memory_stream_one_way_pair()
         back_send, back_receive = trio.testing.memory_stream_one_way_pair()
         self.dialler_end = _HubStream(self, forward_send, back_receive)
         self.acceptor_end = _HubStream(self, back_send, forward_receive)
 
     def end_closed(self) -> None:
-        self._open_ends -= 1
-        if self._open_ends == 0:
-            self.hub._links.discard(self)
+        self.hub._links.discard(self)  # a connection is over once either end has closed it
 
     def break_(self) -> None:
         if self.broken:

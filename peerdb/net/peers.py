@@ -4,18 +4,14 @@ What it guarantees the node:
 
 - ``send``/``broadcast`` never block and never raise for a peer being down: frames wait in a
   bounded per-peer :class:`~peerdb.net.queue.OutQueue` (drop-oldest, see there why) that
-  survives reconnects. Delivery is best effort and in order per connection; the consensus
-  protocol above copes with loss.
+  survives reconnects. Delivery is best effort: in order on one connection, but a frame can be
+  lost when a connection breaks, and frames can overtake each other across a reconnect. The
+  consensus protocol above copes with both.
 - Messages from peers arrive as ``(peer_name, message)`` on :attr:`PeerNetwork.incoming`, a
   bounded channel: a node that stops reading stops the readers, which stalls the TCP flow from
   those peers, which fills *their* queues, which drop their oldest frames.
 - ``peer_name`` is always the member the transport proved (certificate key or hub), checked
   against the name in the hello; a message never arrives under a name its sender only claimed.
-- Exactly one connection per pair survives. Both ends dial (so either one coming back is enough
-  to reconnect); if two connections meet, both ends keep the one dialled by the member whose
-  name sorts first (:func:`keep_existing`), a rule that needs no coordination. A second
-  connection from the same dialler replaces the old one: the old one is stale (the peer
-  restarted and we have not noticed yet).
 - A dead or silent peer is noticed by the idle timeout: each side sends a ping after
   ``ping_interval`` without traffic and drops a connection that delivered no byte for
   ``idle_timeout``.
@@ -23,8 +19,25 @@ What it guarantees the node:
   disconnected; nothing it sent after the last good frame is delivered. Dialling resumes with
   exponential backoff and jitter.
 
+One connection per pair, without losing frames while duplicates are sorted out:
+
+- Both ends dial (so either one coming back is enough to reconnect). When two connections meet,
+  both ends keep the one dialled by the member whose name sorts first (:func:`keep_existing`);
+  a newer connection from the same dialler replaces an older one (the older is stale: the peer
+  restarted and we have not noticed yet). Each end knows who dialled what, so no extra message
+  is needed to agree.
+- The dialler sends its hello, the acceptor answers (or refuses a duplicate), and the dialler
+  decides: it refuses a duplicate with an error frame, or installs the connection and sends a
+  ping at once. The acceptor installs and starts writing only when that first frame arrives,
+  so a connection the dialler refuses never carried data.
+- A replaced connection is *retired*, not cut: its writer stops between frames and says
+  ``{"error": "replaced by a newer connection"}``; its reader keeps delivering until the peer
+  says the same (both ends retire the same connection) or ends the stream. A peer that retires
+  our current connection first has announced a newer one, so for ``handshake_timeout`` we keep
+  counting it as up while that connection arrives; no spurious down/up events.
+
 Frames after the hello are maps with exactly one key: ``{"msg": m}`` (delivered), ``{"ping": 0}``
-(liveness only) or ``{"error": reason}`` (the peer is closing and says why).
+(liveness only) or ``{"error": reason}`` (the sender is closing this connection and says why).
 """
 
 from __future__ import annotations
@@ -39,58 +52,23 @@ import trio
 
 from peerdb.core.codec import encode
 from peerdb.core.errors import LocalError, ProtocolError, RemoteError
-from peerdb.core.limits import HASH_LEN, MAX_FRAME_BYTES, MAX_MEMBERS
+from peerdb.core.limits import HASH_LEN, MAX_MEMBERS
 
+from .config import NetConfig
 from .frames import FrameReader, encode_frame, frame_payload
-from .hello import DUPLICATE_CONNECTION, RefusedByPeer, receive_hello, refusal_reason, send_hello, send_refusal
+from .hello import (
+    DUPLICATE_CONNECTION,
+    REPLACED,
+    RefusedByPeer,
+    error_message,
+    receive_hello,
+    refusal_reason,
+    send_hello,
+    send_refusal,
+)
 from .logs import describe_error, log_event
 from .queue import OutQueue
 from .transport import AuthenticatedStream, Transport
-
-OUTGOING_QUEUE_FRAMES = 4096
-"""Frames waiting for one peer. A block is one frame and its signatures a handful more, so this
-holds many heights of traffic: enough to ride out a reconnect without loss."""
-
-OUTGOING_QUEUE_BYTES = 64 * 1024 * 1024
-"""Bytes waiting for one peer: four maximal frames. With MAX_MEMBERS peers this bounds queued
-memory at a few GiB in the absolute worst case, and at almost nothing in practice, since a
-broadcast shares one bytes object between all queues."""
-
-INCOMING_BUFFER = 256
-"""Decoded messages waiting for the node. Small, so that a node that falls behind pushes back on
-its peers through TCP rather than buffering without bound."""
-
-EVENTS_BUFFER = 1024
-"""Up/down events waiting to be read. If nobody reads them they are dropped (logged at debug);
-:meth:`PeerNetwork.peer_state` stays exact either way."""
-
-HANDSHAKE_TIMEOUT = 10.0
-"""Seconds for connecting plus TLS plus the hello exchange; a healthy WAN peer needs well under one."""
-
-PING_INTERVAL = 5.0
-"""Seconds without outgoing traffic after which we send a ping, so the peer's idle timer sees us."""
-
-IDLE_TIMEOUT = 20.0
-"""Seconds without a single incoming byte before the peer is declared gone: four missed pings,
-so one delayed packet is not an outage, yet a silent partition is reported within half a minute."""
-
-WRITE_TIMEOUT = 60.0
-"""Seconds one frame may take to write. A maximal frame (16 MiB) needs ~2 Mbit/s to make it;
-a peer that stops reading for longer is treated as gone rather than left pinning our writer."""
-
-CLOSE_TIMEOUT = 2.0
-"""Seconds a graceful close (TLS close_notify) may take before the socket is just dropped."""
-
-BACKOFF_INITIAL = 0.5
-"""First redial delay after a failure; also the stagger of the member that does not win ties,
-so that at start-up the preferred dialler usually connects first and no duplicate is made."""
-
-BACKOFF_MAX = 30.0
-"""Cap on the redial delay: a member back from an outage is reconnected within half a minute."""
-
-STABLE_AFTER = 10.0
-"""A connection that lasted this long resets the backoff; a peer that accepts and then drops us
-(or sends garbage) at once keeps backing off instead of being redialled in a tight loop."""
 
 MSG_KEY = "msg"
 PING_KEY = "ping"
@@ -99,40 +77,6 @@ _MSG_PREFIX = b"\xa1" + encode(MSG_KEY)
 """Canonical CBOR of ``{"msg": x}`` is this prefix followed by the encoding of ``x`` (a map
 with one key needs no sorting), so a broadcast encodes its message once for every peer."""
 _PING_FRAME = encode_frame({PING_KEY: 0})
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    """Tunables of a :class:`PeerNetwork`; defaults are the named constants above."""
-
-    queue_frames: int = OUTGOING_QUEUE_FRAMES
-    queue_bytes: int = OUTGOING_QUEUE_BYTES
-    incoming_buffer: int = INCOMING_BUFFER
-    events_buffer: int = EVENTS_BUFFER
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
-    ping_interval: float = PING_INTERVAL
-    idle_timeout: float = IDLE_TIMEOUT
-    write_timeout: float = WRITE_TIMEOUT
-    close_timeout: float = CLOSE_TIMEOUT
-    backoff_initial: float = BACKOFF_INITIAL
-    backoff_max: float = BACKOFF_MAX
-    stable_after: float = STABLE_AFTER
-    stagger_dial: bool = True
-    max_frame_bytes: int = MAX_FRAME_BYTES
-
-    def __post_init__(self) -> None:
-        for field in ("queue_frames", "queue_bytes", "incoming_buffer", "events_buffer", "max_frame_bytes"):
-            if getattr(self, field) < 1:
-                raise LocalError(f"net.{field}: must be at least 1")
-        for field in ("handshake_timeout", "ping_interval", "idle_timeout", "write_timeout", "close_timeout", "backoff_initial"):
-            if not getattr(self, field) > 0:
-                raise LocalError(f"net.{field}: must be positive")
-        if self.idle_timeout <= self.ping_interval:
-            raise LocalError("net.idle_timeout: must exceed ping_interval, or idle peers would be dropped")
-        if self.backoff_max < self.backoff_initial:
-            raise LocalError("net.backoff_max: must be at least backoff_initial")
-        if self.max_frame_bytes > MAX_FRAME_BYTES:
-            raise LocalError(f"net.max_frame_bytes: above the protocol limit {MAX_FRAME_BYTES}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +94,7 @@ class PeerEvent:
 class PeerState:
     """A snapshot for status pages and "peer down" alerts.
 
-    ``since`` is when the peer last went up or down (``None``: never connected since start);
+    ``since`` is when the peer last went up or down (``None``: not connected yet since start);
     ``last_error`` why the last connection or dial attempt ended; ``dropped`` frames lost to a
     full queue since start.
     """
@@ -169,8 +113,7 @@ def keep_existing(existing_dialler: str, new_dialler: str, a: str, b: str) -> bo
     """Whether the a-b connection we have beats a new one; both ends reach the same verdict.
 
     The connection dialled by ``min(a, b)`` wins over one dialled by the other member; between
-    two dialled by the same member the new one wins (the old one is stale). Each end knows
-    who dialled each connection, so both keep the same one without any extra message.
+    two dialled by the same member the new one wins (the old one is stale).
     """
     preferred = min(a, b)
     return existing_dialler == preferred and new_dialler != preferred
@@ -187,12 +130,29 @@ class _Connection:
         self.installed_at: float | None = None
         self.close_reason: str | None = None
         self.peer_fault = False
+        self.retiring = False
+        self.retire_reason = REPLACED
+        self.peer_bye: str | None = None
+        self.wait_scope: trio.CancelScope | None = None
 
     def fail(self, reason: str, *, peer_fault: bool = False) -> None:
+        """Close at once (broken stream, protocol violation, timeout)."""
         if self.close_reason is None:
             self.close_reason = reason
             self.peer_fault = peer_fault
         self.scope.cancel()
+
+    def retire(self, reason: str, drain_deadline: float) -> None:
+        """Stop writing after the current frame, say goodbye, keep reading until the deadline."""
+        if self.retiring:
+            return
+        self.retiring = True
+        self.retire_reason = reason
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.scope.deadline = min(self.scope.deadline, drain_deadline)
+        if self.wait_scope is not None:
+            self.wait_scope.cancel()
 
 
 class _Peer:
@@ -206,13 +166,15 @@ class _Peer:
         self.failures = 0
         self._changed = trio.Event()
 
+    def is_connected(self) -> bool:
+        return self.conn is not None
+
     def notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait_disconnected(self) -> None:
-        while self.conn is not None:
-            await self._changed.wait()
+    async def wait_change(self) -> None:
+        await self._changed.wait()
 
 
 class PeerNetwork:
@@ -289,7 +251,7 @@ class PeerNetwork:
         """Listen, dial every peer, keep the connections up until cancelled.
 
         ``task_status.started()`` is called once the listener accepts connections. One instance
-        runs once: on return ``incoming`` and ``events`` are closed (readers see the end).
+        runs once: on return ``incoming`` and ``events`` are closed (their readers see the end).
         """
         if self._started:
             raise LocalError("PeerNetwork.run: a network runs once; make a new one to restart")
@@ -305,7 +267,7 @@ class PeerNetwork:
             self._incoming_send.close()
             self._events_send.close()
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- bookkeeping ---------------------------------------------------------------------------
 
     def _log(self, level: int, event: str, **fields: object) -> None:
         log_event(level, event, node=self.own_name, **fields)
@@ -327,6 +289,67 @@ class PeerNetwork:
                 reason="dropping the oldest frames",
             )
 
+    def _emit(self, event: PeerEvent) -> None:
+        try:
+            self._events_send.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._log(logging.DEBUG, "event_dropped", peer=event.peer, up=event.up)
+
+    def _loses(self, conn: _Connection) -> bool:
+        """Whether ``conn`` must give way to the connection already installed for its peer."""
+        current = conn.peer.conn
+        if current is None or current is conn or current.peer_bye is not None:
+            return False  # nothing there, or the peer already abandoned it
+        return keep_existing(current.dialler, conn.dialler, self.own_name, conn.peer.name)
+
+    def _install(self, conn: _Connection) -> bool:
+        peer = conn.peer
+        if self._loses(conn):
+            current = peer.conn
+            self._log(logging.INFO, "duplicate_refused", peer=peer.name,
+                      kept=current.direction if current else None, refused=conn.direction)
+            return False
+        now = trio.current_time()
+        current = peer.conn
+        conn.installed_at = now
+        peer.conn = conn
+        if current is not None:
+            self._retire(current, REPLACED)
+            self._log(logging.INFO, "connection_replaced", peer=peer.name, old=current.direction, new=conn.direction)
+        else:
+            peer.connects += 1
+            peer.since = now
+            self._log(logging.INFO, "peer_up", peer=peer.name, direction=conn.direction, remote=conn.remote)
+            self._emit(PeerEvent(peer.name, True, "connected", conn.direction, now))
+        peer.notify()
+        return True
+
+    def _uninstall(self, conn: _Connection) -> float | None:
+        """Forget ``conn``; returns how long it was installed (None: never)."""
+        if conn.installed_at is None:
+            return None
+        now = trio.current_time()
+        lasted = now - conn.installed_at
+        peer = conn.peer
+        if peer.conn is not conn:
+            return lasted  # replaced: the peer never went down
+        reason = conn.close_reason or "network stopped"
+        peer.conn = None
+        peer.since = now
+        peer.last_error = reason
+        if lasted >= self.config.stable_after:
+            peer.failures = 0
+        self._log(logging.WARNING if conn.peer_fault else logging.INFO, "peer_down",
+                  peer=peer.name, direction=conn.direction, reason=reason)
+        self._emit(PeerEvent(peer.name, False, reason, None, now))
+        peer.notify()
+        return lasted
+
+    def _retire(self, conn: _Connection, reason: str) -> None:
+        conn.retire(reason, trio.current_time() + self.config.handshake_timeout)
+
+    # -- dialling and accepting ----------------------------------------------------------------
+
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._transport.serve(self._accepted, task_status=task_status)
 
@@ -343,11 +366,12 @@ class PeerNetwork:
     async def _dial_loop(self, peer: _Peer) -> None:
         """Redial ``peer`` whenever no connection to it is up, for as long as the network runs."""
         while True:
-            await peer.wait_disconnected()
+            while peer.is_connected():
+                await peer.wait_change()
             delay = self._delay(peer)
             if delay:
                 await trio.sleep(delay)
-                if peer.conn is not None:
+                if peer.is_connected():
                     continue
             lasted = await self._dial(peer)
             if lasted is None or lasted < self.config.stable_after:
@@ -366,6 +390,8 @@ class PeerNetwork:
             return None
         return await self._connection(auth, dialled=True, expected=peer.name)
 
+    # -- one connection ------------------------------------------------------------------------
+
     async def _connection(self, auth: AuthenticatedStream, *, dialled: bool, expected: str | None = None) -> float | None:
         """Hello, install, pump frames until the connection ends; always closes the stream.
 
@@ -382,127 +408,98 @@ class PeerNetwork:
                 what = "ourselves" if auth.peer == self.own_name else "not a member"
                 await self._refuse(auth, f"identity {auth.peer!r} is {what}")
             else:
-                with trio.CancelScope() as scope:
-                    conn = _Connection(peer, auth, self.own_name if dialled else peer.name, scope)
+                scope = trio.CancelScope()
+                conn = _Connection(peer, auth, self.own_name if dialled else peer.name, scope)
+                with scope:
                     reader = FrameReader(
                         auth.stream, max_frame_bytes=self.config.max_frame_bytes, idle_timeout=self.config.idle_timeout
                     )
-                    if await self._hello(conn, reader, dialled):
-                        await self._pump(conn, reader)
+                    pending = await self._handshake(conn, reader, dialled)
+                    if pending is not None:
+                        await self._pump(conn, reader, pending)
                 if conn.peer_fault and conn.close_reason is not None:
                     await send_refusal(auth.stream, conn.close_reason)  # outside the cancelled scope
+                elif conn.peer_bye == REPLACED and peer.conn is conn:
+                    await self._await_replacement(conn)
         finally:
             if conn is not None:
                 # Also runs when the whole network is cancelled: the peer is reported down.
                 lasted = self._uninstall(conn)
             with trio.move_on_after(self.config.close_timeout):
-                await auth.stream.aclose()
+                try:
+                    await auth.stream.aclose()
+                except (trio.BrokenResourceError, OSError):
+                    pass  # closed either way; trio notes SSL_shutdown can raise spuriously
         return lasted
-
-    async def _hello(self, conn: _Connection, reader: FrameReader, dialled: bool) -> bool:
-        """Exchange hellos and install ``conn``; False (after logging) if it must close."""
-        auth_peer = conn.peer.name
-        try:
-            with trio.fail_after(self.config.handshake_timeout):
-                if dialled:
-                    await send_hello(conn.stream, self.consortium_id, self.own_name)
-                    await receive_hello(reader, self.consortium_id, auth_peer)
-                    if not self._install(conn):
-                        await send_refusal(conn.stream, DUPLICATE_CONNECTION)
-                        return False
-                else:
-                    await receive_hello(reader, self.consortium_id, auth_peer)
-                    if not self._install(conn):
-                        await send_refusal(conn.stream, DUPLICATE_CONNECTION)
-                        return False
-                    await send_hello(conn.stream, self.consortium_id, self.own_name)
-            return True
-        except RefusedByPeer as exc:
-            conn.peer.last_error = str(exc)
-            level = logging.INFO if exc.reason == DUPLICATE_CONNECTION else logging.WARNING
-            self._log(level, "refused_by_peer", peer=auth_peer, remote=conn.remote, reason=str(exc))
-        except RemoteError as exc:
-            conn.peer.last_error = f"hello: {exc}"
-            self._log(logging.WARNING, "refused", peer=auth_peer, remote=conn.remote, reason=str(exc))
-            await send_refusal(conn.stream, str(exc))
-        except (trio.EndOfChannel, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            reason = f"hello: {describe_error(exc)}"
-            conn.peer.last_error = reason
-            self._log(logging.INFO, "hello_failed", peer=auth_peer, remote=conn.remote, reason=reason)
-        if conn.installed_at is not None:
-            conn.fail(conn.peer.last_error or "hello failed")
-        return False
-
-    def _install(self, conn: _Connection) -> bool:
-        peer = conn.peer
-        current = peer.conn
-        if current is not None and keep_existing(current.dialler, conn.dialler, self.own_name, peer.name):
-            self._log(logging.INFO, "duplicate_refused", peer=peer.name, kept=current.direction, refused=conn.direction)
-            return False
-        now = trio.current_time()
-        conn.installed_at = now
-        peer.conn = conn
-        if current is not None:
-            current.fail("replaced by a newer connection")
-            self._log(logging.INFO, "connection_replaced", peer=peer.name, old=current.direction, new=conn.direction)
-            return True
-        peer.connects += 1
-        peer.since = now
-        self._log(logging.INFO, "peer_up", peer=peer.name, direction=conn.direction, remote=conn.remote)
-        self._emit(PeerEvent(peer.name, True, "connected", conn.direction, now))
-        peer.notify()
-        return True
-
-    def _uninstall(self, conn: _Connection) -> float | None:
-        if conn.installed_at is None:
-            return None
-        now = trio.current_time()
-        lasted = now - conn.installed_at
-        peer = conn.peer
-        if peer.conn is not conn:
-            return lasted  # replaced: the peer never went down
-        reason = conn.close_reason or "network stopped"
-        peer.conn = None
-        peer.since = now
-        peer.last_error = reason
-        if lasted >= self.config.stable_after:
-            peer.failures = 0
-        level = logging.WARNING if conn.peer_fault else logging.INFO
-        self._log(level, "peer_down", peer=peer.name, direction=conn.direction, reason=reason)
-        self._emit(PeerEvent(peer.name, False, reason, None, now))
-        peer.notify()
-        return lasted
-
-    def _emit(self, event: PeerEvent) -> None:
-        try:
-            self._events_send.send_nowait(event)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._log(logging.DEBUG, "event_dropped", peer=event.peer, up=event.up)
 
     async def _refuse(self, auth: AuthenticatedStream, reason: str) -> None:
         self._log(logging.WARNING, "refused", peer=auth.peer, remote=auth.remote, reason=reason)
         await send_refusal(auth.stream, reason)
 
-    async def _pump(self, conn: _Connection, reader: FrameReader) -> None:
+    async def _handshake(self, conn: _Connection, reader: FrameReader, dialled: bool) -> tuple[Any, ...] | None:
+        """Exchange hellos and install ``conn``.
+
+        Returns the frames already read that the reader must still handle (the acceptor reads
+        the dialler's first frame as its confirmation), or None (after logging) if it must close.
+        """
+        name = conn.peer.name
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                if dialled:
+                    await send_hello(conn.stream, self.consortium_id, self.own_name)
+                    await receive_hello(reader, self.consortium_id, name)
+                    if not self._install(conn):
+                        await send_refusal(conn.stream, DUPLICATE_CONNECTION)
+                        return None
+                    return ()
+                await receive_hello(reader, self.consortium_id, name)
+                if self._loses(conn):
+                    self._log(logging.INFO, "duplicate_refused", peer=name, refused=conn.direction)
+                    await send_refusal(conn.stream, DUPLICATE_CONNECTION)
+                    return None
+                await send_hello(conn.stream, self.consortium_id, self.own_name)
+                first = await reader.receive()
+                reason = refusal_reason(first)
+                if reason is not None:
+                    raise RefusedByPeer(name, reason)
+            if not self._install(conn):
+                self._retire(conn, REPLACED)  # lost the tie while waiting: read what it carries, then close
+            return (first,)
+        except RefusedByPeer as exc:
+            conn.peer.last_error = str(exc)
+            level = logging.INFO if exc.reason == DUPLICATE_CONNECTION else logging.WARNING
+            self._log(level, "refused_by_peer", peer=name, remote=conn.remote, reason=exc.reason)
+        except RemoteError as exc:
+            conn.peer.last_error = f"hello: {exc}"
+            self._log(logging.WARNING, "refused", peer=name, remote=conn.remote, reason=str(exc))
+            await send_refusal(conn.stream, str(exc))
+        except (trio.EndOfChannel, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = f"hello: {describe_error(exc)}"
+            conn.peer.last_error = reason
+            self._log(logging.INFO, "hello_failed", peer=name, remote=conn.remote, reason=reason)
+        if conn.installed_at is not None:
+            conn.fail(conn.peer.last_error or "hello failed")
+        return None
+
+    async def _await_replacement(self, conn: _Connection) -> None:
+        """The peer retired our current connection for a newer one: let that one arrive."""
+        peer = conn.peer
+        with trio.move_on_after(self.config.handshake_timeout):
+            while peer.conn is conn:
+                await peer.wait_change()
+
+    async def _pump(self, conn: _Connection, reader: FrameReader, pending: tuple[Any, ...]) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_task, conn, reader)
+            nursery.start_soon(self._read_task, conn, reader, pending)
             nursery.start_soon(self._write_task, conn)
 
-    async def _read_task(self, conn: _Connection, reader: FrameReader) -> None:
+    async def _read_task(self, conn: _Connection, reader: FrameReader, pending: tuple[Any, ...]) -> None:
         try:
-            while True:
-                message = await reader.receive()
-                if type(message) is not dict or len(message) != 1:
-                    raise ProtocolError("frame: expected a map with one key")
-                if MSG_KEY in message:
-                    await self._incoming_send.send((conn.peer.name, message[MSG_KEY]))
-                elif PING_KEY in message:
-                    continue
-                elif ERROR_KEY in message:
-                    conn.fail(f"closed by peer: {refusal_reason(message)}")
+            for message in pending:
+                if not await self._dispatch(conn, message):
                     return
-                else:
-                    raise ProtocolError(f"frame: unknown kind {next(iter(message))!r}")
+            while await self._dispatch(conn, await reader.receive()):
+                pass
         except RemoteError as exc:
             conn.fail(str(exc), peer_fault=True)
         except trio.TooSlowError:
@@ -510,19 +507,54 @@ class PeerNetwork:
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             conn.fail(describe_error(exc))
 
+    async def _dispatch(self, conn: _Connection, message: Any) -> bool:
+        """Handle one frame; False when the peer said goodbye on this connection."""
+        if type(message) is not dict or len(message) != 1:
+            raise ProtocolError("frame: expected a map with one key")
+        if MSG_KEY in message:
+            await self._incoming_send.send((conn.peer.name, message[MSG_KEY]))
+            return True
+        if PING_KEY in message:
+            return True
+        if ERROR_KEY in message:
+            reason = refusal_reason(message) or ""
+            conn.peer_bye = reason
+            if conn.close_reason is None:
+                conn.close_reason = f"closed by peer: {reason}"
+            self._retire(conn, reason)  # answer the goodbye; our reader is done
+            return False
+        raise ProtocolError(f"frame: unknown kind {next(iter(message))!r}")
+
     async def _write_task(self, conn: _Connection) -> None:
         queue = conn.peer.queue
         try:
-            while True:
-                frame = _PING_FRAME
-                with trio.move_on_after(self.config.ping_interval):
-                    frame = await queue.get()
-                with trio.fail_after(self.config.write_timeout):
-                    await conn.stream.send_all(frame)
+            if conn.direction == "out" and not conn.retiring:
+                await self._write(conn, _PING_FRAME)  # the dialler's confirmation
+            while not conn.retiring:
+                frame = await self._next_frame(conn)
+                if frame is None:
+                    break
+                await self._write(conn, frame)
                 if queue.dropped_episode and not len(queue):
                     self._log(logging.INFO, "queue_drained", peer=conn.peer.name, dropped=queue.dropped_episode)
                     queue.dropped_episode = 0
+            await self._write(conn, encode_frame(error_message(conn.retire_reason)))
         except trio.TooSlowError:
             conn.fail(f"write stalled for {self.config.write_timeout:g}s")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             conn.fail(describe_error(exc))
+
+    async def _next_frame(self, conn: _Connection) -> bytes | None:
+        """The next queued frame, a ping after ``ping_interval`` of quiet, None once retiring."""
+        got: list[bytes] = []
+        with trio.CancelScope(deadline=trio.current_time() + self.config.ping_interval) as wait:
+            conn.wait_scope = wait
+            got.append(await conn.peer.queue.get())
+        conn.wait_scope = None
+        if got:
+            return got[0]  # even when retiring: a frame taken from the queue is always sent
+        return None if conn.retiring else _PING_FRAME
+
+    async def _write(self, conn: _Connection, frame: bytes) -> None:
+        with trio.fail_after(self.config.write_timeout):
+            await conn.stream.send_all(frame)
