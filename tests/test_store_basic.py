@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -252,7 +253,7 @@ async def test_writes_in_worker_threads_reads_inline(tmp_path: Path, cb: ChainBu
     try:
         async with trio.open_nursery() as nursery:
             for blk in blocks:
-                await trio.to_thread.run_sync(lambda b=blk: store.add_block(b, make_head=True))
+                await trio.to_thread.run_sync(functools.partial(store.add_block, blk, make_head=True))
                 assert store.head() == blk.header
                 nursery.start_soon(trio.to_thread.run_sync, store.add_signatures, cb.sign_all(blk))
         assert store.get("data", next(iter(cb.state_at(blocks[-1]).values))[1])[0] == b"v"

@@ -106,7 +106,8 @@ def test_store_state_equals_replay_of_the_winning_chain(data: st.DataObject) -> 
                     reusable = [tx for tx in model.txs if tx.txid not in seen]
                     txs: list[Tx] = []
                     for _ in range(data.draw(st.integers(0, 3), label="n_txs")):
-                        if reusable and data.draw(st.booleans(), label="reuse a tx from another branch"):
+                        reuse: bool = data.draw(st.booleans(), label="reuse a tx from another branch")
+                        if reuse and reusable:
                             tx = data.draw(st.sampled_from(reusable))
                             if tx in txs:
                                 continue

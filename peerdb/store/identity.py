@@ -3,9 +3,15 @@
 The signing guard is only as good as its memory: a data directory restored from a backup (or
 copied to a second machine) has forgotten every signature made after the copy, and signing from
 it can double-sign. LMDB cannot tell a copy from the original, so the store records the identity
-of its data file, ``(st_dev, st_ino)``, in the ``meta`` table. A copy or a restore creates a new
-file with a new inode (or on another device), which no longer matches, and :class:`Store.open`
-refuses it until the operator says, with ``accept_restored``, that it knows.
+of its data file in the ``meta`` table: ``(st_dev, st_ino, generation)``. A copy or a restore
+creates a new file, with a new inode or on another device, which no longer matches, and
+:class:`Store.open` refuses it until the operator says, with ``accept_restored``, that it knows.
+
+The inode *generation* (``FS_IOC_GETVERSION``) matters because file systems reuse inode numbers
+at once: on ext4, ``rm -r data; cp -r backup data`` can give the restored ``data.mdb`` the very
+inode number of the deleted one, but never the same generation. Where the file system does not
+report a generation (tmpfs, some network file systems), it is recorded as None and the check
+rests on device and inode number alone.
 
 Known blind spot: overwriting ``data.mdb`` in place with ``cp`` onto the existing file keeps its
 inode. ``docs/operations-restore.md`` tells operators to restore into a fresh directory, and the
@@ -18,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 from pathlib import Path
 
 from peerdb.core.errors import StorageError
@@ -25,20 +32,39 @@ from peerdb.core.errors import StorageError
 DATA_FILE = "data.mdb"
 DIR_LOCK_FILE = "peerdb-store.lock"
 
+FS_IOC_GETVERSION = 0x80087601
+"""Linux ``_IOR('v', 1, long)``: the inode's generation number (the kernel writes 32 bits)."""
 
-def data_file_identity(path: Path) -> tuple[int, int]:
+Identity = tuple[int, int, int | None]
+"""(st_dev, st_ino, inode generation or None where the file system has none)."""
+
+
+def _generation(fd: int) -> int | None:
+    buf = bytearray(8)
     try:
-        st = os.stat(path / DATA_FILE)
+        fcntl.ioctl(fd, FS_IOC_GETVERSION, buf, True)
+    except OSError:
+        return None
+    value: int = struct.unpack("=I", bytes(buf[:4]))[0]
+    return value
+
+
+def data_file_identity(path: Path) -> Identity:
+    try:
+        fd = os.open(path / DATA_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise StorageError(f"{path}: cannot stat the data file ({exc})") from None
-    return st.st_dev, st.st_ino
+        raise StorageError(f"{path}: cannot open the data file ({exc})") from None
+    try:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino, _generation(fd)
+    finally:
+        os.close(fd)
 
 
-def restored_message(path: Path, recorded: tuple[int, int], found: tuple[int, int]) -> str:
+def restored_message(path: Path, recorded: object, found: Identity) -> str:
     return (
         f"{path}: this data directory was copied or restored from a backup (its data file is not the one "
-        f"the store was created in: device/inode {recorded[0]}/{recorded[1]} recorded, {found[0]}/{found[1]} "
-        "found). Signing from it could double-sign, because a backup does not remember what this member "
+        f"the store was created in: device/inode/generation {recorded} recorded, {list(found)} found). Signing from it could double-sign, because a backup does not remember what this member "
         "signed after it was taken. Make sure no other node runs with this member's key, then start once "
         "with --accept-restored: the node will not sign anything until it has caught up with the network, "
         "and then never at a height at or below the network's height at that moment. "

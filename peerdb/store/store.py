@@ -665,10 +665,8 @@ def _check_identity(txn: Txn, t: Tables, directory: Path, accept_restored: bool)
     found = data_file_identity(directory)
     if recorded == list(found):
         return instance
-    if type(recorded) is not list or len(recorded) != 2:
-        raise StorageError(f"{directory}: the identity record is corrupt")
     if not accept_restored:
-        raise StorageError(restored_message(directory, (recorded[0], recorded[1]), found))
+        raise StorageError(restored_message(directory, recorded, found))
     instance = secrets.token_bytes(layout.INSTANCE_ID_LEN)
     txn.put(layout.META_IDENTITY, encode(list(found)), db=t.meta)
     txn.put(layout.META_INSTANCE, instance, db=t.meta)
