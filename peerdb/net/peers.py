@@ -70,6 +70,10 @@ from .logs import describe_error, log_event
 from .queue import OutQueue
 from .transport import AuthenticatedStream, Transport
 
+__all__ = ["NetConfig", "PeerEvent", "PeerNetwork", "PeerState", "keep_existing"]
+"""``NetConfig`` lives in :mod:`.config` and is re-exported here for callers that import it
+from the service module."""
+
 MSG_KEY = "msg"
 PING_KEY = "ping"
 ERROR_KEY = "error"
