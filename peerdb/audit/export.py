@@ -1,0 +1,220 @@
+"""Writing bundles: from a running node (a snapshot, then blocks in batches) or from plain objects.
+
+Consistency without stopping the node. The node's block tree keeps changing while a bundle
+streams out, so the export first takes a **snapshot** in one short read under the engine lock:
+the blocks in the tree, each block's signer set, the evidence, the heads and the best tip (the
+head item's claims). Every later read is of data that never changes (a block's bytes) or is
+filtered to the snapshot (signatures), so the bundle is exactly the node's books at that
+instant and the verifier's recomputation must match the claims exactly. Only anchor proofs are
+read as they are when their batch is written: a proof that arrives during the export can only
+raise the anchored and unanimous heads, which the claims therefore state as lower bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from peerdb.anchor.proof import AnchorProof
+from peerdb.core.chain import BlockTree
+from peerdb.core.consortium import Consortium
+from peerdb.core.errors import DecodeError, StorageError
+from peerdb.core.model import Block, BlockSignature, Evidence, Objection, consortium_id, genesis_header
+
+from .bundle import FORMAT_VERSION, AnchorRef, BlockEntry, BtcPart, BundleWriter, Claims, Head
+
+MAX_BATCH_BLOCKS = 64
+"""Blocks read per batch: a short, bounded read of the store between two chunks of output."""
+
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""Block bytes per batch (at least one block): bounds the memory a batch holds on the node."""
+
+
+class BlockSource(Protocol):
+    """What an export reads per block (:class:`peerdb.store.Store` has exactly these)."""
+
+    def block(self, block_hash: bytes) -> Block | None: ...
+    def signatures(self, block_hash: bytes) -> list[BlockSignature]: ...
+    def objections(self, block_hash: bytes) -> list[Objection]: ...
+    def anchor(self, block_hash: bytes) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class SnapshotBlock:
+    height: int
+    hash: bytes
+    best: bool
+    signers: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    head: Head
+    blocks: tuple[SnapshotBlock, ...]
+    evidence: tuple[Evidence, ...]
+
+
+def claims_from_tree(tree: BlockTree) -> Claims:
+    heads = tree.heads()
+    tip = tree.best_tip
+    return Claims(tip.hash, tip.height, heads.majority, heads.unanimous_signed, heads.unanimous, heads.anchored,
+                  tuple(sorted(tree.culprits)))
+
+
+def take_snapshot(tree: BlockTree, consortium: Consortium, member: str, evidence: Iterable[Evidence],
+                  now_ms: int) -> Snapshot:
+    """Everything the bundle will claim, read at one instant (call under the engine's lock)."""
+    blocks = sorted((SnapshotBlock(h.height, h.hash, tree.on_best_chain(h.hash), tree.signers(h.hash))
+                     for h in tree.headers() if h.height > 0), key=lambda b: (b.height, b.hash))
+    head = Head(FORMAT_VERSION, consortium, consortium_id(consortium), member, now_ms, claims_from_tree(tree))
+    return Snapshot(head, tuple(blocks), tuple(sorted(evidence, key=lambda e: e.id)))
+
+
+def batches(blocks: Sequence[SnapshotBlock], max_blocks: int = MAX_BATCH_BLOCKS) -> Iterator[Sequence[SnapshotBlock]]:
+    for start in range(0, len(blocks), max_blocks):
+        yield blocks[start:start + max_blocks]
+
+
+class BtcNumbering:
+    """Gives each distinct Bitcoin part of the anchor proofs its ``btc`` item number."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[bytes, bytes, tuple[bytes, ...], int], int] = {}
+
+    def split(self, proof: AnchorProof) -> tuple[BtcPart | None, AnchorRef]:
+        """The proof's shared part (None if already numbered) and its own part."""
+        key = (proof.bitcoin_tx, proof.txoutproof, proof.headers, proof.bitcoin_height)
+        n = self._numbers.get(key)
+        new = None
+        if n is None:
+            n = self._numbers[key] = len(self._numbers)
+            new = BtcPart(n, *key)
+        return new, AnchorRef(n, proof.path, proof.root)
+
+
+def encode_block(writer: BundleWriter, numbering: BtcNumbering, block: Block, best: bool,
+                 signatures: Iterable[BlockSignature], objections: Iterable[Objection] = (),
+                 anchor: AnchorProof | None = None) -> bytes:
+    """Frames for one block (preceded by a btc item if its anchor brings a new one)."""
+    out = []
+    ref = None
+    if anchor is not None:
+        part, ref = numbering.split(anchor)
+        if part is not None:
+            out.append(writer.btc(part))
+    sigs = tuple(sorted((s.member, s.signature) for s in signatures if s.block_hash == block.hash))
+    objs = tuple(sorted((o.member, o.reason, o.signature) for o in objections if o.block_hash == block.hash))
+    out.append(writer.block(BlockEntry(block.raw, block.header, best, sigs, objs, ref)))
+    return b"".join(out)
+
+
+def encode_batch(source: BlockSource, batch: Sequence[SnapshotBlock], writer: BundleWriter,
+                 numbering: BtcNumbering, max_bytes: int = MAX_BATCH_BYTES) -> tuple[bytes, int]:
+    """Frames for the blocks of ``batch`` read from ``source``, stopping once ``max_bytes`` of
+    blocks were read; returns the bytes and how many blocks they cover (at least one)."""
+    out = []
+    size = 0
+    done = 0
+    for snap in batch:
+        if done and size >= max_bytes:
+            break
+        block = source.block(snap.hash)
+        if block is None:
+            raise StorageError(f"audit export: block {snap.height} {snap.hash.hex()[:16]} is in the tree but "
+                               "its body is not stored")
+        raw_proof = source.anchor(snap.hash)
+        proof = None
+        if raw_proof is not None:
+            try:
+                proof = AnchorProof.decode(raw_proof)
+            except DecodeError as exc:
+                raise StorageError(f"audit export: stored anchor proof of block {snap.height} is corrupt: {exc}") from None
+        sigs = [s for s in source.signatures(snap.hash) if s.member in snap.signers]
+        out.append(encode_block(writer, numbering, block, snap.best, sigs, source.objections(snap.hash), proof))
+        size += len(block.raw)
+        done += 1
+    return b"".join(out), done
+
+
+def export_snapshot(source: BlockSource, snapshot: Snapshot) -> Iterator[bytes]:
+    """The whole bundle for a snapshot, chunk by chunk (synchronously; the node's API streams
+    the same chunks with its own batching)."""
+    writer = BundleWriter()
+    numbering = BtcNumbering()
+    yield writer.start(snapshot.head)
+    pending = list(snapshot.blocks)
+    while pending:
+        data, done = encode_batch(source, pending[:MAX_BATCH_BLOCKS], writer, numbering)
+        del pending[:done]
+        yield data
+    yield finish(writer, snapshot.evidence)
+
+
+def finish(writer: BundleWriter, evidence: Iterable[Evidence]) -> bytes:
+    return b"".join(writer.evidence(ev) for ev in evidence) + writer.end()
+
+
+class MemorySource:
+    """Blocks, signatures, objections, evidence and anchors held in memory: a node's books
+    without a node, for tests, benchmarks and tools that build bundles offline."""
+
+    def __init__(self, consortium: Consortium) -> None:
+        self.consortium = consortium
+        self.blocks: dict[bytes, Block] = {}
+        self.sigs: dict[bytes, dict[str, BlockSignature]] = {}
+        self.objs: dict[bytes, list[Objection]] = {}
+        self.anchors: dict[bytes, bytes] = {}
+        self.evidence_by_id: dict[bytes, Evidence] = {}
+
+    def add_block(self, block: Block, signatures: Iterable[BlockSignature] = (),
+                  objections: Iterable[Objection] = (), anchor: AnchorProof | None = None) -> None:
+        self.blocks[block.hash] = block
+        self.add_signatures(signatures)
+        self.objs.setdefault(block.hash, []).extend(objections)
+        if anchor is not None:
+            self.anchors[block.hash] = anchor.encode()
+        for ev in block.evidence:
+            self.evidence_by_id[ev.id] = ev
+
+    def add_signatures(self, signatures: Iterable[BlockSignature]) -> None:
+        for sig in signatures:
+            self.sigs.setdefault(sig.block_hash, {})[sig.member] = sig
+
+    def add_evidence(self, evidence: Evidence) -> None:
+        self.evidence_by_id[evidence.id] = evidence
+
+    # BlockSource
+    def block(self, block_hash: bytes) -> Block | None:
+        return self.blocks.get(block_hash)
+
+    def signatures(self, block_hash: bytes) -> list[BlockSignature]:
+        return list(self.sigs.get(block_hash, {}).values())
+
+    def objections(self, block_hash: bytes) -> list[Objection]:
+        return list(self.objs.get(block_hash, []))
+
+    def anchor(self, block_hash: bytes) -> bytes | None:
+        return self.anchors.get(block_hash)
+
+    def tree(self) -> BlockTree:
+        """The block tree a node holding exactly these would have (blocks must connect)."""
+        tree = BlockTree(genesis_header(self.consortium), self.consortium.member_names)
+        for block in sorted(self.blocks.values(), key=lambda b: b.height):
+            tree.add_header(block.header)
+        for block_hash, sigs in self.sigs.items():
+            if block_hash in tree:
+                for member in sigs:
+                    tree.add_signature(block_hash, member)
+        for ev in self.evidence_by_id.values():
+            tree.add_culprit(ev.member)
+        for block_hash in self.anchors:
+            if block_hash in tree:
+                tree.set_anchored(block_hash)
+        return tree
+
+    def snapshot(self, member: str, now_ms: int) -> Snapshot:
+        return take_snapshot(self.tree(), self.consortium, member, self.evidence_by_id.values(), now_ms)
+
+    def bundle(self, member: str, now_ms: int = 0) -> bytes:
+        return b"".join(export_snapshot(self, self.snapshot(member, now_ms)))

@@ -1,0 +1,388 @@
+"""``peerdb audit verify``: recompute everything a bundle claims, trusting no member.
+
+Per block, in bundle order (docs/auditor.md lists the checks):
+
+1. it decodes (canonically, through the hardened decoder) and its parent is in the bundle;
+2. every signer is a member, and the proposer's signature is there and verifies;
+3. :func:`peerdb.core.validate.check_block` against the parent's state, with the block's own time
+   as "now": linkage, turn, time rules, size, evidence, every transaction (client signatures,
+   access rules, replay window) replayed through :func:`peerdb.core.state.apply_txs`, state root;
+4. every co-signature verifies; a member signing two blocks at one height is excluded;
+5. objections verify; the anchor proof verifies (offline, at the consortium's
+   ``anchor_confirmations``; and against a Bitcoin node when one is given);
+6. a block marked best extends the previous best block.
+
+Then evidence items are checked, every member with evidence against it is excluded, the block
+tree is rebuilt from all blocks, signatures and exclusions, and the fork choice, exclusions and
+views it gives are compared with the head's claims. The first failure stops the audit with an
+:class:`~.errors.AuditFailure` naming the item.
+
+Speed: signatures are verified in worker threads (:mod:`.sigpool`) while the main thread decodes
+the next blocks (:mod:`.fastdecode`) and replays the previous ones; the pipeline holds about
+:data:`WINDOW_SIGS` signatures in flight.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, cast
+
+from peerdb.anchor.errors import AnchorProofError
+from peerdb.anchor.headers import POW_LIMITS
+from peerdb.anchor.proof import VerifiedAnchor, verify_anchor_proof
+from peerdb.core.chain import BlockTree
+from peerdb.core.consortium import Consortium
+from peerdb.core.errors import DecodeError, ValidationError
+from peerdb.core.merkle import root_from_path
+from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, Header, Objection, Tx, genesis_header
+from peerdb.core.validate import check_block, check_evidence
+
+from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, Trailer, read_items
+from .errors import AuditFailure, block_where
+from .fastdecode import FastBlock, decode_block
+from .replay import ChainState
+from .report import Exclusion, Heads, VerifyReport
+from .sigpool import SignaturePool, message_prefix
+
+WINDOW_SIGS = 16_384
+"""Signatures decoded ahead of the replay: eight chunks, enough to keep every worker busy while
+the main thread replays, small enough that memory stays a few blocks' worth."""
+
+MAX_PENDING_ITEMS = 512
+"""Items decoded ahead of the replay, whatever their signature count (empty blocks)."""
+
+SWITCH_INTERVAL_S = 0.0005
+"""While verifying, the interpreter hands the GIL over every 0.5 ms instead of 5 ms, so a worker
+coming back from a signature check is not kept waiting by the main thread's decoding."""
+
+
+class AnchorChecker(Protocol):
+    """The online half of anchor verification (:class:`peerdb.anchor.rpc.BitcoinRPC`)."""
+
+    def check_anchor_in_best_chain(self, verified: VerifiedAnchor) -> None: ...
+
+
+@dataclass
+class VerifyOptions:
+    check_pow: bool = False
+    pow_limit: int = POW_LIMITS["main"]
+    bitcoin: AnchorChecker | None = None
+    threads: int | None = None
+
+
+@dataclass
+class _Pending:
+    item: Item
+    index: int
+    block: Block | FastBlock | None = None
+    error: AuditFailure | None = None
+    lo: int = 0
+    hi: int = 0
+    jobs: list[str] = field(default_factory=list)
+    """Member names of the block signatures submitted, in job order after the transactions."""
+
+
+def _trusted(_tx: Tx) -> bool:
+    return True
+
+
+class Verifier:
+    def __init__(self, options: VerifyOptions | None = None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.options = options or VerifyOptions()
+        self.progress = progress
+        self.head: Head | None = None
+        self.report: VerifyReport | None = None
+
+    # --- entry point -------------------------------------------------------------------------
+
+    def verify(self, stream: BinaryIO) -> VerifyReport:
+        started = time.perf_counter()
+        old_switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        pool = SignaturePool(self.options.threads)
+        try:
+            report = self._run(stream, pool)
+        finally:
+            pool.close()
+            sys.setswitchinterval(old_switch)
+        report.seconds = time.perf_counter() - started
+        report.threads = pool.threads
+        return report
+
+    def _run(self, stream: BinaryIO, pool: SignaturePool) -> VerifyReport:
+        self.pool = pool
+        self.pending: deque[_Pending] = deque()
+        self.nbytes = 0
+        items = read_items(stream, self._progress)
+        index = 0
+        deferred: AuditFailure | None = None
+        try:
+            for item in items:
+                self.pending.append(self._stage_a(item, index))
+                index += 1
+                while self.pending and (pool.in_flight > WINDOW_SIGS or len(self.pending) > MAX_PENDING_ITEMS):
+                    self._stage_b(self.pending.popleft())
+        except AuditFailure as exc:
+            deferred = exc  # a parse failure comes after every item parsed before it
+        while self.pending:
+            self._stage_b(self.pending.popleft())
+        if deferred is not None:
+            raise deferred
+        return self._finish()
+
+    def _progress(self, n: int) -> None:
+        self.nbytes += n
+        if self.progress is not None:
+            self.progress(n)
+
+    # --- stage A: decode and queue signatures --------------------------------------------------
+
+    def _stage_a(self, item: Item, index: int) -> _Pending:
+        p = _Pending(item, index)
+        if isinstance(item, Head):
+            self._start(item)
+            return p
+        if not isinstance(item, BlockEntry) or self.head is None:
+            return p
+        where = block_where(item.header.height, item.hash, item.header.proposer)
+        try:
+            block = decode_block(item.raw)
+        except (DecodeError, ValidationError) as exc:
+            p.error = AuditFailure(where, f"does not decode: {exc}")
+            return p
+        p.block = block
+        pool = self.pool
+        p.lo = pool.next_index
+        tx_prefix, add = self.tx_prefix, pool.add
+        for tx in block.txs:
+            add(tx.signature, tx_prefix + tx.txid, tx.client)
+        message = self.block_prefix + block.hash
+        for member, sig in item.sigs:
+            key = self.keys.get(member)
+            if key is not None:
+                add(sig, message, key)
+                p.jobs.append(member)
+        p.hi = pool.next_index
+        return p
+
+    def _start(self, head: Head) -> None:
+        self.head = head
+        c = head.consortium
+        self.consortium: Consortium = c
+        self.cid = head.cid
+        self.keys = {m.name: m.key for m in c.members}
+        self.tx_prefix = message_prefix(DOMAIN_TX, head.cid)
+        self.block_prefix = message_prefix(DOMAIN_BLOCK, head.cid)
+        genesis = genesis_header(c)
+        self.tree = BlockTree(genesis, c.member_names)
+        self.state = ChainState(genesis)
+        self.culprits: dict[str, Exclusion] = {}
+        self.block_evidence: dict[bytes, str] = {}  # evidence id carried by a block -> where
+        self.evidence_ids: set[bytes] = set()
+        self.height_signers: dict[str, bytes] = {}  # member -> block signed at self.signer_height
+        self.signer_height = 0
+        self.btc: list[BtcPart] = []
+        self.anchor_cache: dict[tuple[int, bytes], VerifiedAnchor] = {}
+        self.btc_checked: set[int] = set()
+        self.report = VerifyReport(c.name, head.cid.hex(), head.member, head.exported_ms, list(c.member_names),
+                                   signatures={m: 0 for m in c.member_names},
+                                   pow_checked=self.options.check_pow,
+                                   bitcoin_checked=self.options.bitcoin is not None)
+
+    # --- stage B: replay, in order -------------------------------------------------------------
+
+    def _stage_b(self, p: _Pending) -> None:
+        item = p.item
+        if isinstance(item, BlockEntry):
+            self._block(p, item)
+        elif isinstance(item, BtcPart):
+            self.btc.append(item)
+        elif isinstance(item, EvidenceEntry):
+            self._evidence(item)
+
+    def _block(self, p: _Pending, entry: BlockEntry) -> None:
+        header = entry.header
+        where = block_where(header.height, entry.hash, header.proposer)
+        if p.error is not None:
+            raise p.error
+        block = p.block
+        assert block is not None  # stage A either decoded it or recorded an error
+        report = self.report
+        assert report is not None
+        parent = self.state.header(header.prev)
+        if parent is None:
+            raise AuditFailure(where, f"its parent {header.prev.hex()[:16]} is not in the bundle")
+        # Signers: members only; the proposer's signature first (docs/protocol.md §7.4).
+        signers = [m for m, _ in entry.sigs]
+        for member in signers:
+            if member not in self.keys:
+                raise AuditFailure(where, f"signature by {member!r}, who is not a member of the consortium")
+        if header.proposer not in signers:
+            raise AuditFailure(where, f"no signature by its proposer {header.proposer}")
+        failed = self.pool.failed(p.lo, p.hi)
+        n_txs = len(block.txs)
+        bad_sigs = {p.jobs[i - p.lo - n_txs] for i in failed if i - p.lo >= n_txs}
+        if header.proposer in bad_sigs:
+            raise AuditFailure(where, f"the proposer's ({header.proposer}) signature does not verify")
+        bad_txids = {block.txs[i - p.lo].txid for i in failed if i - p.lo < n_txs}
+        reader = self.state.reader_for(header.prev)
+        try:
+            effects = check_block(
+                cast(Block, block), parent, parent.state_root, reader, self.consortium, self.cid, header.time_ms,
+                evidence_known=reader.evidence_included,
+                signature_ok=(lambda tx: tx.txid not in bad_txids) if bad_txids else _trusted)
+        except ValidationError as exc:
+            raise AuditFailure(where, str(exc)) from None
+        for member, _ in entry.sigs:
+            if member in bad_sigs:
+                raise AuditFailure(where, f"{member}'s signature does not verify")
+        for member, reason, sig in entry.objections:
+            key = self.keys.get(member)
+            if key is None:
+                raise AuditFailure(where, f"objection by {member!r}, who is not a member")
+            try:
+                valid = Objection(entry.hash, member, reason, sig).valid(self.cid, key)
+            except DecodeError as exc:
+                raise AuditFailure(where, f"objection by {member}: {exc}") from None
+            if not valid:
+                raise AuditFailure(where, f"{member}'s objection signature does not verify")
+        if entry.anchor is not None:
+            self._anchor(where, entry.hash, entry.anchor)
+        # Record: state, tree, signatures, exclusions.
+        ev_ids = [ev.id for ev in block.evidence]
+        for ev in block.evidence:
+            self.block_evidence.setdefault(ev.id, where)
+            self._exclude(ev.member, ev.header_a.height, f"evidence {ev.id.hex()[:16]}")
+        if entry.best:
+            if header.prev != self.state.tip.hash:
+                raise AuditFailure(where, f"marked best, but it does not extend the best block at height "
+                                   f"{self.state.tip.height} ({self.state.tip.hash.hex()[:16]}): the bundle's "
+                                   "best chain is broken")
+            self.state.apply_main(header, effects, ev_ids)
+            report.best_chain_transactions += n_txs
+        else:
+            self.state.add_side(header, effects, ev_ids)
+        self.tree.add_header(header)
+        if header.height != self.signer_height:
+            self.signer_height, self.height_signers = header.height, {}
+        for member in signers:
+            other = self.height_signers.setdefault(member, entry.hash)
+            if other != entry.hash:
+                self._exclude(member, header.height, "signatures")
+            self.tree.add_signature(entry.hash, member)
+            report.signatures[member] += 1
+        report.blocks += 1
+        report.transactions += n_txs
+        report.objections += len(entry.objections)
+
+    def _anchor(self, where: str, block_hash: bytes, anchor: AnchorRef) -> None:
+        if anchor.btc >= len(self.btc):  # the parser checks this; kept for direct callers
+            raise AuditFailure(where, f"anchor refers to btc item {anchor.btc}, which is not in the bundle")
+        part = self.btc[anchor.btc]
+        cached = self.anchor_cache.get((anchor.btc, anchor.root))
+        try:
+            if cached is None:
+                verified = verify_anchor_proof(
+                    part.proof(block_hash, anchor), block_hash, check_pow=self.options.check_pow,
+                    pow_limit=self.options.pow_limit, min_depth=self.consortium.params.anchor_confirmations)
+                self.anchor_cache[(anchor.btc, anchor.root)] = verified
+            elif root_from_path(block_hash, anchor.path) != anchor.root:
+                # Everything but the path was verified for this (transaction, root) already.
+                raise AnchorProofError("anchor_proof.path: Merkle path from the block hash does not lead "
+                                       "to the anchored root")
+            else:
+                verified = cached
+            if self.options.bitcoin is not None and anchor.btc not in self.btc_checked:
+                self.options.bitcoin.check_anchor_in_best_chain(verified)
+                self.btc_checked.add(anchor.btc)
+        except (AnchorProofError, DecodeError, ValidationError) as exc:
+            raise AuditFailure(where, f"anchor proof: {exc}") from None
+        self.tree.set_anchored(block_hash)
+        assert self.report is not None
+        self.report.anchored_blocks += 1
+
+    def _evidence(self, entry: EvidenceEntry) -> None:
+        ev = entry.evidence
+        where = f"evidence {ev.id.hex()[:16]} against {ev.member}"
+        try:
+            check_evidence(ev, self.consortium, self.cid)
+        except ValidationError as exc:
+            raise AuditFailure(where, str(exc)) from None
+        self.evidence_ids.add(ev.id)
+        self._exclude(ev.member, ev.header_a.height, f"evidence {ev.id.hex()[:16]}")
+
+    def _exclude(self, member: str, height: int, source: str) -> None:
+        if member not in self.culprits:
+            self.culprits[member] = Exclusion(member, height, source)
+
+    # --- the end: fork choice and claims -------------------------------------------------------
+
+    def _finish(self) -> VerifyReport:
+        head, report = self.head, self.report
+        if head is None or report is None:
+            raise AuditFailure("bundle", "no head item")
+        for ev_id, where in self.block_evidence.items():
+            if ev_id not in self.evidence_ids:
+                raise AuditFailure(where, f"carries evidence {ev_id.hex()[:16]}, which is missing from the "
+                                   "bundle's evidence items")
+        for member in self.culprits:
+            self.tree.add_culprit(member)
+        self._check_fork_choice()
+        tree_heads = self.tree.heads()
+        claims = head.claims
+        excluded = sorted(self.culprits)
+        if list(claims.excluded) != excluded:
+            raise AuditFailure("claims", f"the exporter excluded {list(claims.excluded) or 'nobody'}, the bundle's "
+                               f"evidence and signatures exclude {excluded or 'nobody'}")
+        for name, claimed, computed, exact in (
+                ("majority", claims.majority, tree_heads.majority, True),
+                ("unanimous_signed", claims.unanimous_signed, tree_heads.unanimous_signed, True),
+                ("anchored", claims.anchored, tree_heads.anchored, False),
+                ("unanimous", claims.unanimous, tree_heads.unanimous, False)):
+            if computed < claimed or (exact and computed != claimed):
+                raise AuditFailure("claims", f"the exporter's {name} head is height {claimed}, the bundle's "
+                                   f"blocks, signatures and anchors give {computed}")
+        state = self.state
+        report.best_chain_blocks = state.tip.height
+        report.side_blocks = report.blocks - state.tip.height
+        report.evidence = len(self.evidence_ids)
+        report.excluded = [self.culprits[m] for m in excluded]
+        report.bitcoin_transactions = len({k[0] for k in self.anchor_cache})
+        report.heads = Heads(tree_heads.tentative, tree_heads.majority, tree_heads.unanimous_signed,
+                             tree_heads.unanimous, tree_heads.anchored)
+        report.tip = state.tip.hash.hex()
+        report.keys_in_state = len(state.values)
+        report.bytes = self.nbytes
+        return report
+
+    def _check_fork_choice(self) -> None:
+        assert self.head is not None
+        main = self.state.main
+        tree = self.tree
+        best = tree.best_tip
+        for height in range(1, max(len(main), best.height + 1)):
+            ours = main[height] if height < len(main) else None
+            theirs_hash = tree.best_chain_hash(height)
+            if ours is not None and theirs_hash == ours.hash:
+                continue
+            theirs = tree.header(theirs_hash) if theirs_hash is not None else None
+            marked = f"block {ours.hash.hex()[:16]} by {ours.proposer}" if ours else "no block"
+            chosen = f"block {theirs.hash.hex()[:16]} by {theirs.proposer}" if theirs else "no block"
+            raise AuditFailure("fork choice", f"at height {height} the bundle marks {marked} as best; the fork "
+                               f"rule over the bundle's blocks, signatures and evidence chooses {chosen}")
+        claims = self.head.claims
+        if claims.tip != best.hash or claims.height != best.height:
+            raise AuditFailure("claims", f"the exporter's best tip is {claims.tip.hex()[:16]} at height "
+                               f"{claims.height}; the bundle's is {best.hash.hex()[:16]} at height {best.height}")
+
+
+def verify_bundle(stream: BinaryIO, options: VerifyOptions | None = None,
+                  progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify a bundle read from ``stream``; raises :class:`AuditFailure` at the first failure.
+    Errors reaching a Bitcoin node (:class:`peerdb.anchor.errors.BitcoinUnavailable`) propagate."""
+    return Verifier(options, progress).verify(stream)
