@@ -566,15 +566,20 @@ class Store:
     # --- stats -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Entry counts per table, bytes on disk and in use, head, guard state."""
+        """Entry counts and bytes of pages per table, bytes of the data file and in use (the
+        file also holds free pages LMDB reuses), head, guard state."""
         env = self._environment()
+        page = env.stat()["psize"]
+        counts: dict[str, int] = {}
+        table_bytes: dict[str, int] = {}
         with self._read() as txn:
-            counts = {name.decode("ascii"): txn.stat(getattr(self._t, name.decode("ascii")))["entries"]
-                      for name in layout.ALL_DBS}
+            for name in (n.decode("ascii") for n in layout.ALL_DBS):
+                st = txn.stat(getattr(self._t, name))
+                counts[name] = st["entries"]
+                table_bytes[name] = (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * page
             floor = self._guard_floor(txn)
             locked = txn.get(layout.META_GUARD_LOCKED, db=self._t.meta) is not None
         info = env.info()
-        page = env.stat()["psize"]
         try:
             file_bytes = os.stat(self.path / DATA_FILE).st_size
         except OSError as exc:
@@ -584,6 +589,7 @@ class Store:
             "head_height": self._head.height,
             "head": self._head.hash.hex(),
             "entries": counts,
+            "table_bytes": table_bytes,
             "file_bytes": file_bytes,
             "used_bytes": (info["last_pgno"] + 1) * page,
             "map_size": info["map_size"],
