@@ -1,0 +1,60 @@
+"""``GET /v1/audit/bundle``: the member's books as an audit bundle, streamed (docs/auditor.md).
+
+The node keeps running while the bundle streams out. The snapshot (which blocks, which signers,
+the evidence, the claimed heads) is one short read under the engine's lock
+(:meth:`NodeService.read`); blocks are then read from the store in bounded batches
+(:data:`peerdb.audit.export.MAX_BATCH_BLOCKS` blocks, at most
+:data:`peerdb.audit.export.MAX_BATCH_BYTES` of them) in a worker thread, without the lock: a
+stored block never changes, the signatures are filtered to the snapshot, and LMDB readers never
+wait for the writer, so the engine is never held up by an export, however large. The response
+header ``X-PeerDB-Audit-Blocks`` gives the number of blocks, for progress bars.
+
+If anything fails mid-stream the response simply ends without the trailer, which every reader
+detects as a truncated bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..audit.bundle import BundleWriter
+from ..audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, encode_batch, finish, take_snapshot
+
+if TYPE_CHECKING:
+    from .api import Api
+
+BLOCKS_HEADER = "X-PeerDB-Audit-Blocks"
+MEDIA_TYPE = "application/vnd.peerdb.audit-bundle"
+
+
+def audit_routes(api: "Api") -> list[Route]:
+    async def bundle(request: Request) -> Response:
+        engine = api.engine
+        service = api.service
+        snapshot: Snapshot = await service.read(
+            lambda: take_snapshot(engine.tree, engine.consortium, engine.me, engine.evidence.values(),
+                                  service.clock_ms()))
+
+        async def body() -> AsyncIterator[bytes]:
+            writer = BundleWriter()
+            numbering = BtcNumbering()
+            yield writer.start(snapshot.head)
+            pending = list(snapshot.blocks)
+            while pending:
+                batch = pending[:MAX_BATCH_BLOCKS]
+                data, done = await trio.to_thread.run_sync(encode_batch, engine.store, batch, writer, numbering)
+                del pending[:done]
+                yield data
+            yield finish(writer, snapshot.evidence)
+
+        return StreamingResponse(body(), media_type=MEDIA_TYPE,
+                                 headers={BLOCKS_HEADER: str(len(snapshot.blocks)),
+                                          "Content-Disposition": f'attachment; filename="{engine.me}.pdbaudit"'})
+
+    return [Route("/v1/audit/bundle", bundle)]
