@@ -473,6 +473,9 @@ def demo(members: int, txs: int, workdir: str | None, keep_running: bool) -> Non
 for command in (demo, keygen, consortium, node, put, delete, get, history, propose, status, blocks, evidence, anchors):
     main.add_command(command)
 
+from .audit import audit  # noqa: E402  (registered like the commands above; defined in its own module)
+main.add_command(audit)
+
 
 def run() -> None:  # pragma: no cover - console entry point alias
     main()

@@ -25,6 +25,7 @@ from ..core.chain import View
 from ..core.errors import AccessError, ConfigError, DecodeError, PeerDBError, RemoteError, ValidationError
 from ..core.keys import SigningKey
 from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
+from .api_audit import audit_routes
 from .engine import MempoolFull
 from .service import NodeService
 
@@ -138,6 +139,7 @@ class Api:
             Route("/v1/objections", self.get_objections),
             Route("/v1/anchors", self.get_anchors),
             Route("/v1/consortium", self.get_consortium),
+            *audit_routes(self),
         ]
         self.app = Starlette(routes=routes)
 
