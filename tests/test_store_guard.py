@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from peerdb.core.errors import DoubleSignRefused, StorageError
+from peerdb.core.model import BlockSignature
 from peerdb.store import Store
 from tests.chainbuilder import ChainBuilder
 from tests.store_worker import crash_builder
@@ -58,11 +59,27 @@ def test_guard_refuses_when_the_store_holds_our_signature_on_another_block(tmp_p
 
 
 def test_guard_arguments_are_checked(tmp_path: Path) -> None:
-    with open_store(tmp_path / "s", ChainBuilder()) as store:
+    cb = ChainBuilder()
+    with open_store(tmp_path / "s", cb) as store:
         with pytest.raises(StorageError, match="bad arguments"):
             store.guard_sign(0, 0, A)
         with pytest.raises(StorageError, match="bad arguments"):
             store.guard_sign(3, 0, b"short")
+        with pytest.raises(StorageError, match="not m0's on this block"):
+            store.guard_sign(3, 0, A, BlockSignature.create(cb.keys["m1"], cb.cid, "m1", A))
+        assert store.guard_record(3) is None
+
+
+def test_guard_can_store_our_signature_in_the_same_commit(tmp_path: Path) -> None:
+    cb = ChainBuilder()
+    b1 = cb.block(cb.genesis)
+    with open_store(tmp_path / "s", cb) as store:
+        store.add_block(b1, make_head=True)
+        store.guard_sign(1, 0, b1.hash, cb.sign(b1, "m0"))
+        assert store.guard_record(1) == (0, b1.hash)
+        assert store.signatures(b1.hash) == [cb.sign(b1, "m0")]
+        store.guard_sign(1, 0, b1.hash, cb.sign(b1, "m0"))  # again: still one signature
+        assert len(store.signatures(b1.hash)) == 1
 
 
 def guard_in_subprocess(path: Path, height: int, round_: int, block_hash: bytes) -> tuple[int, str]:
@@ -141,3 +158,22 @@ def test_restore_into_the_same_path_is_refused(tmp_path: Path) -> None:
         assert store.guard_record(2) is None  # the backup forgot it: exactly why signing is locked
         with pytest.raises(DoubleSignRefused):
             store.guard_sign(2, 0, B)
+
+
+def test_accept_restored_locks_signing_even_when_no_copy_is_detected(tmp_path: Path) -> None:
+    """The operator's switch for restores the store cannot see (VM snapshot rollback, an empty
+    directory for a member that signed before)."""
+    cb = ChainBuilder()
+    fresh = tmp_path / "fresh"
+    with open_store(fresh, cb, accept_restored=True) as store:
+        assert store.guard_locked()
+        with pytest.raises(DoubleSignRefused):
+            store.guard_sign(1, 0, A)
+    with open_store(fresh, cb) as store:  # the lock is persisted until the floor is set
+        assert store.guard_locked()
+        store.set_guard_floor(0)
+        store.guard_sign(1, 0, A)
+    with open_store(fresh, cb, accept_restored=True) as store:
+        assert store.guard_locked() and store.guard_floor() == 0
+        with pytest.raises(DoubleSignRefused):
+            store.guard_sign(2, 0, A)

@@ -113,6 +113,12 @@ class Store:
              check_blocks: int = STARTUP_CHECK_BLOCKS) -> "Store":
         """Open (creating if needed) the store in directory ``path``, migrate it, and check it.
 
+        ``accept_restored=True`` declares the directory restored (copied, rolled back, or
+        recreated empty for a member that signed before): the open succeeds even if the data
+        file's identity changed, and signing is locked until :meth:`set_guard_floor`. It is
+        needed when a copy is detected, and is the operator's switch for restores the store
+        cannot detect (see ``docs/operations-restore.md``).
+
         ``sync=False`` skips fsync on commit: still atomic and safe against a process crash, but
         not against power loss; for tests and benchmarks only.
         """
@@ -137,7 +143,8 @@ class Store:
                 with env.begin(write=True) as txn:
                     tables = Tables.open(env, txn)
                     if txn.get(layout.META_SCHEMA, db=tables.meta) is None and _is_empty(txn, tables):
-                        instance, head = _initialise(txn, tables, directory, consortium, member)
+                        instance, head = _initialise(txn, tables, directory, consortium, member,
+                                                     accept_restored)
                     else:
                         migrate(txn, tables, where)
                         head = check_store(txn, tables, where, genesis_header(consortium).hash, member,
@@ -286,16 +293,22 @@ class Store:
 
     # --- signing guard ---------------------------------------------------------------------
 
-    def guard_sign(self, height: int, round_: int, block_hash: bytes) -> None:
+    def guard_sign(self, height: int, round_: int, block_hash: bytes,
+                   signature: BlockSignature | None = None) -> None:
         """Durably record that this member signs ``block_hash`` at ``height``; call before the
         signature leaves the node. Raises DoubleSignRefused for a different block at a height
         already signed, for a height at or below the guard floor, while signing is locked after
         a restore, or if the store holds this member's own signature on another block at that
         height (a signature from before a restore, learned back from peers). Signing the same
-        block again is allowed."""
+        block again is allowed.
+
+        ``signature`` (this member's signature of ``block_hash``, made but not yet released) is
+        stored in the same transaction, saving the separate :meth:`add_signatures` commit."""
         if len(block_hash) != HASH_LEN or not 0 <= round_ <= MAX_ROUND or height < 1:
             raise StorageError(f"guard_sign: bad arguments (height {height}, round {round_}, "
                                f"hash of {len(block_hash)} bytes)")
+        if signature is not None and (signature.block_hash != block_hash or signature.member != self.member):
+            raise StorageError(f"guard_sign: the signature given is not {self.member}'s on this block")
         t = self._t
         with self._write() as txn:
             if txn.get(layout.META_GUARD_LOCKED, db=t.meta) is not None:
@@ -314,6 +327,8 @@ class Store:
                     raise DoubleSignRefused(
                         f"signing guard: already signed block {signed.hex()[:16]} at height {height} (round "
                         f"{signed_round}); refusing block {block_hash.hex()[:16]} (round {round_})")
+                if signature is not None:
+                    self._put_signatures(txn, [signature])
                 return
             me = self.member.encode("utf-8")
             cursor = txn.cursor(db=t.heights)
@@ -328,6 +343,8 @@ class Store:
                             f"signing guard: the store holds {self.member}'s signature on block "
                             f"{other.hex()[:16]} at height {height}; refusing block {block_hash.hex()[:16]}")
             txn.put(layout.be64(height), layout.guard_record(round_, block_hash), db=t.guard)
+            if signature is not None:
+                self._put_signatures(txn, [signature])
 
     def guard_record(self, height: int) -> tuple[int, bytes] | None:
         """(round, block hash) this member signed at ``height``, if any."""
@@ -640,7 +657,8 @@ def _is_empty(txn: Txn, t: Tables) -> bool:
     return all(txn.stat(getattr(t, name.decode("ascii")))["entries"] == 0 for name in layout.ALL_DBS)
 
 
-def _initialise(txn: Txn, t: Tables, directory: Path, consortium: Consortium, member: str) -> tuple[bytes, Header]:
+def _initialise(txn: Txn, t: Tables, directory: Path, consortium: Consortium, member: str,
+                accept_restored: bool) -> tuple[bytes, Header]:
     genesis = Block(genesis_header(consortium), ())
     instance = secrets.token_bytes(layout.INSTANCE_ID_LEN)
     meta = t.meta
@@ -654,12 +672,14 @@ def _initialise(txn: Txn, t: Tables, directory: Path, consortium: Consortium, me
     txn.put(layout.be64(0) + genesis.hash, b"", db=t.heights)
     txn.put(layout.be64(0), genesis.hash, db=t.best)
     txn.put(layout.META_HEAD, genesis.hash, db=meta)
+    if accept_restored:  # a member starting over with an empty directory: it may have signed before
+        txn.put(layout.META_GUARD_LOCKED, layout.int_record(1), db=meta)
     return instance, genesis.header
 
 
 def _check_identity(txn: Txn, t: Tables, directory: Path, accept_restored: bool) -> bytes:
-    """Compare the data file's identity with the recorded one; on an accepted restore, lock
-    signing, renew the instance id and record the new identity."""
+    """Compare the data file's identity with the recorded one. On an accepted restore (detected
+    or declared), lock signing, renew the instance id and record the current identity."""
     raw = txn.get(layout.META_IDENTITY, db=t.meta)
     instance = txn.get(layout.META_INSTANCE, db=t.meta)
     if raw is None or instance is None:
@@ -669,10 +689,10 @@ def _check_identity(txn: Txn, t: Tables, directory: Path, accept_restored: bool)
     except DecodeError as exc:
         raise StorageError(f"{directory}: the identity record is corrupt ({exc})") from None
     found = data_file_identity(directory)
-    if recorded == list(found):
-        return instance
     if not accept_restored:
-        raise StorageError(restored_message(directory, recorded, found))
+        if recorded != list(found):
+            raise StorageError(restored_message(directory, recorded, found))
+        return instance
     instance = secrets.token_bytes(layout.INSTANCE_ID_LEN)
     txn.put(layout.META_IDENTITY, encode(list(found)), db=t.meta)
     txn.put(layout.META_INSTANCE, instance, db=t.meta)
