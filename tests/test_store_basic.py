@@ -204,6 +204,12 @@ def test_state_reader_at_side_branch_and_ancestors(tmp_path: Path, cb: ChainBuil
         reader.close()
         with pytest.raises(StorageError, match="after close"):
             reader.get("books", "a")
+        with pytest.raises(StorageError, match="not in the store"):
+            store.state_reader_at(b"\x05" * 32)
+        orphaned = store.state_reader_at(b2.hash)
+    with pytest.raises(StorageError):  # the store closed under it: a StorageError, not an LMDB one
+        orphaned.get("books", "a")
+    orphaned.close()
 
 
 def test_recomputed_effects_must_match_the_header(tmp_path: Path, cb: ChainBuilder) -> None:

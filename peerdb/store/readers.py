@@ -24,7 +24,7 @@ from peerdb.core.model import Block, Tx
 from peerdb.core.state import Effects, StateReader, apply_txs
 
 from . import layout
-from .tables import Tables, best_hash, head_hash, need_block, need_header, on_best_chain
+from .tables import Tables, best_hash, head_hash, lmdb_errors, need_block, need_header, on_best_chain
 
 if TYPE_CHECKING:
     from .tables import Txn
@@ -140,11 +140,13 @@ class StateSnapshot:
 
     def get(self, namespace: str, key: str) -> bytes | None:
         self._check_open()
-        return self._reader.get(namespace, key)
+        with lmdb_errors("state snapshot"):
+            return self._reader.get(namespace, key)
 
     def tx_seen(self, txid: bytes) -> bool:
         self._check_open()
-        return self._reader.tx_seen(txid)
+        with lmdb_errors("state snapshot"):
+            return self._reader.tx_seen(txid)
 
     def _check_open(self) -> None:
         if self._txn is None:
@@ -152,8 +154,9 @@ class StateSnapshot:
 
     def close(self) -> None:
         if self._txn is not None:
-            self._txn.abort()
-            self._txn = None
+            txn, self._txn = self._txn, None
+            with lmdb_errors("state snapshot"):
+                txn.abort()
 
     def __enter__(self) -> "StateSnapshot":
         return self

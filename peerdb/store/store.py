@@ -59,7 +59,7 @@ from .apply import ReorgResult, apply_block, move_head
 from .check import STARTUP_CHECK_BLOCKS, check_store, migrate
 from .identity import DATA_FILE, DirLock, data_file_identity, restored_message
 from .readers import StateSnapshot, TxnStateReader, recompute_effects
-from .tables import Tables, head_hash, need_header, read_block, read_header
+from .tables import Tables, head_hash, lmdb_errors, need_header, read_block, read_header
 
 if TYPE_CHECKING:
     from .tables import Db, Txn
@@ -139,7 +139,7 @@ class Store:
                                 map_async=False, mode=0o600, readahead=False)
             except lmdb.Error as exc:
                 raise StorageError(f"{where}: cannot open the LMDB environment ({exc})") from None
-            with _lmdb_errors(where):
+            with lmdb_errors(where):
                 with env.begin(write=True) as txn:
                     tables = Tables.open(env, txn)
                     if txn.get(layout.META_SCHEMA, db=tables.meta) is None and _is_empty(txn, tables):
@@ -182,7 +182,7 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[Txn]:
-        with _lmdb_errors(str(self.path)):
+        with lmdb_errors(str(self.path)):
             txn = self._environment().begin()
             try:
                 yield txn
@@ -192,7 +192,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Txn]:
         """One durable write transaction; the head cache follows the committed head."""
-        with self._write_lock, _lmdb_errors(str(self.path)):
+        with self._write_lock, lmdb_errors(str(self.path)):
             txn = self._environment().begin(write=True)
             try:
                 yield txn
@@ -502,7 +502,7 @@ class Store:
                         effects_cache: Mapping[bytes, Effects] | None = None) -> StateSnapshot:
         """A StateReader of the state after any stored block (any branch), for validating its
         children. Close it promptly (use ``with``)."""
-        with _lmdb_errors(str(self.path)):
+        with lmdb_errors(str(self.path)):
             return StateSnapshot(self._environment(), self._t, block_hash, self.consortium,
                                  self.consortium_id, effects_cache)
 
@@ -640,18 +640,6 @@ class Store:
 
 
 # --- module helpers ----------------------------------------------------------------------------
-
-@contextmanager
-def _lmdb_errors(where: str) -> Iterator[None]:
-    """LMDB failures are storage failures: name the store and, for a full map, the fix."""
-    try:
-        yield
-    except lmdb.MapFullError:
-        raise StorageError(f"{where}: the LMDB map is full; reopen with a larger map_size "
-                           f"(now {layout.DEFAULT_MAP_SIZE} bytes by default)") from None
-    except lmdb.Error as exc:
-        raise StorageError(f"{where}: LMDB error: {exc}") from None
-
 
 def _is_empty(txn: Txn, t: Tables) -> bool:
     return all(txn.stat(getattr(t, name.decode("ascii")))["entries"] == 0 for name in layout.ALL_DBS)

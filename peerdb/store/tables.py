@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,3 +101,15 @@ def head_hash(txn: Txn, t: Tables) -> bytes:
 
 def on_best_chain(txn: Txn, t: Tables, header: Header) -> bool:
     return best_hash(txn, t, header.height) == header.hash
+
+
+@contextmanager
+def lmdb_errors(where: str) -> Iterator[None]:
+    """LMDB failures are storage failures: name the store and, for a full map, the fix."""
+    try:
+        yield
+    except lmdb.MapFullError:
+        raise StorageError(f"{where}: the LMDB map is full; reopen with a larger map_size "
+                           f"(now {layout.DEFAULT_MAP_SIZE} bytes by default)") from None
+    except lmdb.Error as exc:
+        raise StorageError(f"{where}: LMDB error: {exc}") from None
