@@ -5,7 +5,8 @@ from .apply import ReorgResult
 from .check import MIGRATIONS, STARTUP_CHECK_BLOCKS
 from .layout import DEFAULT_MAP_SIZE, SCHEMA_VERSION
 from .readers import StateSnapshot
-from .store import HISTORY_PAGE_MAX, SCAN_PAGE_MAX, Store, TxLocation
+from .queries import HISTORY_PAGE_MAX, SCAN_PAGE_MAX, StoreQueries, TxLocation
+from .store import Store
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
@@ -16,6 +17,7 @@ __all__ = [
     "STARTUP_CHECK_BLOCKS",
     "ReorgResult",
     "StateSnapshot",
+    "StoreQueries",
     "Store",
     "TxLocation",
 ]

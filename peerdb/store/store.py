@@ -34,22 +34,21 @@ view (``majority``, ``unanimous``) is :meth:`Store.get` with ``at_height`` set t
 height from :class:`peerdb.core.chain.BlockTree.heads`, answered from per-key history.
 """
 
+
 from __future__ import annotations
 
 import os
-import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import lmdb
 
-from peerdb.core.codec import decode, encode
+from peerdb.core.codec import encode
 from peerdb.core.consortium import Consortium
-from peerdb.core.errors import DecodeError, DoubleSignRefused, StorageError, ValidationError
+from peerdb.core.errors import DoubleSignRefused, StorageError
 from peerdb.core.limits import HASH_LEN, MAX_ROUND
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, genesis_header
 from peerdb.core.state import Effects
@@ -57,40 +56,22 @@ from peerdb.core.state import Effects
 from . import layout
 from .apply import ReorgResult, apply_block, move_head
 from .check import STARTUP_CHECK_BLOCKS, check_store, migrate
-from .identity import DATA_FILE, DirLock, data_file_identity, restored_message
-from .readers import StateSnapshot, TxnStateReader, recompute_effects
-from .tables import Tables, head_hash, lmdb_errors, need_header, read_block, read_header
+from .identity import DirLock
+from .opening import check_identity, initialise, is_empty
+from .queries import StoreQueries
+from .readers import TxnStateReader, recompute_effects
+from .tables import Tables, head_hash, lmdb_errors, need_header, read_header
 
 if TYPE_CHECKING:
-    from .tables import Db, Txn
-
-T = TypeVar("T")
-
-HISTORY_PAGE_MAX = 10_000
-"""Most versions of one key :meth:`Store.history` returns per call: a key written in every block
-has one version per block, and one call must stay a bounded read; callers page with
-``start_height``."""
-
-SCAN_PAGE_MAX = 10_000
-"""Most keys :meth:`Store.scan` returns per call, for the same reason; page with ``start_after``."""
-
-ITER_BATCH = 1024
-"""Entries read per read transaction by the iterators, so that a slow consumer never holds one
-LMDB reader open (which would stop LMDB from reusing freed pages) for long."""
+    from .tables import Txn
 
 
-@dataclass(frozen=True)
-class TxLocation:
-    """Where a transaction sits on the best chain: what an inclusion proof starts from."""
-
-    height: int
-    block_hash: bytes
-    index: int
-
-
-class Store:
+class Store(StoreQueries):
     """Blocks of every branch, signatures, evidence, objections, best-chain state with history,
-    anchors, the mempool and the signing guard, for one member of one consortium."""
+    anchors, the mempool and the signing guard, for one member of one consortium. The reads are
+    in :class:`peerdb.store.queries.StoreQueries`; the writes, each one durable transaction, here."""
+
+    # --- opening and closing -------------------------------------------------------------
 
     def __init__(self, path: Path, env: lmdb.Environment, tables: Tables, lock: DirLock,
                  consortium: Consortium, member: str, head: Header, instance_id: bytes) -> None:
@@ -104,8 +85,6 @@ class Store:
         self.instance_id = instance_id
         self._head = head
         self._write_lock = threading.Lock()
-
-    # --- opening and closing ---------------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], consortium: Consortium, member: str, *, sync: bool = True,
@@ -142,14 +121,14 @@ class Store:
             with lmdb_errors(where):
                 with env.begin(write=True) as txn:
                     tables = Tables.open(env, txn)
-                    if txn.get(layout.META_SCHEMA, db=tables.meta) is None and _is_empty(txn, tables):
-                        instance, head = _initialise(txn, tables, directory, consortium, member,
+                    if txn.get(layout.META_SCHEMA, db=tables.meta) is None and is_empty(txn, tables):
+                        instance, head = initialise(txn, tables, directory, consortium, member,
                                                      accept_restored)
                     else:
                         migrate(txn, tables, where)
                         head = check_store(txn, tables, where, genesis_header(consortium).hash, member,
                                            check_blocks)
-                        instance = _check_identity(txn, tables, directory, accept_restored)
+                        instance = check_identity(txn, tables, directory, accept_restored)
             return cls(directory, env, tables, lock, consortium, member, head, instance)
         except BaseException:
             if env is not None:
@@ -171,24 +150,6 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._env is None
-
-    def _environment(self) -> lmdb.Environment:
-        if self._env is None:
-            raise StorageError(f"{self.path}: the store is closed")
-        return self._env
-
-    @contextmanager
-    def _read(self) -> Iterator[Txn]:
-        with lmdb_errors(str(self.path)):
-            txn = self._environment().begin()
-            try:
-                yield txn
-            finally:
-                txn.abort()
-
     @contextmanager
     def _write(self) -> Iterator[Txn]:
         """One durable write transaction; the head cache follows the committed head."""
@@ -204,7 +165,7 @@ class Store:
             txn.commit()
             self._head = head
 
-    # --- blocks ----------------------------------------------------------------------------
+    # --- blocks --------------------------------------------------------------------------
 
     def add_block(self, block: Block, signatures: Iterable[BlockSignature] = (), *,
                   effects: Effects | None = None, make_head: bool = False) -> ReorgResult | None:
@@ -291,7 +252,7 @@ class Store:
             return txn.put(objection.block_hash + objection.member.encode("utf-8"),
                            encode(objection.to_cbor()), overwrite=False, db=self._t.objections)
 
-    # --- signing guard ---------------------------------------------------------------------
+    # --- signing guard -------------------------------------------------------------------
 
     def guard_sign(self, height: int, round_: int, block_hash: bytes,
                    signature: BlockSignature | None = None) -> None:
@@ -346,21 +307,6 @@ class Store:
             if signature is not None:
                 self._put_signatures(txn, [signature])
 
-    def guard_record(self, height: int) -> tuple[int, bytes] | None:
-        """(round, block hash) this member signed at ``height``, if any."""
-        with self._read() as txn:
-            raw = txn.get(layout.be64(height), db=self._t.guard)
-            return None if raw is None else layout.parse_guard_record(raw)
-
-    def guard_floor(self) -> int | None:
-        with self._read() as txn:
-            return self._guard_floor(txn)
-
-    def guard_locked(self) -> bool:
-        """True after an accepted restore, until :meth:`set_guard_floor`."""
-        with self._read() as txn:
-            return txn.get(layout.META_GUARD_LOCKED, db=self._t.meta) is not None
-
     def set_guard_floor(self, height: int) -> None:
         """After a restore, once caught up: never sign at or below ``height`` (the network's
         height now), and unlock signing above it. The floor can only rise."""
@@ -373,11 +319,7 @@ class Store:
             txn.put(layout.META_GUARD_FLOOR, layout.int_record(height), db=self._t.meta)
             txn.delete(layout.META_GUARD_LOCKED, db=self._t.meta)
 
-    def _guard_floor(self, txn: Txn) -> int | None:
-        raw = txn.get(layout.META_GUARD_FLOOR, db=self._t.meta)
-        return None if raw is None else layout.parse_int_record(raw, "guard floor")
-
-    # --- anchors ---------------------------------------------------------------------------
+    # --- anchors and mempool -------------------------------------------------------------
 
     def record_anchor(self, block_hash: bytes, proof: bytes) -> None:
         """Store (or replace, e.g. with a deeper proof) the anchor proof of a block."""
@@ -385,16 +327,6 @@ class Store:
             raise StorageError(f"anchor proof: {len(proof)} bytes exceeds {layout.MAX_ANCHOR_PROOF_BYTES}")
         with self._write() as txn:
             txn.put(block_hash, bytes(proof), db=self._t.anchors)
-
-    def anchor(self, block_hash: bytes) -> bytes | None:
-        with self._read() as txn:
-            return txn.get(block_hash, db=self._t.anchors)
-
-    def anchors(self) -> Iterator[tuple[bytes, bytes]]:
-        """(block hash, proof) for every anchored block, in hash order."""
-        return self._iterate(self._t.anchors, lambda _txn, k, v: (k, v))
-
-    # --- mempool ---------------------------------------------------------------------------
 
     def mempool_add(self, txs: Iterable[Tx]) -> int:
         """Persist pending transactions; those already on the best chain or pooled are skipped.
@@ -410,322 +342,3 @@ class Store:
     def mempool_remove(self, txids: Iterable[bytes]) -> int:
         with self._write() as txn:
             return sum(1 for txid in txids if txn.delete(txid, db=self._t.mempool))
-
-    def mempool_items(self) -> list[Tx]:
-        """Pending transactions in txid order (applying a block removes its transactions)."""
-        return list(self._iterate(self._t.mempool, lambda _txn, _k, v: _decode_tx(v)))
-
-    # --- reads: chain ----------------------------------------------------------------------
-
-    def head(self) -> Header:
-        """The best chain's head, whose state the ``state`` table holds."""
-        return self._head
-
-    def header(self, block_hash: bytes) -> Header | None:
-        with self._read() as txn:
-            return read_header(txn, self._t, block_hash)
-
-    def has_block(self, block_hash: bytes) -> bool:
-        with self._read() as txn:
-            return txn.get(block_hash, db=self._t.headers) is not None
-
-    def block(self, block_hash: bytes) -> Block | None:
-        """The block, decoded and re-checked (~0.3 ms per transaction: use a worker thread for
-        big blocks, and :meth:`block_raw` to pass a block on to a peer)."""
-        with self._read() as txn:
-            return read_block(txn, self._t, block_hash)
-
-    def block_raw(self, block_hash: bytes) -> bytes | None:
-        """The block's stored canonical bytes, undecoded (peers decode and check what they get)."""
-        with self._read() as txn:
-            return txn.get(block_hash, db=self._t.blocks)
-
-    def block_hash_at(self, height: int) -> bytes | None:
-        """The best chain's block at ``height``."""
-        if height < 0:
-            return None
-        with self._read() as txn:
-            return txn.get(layout.be64(height), db=self._t.best)
-
-    def state_root_at(self, block_hash: bytes) -> bytes | None:
-        header = self.header(block_hash)
-        return None if header is None else header.state_root
-
-    def headers_iter(self) -> Iterator[Header]:
-        """Every stored header, all branches, by height (parents before children): the node
-        rebuilds its BlockTree from it at start."""
-        return self._iterate(self._t.heights, lambda txn, key, _v: need_header(txn, self._t, key[8:]))
-
-    def signatures(self, block_hash: bytes) -> list[BlockSignature]:
-        with self._read() as txn:
-            cursor = txn.cursor(db=self._t.signatures)
-            out = []
-            if cursor.set_range(block_hash):
-                for key, value in cursor:
-                    if not key.startswith(block_hash):
-                        break
-                    out.append(_signature(key, value))
-            return out
-
-    def all_signatures_iter(self) -> Iterator[BlockSignature]:
-        return self._iterate(self._t.signatures, lambda _txn, k, v: _signature(k, v))
-
-    def evidence_list(self) -> list[Evidence]:
-        return list(self._iterate(self._t.evidence, lambda _txn, _k, v: _decode_evidence(v)))
-
-    def objections(self, block_hash: bytes) -> list[Objection]:
-        with self._read() as txn:
-            cursor = txn.cursor(db=self._t.objections)
-            out = []
-            if cursor.set_range(block_hash):
-                for key, value in cursor:
-                    if not key.startswith(block_hash):
-                        break
-                    out.append(_decode_objection(value))
-            return out
-
-    def tx_location(self, txid: bytes) -> TxLocation | None:
-        """Where a transaction is on the best chain (None if it is not)."""
-        with self._read() as txn:
-            raw = txn.get(txid, db=self._t.txindex)
-            if raw is None:
-                return None
-            height, index = layout.parse_txindex_record(raw)
-            block_hash = txn.get(layout.be64(height), db=self._t.best)
-            if block_hash is None:
-                raise StorageError(f"tx index points at height {height}, which is not on the best chain")
-            return TxLocation(height, block_hash, index)
-
-    # --- reads: state ----------------------------------------------------------------------
-
-    def state_reader_at(self, block_hash: bytes,
-                        effects_cache: Mapping[bytes, Effects] | None = None) -> StateSnapshot:
-        """A StateReader of the state after any stored block (any branch), for validating its
-        children. Close it promptly (use ``with``)."""
-        with lmdb_errors(str(self.path)):
-            return StateSnapshot(self._environment(), self._t, block_hash, self.consortium,
-                                 self.consortium_id, effects_cache)
-
-    def get(self, namespace: str, key: str, at_height: int | None = None) -> tuple[bytes | None, int | None]:
-        """(value, height of the write that set it) at the head, or as of best-chain height
-        ``at_height``. A deleted key gives (None, height of the delete); a key never written
-        gives (None, None)."""
-        skey = layout.state_key(namespace, key)
-        with self._read() as txn:
-            head = head_hash(txn, self._t)
-            head_height = need_header(txn, self._t, head).height
-            if at_height is None:
-                raw = txn.get(skey, db=self._t.state)
-                if raw is not None:
-                    height, value = layout.parse_state_record(raw)
-                    return value, height
-                at_height = head_height
-            elif not 0 <= at_height <= head_height:
-                raise ValidationError(f"at_height: {at_height} is not between 0 and the head height {head_height}")
-            found = _history_at(txn, self._t, skey, at_height)
-            if found is None:
-                return None, None
-            height, hvalue = found
-            return hvalue, height
-
-    def history(self, namespace: str, key: str, *, start_height: int = 0,
-                limit: int = HISTORY_PAGE_MAX) -> list[tuple[int, bytes, bytes | None]]:
-        """Versions of a key on the best chain from ``start_height`` up, oldest first:
-        (height, block hash, value or None for a delete); at most ``limit`` of them."""
-        limit = min(limit, HISTORY_PAGE_MAX)
-        skey = layout.state_key(namespace, key)
-        prefix = layout.history_prefix(skey)
-        out: list[tuple[int, bytes, bytes | None]] = []
-        with self._read() as txn:
-            cursor = txn.cursor(db=self._t.history)
-            if not cursor.set_range(layout.history_key(skey, max(start_height, 0))):
-                return out
-            for hkey, value in cursor:
-                if not hkey.startswith(prefix) or len(out) >= limit:
-                    break
-                height = layout.from_be64(hkey[layout.HISTORY_PREFIX_LEN:])
-                block_hash = txn.get(layout.be64(height), db=self._t.best)
-                if block_hash is None:
-                    raise StorageError(f"history of {namespace}/{key} names height {height}, not on the best chain")
-                out.append((height, block_hash, layout.parse_history_record(value)))
-        return out
-
-    def scan(self, namespace: str, prefix: str = "", *, start_after: str | None = None,
-             limit: int = SCAN_PAGE_MAX) -> list[tuple[str, bytes, int]]:
-        """Keys of ``namespace`` starting with ``prefix`` at the head: (key, value, height
-        written), at most ``limit``; pass the last key returned as ``start_after`` for the next
-        page. Keys come in byte order of their UTF-8, except that keys too long to store
-        literally (see :data:`layout.LITERAL_KEY_LIMIT`) come after all others."""
-        limit = min(limit, SCAN_PAGE_MAX)
-        literal, hashed = layout.scan_prefixes(namespace, prefix)
-        ranges: list[tuple[bytes, bytes | None]] = [(literal, None), (hashed, None)]
-        if start_after is not None:
-            after = layout.state_key(namespace, start_after)
-            ranges = [(hashed, after)] if layout.is_long_key(after) else [(literal, after), (hashed, None)]
-        out: list[tuple[str, bytes, int]] = []
-        with self._read() as txn:
-            cursor = txn.cursor(db=self._t.state)
-            for range_prefix, after_key in ranges:
-                seek = after_key if after_key is not None and after_key > range_prefix else range_prefix
-                if not cursor.set_range(seek):
-                    continue
-                for skey, raw in cursor:
-                    if len(out) >= limit or not skey.startswith(range_prefix):
-                        break
-                    if skey == after_key:
-                        continue
-                    ns, key = layout.state_record_key(raw, skey)
-                    if ns == namespace and key.startswith(prefix):
-                        height, value = layout.parse_state_record(raw)
-                        out.append((key, value, height))
-        return out
-
-    # --- stats -----------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """Entry counts and bytes of pages per table, bytes of the data file and in use (the
-        file also holds free pages LMDB reuses), head, guard state."""
-        env = self._environment()
-        page = env.stat()["psize"]
-        counts: dict[str, int] = {}
-        table_bytes: dict[str, int] = {}
-        with self._read() as txn:
-            for name in (n.decode("ascii") for n in layout.ALL_DBS):
-                st = txn.stat(getattr(self._t, name))
-                counts[name] = st["entries"]
-                table_bytes[name] = (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * page
-            floor = self._guard_floor(txn)
-            locked = txn.get(layout.META_GUARD_LOCKED, db=self._t.meta) is not None
-        info = env.info()
-        try:
-            file_bytes = os.stat(self.path / DATA_FILE).st_size
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot stat the data file ({exc})") from None
-        return {
-            "path": str(self.path),
-            "head_height": self._head.height,
-            "head": self._head.hash.hex(),
-            "entries": counts,
-            "table_bytes": table_bytes,
-            "file_bytes": file_bytes,
-            "used_bytes": (info["last_pgno"] + 1) * page,
-            "map_size": info["map_size"],
-            "guard_floor": floor,
-            "guard_locked": locked,
-            "instance_id": self.instance_id.hex(),
-        }
-
-    # --- helpers ---------------------------------------------------------------------------
-
-    def _iterate(self, db: Db, convert: Callable[[Txn, bytes, bytes], T]) -> Iterator[T]:
-        """Iterate a table in key order, ITER_BATCH entries per short read transaction (the
-        conversion runs inside it, so it may read other tables consistently)."""
-        after: bytes | None = None
-        while True:
-            batch: list[T] = []
-            with self._read() as txn:
-                cursor = txn.cursor(db=db)
-                positioned = cursor.first() if after is None else cursor.set_range(after)
-                if positioned and after is not None and cursor.key() == after:
-                    positioned = cursor.next()
-                last = after
-                while positioned and len(batch) < ITER_BATCH:
-                    last = cursor.key()
-                    batch.append(convert(txn, last, cursor.value()))
-                    positioned = cursor.next()
-            yield from batch
-            if len(batch) < ITER_BATCH:
-                return
-            after = last
-
-
-# --- module helpers ----------------------------------------------------------------------------
-
-def _is_empty(txn: Txn, t: Tables) -> bool:
-    return all(txn.stat(getattr(t, name.decode("ascii")))["entries"] == 0 for name in layout.ALL_DBS)
-
-
-def _initialise(txn: Txn, t: Tables, directory: Path, consortium: Consortium, member: str,
-                accept_restored: bool) -> tuple[bytes, Header]:
-    genesis = Block(genesis_header(consortium), ())
-    instance = secrets.token_bytes(layout.INSTANCE_ID_LEN)
-    meta = t.meta
-    txn.put(layout.META_SCHEMA, layout.int_record(layout.SCHEMA_VERSION), db=meta)
-    txn.put(layout.META_CONSORTIUM, genesis.hash, db=meta)
-    txn.put(layout.META_MEMBER, member.encode("utf-8"), db=meta)
-    txn.put(layout.META_IDENTITY, encode(list(data_file_identity(directory))), db=meta)
-    txn.put(layout.META_INSTANCE, instance, db=meta)
-    txn.put(genesis.hash, genesis.header.raw, db=t.headers)
-    txn.put(genesis.hash, genesis.raw, db=t.blocks)
-    txn.put(layout.be64(0) + genesis.hash, b"", db=t.heights)
-    txn.put(layout.be64(0), genesis.hash, db=t.best)
-    txn.put(layout.META_HEAD, genesis.hash, db=meta)
-    if accept_restored:  # a member starting over with an empty directory: it may have signed before
-        txn.put(layout.META_GUARD_LOCKED, layout.int_record(1), db=meta)
-    return instance, genesis.header
-
-
-def _check_identity(txn: Txn, t: Tables, directory: Path, accept_restored: bool) -> bytes:
-    """Compare the data file's identity with the recorded one. On an accepted restore (detected
-    or declared), lock signing, renew the instance id and record the current identity."""
-    raw = txn.get(layout.META_IDENTITY, db=t.meta)
-    instance = txn.get(layout.META_INSTANCE, db=t.meta)
-    if raw is None or instance is None:
-        raise StorageError(f"{directory}: the store has no identity record; it is damaged")
-    try:
-        recorded = decode(raw, max_size=64, what="identity")
-    except DecodeError as exc:
-        raise StorageError(f"{directory}: the identity record is corrupt ({exc})") from None
-    found = data_file_identity(directory)
-    if not accept_restored:
-        if recorded != list(found):
-            raise StorageError(restored_message(directory, recorded, found))
-        return instance
-    instance = secrets.token_bytes(layout.INSTANCE_ID_LEN)
-    txn.put(layout.META_IDENTITY, encode(list(found)), db=t.meta)
-    txn.put(layout.META_INSTANCE, instance, db=t.meta)
-    txn.put(layout.META_GUARD_LOCKED, layout.int_record(1), db=t.meta)
-    return instance
-
-
-def _signature(key: bytes, value: bytes) -> BlockSignature:
-    try:
-        return BlockSignature(key[:HASH_LEN], key[HASH_LEN:].decode("utf-8"), value)
-    except (DecodeError, UnicodeDecodeError) as exc:
-        raise StorageError(f"stored signature on {key[:HASH_LEN].hex()[:16]} is corrupt: {exc}") from None
-
-
-def _decode_tx(raw: bytes) -> Tx:
-    try:
-        return Tx.decode(raw)
-    except DecodeError as exc:
-        raise StorageError(f"stored mempool transaction is corrupt: {exc}") from None
-
-
-def _decode_evidence(raw: bytes) -> Evidence:
-    try:
-        return Evidence.decode(raw)
-    except DecodeError as exc:
-        raise StorageError(f"stored evidence is corrupt: {exc}") from None
-
-
-def _decode_objection(raw: bytes) -> Objection:
-    try:
-        return Objection.from_cbor(decode(raw, max_size=4096, what="objection"))
-    except DecodeError as exc:
-        raise StorageError(f"stored objection is corrupt: {exc}") from None
-
-
-def _history_at(txn: Txn, t: Tables, skey: bytes, height: int) -> tuple[int, bytes | None] | None:
-    """The latest version of a key written at or below ``height``: (height written, value)."""
-    target = layout.history_key(skey, height)
-    cursor = txn.cursor(db=t.history)
-    if cursor.set_range(target):
-        if cursor.key() != target and not cursor.prev():
-            return None
-    elif not cursor.last():
-        return None
-    hkey = cursor.key()
-    if not hkey.startswith(layout.history_prefix(skey)):
-        return None
-    return layout.from_be64(hkey[layout.HISTORY_PREFIX_LEN:]), layout.parse_history_record(cursor.value())
