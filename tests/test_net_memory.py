@@ -116,6 +116,19 @@ async def test_four_members_connect_once_per_pair_and_exchange_messages(autojump
         assert await receive(c.nets["firm-a"]) == ("firm-c", [b"\x00", 7])
 
 
+async def test_messages_on_one_connection_arrive_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    """Queued frames are written in batches; order and boundaries must survive that."""
+    async with cluster(NAMES[:2], NetConfig(write_batch_bytes=1000)) as c:
+        a = await c.start("firm-a")
+        b = await c.start("firm-b")
+        await wait_until(c.fully_connected)
+        sizes = [1, 700, 5, 2000, 0, 999, 3]
+        for i in range(300):
+            a.send("firm-b", [i, b"z" * sizes[i % len(sizes)]])
+        for i in range(300):
+            assert await receive(b) == ("firm-a", [i, b"z" * sizes[i % len(sizes)]])
+
+
 async def test_events_report_up_and_down_with_reason(autojump_clock: trio.testing.MockClock) -> None:
     async with cluster(NAMES[:2]) as c:
         a = await c.start("firm-a")

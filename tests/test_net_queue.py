@@ -44,3 +44,13 @@ async def test_get_waits_and_cancellation_loses_nothing(autojump_clock: trio.tes
     async with trio.open_nursery() as nursery:
         nursery.start_soon(later)
         assert await queue.get() == b"y"
+
+
+def test_take_ready_respects_the_byte_budget_and_order() -> None:
+    queue = OutQueue(max_frames=10, max_bytes=100)
+    for frame in (b"aa", b"bbb", b"cccc", b"d"):
+        queue.put(frame)
+    assert queue.take_ready(5) == [b"aa", b"bbb"]
+    assert queue.take_ready(3) == []  # b"cccc" does not fit; never split or reordered
+    assert queue.take_ready(10) == [b"cccc", b"d"]
+    assert len(queue) == 0 and queue.queued_bytes == 0

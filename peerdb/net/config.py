@@ -43,6 +43,11 @@ WRITE_TIMEOUT = 60.0
 """Seconds one frame may take to write. A maximal frame (16 MiB) needs ~2 Mbit/s to make it;
 a peer that stops reading for longer is treated as gone rather than left pinning our writer."""
 
+WRITE_BATCH_BYTES = 256 * 1024
+"""Frames already queued are joined into one write up to this size: one TLS record batch and one
+system call instead of one per frame, which more than doubles small-message throughput; bounded
+so that the join copies little (a frame bigger than this is written on its own)."""
+
 CLOSE_TIMEOUT = 2.0
 """Seconds a graceful close (TLS close_notify) may take before the socket is just dropped."""
 
@@ -73,6 +78,7 @@ class NetConfig:
     ping_interval: float = PING_INTERVAL
     idle_timeout: float = IDLE_TIMEOUT
     write_timeout: float = WRITE_TIMEOUT
+    write_batch_bytes: int = WRITE_BATCH_BYTES
     close_timeout: float = CLOSE_TIMEOUT
     backoff_initial: float = BACKOFF_INITIAL
     backoff_max: float = BACKOFF_MAX
@@ -81,7 +87,9 @@ class NetConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
 
     def __post_init__(self) -> None:
-        for field in ("queue_frames", "queue_bytes", "incoming_buffer", "events_buffer", "max_frame_bytes"):
+        for field in (
+            "queue_frames", "queue_bytes", "incoming_buffer", "events_buffer", "max_frame_bytes", "write_batch_bytes",
+        ):
             if getattr(self, field) < 1:
                 raise LocalError(f"net.{field}: must be at least 1")
         for field in (

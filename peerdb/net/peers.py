@@ -549,14 +549,15 @@ class PeerNetwork:
             conn.fail(describe_error(exc))
 
     async def _next_frame(self, conn: _Connection) -> bytes | None:
-        """The next queued frame, a ping after ``ping_interval`` of quiet, None once retiring."""
+        """The next queued frames (joined), a ping after ``ping_interval`` of quiet, None once retiring."""
         got: list[bytes] = []
         with trio.CancelScope(deadline=trio.current_time() + self.config.ping_interval) as wait:
             conn.wait_scope = wait
             got.append(await conn.peer.queue.get())
         conn.wait_scope = None
-        if got:
-            return got[0]  # even when retiring: a frame taken from the queue is always sent
+        if got:  # even when retiring: a frame taken from the queue is always sent
+            more = conn.peer.queue.take_ready(self.config.write_batch_bytes - len(got[0]))
+            return got[0] if not more else b"".join(got + more)
         return None if conn.retiring else _PING_FRAME
 
     async def _write(self, conn: _Connection, frame: bytes) -> None:

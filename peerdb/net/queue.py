@@ -68,6 +68,17 @@ class OutQueue:
         self._bytes -= len(frame)
         return frame
 
+    def take_ready(self, max_bytes: int) -> list[bytes]:
+        """Remove the oldest frames that are ready now, as many as fit in ``max_bytes`` together."""
+        taken: list[bytes] = []
+        size = 0
+        while self._frames and size + len(self._frames[0]) <= max_bytes:
+            frame = self._frames.popleft()
+            self._bytes -= len(frame)
+            size += len(frame)
+            taken.append(frame)
+        return taken
+
     def get_nowait(self) -> bytes:
         if not self._frames:
             raise trio.WouldBlock
