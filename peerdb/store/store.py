@@ -119,6 +119,7 @@ class Store(StoreQueries):
             except lmdb.Error as exc:
                 raise StorageError(f"{where}: cannot open the LMDB environment ({exc})") from None
             with lmdb_errors(where):
+                env.reader_check()  # free reader slots of killed processes, so freed pages get reused
                 with env.begin(write=True) as txn:
                     tables = Tables.open(env, txn)
                     if txn.get(layout.META_SCHEMA, db=tables.meta) is None and is_empty(txn, tables):
