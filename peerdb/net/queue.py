@@ -85,9 +85,3 @@ class OutQueue:
         frame = self._frames.popleft()
         self._bytes -= len(frame)
         return frame
-
-    def clear(self) -> int:
-        dropped = len(self._frames)
-        self._frames.clear()
-        self._bytes = 0
-        return dropped
