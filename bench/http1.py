@@ -32,9 +32,10 @@ class HTTPError(BenchError):
 class Connection:
     """One keep-alive connection; one request at a time (callers lend it out from a pool)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, extra_headers: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (extra_headers or {}).items())
         self._stream: trio.SocketStream | None = None
         self._buffer = bytearray()
         self._host_header = f"{host}:{port}".encode()
@@ -57,7 +58,7 @@ class Connection:
         if self._stream is None:
             raise HTTPError("connection: not open")
         head = (
-            f"{method} {path} HTTP/1.1\r\nContent-Type: {content_type}\r\n"
+            f"{method} {path} HTTP/1.1\r\nContent-Type: {content_type}\r\n{self._extra}"
             f"Content-Length: {len(body)}\r\nHost: "
         ).encode()
         try:

@@ -1,46 +1,53 @@
-"""PeerDB: the slot for the four-member consortium; to be wired by the lead once the daemon exists.
+"""PeerDB: four member daemons as real processes, measured through the public HTTP API.
 
-What the harness expects here (see ``bench/drivers.py`` for the protocols):
-
-- ``PeerDBDriver.start`` starts four member daemons as real processes on 127.0.0.1 with the
-  default production settings (TLS between members, LMDB synced), with fresh data dirs under
-  ``workdir``, waits until they accept writes, and returns a JSON-able client spec
-  (``{"kind": "peerdb", ...}``: API URLs, the client key seed, the namespace).
-- ``make_client(spec, concurrency)`` builds, inside the load generator, a client whose
-  ``submit`` sends one client-signed transaction (~150-byte value) through the public API and
-  returns ``{"majority": t1, "unanimous_signed": t2}``, the ``trio.current_time()`` at which each
-  level was reached (anchoring excluded: it is reported separately). ``prepare(count, ...)`` may
-  pre-sign ``count`` transactions so that signing does not load the generator during the step.
-- ``extra_measurements`` returns ``audit_verify_tps`` (``peerdb audit verify`` over an exported
-  bundle), ``catchup_tps`` (a member wiped and restarted: transactions caught up per second) and
-  ``bytes_per_tx`` (LMDB bytes per stored transaction), each a number or None.
-
-Until then every method that would start or measure something raises NotImplementedError, which
-``run.py`` reports as skipped (all PeerDB keys null in the JSON).
+Settings (the production defaults, written by ``peerdb consortium init``): TLS 1.3 between
+members, LMDB with ``sync = true`` (every commit fsynced), consortium parameters at their
+defaults (heartbeat 1 s, turn timeout 3 s, at most 5,000 transactions per block). Each write is
+one client-signed transaction (signed in ``prepare``, before the clock starts), posted to one
+member's ``/v1/txs`` with ``wait = unanimous_signed``; the answer's ``levels_ms`` gives when the
+transaction reached ``majority`` and ``unanimous_signed``. Anchoring is not part of these
+figures (no Bitcoin node is attached).
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
+import itertools
+import json
+import random
+import sys
+import time
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+import trio
+
+from bench import http1
 from bench.drivers import Client, ClientSpec
-from bench.procs import ManagedProcesses
+from bench.errors import BenchError, SubmitError
+from bench.pool import Pool
+from bench.procs import ManagedProcesses, dead_child, free_ports, wait_until
 
 MEMBERS = 4
 """The consortium size the issue measures and ``bound_tps`` is computed for."""
-
-NOT_WIRED = "wired by the lead"
+START_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 60.0
+NAMESPACE = "bench"
+LEVELS = ("majority", "unanimous_signed")
 
 
 class PeerDBDriver:
     name = "peerdb"
-    levels = ("majority", "unanimous_signed")
+    levels = LEVELS
     members = MEMBERS
 
     def __init__(self) -> None:
         self._pids: list[int] = []
+        self._workdir: Path | None = None
 
     def ensure_available(self, install: bool) -> None:
         return None  # PeerDB is this repository; nothing to install
@@ -52,10 +59,45 @@ class PeerDBDriver:
             return None
 
     def how_measured(self) -> dict[str, Any]:
-        return {"members": MEMBERS, "status": f"driver not implemented yet ({NOT_WIRED})"}
+        return {
+            "members": MEMBERS,
+            "durability": "LMDB sync=true (fsync per commit); signing guard durable before each signature",
+            "transport": "TLS 1.3 between members, certificates bound to member Ed25519 keys",
+            "params": "consortium defaults (heartbeat_ms 1000, turn_timeout_ms 3000, max_block_txs 5000)",
+            "client": "one client-signed transaction per POST /v1/txs with wait=unanimous_signed, "
+                      "keep-alive HTTP/1.1 round-robin over members; levels from the answer's levels_ms",
+            "ack": "majority: >50% of members endorse the block; unanimous_signed: all four signed "
+                   "(anchoring excluded)",
+        }
 
     def start(self, procs: ManagedProcesses, workdir: Path) -> ClientSpec:
-        raise NotImplementedError(NOT_WIRED)
+        from peerdb.core.consortium import load_consortium
+        from peerdb.core.model import consortium_id
+        from peerdb.keyfile import read_key
+        from peerdb.setup_files import init_consortium
+
+        self._workdir = workdir / "peerdb"
+        names = [f"firm-{chr(ord('a') + i)}" for i in range(MEMBERS)]
+        ports = free_ports(2 * MEMBERS)
+        init_consortium(self._workdir, "bench", names, ports=ports[:MEMBERS], api_ports=ports[MEMBERS:],
+                        overwrite=True)
+        started = []
+        apis = []
+        for name in names:
+            cfg_path = self._workdir / f"{name}.toml"
+            cfg = tomllib.loads(cfg_path.read_text())
+            apis.append([cfg["api"]["listen"], cfg["api"]["token"]])
+            log = self._workdir / f"{name}.log"
+            proc = procs.spawn(name, [sys.executable, "-m", "cli", "node", "run", "--config", str(cfg_path)],
+                               log_path=log)
+            self._pids.append(proc.pid)
+            started.append((name, proc, log))
+        wait_until(lambda: all(_ready(api, token) for api, token in apis), timeout_s=START_TIMEOUT_S,
+                   what="PeerDB members answering", alive=lambda: dead_child(started))
+        consortium = load_consortium(self._workdir / "consortium.toml")
+        seeds = {n: read_key(self._workdir / "keys" / f"{n}-client.key")[0].seed.hex() for n in names}
+        return {"kind": "peerdb", "apis": apis, "members": names, "cid": consortium_id(consortium).hex(),
+                "client_seeds": seeds}
 
     def stop(self, procs: ManagedProcesses) -> None:
         for pid in self._pids:
@@ -63,11 +105,112 @@ class PeerDBDriver:
         self._pids.clear()
 
     def extra_measurements(self, procs: ManagedProcesses, workdir: Path) -> dict[str, Any]:
-        raise NotImplementedError(NOT_WIRED)
+        out: dict[str, Any] = {"bytes_per_tx": None, "audit_verify_tps": None, "catchup_tps": None}
+        if self._workdir is None:
+            return out
+        try:
+            from peerdb.store import Store  # noqa: F401  (imported for its presence)
+            data = self._workdir / "data" / "firm-a"
+            size = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+            status = _status(*self._first_api())
+            txs = status.get("tx_count") if isinstance(status, dict) else None
+            if txs:
+                out["bytes_per_tx"] = round(size / txs, 1)
+        except (OSError, httpx.HTTPError, BenchError):
+            pass
+        return out
+
+    def _first_api(self) -> tuple[str, str]:
+        assert self._workdir is not None
+        cfg = tomllib.loads((self._workdir / "firm-a.toml").read_text())
+        return cfg["api"]["listen"], cfg["api"]["token"]
+
+
+def _ready(api: str, token: str) -> bool:
+    try:
+        r = httpx.get(f"http://{api}/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def _status(api: str, token: str) -> dict[str, Any]:
+    r = httpx.get(f"http://{api}/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r.raise_for_status()
+    result: dict[str, Any] = r.json()
+    return result
+
+
+class PeerDBClient:
+    """Pre-signed transactions posted over keep-alive connections spread over the members."""
+
+    def __init__(self, spec: ClientSpec, concurrency: int) -> None:
+        from peerdb.core.keys import SigningKey
+        self._cid = bytes.fromhex(spec["cid"])
+        self._members = list(spec["members"])
+        self._keys = {m: SigningKey(bytes.fromhex(seed)) for m, seed in spec["client_seeds"].items()}
+        conns = []
+        for i in range(concurrency):
+            api, token = spec["apis"][i % len(spec["apis"])]
+            host, port = api.rsplit(":", 1)
+            conns.append((self._members[i % len(self._members)],
+                          http1.Connection(host, int(port), {"Authorization": f"Bearer {token}"})))
+        self._by_member: dict[str, Pool[http1.Connection]] = {
+            m: Pool([c for owner, c in conns if owner == m]) for m in self._members}
+        self._bodies: list[tuple[str, bytes]] = []
+        self._next = itertools.count()
+
+    async def prepare(self, count: int, value_bytes: int) -> None:
+        from peerdb.core.model import OP_PUT, Op, Tx
+        expires = int(time.time() * 1000) + 3_600_000
+        nonce = random.getrandbits(40)
+        for i in range(count):
+            member = self._members[i % len(self._members)]
+            value = bytes(random.getrandbits(8) for _ in range(8)) + b"v" * max(0, value_bytes - 8)
+            tx = Tx.create(self._keys[member], self._cid, member, nonce + i, expires,
+                           [Op(OP_PUT, NAMESPACE, f"k{nonce + i}", value)])
+            body = json.dumps({"txs": [base64.b64encode(tx.raw).decode()], "wait": "unanimous_signed",
+                               "timeout_s": REQUEST_TIMEOUT_S}).encode()
+            self._bodies.append((member, body))
+        for pool in self._by_member.values():
+            for conn in pool.items:
+                await conn.connect()
+
+    async def submit(self, seq: int, key: bytes, value: bytes) -> Mapping[str, float]:
+        index = next(self._next)
+        if index >= len(self._bodies):
+            raise SubmitError("more submissions than prepared transactions")
+        member, body = self._bodies[index]
+        start = trio.current_time()
+        async with self._by_member[member].borrow() as conn:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S + 5):
+                    status, answer = await conn.request("POST", "/v1/txs", body, "application/json")
+            except trio.TooSlowError:
+                await conn.close()
+                raise SubmitError(f"no answer within {REQUEST_TIMEOUT_S} s") from None
+            except http1.HTTPError as e:
+                raise SubmitError(str(e)) from None
+        if status != 200:
+            raise SubmitError(f"HTTP {status}: {answer[:120]!r}")
+        wait = json.loads(answer).get("wait", {})
+        if not wait.get("reached"):
+            raise SubmitError("not unanimous_signed within the request timeout")
+        # The answer arrives when the last level is reached; earlier levels were reached the
+        # server-measured interval before that (so the client's clock is the only clock used).
+        done = trio.current_time()
+        levels = wait.get("levels_ms", {})
+        final = levels.get(LEVELS[-1], 0.0)
+        return {level: max(start, done - (final - levels[level]) / 1000) for level in LEVELS if level in levels}
+
+    async def aclose(self) -> None:
+        for pool in self._by_member.values():
+            for conn in pool.items:
+                await conn.close()
 
 
 def make_client(spec: ClientSpec, concurrency: int) -> Client:
-    raise NotImplementedError(NOT_WIRED)
+    return PeerDBClient(spec, concurrency)
 
 
 DRIVER_CLASS = PeerDBDriver

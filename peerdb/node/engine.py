@@ -106,6 +106,7 @@ class Engine:
         self.objection_count = 0
         self._last_tip = b""
         self._majority_height = -1
+        self._guard_refusal_logged = False
         self._majority_seen_ms = now_ms
         self._load(now_ms)
 
@@ -302,13 +303,16 @@ class Engine:
             return
         if self.tree.signed_at(self.me, tip.height):
             return  # we endorsed another block at this height; we endorse this branch at the next one
-        try:
-            self.store.guard_sign(tip.height, tip.round, tip.hash)
-        except DoubleSignRefused as exc:
-            log.error("signing guard refused to sign block %d %s: %s", tip.height, tip.hash.hex()[:16], exc)
-            return
         sig = BlockSignature.create(self.key, self.cid, self.me, tip.hash)
-        self.store.add_signatures([sig])
+        try:
+            # One commit records the guard entry and our signature, before the signature leaves.
+            self.store.guard_sign(tip.height, tip.round, tip.hash, signature=sig)
+        except DoubleSignRefused as exc:
+            if not self._guard_refusal_logged:
+                log.error("signing guard refused to sign block %d %s: %s", tip.height, tip.hash.hex()[:16], exc)
+                self._guard_refusal_logged = True
+            return
+        self._guard_refusal_logged = False
         self.tree.add_signature(tip.hash, self.me)
         self._send(Sigs((sig,)))
         self._sync_head(now_ms)
@@ -408,33 +412,59 @@ class Engine:
 
     def submit(self, raws: Sequence[bytes], peer: str | None, now_ms: int) -> SubmitResult:
         """Admit transactions to the pool (from a client when ``peer`` is None, else from a peer)."""
-        result = SubmitResult()
-        candidates: list[tuple[int, Tx]] = []
+        result = self.submit_many([raws], peer, now_ms)[0]
+        if isinstance(result, MempoolFull):
+            raise result
+        return result
+
+    def submit_many(self, requests: Sequence[Sequence[bytes]], peer: str | None,
+                    now_ms: int) -> list[SubmitResult | MempoolFull]:
+        """Admit several requests' transactions with one signature batch and one durable commit.
+
+        Group commit: under load the client API hands over every request that arrived while the
+        previous commit was in flight, so the fsync cost is shared instead of serialising them.
+        """
+        results: list[SubmitResult | MempoolFull] = []
+        per_request: list[tuple[SubmitResult, list[tuple[int, Tx]]]] = []
         seen_batch: set[bytes] = set()
-        for i, raw in enumerate(raws):
-            try:
-                tx = Tx.decode(raw)
-                check_tx_static(tx, self.consortium)
-                check_tx_time(tx, now_ms, self.consortium.params.tx_ttl_ms + self.consortium.params.clock_skew_ms)
-            except (DecodeError, ValidationError) as exc:
-                result.rejected.append((i, str(exc)))
+        room = self.mempool_max - len(self.mempool)
+        ttl = self.consortium.params.tx_ttl_ms + self.consortium.params.clock_skew_ms
+        for raws in requests:
+            result = SubmitResult()
+            candidates: list[tuple[int, Tx]] = []
+            for i, raw in enumerate(raws):
+                try:
+                    tx = Tx.decode(raw)
+                    check_tx_static(tx, self.consortium)
+                    check_tx_time(tx, now_ms, ttl)
+                except (DecodeError, ValidationError) as exc:
+                    result.rejected.append((i, str(exc)))
+                    continue
+                if tx.txid in self.mempool or tx.txid in seen_batch or self.store.tx_location(tx.txid) is not None:
+                    result.duplicates.append(tx.txid)
+                    continue
+                seen_batch.add(tx.txid)
+                candidates.append((i, tx))
+            if len(candidates) > room:
+                for _, tx in candidates:
+                    seen_batch.discard(tx.txid)
+                results.append(MempoolFull(f"mempool: {len(self.mempool)} transactions waiting, limit "
+                                           f"{self.mempool_max}; retry after the next blocks"))
+                per_request.append((result, []))
                 continue
-            if tx.txid in self.mempool or tx.txid in seen_batch or self.store.tx_location(tx.txid) is not None:
-                result.duplicates.append(tx.txid)
-                continue
-            seen_batch.add(tx.txid)
-            candidates.append((i, tx))
-        if len(self.mempool) + len(candidates) > self.mempool_max:
-            raise MempoolFull(f"mempool: {len(self.mempool)} transactions waiting, limit {self.mempool_max}; "
-                              f"retry after the next blocks")
-        oks = self.verifier.verify([tx for _, tx in candidates])
+            room -= len(candidates)
+            results.append(result)
+            per_request.append((result, candidates))
+        everything = [tx for _, candidates in per_request for _, tx in candidates]
+        oks = iter(self.verifier.verify(everything))
         admitted = []
-        for (i, tx), ok in zip(candidates, oks):
-            if not ok:
-                result.rejected.append((i, f"tx {tx.txid.hex()[:16]}: client signature does not verify"))
-                continue
-            admitted.append(tx)
-            result.accepted.append(tx.txid)
+        for result, candidates in per_request:
+            for i, tx in candidates:
+                if not next(oks):
+                    result.rejected.append((i, f"tx {tx.txid.hex()[:16]}: client signature does not verify"))
+                    continue
+                admitted.append(tx)
+                result.accepted.append(tx.txid)
         if admitted:
             if peer is None:
                 # Durable before the client hears "accepted"; a forwarded copy needs no fsync
@@ -443,9 +473,10 @@ class Engine:
                 self._send(Txs(tuple(tx.raw for tx in admitted)))
             for tx in admitted:
                 self._mempool_put(tx)
-        if result.rejected and peer is not None:
-            log.warning("rejected %d transactions from %s: %s", len(result.rejected), peer, result.rejected[0][1])
-        return result
+        rejected = [r for res, _ in per_request for r in res.rejected]
+        if rejected and peer is not None:
+            log.warning("rejected %d transactions from %s: %s", len(rejected), peer, rejected[0][1])
+        return results
 
     def on_txs(self, peer: str, msg: Txs, now_ms: int) -> None:
         try:
@@ -592,6 +623,12 @@ class Engine:
         return Status(tip.hash, tip.height, tuple(recent))
 
     def on_status(self, peer: str, msg: Status, now_ms: int) -> None:
+        if self.store.guard_locked() and msg.tip in self.tree and msg.height <= self.tree.best_tip.height:
+            # Restored data directory: we have caught up with a peer, so every height we might
+            # have signed before the restore is at or below our tip. Never sign there again.
+            floor = self.tree.best_tip.height
+            self.store.set_guard_floor(floor)
+            log.warning("restored data directory: caught up with %s; signing resumes above height %d", peer, floor)
         if msg.tip not in self.tree and msg.height >= self.tree.heads().unanimous_signed:
             self._request_catchup(peer, msg.height, now_ms)
         missing: list[BlockSignature] = []

@@ -19,8 +19,8 @@ import trio
 
 from ..core.alerts import Alert
 from ..core.chain import View
-from ..core.errors import ProtocolError
-from .engine import Engine, SubmitResult
+from ..core.errors import LocalError, ProtocolError
+from .engine import Engine, MempoolFull, SubmitResult
 from .messages import AnchorMsg, Blocks, EvidenceMsg, GetBlocks, ObjectionMsg, Proposal, Sigs, Status, Txs, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
@@ -92,6 +92,13 @@ class AlertBook:
                  "details": a.details} for a, since, _ in self.active.values()]
 
 
+@dataclass
+class _PendingSubmit:
+    raws: list[bytes]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: SubmitResult | MempoolFull | None = None
+
+
 class NodeService:
     def __init__(self, engine: Engine, network: Network, *, clock_ms: Callable[[], int] = wall_clock_ms,
                  offload: bool = True, on_alert: Callable[[Alert], Awaitable[None]] | None = None,
@@ -117,6 +124,8 @@ class NodeService:
             Status: engine.on_status,
         }
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
+        self._admissions: list[_PendingSubmit] = []
+        self._admission_wakeup = trio.Event()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -160,6 +169,7 @@ class NodeService:
             nursery.start_soon(self._turn_loop)
             nursery.start_soon(self._status_loop)
             nursery.start_soon(self._alert_loop)
+            nursery.start_soon(self._admission_loop)
             log.info("node %s running: tip height %d", self.engine.me, self.engine.tree.best_tip.height)
             task_status.started()
 
@@ -209,7 +219,31 @@ class NodeService:
     # --- client operations ---------------------------------------------------------------------
 
     async def submit(self, raws: list[bytes]) -> SubmitResult:
-        return await self.call(self.engine.submit, raws, None, self.clock_ms())
+        """Hand a client's transactions to the admission task and wait for its group commit."""
+        pending = _PendingSubmit(raws)
+        self._admissions.append(pending)
+        self._admission_wakeup.set()
+        await pending.done.wait()
+        if isinstance(pending.result, MempoolFull):
+            raise pending.result
+        if pending.result is None:
+            raise LocalError("the node stopped while admitting these transactions")
+        return pending.result
+
+    async def _admission_loop(self) -> None:
+        while True:
+            await self._admission_wakeup.wait()
+            self._admission_wakeup = trio.Event()
+            batch, self._admissions = self._admissions, []
+            if not batch:
+                continue
+            try:
+                results = await self.call(self.engine.submit_many, [p.raws for p in batch], None, self.clock_ms())
+                for p, result in zip(batch, results):
+                    p.result = result
+            finally:
+                for p in batch:
+                    p.done.set()  # on a crash the waiters see no result; the node is stopping
 
     def tx_level(self, txid: bytes) -> tuple[int | None, str | None]:
         """(height, strongest view that includes it) for a transaction on the best chain.
