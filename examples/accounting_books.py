@@ -80,7 +80,7 @@ def closing_record(doc: dict[str, Any]) -> dict[str, Any]:
             "balances": balances, "entries": len(doc["entries"]), "books_sha256": books_digest(doc)}
 
 
-def choose_wait_view(net: ConsortiumDir, firm: Member, wait_anchor: bool) -> str:
+def choose_wait_view(net: ConsortiumDir, wait_anchor: bool) -> str:
     if not wait_anchor:
         return "unanimous_signed"
     anchoring = [m.name for m in net.members.values() if m.status().get("anchoring") is not None]
@@ -102,7 +102,7 @@ def commit_period(firm: Member, period: str, view: str, timeout: float) -> int:
     if existing:
         print(f"  {period}: already committed at height {existing[0]['height']} "
               f"({len(existing)} version(s)); not writing it again")
-        height: int = existing[0]["height"]
+        height: int = existing[-1]["height"]
         return height
     answer = firm.write([{"op": "put", "namespace": NAMESPACE, "key": key, "value": json.dumps(record)}],
                         wait=view, timeout_s=timeout)
@@ -191,7 +191,7 @@ def main() -> int:
         firm = net.member(args.firm or next(iter(net.members)))
         periods = [p.strip() for p in args.periods.split(",") if p.strip()]
         print(f"Consortium {net.consortium.name}: {', '.join(net.consortium.member_names)}")
-        view = choose_wait_view(net, firm, args.wait_anchor)
+        view = choose_wait_view(net, args.wait_anchor)
         print(f"{firm.name} closes {len(periods)} periods and commits its books to '{NAMESPACE}/{firm.name}/<period>':")
         committed = max((commit_period(firm, period, view, args.timeout) for period in periods), default=0)
         if args.rewrite:
