@@ -17,11 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.chain import View
+from ..core.consortium import NAME_RE
+from ..core.limits import MAX_NAMESPACE_LEN
 from ..core.errors import AccessError, ConfigError, DecodeError, PeerDBError, RemoteError, ValidationError
 from ..core.keys import SigningKey
 from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
@@ -128,6 +131,7 @@ class Api:
             Route("/v1/txs", self.post_txs, methods=["POST"]),
             Route("/v1/write", self.post_write, methods=["POST"]),
             Route("/v1/tx/{txid}", self.get_tx),
+            Route("/v1/kv/{ns}", self.get_scan),
             Route("/v1/kv/{ns}/{key:path}", self.get_kv),
             Route("/v1/history/{ns}/{key:path}", self.get_history),
             Route("/v1/blocks", self.get_blocks),
@@ -138,10 +142,24 @@ class Api:
             Route("/v1/evidence", self.get_evidence),
             Route("/v1/objections", self.get_objections),
             Route("/v1/anchors", self.get_anchors),
+            Route("/v1/anchors/{ref}", self.get_anchor),
             Route("/v1/consortium", self.get_consortium),
             *audit_routes(self),
         ]
-        self.app = Starlette(routes=routes)
+        self.app = Starlette(routes=routes, exception_handlers={
+            HTTPException: self._http_error, Exception: self._server_error})
+
+    @staticmethod
+    async def _http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        return error_response(status, code, f"{request.method} {request.url.path}: {detail}")
+
+    @staticmethod
+    async def _server_error(request: Request, exc: Exception) -> Response:
+        log.exception("API error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}; see the node log")
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -187,19 +205,27 @@ class Api:
             raise ApiError(400, "bad_json", "request body must be a JSON object")
         return data
 
+    @staticmethod
+    def _wait_options(data: dict[str, Any]) -> tuple[View | None, float]:
+        """Check --wait options before anything is submitted, so a bad option writes nothing."""
+        wait = data.get("wait")
+        try:
+            timeout = float(data.get("timeout_s", 30))
+        except (TypeError, ValueError):
+            raise ApiError(400, "bad_parameter", "timeout_s: must be a number of seconds") from None
+        if not 0 < timeout <= MAX_WAIT_S:
+            raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
+        return (parse_view(str(wait)) if wait else None), timeout
+
     async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> dict[str, Any]:
+        view, timeout = self._wait_options(data)
         result = await self.service.submit(raws)
         answer: dict[str, Any] = {
             "accepted": [t.hex() for t in result.accepted],
             "duplicates": [t.hex() for t in result.duplicates],
             "rejected": [{"index": i, "reason": r} for i, r in result.rejected],
         }
-        wait = data.get("wait")
-        if wait and (result.accepted or result.duplicates):
-            view = parse_view(str(wait))
-            timeout = float(data.get("timeout_s", 30))
-            if not 0 < timeout <= MAX_WAIT_S:
-                raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
+        if view is not None and (result.accepted or result.duplicates):
             levels: dict[str, float] = {}
             reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout, levels)
             answer["wait"] = {"view": view.value, "reached": reached, "levels_ms": levels}
@@ -219,8 +245,10 @@ class Api:
             raise ApiError(400, "bad_request", f"txs: not base64 ({exc})") from None
         answer = await self._submit_and_wait(raws, data)
         if answer["rejected"] and not answer["accepted"] and not answer["duplicates"]:
-            return JSONResponse({**answer, "error": {"code": "rejected", "message": answer["rejected"][0]["reason"]}},
-                                status_code=400)
+            reason = answer["rejected"][0]["reason"]
+            forbidden = " may not write namespace " in reason
+            return JSONResponse({**answer, "error": {"code": "forbidden" if forbidden else "rejected",
+                                                     "message": reason}}, status_code=403 if forbidden else 400)
         return answer
 
     @_wrap
@@ -235,7 +263,10 @@ class Api:
                        now + DEFAULT_TX_TTL_MS, ops)
         answer = await self._submit_and_wait([tx.raw], data)
         if answer["rejected"]:
-            raise ApiError(400, "rejected", answer["rejected"][0]["reason"])
+            reason = answer["rejected"][0]["reason"]
+            if " may not write namespace " in reason:
+                raise ApiError(403, "forbidden", reason)
+            raise ApiError(400, "rejected", reason)
         return answer
 
     def _tx_info(self, txid: bytes) -> dict[str, Any]:
@@ -259,6 +290,9 @@ class Api:
         return await self.service.read(self._tx_info, txid)
 
     def _check_read(self, ns: str) -> None:
+        if len(ns) > MAX_NAMESPACE_LEN or not NAME_RE.match(ns):
+            raise ApiError(400, "bad_namespace", f"namespace {ns!r}: lowercase letters, digits, '_', '.', '-' "
+                           f"(at most {MAX_NAMESPACE_LEN})")
         if not self.engine.consortium.may_read(self.engine.me, ns):
             raise ApiError(403, "forbidden", f"{self.engine.me} may not read namespace {ns!r}")
 
@@ -279,6 +313,23 @@ class Api:
         view = parse_view(request.query_params.get("view"))
         at = parse_int(request.query_params.get("at"), "at")
         return await self.service.read(self._kv, ns, key, view, at)
+
+    @_wrap
+    async def get_scan(self, request: Request) -> Any:
+        """Keys of a namespace at the head (the tentative view), paged."""
+        ns = request.path_params["ns"]
+        self._check_read(ns)
+        prefix = request.query_params.get("prefix", "")
+        after = request.query_params.get("after")
+        limit = parse_int(request.query_params.get("limit"), "limit") or 100
+
+        def read() -> dict[str, Any]:
+            rows = self.engine.store.scan(ns, prefix, start_after=after, limit=min(limit, 1000))
+            return {"namespace": ns, "prefix": prefix, "view": View.TENTATIVE.value,
+                    "height": self.engine.tree.best_tip.height,
+                    "keys": [{"key": k, "written_at": h, **value_json(v)} for k, v, h in rows],
+                    "next_after": rows[-1][0] if len(rows) >= min(limit, 1000) else None}
+        return await self.service.read(read)
 
     @_wrap
     async def get_history(self, request: Request) -> Any:
@@ -412,8 +463,43 @@ class Api:
                 "anchored_height": self.engine.heads().anchored}
 
     @_wrap
+    async def get_anchor(self, request: Request) -> Any:
+        ref = request.path_params["ref"]
+
+        def read() -> dict[str, Any]:
+            tree = self.engine.tree
+            block_hash = tree.best_chain_hash(int(ref)) if ref.isdigit() else None
+            if block_hash is None and not ref.isdigit():
+                try:
+                    block_hash = bytes.fromhex(ref)
+                except ValueError:
+                    raise ApiError(400, "bad_parameter", "anchor: give a block height or hash") from None
+            if block_hash is None or block_hash not in tree:
+                raise ApiError(404, "not_found", f"no block {ref}")
+            raw = self.engine.store.anchor(block_hash)
+            height = tree.header(block_hash).height
+            if raw is None:
+                anchored_by = tree.best_chain_hash(tree.heads().anchored)
+                return {"block": block_hash.hex(), "height": height, "anchored": height <= tree.heads().anchored,
+                        "proof": None, "covered_by": anchored_by.hex() if anchored_by and
+                        height <= tree.heads().anchored else None}
+            from ..anchor.proof import AnchorProof
+            from ..anchor.hashes import sha256d, to_display
+            proof = AnchorProof.decode(raw)
+            return {"block": block_hash.hex(), "height": height, "anchored": True,
+                    "bitcoin_txid": to_display(sha256d(proof.bitcoin_tx)),
+                    "bitcoin_height": proof.bitcoin_height, "depth": len(proof.headers),
+                    "merkle_root": proof.root.hex(), "path_length": len(proof.path),
+                    "proof": base64.b64encode(raw).decode()}
+        return await self.service.read(read)
+
+    @_wrap
     async def get_consortium(self, request: Request) -> Any:
         c = self.engine.consortium
-        return {"name": c.name, "id": self.engine.cid.hex(),
-                "members": [{"name": m.name, "key": m.key.hex(), "address": m.address} for m in c.members],
-                "params": {k: getattr(c.params, k) for k in c.params.__dataclass_fields__}}
+        return {"name": c.name, "id": self.engine.cid.hex(), "genesis_time_ms": c.genesis_time_ms,
+                "members": [{"name": m.name, "key": m.key.hex(), "address": m.address, "api": m.api,
+                             "clients": [k.hex() for k in m.clients]} for m in c.members],
+                "params": {k: getattr(c.params, k) for k in c.params.__dataclass_fields__},
+                "open_namespaces": c.open_namespaces,
+                "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
+                               for r in c.namespaces]}
