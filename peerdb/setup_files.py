@@ -31,6 +31,7 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
         check_name(member, "member name")
     if len(set(member_names)) != len(member_names):
         raise ConfigError(f"member names must differ: {member_names}")
+    agreed = Params(**(params or {}))  # validate everything before the first file is written
     directory.mkdir(parents=True, exist_ok=True)
     consortium_file = directory / "consortium.toml"
     if consortium_file.exists() and not overwrite:
@@ -50,7 +51,7 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
                               cert=member_certificate(member_key.seed, member),
                               api=f"{host}:{api_ports[i]}"))
     consortium = Consortium(name, genesis_time_ms if genesis_time_ms is not None else int(time.time() * 1000),
-                            tuple(members), Params(**(params or {})))
+                            tuple(members), agreed)
     consortium_file.write_text(
         "# PeerDB consortium file: the founding contract, identical for every member.\n"
         "# Its hash (without addresses and certs) is the consortium id; see docs/protocol.md.\n"
