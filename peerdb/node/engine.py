@@ -224,7 +224,7 @@ class Engine:
             if object_on_failure:
                 self._object(block.hash, str(exc))
             return False
-        self._store_new_block(block, proposer_sig, effects)
+        self._store_new_block(block, proposer_sig, effects, cosign_now=object_on_failure)
         for sig in sigs:
             if sig is not proposer_sig:
                 self._accept_sigs([sig], peer, now_ms)
@@ -239,7 +239,12 @@ class Engine:
             self._accept_block(child, (child_sig,), None, now_ms, object_on_failure)
         return True
 
-    def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects) -> None:
+    def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects,
+                         own: bool = False, cosign_now: bool = True) -> None:
+        """Add a validated block to the tree and the store. ``own``: we proposed it, and
+        ``proposer_sig`` is ours. If the block becomes our best tip we co-sign it in the same
+        durable commit (block, guard entry and signature together), then release the signature;
+        not during catch-up (``cosign_now`` False), where signing the final tip endorses it all."""
         self._check_double_sign(block.header, proposer_sig)
         for ev in block.evidence:
             self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
@@ -251,11 +256,32 @@ class Engine:
             self.recent_blocks.popitem(last=False)
         head = self.store.head()
         extends_head = block.header.prev == head.hash and self.tree.best_tip.hash == block.hash
-        result = self.store.add_block(block, [proposer_sig], effects=effects, make_head=extends_head)
+        cosign = None
+        if not own and cosign_now and self.tree.best_tip.hash == block.hash \
+                and not self.tree.signed_at(self.me, block.height):
+            cosign = BlockSignature.create(self.key, self.cid, self.me, block.hash)
+        mine = proposer_sig if own else cosign
+        try:
+            result = self.store.add_block(block, [] if own else [proposer_sig], effects=effects,
+                                          make_head=extends_head, own_signature=mine)
+        except DoubleSignRefused as exc:
+            if own:
+                raise
+            self._log_guard_refusal(block.header, exc)
+            cosign = None
+            result = self.store.add_block(block, [proposer_sig], effects=effects, make_head=extends_head)
         if extends_head:
             self._applied([block.hash], [], result.returned_txs if result else [])
+        if cosign is not None:
+            self.tree.add_signature(block.hash, self.me)
+            self._send(Sigs((cosign,)))
         log.debug("stored block %d round %d by %s (%d txs) %s", block.height, block.header.round,
                   block.header.proposer, len(block.txs), block.hash.hex()[:16])
+
+    def _log_guard_refusal(self, header: Header, exc: DoubleSignRefused) -> None:
+        if not self._guard_refusal_logged:
+            log.error("signing guard refused to sign block %d %s: %s", header.height, header.hash.hex()[:16], exc)
+            self._guard_refusal_logged = True
 
     def _sync_head(self, now_ms: int) -> None:
         """Make the store's head follow the tree's best tip (reorg if needed)."""
@@ -308,9 +334,7 @@ class Engine:
             # One commit records the guard entry and our signature, before the signature leaves.
             self.store.guard_sign(tip.height, tip.round, tip.hash, signature=sig)
         except DoubleSignRefused as exc:
-            if not self._guard_refusal_logged:
-                log.error("signing guard refused to sign block %d %s: %s", tip.height, tip.hash.hex()[:16], exc)
-                self._guard_refusal_logged = True
+            self._log_guard_refusal(tip, exc)
             return
         self._guard_refusal_logged = False
         self.tree.add_signature(tip.hash, self.me)
@@ -504,6 +528,8 @@ class Engine:
         height, round_, proposer = self.current_turn(now_ms)
         if proposer != self.me or (height, round_) in self.proposed or self.tree.signed_at(self.me, height):
             return None
+        if self.store.guard_locked():
+            return None  # restored data directory: no signing (and so no proposing) until caught up
         params = self.consortium.params
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
@@ -514,14 +540,13 @@ class Engine:
             return None  # by the parent's clock this round has not begun: peers would refuse the block
         block = self._build_block(tip, height, round_, now_ms)
         self.proposed.add((height, round_))
+        sig = BlockSignature.create(self.key, self.cid, self.me, block.hash)
+        effects = self.effects_cache[block.hash]
         try:
-            self.store.guard_sign(height, round_, block.hash)
+            self._store_new_block(block, sig, effects, own=True)
         except DoubleSignRefused as exc:
             log.error("signing guard refused our own proposal at height %d: %s", height, exc)
             return None
-        sig = BlockSignature.create(self.key, self.cid, self.me, block.hash)
-        effects = self.effects_cache[block.hash]
-        self._store_new_block(block, sig, effects)
         self._send(Proposal(block.raw, sig))
         log.info("proposed block %d round %d with %d txs %s", height, round_, len(block.txs), block.hash.hex()[:16])
         self._after_change(now_ms)

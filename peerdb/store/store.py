@@ -169,7 +169,8 @@ class Store(StoreQueries):
     # --- blocks --------------------------------------------------------------------------
 
     def add_block(self, block: Block, signatures: Iterable[BlockSignature] = (), *,
-                  effects: Effects | None = None, make_head: bool = False) -> ReorgResult | None:
+                  effects: Effects | None = None, make_head: bool = False,
+                  own_signature: BlockSignature | None = None) -> ReorgResult | None:
         """Store a validated block (on any branch) with signatures, in one durable transaction.
 
         With ``make_head`` the block also becomes the head in the same transaction: the hot path
@@ -177,8 +178,15 @@ class Store(StoreQueries):
         any other block moves the head as :meth:`set_head` would. Returns what moved, or None
         when the head was not touched. The parent must already be stored. Evidence carried in the
         block is also recorded in the evidence table.
+
+        ``own_signature`` (this member's signature on the block, not yet released) passes the
+        signing guard in the same transaction: one commit makes the block, the guard entry and
+        the signature durable together. If the guard refuses, nothing is written and
+        DoubleSignRefused is raised; store the block again without the signature.
         """
         with self._write() as txn:
+            if own_signature is not None:
+                self._guard(txn, block.height, block.header.round, block.hash, own_signature)
             self._put_block(txn, block)
             self._put_signatures(txn, signatures)
             if not make_head:
@@ -266,47 +274,51 @@ class Store(StoreQueries):
 
         ``signature`` (this member's signature of ``block_hash``, made but not yet released) is
         stored in the same transaction, saving the separate :meth:`add_signatures` commit."""
+        with self._write() as txn:
+            self._guard(txn, height, round_, block_hash, signature)
+
+    def _guard(self, txn: Txn, height: int, round_: int, block_hash: bytes,
+               signature: BlockSignature | None) -> None:
         if len(block_hash) != HASH_LEN or not 0 <= round_ <= MAX_ROUND or height < 1:
             raise StorageError(f"guard_sign: bad arguments (height {height}, round {round_}, "
                                f"hash of {len(block_hash)} bytes)")
         if signature is not None and (signature.block_hash != block_hash or signature.member != self.member):
             raise StorageError(f"guard_sign: the signature given is not {self.member}'s on this block")
         t = self._t
-        with self._write() as txn:
-            if txn.get(layout.META_GUARD_LOCKED, db=t.meta) is not None:
+        if txn.get(layout.META_GUARD_LOCKED, db=t.meta) is not None:
+            raise DoubleSignRefused(
+                f"signing guard: refusing to sign at height {height}: this data directory was restored "
+                "from a backup and signing stays locked until the node has caught up with the network "
+                "and set the guard floor")
+        floor = self._guard_floor(txn)
+        if floor is not None and height <= floor:
+            raise DoubleSignRefused(f"signing guard: refusing to sign at height {height}, at or below the "
+                                    f"guard floor {floor} set after a restore")
+        raw = txn.get(layout.be64(height), db=t.guard)
+        if raw is not None:
+            signed_round, signed = layout.parse_guard_record(raw)
+            if signed != block_hash:
                 raise DoubleSignRefused(
-                    f"signing guard: refusing to sign at height {height}: this data directory was restored "
-                    "from a backup and signing stays locked until the node has caught up with the network "
-                    "and set the guard floor")
-            floor = self._guard_floor(txn)
-            if floor is not None and height <= floor:
-                raise DoubleSignRefused(f"signing guard: refusing to sign at height {height}, at or below the "
-                                        f"guard floor {floor} set after a restore")
-            raw = txn.get(layout.be64(height), db=t.guard)
-            if raw is not None:
-                signed_round, signed = layout.parse_guard_record(raw)
-                if signed != block_hash:
-                    raise DoubleSignRefused(
-                        f"signing guard: already signed block {signed.hex()[:16]} at height {height} (round "
-                        f"{signed_round}); refusing block {block_hash.hex()[:16]} (round {round_})")
-                if signature is not None:
-                    self._put_signatures(txn, [signature])
-                return
-            me = self.member.encode("utf-8")
-            cursor = txn.cursor(db=t.heights)
-            prefix = layout.be64(height)
-            if cursor.set_range(prefix):
-                for key in cursor.iternext(keys=True, values=False):
-                    if not key.startswith(prefix):
-                        break
-                    other = key[len(prefix):]
-                    if other != block_hash and txn.get(other + me, db=t.signatures) is not None:
-                        raise DoubleSignRefused(
-                            f"signing guard: the store holds {self.member}'s signature on block "
-                            f"{other.hex()[:16]} at height {height}; refusing block {block_hash.hex()[:16]}")
-            txn.put(layout.be64(height), layout.guard_record(round_, block_hash), db=t.guard)
+                    f"signing guard: already signed block {signed.hex()[:16]} at height {height} (round "
+                    f"{signed_round}); refusing block {block_hash.hex()[:16]} (round {round_})")
             if signature is not None:
                 self._put_signatures(txn, [signature])
+            return
+        me = self.member.encode("utf-8")
+        cursor = txn.cursor(db=t.heights)
+        prefix = layout.be64(height)
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    break
+                other = key[len(prefix):]
+                if other != block_hash and txn.get(other + me, db=t.signatures) is not None:
+                    raise DoubleSignRefused(
+                        f"signing guard: the store holds {self.member}'s signature on block "
+                        f"{other.hex()[:16]} at height {height}; refusing block {block_hash.hex()[:16]}")
+        txn.put(layout.be64(height), layout.guard_record(round_, block_hash), db=t.guard)
+        if signature is not None:
+            self._put_signatures(txn, [signature])
 
     def set_guard_floor(self, height: int) -> None:
         """After a restore, once caught up: never sign at or below ``height`` (the network's
