@@ -217,6 +217,10 @@ def test_the_pool_reports_exactly_the_bad_signatures_across_chunks() -> None:
         assert pool.failed(10, 20) == [10, 11, 12]
         assert pool.failed(20, 31) == [29]
         assert pool.checked == 31
+        signed = [key.sign("block", CB.cid, bytes([i]) * 32) + prefix + bytes([i]) * 32 for i in range(10)]
+        signed[7] = bytes(64) + signed[7][64:]
+        assert pool.extend(signed, [key.public] * 10) == 31
+        assert pool.failed(31, 41) == [38]
 
 
 # --- replay: the state as of any fork point ----------------------------------------------------------

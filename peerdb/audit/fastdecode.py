@@ -44,8 +44,9 @@ from peerdb.core.limits import (
 from peerdb.core.merkle import EMPTY_ROOT
 from peerdb.core.model import Block, Header, Op, Tx
 
-_LEAF = hashlib.sha256(b"\x0bmerkle-leaf")
-_NODE = hashlib.sha256(b"\x0bmerkle-node")
+_LEAF_PREFIX = b"\x0bmerkle-leaf"
+_NODE_PREFIX = b"\x0bmerkle-node"
+"""Tagged-hash prefixes (codec.tagged_hash: length byte, tag); the tests pin them to the core's."""
 
 
 class _Deviation(Exception):
@@ -102,6 +103,27 @@ classes have exactly the fields this module knows; otherwise the constructors ru
 _TX_HASH = hashlib.sha256(b"\x02tx")
 _NAME_MATCH = NAME_RE.match
 
+NAME_CACHE_MAX = 4096
+"""Distinct member and namespace names remembered as valid (a chain uses a handful; the bound
+keeps a hostile bundle from growing the cache)."""
+_names: dict[bytes, str] = {}
+
+
+def _name(raw: bytes) -> str:
+    """A member or namespace name (1..23 bytes here) from its UTF-8 bytes, checked once per name."""
+    name = _names.get(raw)
+    if name is not None:
+        return name
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Deviation from None
+    if not _NAME_MATCH(name):
+        raise _Deviation
+    if len(_names) < NAME_CACHE_MAX:
+        _names[raw] = name
+    return name
+
 
 _new_op = Op.__new__
 _new_tx = Tx.__new__
@@ -129,13 +151,12 @@ def _tx(raw: bytes) -> Tx:
     h = body[2]
     if 0x61 <= h <= 0x77:
         pos = 3 + h - 0x60
-        try:
-            member = body[3:pos].decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Deviation from None
+        member = _name(body[3:pos])
     else:
         member, pos = _text(body, 2, MAX_NAME_LEN)
-    if not _NAME_MATCH(member) or pos + 2 + KEY_LEN > blen or body[pos] != 0x58 or body[pos + 1] != KEY_LEN:
+        if not _NAME_MATCH(member):
+            raise _Deviation
+    if pos + 2 + KEY_LEN > blen or body[pos] != 0x58 or body[pos + 1] != KEY_LEN:
         raise _Deviation
     client = body[pos + 2:pos + 2 + KEY_LEN]
     pos += 2 + KEY_LEN
@@ -168,17 +189,12 @@ def _tx(raw: bytes) -> Tx:
         h = body[pos + 2]
         if 0x61 <= h <= 0x77:
             end = pos + 3 + h - 0x60
-            try:
-                namespace = body[pos + 3:end].decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Deviation from None
+            namespace = _name(body[pos + 3:end])
             pos = end
         else:
             namespace, pos = _text(body, pos + 2, MAX_NAMESPACE_LEN)
-            if not namespace:
+            if not namespace or not _NAME_MATCH(namespace):
                 raise _Deviation
-        if not _NAME_MATCH(namespace):
-            raise _Deviation
         h = body[pos]
         if 0x61 <= h <= 0x77:
             end = pos + 1 + h - 0x60
@@ -237,21 +253,13 @@ def _tx(raw: bytes) -> Tx:
 
 
 def _merkle_root(items: list[bytes]) -> bytes:
-    """:func:`peerdb.core.merkle.merkle_root` with the tag prefixes hashed once."""
+    """:func:`peerdb.core.merkle.merkle_root`, with the tag prefixes written out once."""
     if not items:
         return EMPTY_ROOT
-    leaf, node = _LEAF.copy, _NODE.copy
-    level = []
-    for item in items:
-        h = leaf()
-        h.update(item)
-        level.append(h.digest())
+    sha = hashlib.sha256
+    level = [sha(_LEAF_PREFIX + item).digest() for item in items]
     while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level) - 1, 2):
-            h = node()
-            h.update(level[i] + level[i + 1])
-            nxt.append(h.digest())
+        nxt = [sha(_NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt

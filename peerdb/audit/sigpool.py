@@ -62,7 +62,8 @@ class SignaturePool:
         self._signed: list[bytes] = []
         self._keys: list[bytes] = []
         self._start = 0  # global index of self._signed[0]
-        self._futures: deque[tuple[int, Future[list[int]]]] = deque()  # (end index, future)
+        self._futures: deque[tuple[int, list[bytes], list[bytes], Future[list[int]]]] = deque()
+        """(first index, jobs, keys, future) per submitted chunk, in order."""
         self._done = 0  # every job below this index has its result in self._bad
         self._bad: set[int] = set()
         self.checked = 0
@@ -90,28 +91,48 @@ class SignaturePool:
         self._signed.append(signature + message)
         self._keys.append(key)
         if len(self._signed) >= self.chunk:
-            self.submit()
+            self.submit(full_chunks_only=True)
         return index
 
-    def submit(self) -> None:
-        """Hand the jobs collected so far to the threads."""
-        if not self._signed:
-            return
-        end = self._start + len(self._signed)
-        self._futures.append((end, self._pool.submit(_check_chunk, self._start, self._signed, self._keys)))
-        self._start, self._signed, self._keys = end, [], []
+    def extend(self, signed: list[bytes], keys: list[bytes]) -> int:
+        """Add pre-built jobs (signature || message, key); returns the first one's index."""
+        index = self._start + len(self._signed)
+        self._signed.extend(signed)
+        self._keys.extend(keys)
+        if len(self._signed) >= self.chunk:
+            self.submit(full_chunks_only=True)
+        return index
+
+    def submit(self, full_chunks_only: bool = False) -> None:
+        """Hand the jobs collected so far to the threads, one task per chunk."""
+        signed, keys, chunk = self._signed, self._keys, self.chunk
+        cut = 0
+        while len(signed) - cut >= chunk or (not full_chunks_only and cut < len(signed)):
+            end = min(cut + chunk, len(signed))
+            start = self._start + cut
+            part, part_keys = signed[cut:end], keys[cut:end]
+            self._futures.append((start, part, part_keys, self._pool.submit(_check_chunk, start, part, part_keys)))
+            cut = end
+        if cut:
+            self._start += cut
+            self._signed, self._keys = signed[cut:], keys[cut:]
 
     def failed(self, lo: int, hi: int) -> list[int]:
-        """Failing job indices in ``[lo, hi)`` (all earlier chunks are collected on the way)."""
+        """Failing job indices in ``[lo, hi)`` (all earlier chunks are collected on the way).
+
+        A chunk no thread has started yet is checked right here instead of waiting for one: the
+        caller would only sit idle, and this way it adds a core's worth of checking at the end.
+        """
         if hi > self._start:
             self.submit()
         while self._done < hi:
-            end, future = self._futures.popleft()
-            self._bad.update(future.result())
-            self.checked += end - self._done
-            self._done = end
+            start, signed, keys, future = self._futures.popleft()
+            bad = _check_chunk(start, signed, keys) if future.cancel() else future.result()
+            self._bad.update(bad)
+            self.checked += len(signed)
+            self._done = start + len(signed)
         if not self._bad:
             return []
         out = sorted(i for i in self._bad if lo <= i < hi)
-        self._bad.difference_update(i for i in self._bad.copy() if i < hi)
+        self._bad.difference_update([i for i in self._bad if i < hi])
         return out

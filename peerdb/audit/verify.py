@@ -157,10 +157,10 @@ class Verifier:
             return p
         p.block = block
         pool = self.pool
-        p.lo = pool.next_index
-        tx_prefix, add = self.tx_prefix, pool.add
-        for tx in block.txs:
-            add(tx.signature, tx_prefix + tx.txid, tx.client)
+        tx_prefix = self.tx_prefix
+        txs = block.txs
+        p.lo = pool.extend([tx.signature + tx_prefix + tx.txid for tx in txs], [tx.client for tx in txs])
+        add = pool.add
         message = self.block_prefix + block.hash
         for member, sig in item.sigs:
             key = self.keys.get(member)
