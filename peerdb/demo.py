@@ -9,6 +9,9 @@ everything stopped again. The exit status is 0 only if every step held.
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 import itertools
 import random
 import shutil
@@ -101,14 +104,24 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         echo(f"4/7 submitting {txs} client-signed transactions through the members' APIs ...")
         submit_at: dict[bytes, float] = {}
 
+        latencies: dict[str, list[float]] = {"majority": [], "unanimous_signed": []}
+
         def submit(batch: list[Tx]) -> None:
             member = batch[0].member
             node = net.nodes[member]
-            with node.client() as c:
+            with node.client(timeout=150) as c:
                 start = time.monotonic()
-                r = c.post("/v1/txs", json={"txs": [base64.b64encode(tx.raw).decode() for tx in batch]})
-                if r.status_code != 200 or len(r.json().get("accepted", [])) != len(batch):
+                r = c.post("/v1/txs", json={"txs": [base64.b64encode(tx.raw).decode() for tx in batch],
+                                            "wait": "unanimous_signed", "timeout_s": 120})
+                body = r.json()
+                if r.status_code != 200 or len(body.get("accepted", [])) != len(batch):
                     raise DemoFailed(f"{member} refused transactions: {r.text[:300]}")
+                if not body["wait"]["reached"]:
+                    raise DemoFailed(f"{member}: a batch was not unanimous-signed within 120 s")
+                total = time.monotonic() - start
+                done_ms = body["wait"]["levels_ms"]["unanimous_signed"]
+                for level in latencies:
+                    latencies[level].append(total - (done_ms - body["wait"]["levels_ms"][level]) / 1000)
                 for tx in batch:
                     submit_at[tx.txid] = start
         batches: list[list[Tx]] = []
@@ -121,13 +134,14 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         t.mark("submitted")
 
         echo("5/7 waiting until every member has co-signed every block carrying them ...")
-        levels = _wait_levels(net, [tx.txid for tx in work_txs], "unanimous_signed", timeout=120)
+        last_of_batch = [batch[-1].txid for batch in batches]
+        levels = _wait_levels(net, last_of_batch, "unanimous_signed", timeout=120)
         t_signed = time.monotonic() - t0
         t.mark("unanimous_signed")
         echo(f"    all {txs} transactions unanimous-signed after {t_signed:.2f} s "
              f"({txs / t_signed:.0f} tx/s end to end)")
         echo("6/7 waiting for the Bitcoin anchor to confirm (seed 001: a block is unanimous only when anchored) ...")
-        _wait_levels(net, [tx.txid for tx in work_txs], "unanimous", timeout=180)
+        _wait_levels(net, last_of_batch, "unanimous", timeout=180)
         t_unanimous = time.monotonic() - t0
         t.mark("unanimous")
         echo(f"    unanimous (signed by all and anchored) after {t_unanimous:.2f} s")
@@ -136,7 +150,7 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         audit_summary = _audit(net, work, regtest.rpc_url)
         t.mark("audited")
 
-        summary = _summary(net, levels, submit_at, t, txs, t_signed, t_unanimous, audit_summary)
+        summary = _summary(net, levels, latencies, t, txs, t_signed, t_unanimous, audit_summary)
         echo(summary)
         if keep_running:
             stop_mining.set()
@@ -170,43 +184,54 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
 
 
 def _wait_levels(net: LocalConsortium, txids: list[bytes], level: str, timeout: float) -> dict[str, int]:
-    """Wait until every member reports every transaction at ``level`` or stronger."""
-    order = ["tentative", "majority", "unanimous_signed", "unanimous"]
-    need = order.index(level)
+    """Wait until every member reports every transaction at ``level`` or stronger; returns the
+    height of the last one per member."""
     deadline = time.monotonic() + timeout
     heights: dict[str, int] = {}
     for name, node in net.nodes.items():
         with node.client() as c:
+            top = 0
             pending = list(txids)
-            while pending:
-                r = c.get(f"/v1/tx/{pending[-1].hex()}")
-                info = r.json() if r.status_code == 200 else {}
-                status = info.get("status")
-                if status in order and order.index(status) >= need:
-                    heights[name] = max(heights.get(name, 0), info["height"])
+            while pending:  # first, where every transaction landed on this member's best chain
+                info = c.get(f"/v1/tx/{pending[-1].hex()}").json()
+                if "height" in info:
+                    top = max(top, int(info["height"]))
                     pending.pop()
                     continue
                 if time.monotonic() > deadline:
-                    raise DemoFailed(f"{name}: transaction {pending[-1].hex()[:16]} not {level} after {timeout} s "
-                                     f"(status {status}); {c.get('/v1/status').json().get('alerts')}")
-                time.sleep(0.1)
+                    raise DemoFailed(f"{name}: transaction {pending[-1].hex()[:16]} not in a block after {timeout} s")
+                time.sleep(0.05)
+            while True:  # then, until that height is in the view
+                status = c.get("/v1/status").json()
+                if status["heads"][level] >= top:
+                    heights[name] = top
+                    break
+                if time.monotonic() > deadline:
+                    raise DemoFailed(f"{name}: height {top} not {level} after {timeout} s; heads "
+                                     f"{status['heads']}; alerts {[a['message'] for a in status['alerts']]}")
+                time.sleep(0.05)
     return heights
 
 
 def _audit(net: LocalConsortium, work: Path, bitcoin_rpc: str) -> dict[str, Any]:
+    """Export and verify exactly as an auditor would: with the `peerdb audit` commands."""
     node = net.nodes["firm-a"]
     bundle = work / "audit.bundle"
-    from .audit.export import export_bundle
-    from .audit.verify import verify_bundle
-    with node.client(timeout=120) as c:
-        export_bundle(c, bundle)
-    report = verify_bundle(bundle, bitcoin_rpc=bitcoin_rpc)
-    if not report.ok:
-        raise DemoFailed(f"audit verification failed: {report.first_failure}")
-    return {"bundle": str(bundle), "bytes": bundle.stat().st_size, "report": report.summary_dict()}
+    cli = [sys.executable, "-m", "cli"]
+    export = subprocess.run([*cli, "-c", str(node.config), "audit", "export", "--out", str(bundle), "--force",
+                             "--json"], capture_output=True, text=True, timeout=300)
+    if export.returncode != 0:
+        raise DemoFailed(f"audit export failed (exit {export.returncode}): {export.stderr.strip()[-500:]}")
+    verify = subprocess.run([*cli, "audit", "verify", str(bundle), "--bitcoin-rpc", bitcoin_rpc, "--json"],
+                            capture_output=True, text=True, timeout=600)
+    if verify.returncode != 0:
+        raise DemoFailed(f"audit verify failed (exit {verify.returncode}): "
+                         f"{(verify.stdout + verify.stderr).strip()[-800:]}")
+    report: dict[str, Any] = json.loads(verify.stdout)
+    return {"bundle": str(bundle), "bytes": bundle.stat().st_size, "report": report}
 
 
-def _summary(net: LocalConsortium, heights: dict[str, int], submit_at: dict[bytes, float], t: Timeline,
+def _summary(net: LocalConsortium, heights: dict[str, int], latencies: dict[str, list[float]], t: Timeline,
              txs: int, t_signed: float, t_unanimous: float, audit: dict[str, Any]) -> str:
     node = net.nodes["firm-a"]
     with node.client() as c:
@@ -234,7 +259,11 @@ def _summary(net: LocalConsortium, heights: dict[str, int], submit_at: dict[byte
         f"({txs / t_signed:.0f} tx/s), unanimous incl. Bitcoin anchor in {t_unanimous:.2f} s",
         f"audit              {audit['bundle']} ({audit['bytes']} bytes): VERIFIED "
         f"({audit['report'].get('transactions', '?')} transactions, "
-        f"{audit['report'].get('anchored_height', '?')} anchored height)",
+        f"{audit['report'].get('anchored_blocks', '?')} anchored blocks, verified at "
+        f"{audit['report'].get('tx_per_s', 0):.0f} tx/s)",
+        "latency per batch  " + ", ".join(
+            f"{level} p50 {1000 * sorted(v)[len(v) // 2]:.0f} ms / max {1000 * max(v):.0f} ms"
+            for level, v in latencies.items() if v),
         "timeline           " + ", ".join(f"{k} {v:.1f}s" for k, v in t.marks.items()),
         "=============================================================",
     ]
