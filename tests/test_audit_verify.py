@@ -462,3 +462,13 @@ def test_headers_of_items_match_their_blocks() -> None:
     for item in items_of(GOOD):
         if isinstance(item, BlockEntry):
             assert Block.decode(item.raw).header == item.header
+
+
+def test_the_first_failure_in_bundle_order_is_reported() -> None:
+    items = items_of(GOOD)
+    change_block(2, _forge("m3"))(items)
+    change_block(5, _drop("m0"))(items)
+    data = assemble(items)
+    for broken in (data, data[:-20]):  # a later bad block, and a truncated end, come second
+        with pytest.raises(AuditFailure, match=r"^block 2 .*m3's signature does not verify"):
+            verify(broken)

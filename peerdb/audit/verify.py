@@ -121,14 +121,18 @@ class Verifier:
         items = read_items(stream, self._progress)
         index = 0
         deferred: AuditFailure | None = None
-        try:
-            for item in items:
-                self.pending.append(self._stage_a(item, index))
-                index += 1
-                while self.pending and (pool.in_flight > WINDOW_SIGS or len(self.pending) > MAX_PENDING_ITEMS):
-                    self._stage_b(self.pending.popleft())
-        except AuditFailure as exc:
-            deferred = exc  # a parse failure comes after every item parsed before it
+        while deferred is None:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except AuditFailure as exc:
+                deferred = exc  # a parse failure comes after every item parsed before it
+                break
+            self.pending.append(self._stage_a(item, index))
+            index += 1
+            while self.pending and (pool.in_flight > WINDOW_SIGS or len(self.pending) > MAX_PENDING_ITEMS):
+                self._stage_b(self.pending.popleft())
         while self.pending:
             self._stage_b(self.pending.popleft())
         if deferred is not None:
