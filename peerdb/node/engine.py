@@ -453,18 +453,30 @@ class Engine:
         seen_batch: set[bytes] = set()
         room = self.mempool_max - len(self.mempool)
         ttl = self.consortium.params.tx_ttl_ms + self.consortium.params.clock_skew_ms
+        decoded: list[list[tuple[int, Tx | str]]] = []
         for raws in requests:
-            result = SubmitResult()
-            candidates: list[tuple[int, Tx]] = []
+            parsed: list[tuple[int, Tx | str]] = []
             for i, raw in enumerate(raws):
                 try:
-                    tx = Tx.decode(raw)
+                    known = self.mempool_raw.get(raw)
+                    tx = known if known is not None else Tx.decode(raw)
                     check_tx_static(tx, self.consortium)
                     check_tx_time(tx, now_ms, ttl)
                 except (DecodeError, ValidationError) as exc:
-                    result.rejected.append((i, str(exc)))
+                    parsed.append((i, str(exc)))
                     continue
-                if tx.txid in self.mempool or tx.txid in seen_batch or self.store.tx_location(tx.txid) is not None:
+                parsed.append((i, tx))
+            decoded.append(parsed)
+        on_chain = self.store.included(t.txid for parsed in decoded for _, t in parsed if isinstance(t, Tx))
+        for parsed in decoded:
+            result = SubmitResult()
+            candidates: list[tuple[int, Tx]] = []
+            for i, item in parsed:
+                if isinstance(item, str):
+                    result.rejected.append((i, item))
+                    continue
+                tx = item
+                if tx.txid in self.mempool or tx.txid in seen_batch or tx.txid in on_chain:
                     result.duplicates.append(tx.txid)
                     continue
                 seen_batch.add(tx.txid)

@@ -8,7 +8,7 @@ batches of :data:`ITER_BATCH` entries so that no reader stays open while a slow 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +156,12 @@ class StoreQueries:
                         break
                     out.append(_decode_objection(value))
             return out
+
+    def included(self, txids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``txids`` are on the best chain: one read transaction for a whole batch
+        (mempool admission checks thousands at a time)."""
+        with self._read() as txn:
+            return {txid for txid in txids if txn.get(txid, db=self._t.txindex) is not None}
 
     def tx_location(self, txid: bytes) -> TxLocation | None:
         """Where a transaction is on the best chain (None if it is not)."""
