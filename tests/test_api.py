@@ -93,3 +93,16 @@ async def test_errors_are_json_and_change_nothing(api: tuple[httpx.AsyncClient, 
     r = await client.get("/v1/blocks/999999")
     assert r.status_code == 404
     assert not cluster.nodes["firm-a"].engine.mempool
+
+
+async def test_wait_timeout_still_leaves_the_write_durable(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, cluster = api
+    await cluster.crash("firm-b")  # two members: no majority without firm-b
+    r = await client.post("/v1/write", json={**put("pending", "1"), "wait": "majority", "timeout_s": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["wait"]["reached"] is False and "still pending" in body["wait"]["message"]
+    txid = bytes.fromhex(body["accepted"][0])
+    store = cluster.nodes["firm-a"].store
+    # Answered "accepted" only once durable: in a stored block, or in the persisted pool.
+    assert txid in store.included([txid]) or txid in {tx.txid for tx in store.mempool_items()}

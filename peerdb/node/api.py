@@ -13,6 +13,8 @@ import binascii
 import hmac
 import logging
 import secrets
+
+import trio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -219,7 +221,9 @@ class Api:
 
     async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> dict[str, Any]:
         view, timeout = self._wait_options(data)
-        result = await self.service.submit(raws)
+        # A waiting client is answered only once its transactions are in a durably stored block
+        # (or, on timeout, after they were persisted below), so admission need not fsync.
+        result = await self.service.submit(raws, durable=view is None)
         answer: dict[str, Any] = {
             "accepted": [t.hex() for t in result.accepted],
             "duplicates": [t.hex() for t in result.duplicates],
@@ -227,11 +231,19 @@ class Api:
         }
         if view is not None and (result.accepted or result.duplicates):
             levels: dict[str, float] = {}
-            reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout, levels)
+            try:
+                reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout, levels)
+            finally:
+                with trio.CancelScope(shield=True):
+                    if not await self.service.read(self._all_in_blocks, result.accepted):
+                        await self.service.call(self.engine.persist, result.accepted)
             answer["wait"] = {"view": view.value, "reached": reached, "levels_ms": levels}
             if not reached:
                 answer["wait"]["message"] = f"not yet in the {view.value} view after {timeout} s; it is still pending"
         return answer
+
+    def _all_in_blocks(self, txids: list[bytes]) -> bool:
+        return len(self.engine.store.included(txids)) == len(txids)
 
     @_wrap
     async def post_txs(self, request: Request) -> Any:

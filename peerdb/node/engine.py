@@ -441,12 +441,15 @@ class Engine:
             raise result
         return result
 
-    def submit_many(self, requests: Sequence[Sequence[bytes]], peer: str | None,
-                    now_ms: int) -> list[SubmitResult | MempoolFull]:
+    def submit_many(self, requests: Sequence[Sequence[bytes]], peer: str | None, now_ms: int,
+                    durable: Sequence[bool] | None = None) -> list[SubmitResult | MempoolFull]:
         """Admit several requests' transactions with one signature batch and one durable commit.
 
         Group commit: under load the client API hands over every request that arrived while the
         previous commit was in flight, so the fsync cost is shared instead of serialising them.
+        ``durable[i]`` False skips persisting request i's transactions: its client waits for a
+        view, whose answer comes only once they are in a durably stored block (the API persists
+        them with :meth:`persist` if the wait times out, before answering).
         """
         results: list[SubmitResult | MempoolFull] = []
         per_request: list[tuple[SubmitResult, list[tuple[int, Tx]]]] = []
@@ -494,18 +497,22 @@ class Engine:
         everything = [tx for _, candidates in per_request for _, tx in candidates]
         oks = iter(self.verifier.verify(everything))
         admitted = []
-        for result, candidates in per_request:
+        to_persist = []
+        for r, (result, candidates) in enumerate(per_request):
             for i, tx in candidates:
                 if not next(oks):
                     result.rejected.append((i, f"tx {tx.txid.hex()[:16]}: client signature does not verify"))
                     continue
                 admitted.append(tx)
                 result.accepted.append(tx.txid)
+                if durable is None or durable[r]:
+                    to_persist.append(tx)
         if admitted:
             if peer is None:
                 # Durable before the client hears "accepted"; a forwarded copy needs no fsync
                 # here because its origin member already made it durable.
-                self.store.mempool_add(admitted)
+                if to_persist:
+                    self.store.mempool_add(to_persist)
                 self._send(Txs(tuple(tx.raw for tx in admitted)))
             for tx in admitted:
                 self._mempool_put(tx)
@@ -513,6 +520,11 @@ class Engine:
         if rejected and peer is not None:
             log.warning("rejected %d transactions from %s: %s", len(rejected), peer, rejected[0][1])
         return results
+
+    def persist(self, txids: Sequence[bytes]) -> int:
+        """Make still-pending transactions durable (a waiting client is about to be answered)."""
+        pending = [self.mempool[t] for t in txids if t in self.mempool]
+        return self.store.mempool_add(pending) if pending else 0
 
     def on_txs(self, peer: str, msg: Txs, now_ms: int) -> None:
         try:

@@ -95,6 +95,7 @@ class AlertBook:
 @dataclass
 class _PendingSubmit:
     raws: list[bytes]
+    durable: bool
     done: trio.Event = field(default_factory=trio.Event)
     result: SubmitResult | MempoolFull | None = None
 
@@ -218,9 +219,10 @@ class NodeService:
 
     # --- client operations ---------------------------------------------------------------------
 
-    async def submit(self, raws: list[bytes]) -> SubmitResult:
-        """Hand a client's transactions to the admission task and wait for its group commit."""
-        pending = _PendingSubmit(raws)
+    async def submit(self, raws: list[bytes], durable: bool = True) -> SubmitResult:
+        """Hand a client's transactions to the admission task and wait for its group commit
+        (``durable`` False: see :meth:`Engine.submit_many`)."""
+        pending = _PendingSubmit(raws, durable)
         self._admissions.append(pending)
         self._admission_wakeup.set()
         await pending.done.wait()
@@ -238,7 +240,8 @@ class NodeService:
             if not batch:
                 continue
             try:
-                results = await self.call(self.engine.submit_many, [p.raws for p in batch], None, self.clock_ms())
+                results = await self.call(self.engine.submit_many, [p.raws for p in batch], None, self.clock_ms(),
+                                          [p.durable for p in batch])
                 for p, result in zip(batch, results):
                     p.result = result
             finally:
