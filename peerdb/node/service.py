@@ -100,6 +100,34 @@ class _PendingSubmit:
     result: SubmitResult | MempoolFull | None = None
 
 
+@dataclass(eq=False)
+class _Waiter:
+    txids: list[bytes]
+    goal: int
+    start: float
+    levels_ms: dict[str, float]
+    done: trio.Event = field(default_factory=trio.Event)
+    located: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # txid -> (height, block)
+
+    def level(self, store: Any, tree: Any, heads: Any, levels: tuple[View, ...]) -> int:
+        """Strongest view index holding every transaction (-1 while one is not in a block)."""
+        top = 0
+        for txid in self.txids:
+            where = self.located.get(txid)
+            if where is None or not tree.on_best_chain(where[1]):
+                location = store.tx_location(txid)
+                if location is None:
+                    self.located.pop(txid, None)
+                    return -1
+                where = self.located[txid] = (location.height, location.block_hash)
+            top = max(top, where[0])
+        level = -1
+        for i, view in enumerate(levels):
+            if heads.height(view) >= top:
+                level = i
+        return level
+
+
 class NodeService:
     def __init__(self, engine: Engine, network: Network, *, clock_ms: Callable[[], int] = wall_clock_ms,
                  offload: bool = True, on_alert: Callable[[Alert], Awaitable[None]] | None = None,
@@ -126,6 +154,7 @@ class NodeService:
         }
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
         self._admissions: list[_PendingSubmit] = []
+        self._waiters: set[_Waiter] = set()
         self._admission_wakeup = trio.Event()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -149,6 +178,7 @@ class NodeService:
                 self.network.broadcast(wire)
             else:
                 self.network.send(out.to, wire)
+        self._update_waiters()
         self._changed.set()
         self._changed = trio.Event()
 
@@ -264,36 +294,37 @@ class NodeService:
 
     LEVELS = (View.TENTATIVE, View.MAJORITY, View.UNANIMOUS_SIGNED, View.UNANIMOUS)
 
-    def _level_of(self, txids: list[bytes]) -> int:
-        """Index in LEVELS of the strongest view holding every one of ``txids`` (-1: not all in)."""
-        heights = []
-        for txid in txids:
-            location = self.engine.store.tx_location(txid)
-            if location is None:
-                return -1
-            heights.append(location.height)
-        needed = max(heights, default=0)
+    def _update_waiters(self) -> None:
+        """One pass over the waiting clients after an engine change (under the lock).
+
+        Each waiter remembers where its transactions landed, so a pass costs a dict lookup per
+        waiter and a store read only for transactions not yet in a block: hundreds of waiting
+        clients do not turn every signature into hundreds of database reads.
+        """
+        if not self._waiters:
+            return
         heads = self.engine.heads()
-        level = -1
-        for i, view in enumerate(self.LEVELS):
-            if heads.height(view) >= needed:
-                level = i
-        return level
+        tree = self.engine.tree
+        now = trio.current_time()
+        for waiter in list(self._waiters):
+            level = waiter.level(self.engine.store, tree, heads, self.LEVELS)
+            for i in range(level + 1):
+                waiter.levels_ms.setdefault(self.LEVELS[i].value, round((now - waiter.start) * 1000, 3))
+            if level >= waiter.goal:
+                waiter.done.set()
+                self._waiters.discard(waiter)
 
     async def wait_for(self, txids: list[bytes], view: View, timeout_s: float,
                        levels_ms: dict[str, float] | None = None) -> bool:
         """Wait until all ``txids`` are in ``view``; record in ``levels_ms`` when each weaker
         view was reached (ms after the call), so clients can see the whole path."""
-        start = trio.current_time()
-        deadline = start + timeout_s
-        goal = self.LEVELS.index(view)
-        while True:
-            level = await self.read(self._level_of, txids)
-            if levels_ms is not None:
-                for i in range(level + 1):
-                    levels_ms.setdefault(self.LEVELS[i].value, round((trio.current_time() - start) * 1000, 3))
-            if level >= goal:
-                return True
-            if trio.current_time() >= deadline:
-                return False
-            await self.wait_changed(deadline)
+        waiter = _Waiter(list(txids), self.LEVELS.index(view), trio.current_time(),
+                         levels_ms if levels_ms is not None else {})
+        self._waiters.add(waiter)
+        try:
+            await self.read(self._update_waiters)
+            with trio.move_on_after(timeout_s):
+                await waiter.done.wait()
+        finally:
+            self._waiters.discard(waiter)
+        return waiter.done.is_set()
