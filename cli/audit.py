@@ -147,10 +147,13 @@ def _refused(response: httpx.Response) -> None:
                    "(default: the --bitcoin-rpc node's network, else main).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Signature-checking threads (default: one per CPU).")
+@click.option("--processes", is_flag=True,
+              help="Check signatures in worker processes instead of threads (no GIL hand-offs; "
+                   "worth it for large bundles).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bool, network: str | None,
-           threads: int | None, as_json: bool) -> None:
+           threads: int | None, processes: bool, as_json: bool) -> None:
     """Recompute everything the bundle FILE claims, trusting no member: hash links, turns, every
     signature, every transaction (replaying the state machine), evidence and exclusions, fork
     choice and views, anchor proofs down to the Bitcoin headers.
@@ -178,7 +181,7 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
         size = os.path.getsize(file)
         with open(file, "rb") as f, click.progressbar(length=size, label="verifying", file=sys.stderr) as bar:
             report = verify_bundle(f, VerifyOptions(check_pow=check_pow, pow_limit=limit, bitcoin=rpc,
-                                                    threads=threads), progress=bar.update)
+                                                    threads=threads, processes=processes), progress=bar.update)
     except AuditFailure as exc:
         if root.as_json:
             click.echo(json.dumps({"ok": False, "file": file, "where": exc.where, "reason": exc.reason}, indent=2))

@@ -486,3 +486,12 @@ def test_an_export_is_the_books_at_its_snapshot_even_if_signatures_arrive_meanwh
     report = verify(b"".join(export_snapshot(src, snapshot)))
     assert report.signatures == {"m0": 2, "m1": 2, "m2": 2, "m3": 1}
     assert report.heads.unanimous_signed == 1 and report.heads.majority == 2
+
+
+def test_worker_processes_give_the_same_answer_and_catch_the_same_forgery() -> None:
+    options = dataclasses.replace(OPTIONS, processes=True)
+    assert verify(GOOD, options).to_json()["signatures"] == verify(GOOD).to_json()["signatures"]
+    items = items_of(GOOD)
+    change_block(4, _forge("m2"))(items)
+    with pytest.raises(AuditFailure, match=r"block 4 .*m2's signature does not verify"):
+        verify(assemble(items), options)

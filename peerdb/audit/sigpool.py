@@ -13,9 +13,10 @@ call :func:`peerdb.core.keys.verify` makes.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 import nacl.bindings
 import nacl.exceptions
@@ -53,12 +54,21 @@ class SignaturePool:
     ``add`` returns a job's index; ``failed(lo, hi)`` returns the failing indices in
     ``[lo, hi)``, waiting for (and if need be submitting) the chunks that cover them. Indices are
     consumed in order, which is how the verifier walks the bundle.
+
+    ``processes=True`` runs the checks in worker processes instead: each check still releases
+    the GIL, but a thread must take it back after every check, and while the main thread is busy
+    decoding it waits up to a switch interval for it; separate processes never wait. They cost
+    a start-up (spawned, so no state is inherited) and the copying of each chunk.
     """
 
-    def __init__(self, threads: int | None = None, chunk: int = CHUNK) -> None:
+    def __init__(self, threads: int | None = None, chunk: int = CHUNK, processes: bool = False) -> None:
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.chunk = chunk
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="audit-verify")
+        self._pool: Executor
+        if processes:
+            self._pool = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="audit-verify")
         self._signed: list[bytes] = []
         self._keys: list[bytes] = []
         self._start = 0  # global index of self._signed[0]

@@ -72,6 +72,8 @@ class VerifyOptions:
     pow_limit: int = POW_LIMITS["main"]
     bitcoin: AnchorChecker | None = None
     threads: int | None = None
+    processes: bool = False
+    """Check signatures in worker processes rather than threads (see :class:`SignaturePool`)."""
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Verifier:
         started = time.perf_counter()
         old_switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        pool = SignaturePool(self.options.threads)
+        pool = SignaturePool(self.options.threads, processes=self.options.processes)
         try:
             report = self._run(stream, pool)
         finally:
