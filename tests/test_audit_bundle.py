@@ -257,3 +257,19 @@ def test_the_transaction_fields_built_directly_equal_the_constructors() -> None:
         assert fast == rebuilt and fast.txid == rebuilt.txid and fast.raw == rebuilt.raw
         assert hash(fast.ops) == hash(rebuilt.ops)
     assert {o.kind for tx in VARIED.txs for o in tx.ops} == {OP_PUT, OP_DELETE}
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c.update({5: 1, "x": 2}),
+    lambda c: c["params"].update(heartbeat_ms=b"\x01"),
+    lambda c: c["members"][0].update(key=b"\x00" * 32),
+    lambda c: c.update(members=[]),
+    lambda c: c["consortium"].update(genesis_time_ms=-5),
+])
+def test_a_head_with_a_broken_consortium_file_is_refused(change) -> None:  # type: ignore[no-untyped-def]
+    head_len = int.from_bytes(SMALL[8:12], "big")
+    head = codec.decode(SMALL[12:12 + head_len])
+    change(head["consortium"])
+    data = codec.encode(head)
+    with pytest.raises(AuditFailure, match=r"item 0.consortium"):
+        BundleParser().feed(MAGIC + len(data).to_bytes(4, "big") + data)

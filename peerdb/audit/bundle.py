@@ -343,6 +343,9 @@ def _head(m: Mapping[str, Any], where: str) -> Head:
         consortium = parse_consortium(m["consortium"])
     except ConfigError as exc:
         raise AuditFailure(f"{where}.consortium", str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        # The loader expects TOML's types; CBOR can also carry integer map keys and byte strings.
+        raise AuditFailure(f"{where}.consortium", f"not a consortium file ({exc})") from None
     cid = codec.expect_bytes(m["cid"], f"{where}.cid", HASH_LEN)
     if consortium_id(consortium) != cid:
         raise AuditFailure(f"{where}.cid", f"{cid.hex()} is not the id of the consortium file in the bundle "
