@@ -40,7 +40,7 @@ CB = ChainBuilder(3)
 
 def _decode_both(data: bytes) -> tuple[object, object]:
     """(reference outcome, fast outcome): the decoded (header, txs, evidence) or the error."""
-    outcomes = []
+    outcomes: list[tuple[object, ...]] = []
     for fn in (Block.decode, decode_block):
         try:
             b = fn(data)

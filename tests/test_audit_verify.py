@@ -36,6 +36,7 @@ from peerdb.audit.bundle import (
 )
 from peerdb.audit.errors import AuditFailure
 from peerdb.audit.export import MemorySource
+from peerdb.audit.report import VerifyReport
 from peerdb.audit.verify import VerifyOptions, verify_bundle
 from peerdb.core import codec
 from peerdb.core.keys import SigningKey
@@ -99,7 +100,7 @@ BOOKS = build_books()
 GOOD = BOOKS.bundle()
 
 
-def verify(data: bytes, options: VerifyOptions = OPTIONS) -> object:
+def verify(data: bytes, options: VerifyOptions = OPTIONS) -> VerifyReport:
     return verify_bundle(io.BytesIO(data), options)
 
 
