@@ -61,6 +61,9 @@ EFFECTS_CACHE = 256
 """Effects of recently validated blocks, so applying them to the head does not recompute them."""
 CATCHUP_RETRY_MS = 2000
 """Do not ask the same peer for blocks again sooner than this while a request is outstanding."""
+UNSAVED_SIGS_MAX = 4096
+"""Peers' signatures held in memory before a write of their own is forced (see _accept_sigs)."""
+
 
 
 class MempoolFull(RemoteError):
@@ -95,6 +98,7 @@ class Engine:
         self.mempool: OrderedDict[bytes, Tx] = OrderedDict()
         self.mempool_raw: dict[bytes, Tx] = {}  # encoded tx -> tx, to skip re-parsing block bodies
         self.recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self.unsaved_sigs: list[BlockSignature] = []
         self.orphans: OrderedDict[bytes, tuple[Block, BlockSignature]] = OrderedDict()
         self.pending_sigs: OrderedDict[bytes, dict[str, BlockSignature]] = OrderedDict()
         self.effects_cache: OrderedDict[bytes, Effects] = OrderedDict()
@@ -261,15 +265,17 @@ class Engine:
                 and not self.tree.signed_at(self.me, block.height):
             cosign = BlockSignature.create(self.key, self.cid, self.me, block.hash)
         mine = proposer_sig if own else cosign
+        riders = self._take_unsaved()
         try:
-            result = self.store.add_block(block, [] if own else [proposer_sig], effects=effects,
+            result = self.store.add_block(block, riders if own else [proposer_sig, *riders], effects=effects,
                                           make_head=extends_head, own_signature=mine)
         except DoubleSignRefused as exc:
             if own:
+                self.unsaved_sigs.extend(riders)
                 raise
             self._log_guard_refusal(block.header, exc)
             cosign = None
-            result = self.store.add_block(block, [proposer_sig], effects=effects, make_head=extends_head)
+            result = self.store.add_block(block, [proposer_sig, *riders], effects=effects, make_head=extends_head)
         if extends_head:
             self._applied([block.hash], [], result.returned_txs if result else [])
         if cosign is not None:
@@ -332,7 +338,8 @@ class Engine:
         sig = BlockSignature.create(self.key, self.cid, self.me, tip.hash)
         try:
             # One commit records the guard entry and our signature, before the signature leaves.
-            self.store.guard_sign(tip.height, tip.round, tip.hash, signature=sig)
+            self.store.guard_sign(tip.height, tip.round, tip.hash, signature=sig, others=self.unsaved_sigs)
+            self.unsaved_sigs = []
         except DoubleSignRefused as exc:
             self._log_guard_refusal(tip, exc)
             return
@@ -388,13 +395,35 @@ class Engine:
             self.tree.add_signature(sig.block_hash, sig.member)
             fresh.append(sig)
         if fresh:
-            self.store.add_signatures(fresh)
+            # Peers' signatures are durable at their signers (each persisted its own before
+            # releasing it) and anti-entropy re-sends any we lose, so they ride along with our
+            # next durable commit instead of costing an fsync each.
+            self.unsaved_sigs.extend(fresh)
+            if len(self.unsaved_sigs) >= UNSAVED_SIGS_MAX:
+                self.flush_signatures()
+
+    def flush_signatures(self) -> None:
+        """Write peers' signatures still held in memory (called every heartbeat, and on demand)."""
+        if self.unsaved_sigs:
+            pending, self.unsaved_sigs = self.unsaved_sigs, []
+            self.store.add_signatures(pending)
+
+    def _signatures(self, block_hash: bytes) -> list[BlockSignature]:
+        """Stored and not-yet-stored signatures of a block."""
+        stored = self.store.signatures(block_hash)
+        have = {s.member for s in stored}
+        return stored + [s for s in self.unsaved_sigs if s.block_hash == block_hash and s.member not in have]
+
+    def _take_unsaved(self) -> list[BlockSignature]:
+        pending, self.unsaved_sigs = self.unsaved_sigs, []
+        return pending
 
     def _check_double_sign(self, header: Header, sig: BlockSignature) -> None:
         for other in self.tree.signed_at(sig.member, header.height):
             if other == header.hash:
                 continue
-            other_sig = next((s for s in self.store.signatures(other) if s.member == sig.member), None)
+            known = list(self.store.signatures(other)) + [s for s in self.unsaved_sigs if s.block_hash == other]
+            other_sig = next((s for s in known if s.member == sig.member), None)
             if other_sig is None:
                 continue
             ev = Evidence.from_signatures(sig.member, header, sig.signature, self.tree.header(other),
@@ -638,7 +667,7 @@ class Engine:
             if items and size + len(block.raw) > MAX_CATCHUP_BYTES:
                 break
             size += len(block.raw)
-            items.append((block.raw, tuple(self.store.signatures(block_hash))))
+            items.append((block.raw, tuple(self._signatures(block_hash))))
             height += 1
         self._send(Blocks(tuple(items), self.tree.best_tip.height), to=peer)
 
@@ -686,7 +715,7 @@ class Engine:
                 continue
             ours = self.tree.signers(block_hash) - set(signers)
             if ours:
-                missing.extend(s for s in self.store.signatures(block_hash) if s.member in ours)
+                missing.extend(s for s in self._signatures(block_hash) if s.member in ours)
         if missing:
             self._send(Sigs(tuple(missing)), to=peer)
 

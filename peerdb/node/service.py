@@ -234,6 +234,8 @@ class NodeService:
             await trio.sleep(interval)
             status = await self.read(self.engine.status_message)
             self.network.broadcast(to_wire(status))
+            if self.engine.unsaved_sigs:
+                await self.call(self.engine.flush_signatures)
 
     async def _alert_loop(self) -> None:
         interval = self.engine.consortium.params.heartbeat_ms / 1000

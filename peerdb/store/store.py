@@ -264,7 +264,8 @@ class Store(StoreQueries):
     # --- signing guard -------------------------------------------------------------------
 
     def guard_sign(self, height: int, round_: int, block_hash: bytes,
-                   signature: BlockSignature | None = None) -> None:
+                   signature: BlockSignature | None = None,
+                   others: Iterable[BlockSignature] = ()) -> None:
         """Durably record that this member signs ``block_hash`` at ``height``; call before the
         signature leaves the node. Raises DoubleSignRefused for a different block at a height
         already signed, for a height at or below the guard floor, while signing is locked after
@@ -273,9 +274,11 @@ class Store(StoreQueries):
         block again is allowed.
 
         ``signature`` (this member's signature of ``block_hash``, made but not yet released) is
-        stored in the same transaction, saving the separate :meth:`add_signatures` commit."""
+        stored in the same transaction, saving the separate :meth:`add_signatures` commit, and so
+        are ``others`` (peers' signatures waiting to be written)."""
         with self._write() as txn:
             self._guard(txn, height, round_, block_hash, signature)
+            self._put_signatures(txn, others)
 
     def _guard(self, txn: Txn, height: int, round_: int, block_hash: bytes,
                signature: BlockSignature | None) -> None:
