@@ -177,7 +177,10 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
             rpc = client
         limit = POW_LIMITS.get(network or "main")
         if limit is None:
-            raise CliError(f"--network: no proof-of-work limit known for network {network!r}", exitcodes.USAGE)
+            if check_pow:
+                raise CliError(f"--check-pow: no proof-of-work limit known for network {network!r}; "
+                               "pass --network", exitcodes.USAGE)
+            limit = POW_LIMITS["main"]  # unused without --check-pow
         size = os.path.getsize(file)
         with open(file, "rb") as f, click.progressbar(length=size, label="verifying", file=sys.stderr) as bar:
             report = verify_bundle(f, VerifyOptions(check_pow=check_pow, pow_limit=limit, bitcoin=rpc,
