@@ -16,6 +16,8 @@ import importlib.metadata
 import itertools
 import json
 import random
+import shutil
+import subprocess
 import sys
 import time
 import tomllib
@@ -36,6 +38,7 @@ MEMBERS = 4
 """The consortium size the issue measures and ``bound_tps`` is computed for."""
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
+CATCHUP_TIMEOUT_S = 300.0
 NAMESPACE = "bench"
 LEVELS = ("majority", "unanimous_signed")
 
@@ -47,6 +50,7 @@ class PeerDBDriver:
 
     def __init__(self) -> None:
         self._pids: list[int] = []
+        self._procs: dict[str, int] = {}
         self._workdir: Path | None = None
 
     def ensure_available(self, install: bool) -> None:
@@ -91,6 +95,7 @@ class PeerDBDriver:
             proc = procs.spawn(name, [sys.executable, "-m", "cli", "node", "run", "--config", str(cfg_path)],
                                log_path=log)
             self._pids.append(proc.pid)
+            self._procs[name] = proc.pid
             started.append((name, proc, log))
         wait_until(lambda: all(_ready(api, token) for api, token in apis), timeout_s=START_TIMEOUT_S,
                    what="PeerDB members answering", alive=lambda: dead_child(started))
@@ -105,25 +110,71 @@ class PeerDBDriver:
         self._pids.clear()
 
     def extra_measurements(self, procs: ManagedProcesses, workdir: Path) -> dict[str, Any]:
+        """bytes per stored transaction, audit verification rate, catch-up rate (see the module doc)."""
         out: dict[str, Any] = {"bytes_per_tx": None, "audit_verify_tps": None, "catchup_tps": None}
         if self._workdir is None:
             return out
-        try:
-            from peerdb.store import Store  # noqa: F401  (imported for its presence)
-            data = self._workdir / "data" / "firm-a"
-            size = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
-            status = _status(*self._first_api())
-            txs = status.get("tx_count") if isinstance(status, dict) else None
-            if txs:
-                out["bytes_per_tx"] = round(size / txs, 1)
-        except (OSError, httpx.HTTPError, BenchError):
-            pass
+        api, token = self._first_api()
+        txs = _transactions_on_chain(api, token)
+        if not txs:
+            return out
+        data = self._workdir / "data" / "firm-a"
+        out["bytes_per_tx"] = round(sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / txs, 1)
+        out["transactions_on_chain"] = txs
+        cli = [sys.executable, "-m", "cli"]
+        bundle = self._workdir / "audit.bundle"
+        export = subprocess.run([*cli, "-c", str(self._workdir / "firm-a.toml"), "audit", "export", "--out",
+                                 str(bundle), "--force", "--json"], capture_output=True, text=True, timeout=600)
+        if export.returncode == 0:
+            verify = subprocess.run([*cli, "audit", "verify", str(bundle), "--json"], capture_output=True,
+                                    text=True, timeout=900)
+            if verify.returncode == 0:
+                out["audit_verify_tps"] = json.loads(verify.stdout).get("tx_per_s")
+        out["catchup_tps"] = self._catchup(procs, api, token, txs)
         return out
+
+    def _catchup(self, procs: ManagedProcesses, api: str, token: str, txs: int) -> float | None:
+        """Wipe firm-d's data and restart it: transactions fetched, verified and applied per second."""
+        assert self._workdir is not None
+        name = "firm-d"
+        if name not in self._procs:
+            return None
+        procs.stop(self._procs[name])
+        shutil.rmtree(self._workdir / "data" / name, ignore_errors=True)
+        target = _status(api, token)["heads"]["tentative"]
+        cfg_path = self._workdir / f"{name}.toml"
+        cfg = tomllib.loads(cfg_path.read_text())
+        start = time.monotonic()
+        proc = procs.spawn(name, [sys.executable, "-m", "cli", "node", "run", "--config", str(cfg_path)],
+                           log_path=self._workdir / f"{name}.log")
+        self._procs[name] = proc.pid
+        self._pids.append(proc.pid)
+        deadline = start + CATCHUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if _status(cfg["api"]["listen"], cfg["api"]["token"])["heads"]["tentative"] >= target:
+                    return round(txs / (time.monotonic() - start), 1)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        return None
 
     def _first_api(self) -> tuple[str, str]:
         assert self._workdir is not None
         cfg = tomllib.loads((self._workdir / "firm-a.toml").read_text())
         return cfg["api"]["listen"], cfg["api"]["token"]
+
+
+def _transactions_on_chain(api: str, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    tip = _status(api, token)["heads"]["tentative"]
+    total = 0
+    for start in range(1, tip + 1, 500):
+        r = httpx.get(f"http://{api}/v1/blocks", params={"from": start, "to": min(tip, start + 499)},
+                      headers=headers, timeout=30)
+        r.raise_for_status()
+        total += sum(b["tx_count"] for b in r.json()["blocks"])
+    return total
 
 
 def _ready(api: str, token: str) -> bool:
