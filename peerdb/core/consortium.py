@@ -151,6 +151,9 @@ class NamespaceRule:
     name: str
     writers: tuple[str, ...] = (EVERYONE,)
     readers: tuple[str, ...] = (EVERYONE,)
+    private: bool = False
+    """Values are encrypted for the readers (:mod:`peerdb.core.privacy`). Set by governance only;
+    not part of the consortium id, so files and ids from before it are unchanged."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "namespace name", MAX_NAMESPACE_LEN)

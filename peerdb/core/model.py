@@ -45,6 +45,14 @@ ZERO_HASH = bytes(HASH_LEN)
 DOMAIN_BLOCK = "block"
 DOMAIN_TX = "tx"
 DOMAIN_OBJECTION = "objection"
+DOMAIN_VOTE = "vote"
+"""Governance votes (:mod:`peerdb.core.proposals`): signed by member keys, never by client keys."""
+
+GOV_NAMESPACE = "_gov"
+"""The reserved system namespace of governance. ``NAME_RE`` refuses a leading ``_``, so no rule,
+member or ordinary write can name it; the only ops allowed on it are governance requests (a put
+whose key is ``propose`` or ``vote``), which the state machine interprets rather than stores
+(:mod:`peerdb.core.governance`): its contents are written by the protocol alone."""
 
 OP_PUT = 0
 OP_DELETE = 1
@@ -72,7 +80,10 @@ class Op:
         if self.kind not in (OP_PUT, OP_DELETE):
             raise DecodeError(f"op.kind: {self.kind!r} is neither put (0) nor delete (1)")
         ns = expect_str(self.namespace, "op.namespace", MAX_NAMESPACE_LEN)
-        if not ns or not NAME_RE.match(ns):
+        if ns == GOV_NAMESPACE:
+            if self.kind != OP_PUT:
+                raise DecodeError(f"op.kind: an op on {GOV_NAMESPACE} must be a put (a governance request)")
+        elif not ns or not NAME_RE.match(ns):
             raise DecodeError(f"op.namespace: {ns!r} is not a valid namespace name")
         key = expect_str(self.key, "op.key", MAX_KEY_BYTES)
         if not key:

@@ -18,8 +18,10 @@ from typing import Protocol
 
 from .codec import encode, tagged_hash
 from .consortium import Consortium
-from .errors import AccessError, ReplayError, SignatureError, ValidationError
-from .model import OP_PUT, Tx
+from .errors import AccessError, RemoteError, ReplayError, SignatureError, ValidationError
+from .governance import GovernanceBlock
+from .membership import ConsortiumState
+from .model import GOV_NAMESPACE, OP_PUT, Tx
 
 Write = tuple[str, str, bytes | None]
 """(namespace, key, new value or None for a delete)."""
@@ -58,6 +60,8 @@ def check_tx_static(tx: Tx, consortium: Consortium) -> None:
     if owner != tx.member:
         raise ValidationError(f"tx {tx.txid.hex()[:16]}: client key belongs to {owner}, not {tx.member}")
     for op in tx.ops:
+        if op.namespace == GOV_NAMESPACE:
+            continue  # governance requests: the governance rules decide (peerdb.core.governance)
         if not consortium.may_write(tx.member, op.namespace):
             raise AccessError(f"tx {tx.txid.hex()[:16]}: {tx.member} may not write namespace {op.namespace!r}")
 
@@ -78,28 +82,93 @@ def apply_txs(
     block_time_ms: int,
     prev_state_root: bytes,
     signature_ok: Callable[[Tx], bool] | None = None,
+    *,
+    height: int | None = None,
+    consortium_state: ConsortiumState | None = None,
 ) -> Effects:
     """Validate every transaction against the parent state and return the block's effects.
 
     ``signature_ok`` lets the caller supply signatures it already verified (in parallel threads);
     by default each signature is verified here.
+
+    ``height`` (the block's height) turns governance on: ``consortium`` is then the *genesis*
+    consortium, and the members, keys, parameters and rules in force at ``height`` are read
+    from the governance state in ``reader`` (or taken from ``consortium_state``, which must be
+    the state of that same parent). Without it, governance requests are refused and
+    ``consortium`` is used as it is, exactly as before governance existed.
     """
-    writes: list[Write] = []
-    txids: list[bytes] = []
-    seen_here: set[bytes] = set()
+    run = BlockRun(reader, consortium, cid, block_time_ms, height=height, consortium_state=consortium_state)
     for tx in txs:
+        run.add(tx, signature_ok)
+    return run.effects(prev_state_root)
+
+
+class BlockRun:
+    """A block's transactions applied one at a time: :func:`apply_txs` for a received block,
+    and, for a proposer filling a block from its pool, :meth:`try_add`, which leaves out a
+    transaction that does not apply (a vote on a proposal that was just decided) instead of
+    failing the whole block."""
+
+    def __init__(self, reader: StateReader, consortium: Consortium, cid: bytes, block_time_ms: int, *,
+                 height: int | None = None, consortium_state: ConsortiumState | None = None) -> None:
+        self.reader = reader
+        self.cid = cid
+        self.block_time_ms = block_time_ms
+        self.writes: list[Write] = []
+        self.txids: list[bytes] = []
+        self._seen: set[bytes] = set()
+        self.governance: GovernanceBlock | None = None
+        self.consortium = consortium
+        if height is not None:
+            state = consortium_state if consortium_state is not None else ConsortiumState.load(consortium, reader)
+            self.consortium = state.at(height)
+            self.governance = GovernanceBlock(reader, state, cid, height, block_time_ms, self.writes)
+            self.governance.start()
+
+    @property
+    def consortium_state(self) -> ConsortiumState | None:
+        """The governance state after the transactions added so far (None without governance)."""
+        return None if self.governance is None else self.governance.state
+
+    def add(self, tx: Tx, signature_ok: Callable[[Tx], bool] | None = None) -> None:
+        """Apply one transaction; on an error the run is left half-applied (use :meth:`try_add`)."""
+        consortium = self.consortium
         check_tx_static(tx, consortium)
-        check_tx_time(tx, block_time_ms, consortium.params.tx_ttl_ms)
-        if tx.txid in seen_here or reader.tx_seen(tx.txid):
+        check_tx_time(tx, self.block_time_ms, consortium.params.tx_ttl_ms)
+        if tx.txid in self._seen or self.reader.tx_seen(tx.txid):
             raise ReplayError(f"tx {tx.txid.hex()[:16]}: already included in the chain")
-        ok = signature_ok(tx) if signature_ok is not None else tx.signature_valid(cid)
+        ok = signature_ok(tx) if signature_ok is not None else tx.signature_valid(self.cid)
         if not ok:
             raise SignatureError(f"tx {tx.txid.hex()[:16]}: client signature does not verify")
-        seen_here.add(tx.txid)
-        txids.append(tx.txid)
+        self._seen.add(tx.txid)
+        self.txids.append(tx.txid)
         for op in tx.ops:
-            writes.append((op.namespace, op.key, op.value if op.kind == OP_PUT else None))
-    return Effects(tuple(writes), tuple(txids), next_state_root(prev_state_root, writes))
+            if op.namespace == GOV_NAMESPACE:
+                if self.governance is None:
+                    raise ValidationError(f"tx {tx.txid.hex()[:16]}: a governance request needs the block "
+                                          "height (apply_txs called without height=)")
+                self.governance.apply(tx.member, op, f"tx {tx.txid.hex()[:16]}")
+            else:
+                self.writes.append((op.namespace, op.key, op.value if op.kind == OP_PUT else None))
+
+    def try_add(self, tx: Tx, signature_ok: Callable[[Tx], bool] | None = None) -> RemoteError | None:
+        """Apply one transaction if it is valid here; otherwise change nothing and return why."""
+        n_writes, n_txids = len(self.writes), len(self.txids)
+        mark = self.governance.mark() if self.governance is not None else None
+        try:
+            self.add(tx, signature_ok)
+        except RemoteError as exc:
+            del self.writes[n_writes:]
+            if len(self.txids) > n_txids:  # it got past the replay check, so it was not seen before
+                del self.txids[n_txids:]
+                self._seen.discard(tx.txid)
+            if self.governance is not None and mark is not None:
+                self.governance.reset(mark)
+            return exc
+        return None
+
+    def effects(self, prev_state_root: bytes) -> Effects:
+        return Effects(tuple(self.writes), tuple(self.txids), next_state_root(prev_state_root, self.writes))
 
 
 class MemoryState:

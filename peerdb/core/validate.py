@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from .consortium import Consortium
 from .errors import LimitError, SignatureError, ValidationError
 from .limits import MAX_ROUND
+from .membership import ConsortiumState
 from .model import Block, BlockSignature, Evidence, Header, Tx
 from .state import Effects, StateReader, apply_txs
 
@@ -60,7 +61,13 @@ def check_proposer_signature(block: Block, sig: BlockSignature, consortium: Cons
         raise SignatureError(f"block at height {block.height}: proposer signature of {sig.member} does not verify")
 
 
-def check_evidence(ev: Evidence, consortium: Consortium, cid: bytes) -> None:
+def check_evidence(ev: Evidence, consortium: Consortium, cid: bytes,
+                   consortium_state: ConsortiumState | None = None) -> None:
+    """With ``consortium_state``, the member's key at the evidenced height convicts it (so a key
+    rotation never erases a double-sign made with the old key); else ``consortium``'s key."""
+    if consortium_state is not None:
+        consortium_state.check_evidence(ev, cid)
+        return
     member = consortium.member(ev.member)
     if member is None:
         raise ValidationError(f"evidence: {ev.member} is not a member")
@@ -77,18 +84,27 @@ def check_block(
     now_ms: int,
     evidence_known: Callable[[bytes], bool] = lambda _id: False,
     signature_ok: Callable[[Tx], bool] | None = None,
+    consortium_state: ConsortiumState | None = None,
 ) -> Effects:
-    """Everything an honest member checks before co-signing; returns the block's effects."""
-    check_header(block.header, parent, consortium, now_ms)
-    if len(block.raw) > consortium.params.max_block_bytes:
+    """Everything an honest member checks before co-signing; returns the block's effects.
+
+    ``consortium`` is the genesis consortium: the one in force at the block's height (turn,
+    parameters, keys, rules) comes from the governance state in ``reader``, the parent's state
+    (or from ``consortium_state``, the parent's, if the caller has it at hand).
+    """
+    state = consortium_state if consortium_state is not None else ConsortiumState.load(consortium, reader)
+    here = state.at(block.height)
+    check_header(block.header, parent, here, now_ms)
+    if len(block.raw) > here.params.max_block_bytes:
         raise LimitError(f"block at height {block.height}: {len(block.raw)} bytes, more than max_block_bytes")
     ids = set()
     for ev in block.evidence:
         if ev.id in ids or evidence_known(ev.id):
             raise ValidationError(f"block at height {block.height}: evidence against {ev.member} is already recorded")
         ids.add(ev.id)
-        check_evidence(ev, consortium, cid)
-    effects = apply_txs(reader, block.txs, consortium, cid, block.header.time_ms, parent_state_root, signature_ok)
+        state.check_evidence(ev, cid)
+    effects = apply_txs(reader, block.txs, consortium, cid, block.header.time_ms, parent_state_root, signature_ok,
+                        height=block.height, consortium_state=state)
     if effects.state_root != block.header.state_root:
         raise ValidationError(f"block at height {block.height}: state_root does not match the transactions' effects")
     return effects
