@@ -73,6 +73,10 @@ def export(ctx: click.Context, out: str, force: bool, as_json: bool) -> None:
 
     The file is written next to OUT as OUT.part and renamed once the whole bundle arrived and
     its trailer checked out, so OUT is never a partial bundle.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml audit export --out firm-a.bundle
     """
     root = _root(ctx, as_json)
     target = Path(out)
@@ -160,6 +164,10 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
 
     Exit 0 only when everything holds; otherwise exit 4 naming the first failing item (block
     height, member, what failed).
+
+    \b
+    Example:
+      peerdb audit verify firm-a.bundle --bitcoin-rpc http://user:pass@127.0.0.1:8332
     """
     from peerdb.anchor.errors import BitcoinRPCError, BitcoinUnavailable
     from peerdb.anchor.headers import POW_LIMITS
@@ -215,6 +223,10 @@ def diff(ctx: click.Context, a: str, b: str, strict: bool, as_json: bool) -> Non
     member may simply be ahead, or hold signatures the other has not received yet), 4 when they
     diverge. Integrity (framing, trailer hash) is checked; signatures are not: run
     `peerdb audit verify` on each bundle for that.
+
+    \b
+    Example:
+      peerdb audit diff firm-a.bundle firm-c.bundle
     """
     from peerdb.audit.diff import diff_bundles
 

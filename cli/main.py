@@ -18,7 +18,7 @@ from peerdb.core.errors import ConfigError, PeerDBError
 
 from . import exitcodes
 from .client import ApiClient, CliError, env_default
-from .params import VIEW, HeightType
+from .params import VIEW, AddressType, HeightType
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -53,7 +53,8 @@ pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.option("--config", "-c", envvar="PEERDB_CONFIG", type=click.Path(dir_okay=False),
               help="Node config file (gives the API address and token). Env: PEERDB_CONFIG.")
-@click.option("--api", envvar="PEERDB_API", metavar="HOST:PORT", help="Node API address. Env: PEERDB_API.")
+@click.option("--api", envvar="PEERDB_API", type=AddressType(), metavar="HOST:PORT",
+              help="Node API address. Env: PEERDB_API.")
 @click.option("--token", envvar="PEERDB_TOKEN", help="Node API bearer token. Env: PEERDB_TOKEN.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(package_name="peerdb")
@@ -242,7 +243,12 @@ def put(ctx: Ctx, namespace: str, key: str, value: str, wait: str | None, timeou
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def delete(ctx: Ctx, namespace: str, key: str, wait: str | None, timeout: float, as_json: bool) -> None:
-    """Delete NAMESPACE/KEY (the history keeps every earlier version)."""
+    """Delete NAMESPACE/KEY (the history keeps every earlier version).
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml delete books draft --wait majority
+    """
     _json_flag(ctx, as_json)
     _write(ctx, [{"op": "delete", "namespace": namespace, "key": key}], wait, timeout, "delete")
 
@@ -275,7 +281,12 @@ def get(ctx: Ctx, namespace: str, key: str, view: str, at: int | None, as_json: 
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def history(ctx: Ctx, namespace: str, key: str, as_json: bool) -> None:
-    """Every version of NAMESPACE/KEY with the block that wrote it."""
+    """Every version of NAMESPACE/KEY with the block that wrote it.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml history books 2026-Q3
+    """
     _json_flag(ctx, as_json)
     answer = ctx.client.get(f"/v1/history/{namespace}/{key}")
     lines = [f"{v['height']:>8}  {v['status']:<16} {'(deleted)' if v['deleted'] else v['value_text']}"
@@ -290,7 +301,11 @@ def history(ctx: Ctx, namespace: str, key: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def propose(ctx: Ctx, file: Any, wait: str | None, timeout: float, as_json: bool) -> None:
-    """Submit a batch of writes from a JSON file as one atomic transaction.
+    """Submit a batch of writes from a JSON file (or - for stdin) as one atomic transaction.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml propose batch.json --wait majority
 
     \b
     The file holds a list of operations:
@@ -313,7 +328,12 @@ def propose(ctx: Ctx, file: Any, wait: str | None, timeout: float, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def status(ctx: Ctx, as_json: bool) -> None:
-    """Heads per view, peers, whose turn it is, anchoring, and alerts with their causes."""
+    """Heads per view, peers, whose turn it is, anchoring, and alerts with their causes.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml status --json
+    """
     _json_flag(ctx, as_json)
     s = ctx.client.get("/v1/status")
     heads = s["heads"]
@@ -346,7 +366,12 @@ def blocks() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def blocks_list(ctx: Ctx, start: int | None, end: int | None, as_json: bool) -> None:
-    """One line per block: height, hash, proposer, transactions, status, signers."""
+    """One line per block: height, hash, proposer, transactions, status, signers.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml blocks list --from 100 --to 120
+    """
     _json_flag(ctx, as_json)
     answer = ctx.client.get("/v1/blocks", **{"from": start, "to": end})
     lines = [f"{b['height']:>8}  {b['hash'][:16]}  {b['proposer']:<12} {b['tx_count']:>6} txs  "
@@ -360,7 +385,12 @@ def blocks_list(ctx: Ctx, start: int | None, end: int | None, as_json: bool) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def blocks_show(ctx: Ctx, ref: str, as_json: bool) -> None:
-    """Header, transactions, member-by-member signatures, objections, status and anchor of a block."""
+    """Header, transactions, member-by-member signatures, objections, status and anchor of a block.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml blocks show 42
+    """
     _json_flag(ctx, as_json)
     b = ctx.client.get(f"/v1/blocks/{ref}")
     lines = [f"block {b['height']} {b['hash']}", f"  proposer {b['proposer']} round {b['round']} time_ms {b['time_ms']}",
@@ -390,7 +420,12 @@ def evidence() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def evidence_list(ctx: Ctx, as_json: bool) -> None:
-    """Every member proven to have signed two blocks at one height."""
+    """Every member proven to have signed two blocks at one height.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml evidence list
+    """
     _json_flag(ctx, as_json)
     answer = ctx.client.get("/v1/evidence")
     lines = [f"{e['id'][:16]}  {e['member']} at height {e['height']}: {e['block_a'][:16]} vs {e['block_b'][:16]}"
@@ -403,7 +438,12 @@ def evidence_list(ctx: Ctx, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def evidence_show(ctx: Ctx, evidence_id: str, as_json: bool) -> None:
-    """One piece of evidence, with its encoding (anyone can re-check it)."""
+    """One piece of evidence, with its encoding (anyone can re-check it).
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml evidence show 3fa1c2
+    """
     _json_flag(ctx, as_json)
     answer = ctx.client.get("/v1/evidence")
     for e in answer["evidence"]:
@@ -422,7 +462,12 @@ def anchors() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def anchors_list(ctx: Ctx, as_json: bool) -> None:
-    """Anchoring state: anchored height, pending and confirmed anchor transactions."""
+    """Anchoring state: anchored height, pending and confirmed anchor transactions.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml anchors list
+    """
     _json_flag(ctx, as_json)
     answer = ctx.client.get("/v1/anchors")
     ctx.emit(answer, json.dumps(answer, indent=2))
@@ -433,7 +478,12 @@ def anchors_list(ctx: Ctx, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 def anchors_show(ctx: Ctx, ref: str, as_json: bool) -> None:
-    """The anchor of one block (height or hash)."""
+    """The anchor of one block (height or hash): Bitcoin transaction, height, depth, proof.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml anchors show 42
+    """
     _json_flag(ctx, as_json)
     answer = ctx.client.get(f"/v1/anchors/{ref}")
     ctx.emit(answer, json.dumps(answer, indent=2))
