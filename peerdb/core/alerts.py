@@ -32,7 +32,7 @@ def chain_alerts(tree: BlockTree, me: str) -> list[Alert]:
     alerts: list[Alert] = []
     heads = tree.heads()
     mine = tree.endorsement_height(me)
-    if me not in tree.culprits and heads.majority > mine:
+    if me not in tree.culprits and me in tree.members_at(tree.best_tip.height) and heads.majority > mine:
         alerts.append(Alert(
             "majority_without_me",
             f"blocks up to height {heads.majority} are endorsed by a majority without {me}'s signature "
@@ -50,7 +50,7 @@ def chain_alerts(tree: BlockTree, me: str) -> list[Alert]:
                 subject=latest.hex(), details={"height": header.height, "fork_height": fork.height}))
         elif header is not None:
             endorsers = tree.endorsers(latest)
-            eligible = tree.eligible()
+            eligible = tree.eligible(header.height)
             if 2 * len(endorsers) <= len(eligible) and header.height > heads.majority:
                 competing = [h for h in tree.leaves() if not tree.on_best_chain(h.hash)
                              and tree.fork_point(h.hash).height < header.height]
@@ -75,7 +75,7 @@ def waiting_for(tree: BlockTree, tip_seen_ms: int, now_ms: int, turn_timeout_ms:
                      f"from {', '.join(missing)}", subject=f"{tip.height}",
                      details={"height": tip.height, "missing_signatures": missing})
     round_ = round_at(now_ms - tip_seen_ms, turn_timeout_ms)
-    proposer = proposer_for(tree.members, tip.height + 1, round_)
+    proposer = proposer_for(tree.members_at(tip.height + 1), tip.height + 1, round_)
     return Alert("stalled", f"height {tip.height + 1}: waiting for {proposer}'s proposal, round {round_}",
                  subject=f"{tip.height + 1}", details={"height": tip.height + 1, "round": round_,
                                                        "proposer": proposer})

@@ -26,6 +26,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from .errors import ValidationError
 from .model import Header
@@ -79,12 +80,25 @@ class ViewHeads:
         }[view]
 
 
+class MemberSchedule(Protocol):
+    """The member list in force at each height of the best chain (governance, issue 8);
+    :class:`peerdb.core.membership.ConsortiumState` of the best tip is one."""
+
+    def members_at(self, height: int) -> tuple[str, ...]: ...
+
+    def member_epochs(self) -> Sequence[tuple[int, tuple[str, ...]]]:
+        """``(first height, members)`` ascending, the first starting at 0."""
+        ...
+
+
 class BlockTree:
-    def __init__(self, genesis: Header, members: Sequence[str]) -> None:
+    def __init__(self, genesis: Header, members: Sequence[str], schedule: MemberSchedule | None = None) -> None:
         if genesis.height != 0:
             raise ValueError("the tree must start at a height-0 genesis header")
         self.genesis = genesis
         self.members: tuple[str, ...] = tuple(members)
+        """The genesis member list; with a schedule, :meth:`members_at` is the list at a height."""
+        self.schedule: MemberSchedule | None = None
         self._nodes: dict[bytes, _Node] = {genesis.hash: _Node(genesis)}
         self._pending_sigs: dict[bytes, set[str]] = {}
         self.culprits: set[str] = set()
@@ -92,6 +106,23 @@ class BlockTree:
         self._anchored: set[bytes] = set()
         self._best: bytes = genesis.hash
         self._chain: list[bytes] = [genesis.hash]  # best chain by height
+        if schedule is not None:
+            self.set_schedule(schedule)
+
+    def set_schedule(self, schedule: MemberSchedule | None) -> None:
+        """Follow a member list that varies by height: eligibility and the view denominators at
+        height ``h`` become ``schedule.members_at(h)``. Weights need no schedule: the caller adds
+        only signatures it verified with the signer's key at the block's height (on the block's
+        branch), so every recorded signer was a member there. Call again whenever the best
+        chain's governance state changes (a new best tip that passed or undid a change)."""
+        self.schedule = schedule
+        if schedule is not None:
+            for _start, names in schedule.member_epochs():
+                for name in names:
+                    self._signed.setdefault(name, [])
+
+    def members_at(self, height: int) -> tuple[str, ...]:
+        return self.members if self.schedule is None else self.schedule.members_at(height)
 
     # --- updates ---------------------------------------------------------------------------
 
@@ -227,8 +258,10 @@ class BlockTree:
             h = self._nodes[h].header.prev
         return self._nodes[h].header
 
-    def eligible(self) -> tuple[str, ...]:
-        return tuple(m for m in self.members if m not in self.culprits)
+    def eligible(self, height: int | None = None) -> tuple[str, ...]:
+        """Members at ``height`` (default: the best tip's) who are not culprits."""
+        members = self.members_at(self.best_tip.height if height is None else height)
+        return tuple(m for m in members if m not in self.culprits)
 
     def endorsement_height(self, member: str) -> int:
         best = 0
@@ -241,17 +274,20 @@ class BlockTree:
     def endorsers(self, block_hash: bytes) -> tuple[str, ...]:
         """Non-excluded members endorsing a best-chain block (signed it or a descendant)."""
         height = self._nodes[block_hash].header.height
-        return tuple(m for m in self.eligible() if self.endorsement_height(m) >= height)
+        return tuple(m for m in self.eligible(height) if self.endorsement_height(m) >= height)
 
     def anchored_height(self) -> int:
         return max((self.fork_point(h).height for h in self._anchored if h in self._nodes), default=0)
 
     def heads(self) -> ViewHeads:
-        eligible = self.eligible()
-        heights = sorted((self.endorsement_height(m) for m in eligible), reverse=True)
-        need = len(eligible) // 2 + 1
-        majority = heights[need - 1] if len(heights) >= need else 0
-        unanimous_signed = heights[-1] if heights else 0
+        if self.schedule is None:
+            eligible = self.eligible()
+            heights = sorted((self.endorsement_height(m) for m in eligible), reverse=True)
+            need = len(eligible) // 2 + 1
+            majority = heights[need - 1] if len(heights) >= need else 0
+            unanimous_signed = heights[-1] if heights else 0
+        else:
+            majority, unanimous_signed = self._scheduled_heads(self.schedule)
         anchored = self.anchored_height()
         return ViewHeads(
             tentative=self.best_tip.height,
@@ -260,6 +296,40 @@ class BlockTree:
             unanimous=min(unanimous_signed, anchored),
             anchored=anchored,
         )
+
+    def _scheduled_heads(self, schedule: MemberSchedule) -> tuple[int, int]:
+        """Majority and unanimous_signed heads when the member list varies by height.
+
+        Height ``h`` is majority-endorsed when more than half of ``E_h`` (members at ``h`` less
+        culprits) endorse it, unanimous when all of ``E_h`` do; the head is the highest such
+        height. Within a stretch of heights with one list the count of endorsers only falls as
+        ``h`` rises, so each stretch is answered by the one-list rule clipped to the stretch,
+        from the top stretch down.
+        """
+        tip = self.best_tip.height
+        epochs = list(schedule.member_epochs())
+        heights_of: dict[str, int] = {}
+        majority = unanimous = None
+        for i in range(len(epochs) - 1, -1, -1):
+            start = epochs[i][0]
+            end = min(tip, epochs[i + 1][0] - 1) if i + 1 < len(epochs) else tip
+            if start > end:
+                continue
+            eligible = [m for m in epochs[i][1] if m not in self.culprits]
+            if not eligible:
+                continue
+            for m in eligible:
+                if m not in heights_of:
+                    heights_of[m] = self.endorsement_height(m)
+            heights = sorted((heights_of[m] for m in eligible), reverse=True)
+            top = heights[len(eligible) // 2]
+            if majority is None and top >= start:
+                majority = min(top, end)
+            if unanimous is None and heights[-1] >= start:
+                unanimous = min(heights[-1], end)
+            if majority is not None and unanimous is not None:
+                break
+        return majority or 0, unanimous or 0
 
     def head(self, view: View) -> Header:
         h = self.best_chain_hash(self.heads().height(view))
