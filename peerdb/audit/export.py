@@ -46,6 +46,9 @@ class SnapshotBlock:
     hash: bytes
     best: bool
     signers: frozenset[str]
+    unsaved: tuple[BlockSignature, ...] = ()
+    """Signatures the node counts but has not written to its store yet (the engine batches
+    peers' signatures into its next commit): taken with the snapshot, since the store lags."""
 
 
 @dataclass(frozen=True)
@@ -74,21 +77,27 @@ class Capture:
     chain: list[bytes | None]
     claims: Claims
     evidence: list[Evidence]
+    unsaved: list[BlockSignature]
 
 
 def capture(tree: BlockTree, consortium: Consortium, member: str, evidence: Iterable[Evidence],
-            now_ms: int) -> Capture:
-    """Call under the engine's lock: everything the bundle will hold that can still change."""
+            now_ms: int, unsaved: Iterable[BlockSignature] = ()) -> Capture:
+    """Call under the engine's lock: everything the bundle will hold that can still change.
+    ``unsaved``: signatures in the tree that the store does not hold yet."""
     signers = tree.signers
     rows = [(h.height, h.hash, signers(h.hash)) for h in tree.headers() if h.height > 0]
     chain = [tree.best_chain_hash(i) for i in range(tree.best_tip.height + 1)]
-    return Capture(consortium, member, now_ms, rows, chain, claims_from_tree(tree), list(evidence))
+    return Capture(consortium, member, now_ms, rows, chain, claims_from_tree(tree), list(evidence), list(unsaved))
 
 
 def snapshot_from(cap: Capture) -> Snapshot:
     """The snapshot, built from a capture outside the lock."""
     on_chain = set(cap.chain)
-    blocks = tuple(SnapshotBlock(height, block_hash, block_hash in on_chain, signers)
+    unsaved: dict[bytes, list[BlockSignature]] = {}
+    for sig in cap.unsaved:
+        unsaved.setdefault(sig.block_hash, []).append(sig)
+    blocks = tuple(SnapshotBlock(height, block_hash, block_hash in on_chain, signers,
+                                 tuple(unsaved.get(block_hash, ())))
                    for height, block_hash, signers in sorted(cap.rows, key=lambda r: (r[0], r[1])))
     head = Head(FORMAT_VERSION, cap.consortium, consortium_id(cap.consortium), cap.member, cap.now_ms, cap.claims)
     return Snapshot(head, blocks, tuple(sorted(cap.evidence, key=lambda e: e.id)))
@@ -159,7 +168,9 @@ def encode_batch(source: BlockSource, batch: Sequence[SnapshotBlock], writer: Bu
                 proof = AnchorProof.decode(raw_proof)
             except DecodeError as exc:
                 raise StorageError(f"audit export: stored anchor proof of block {snap.height} is corrupt: {exc}") from None
-        sigs = [s for s in source.signatures(snap.hash) if s.member in snap.signers]
+        held = {s.member: s for s in snap.unsaved}
+        held.update((s.member, s) for s in source.signatures(snap.hash))
+        sigs = [s for s in held.values() if s.member in snap.signers]
         out.append(encode_block(writer, numbering, block, snap.best, sigs, source.objections(snap.hash), proof))
         size += len(block.raw)
         done += 1

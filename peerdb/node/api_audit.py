@@ -5,7 +5,8 @@ the evidence, the claimed heads) is one short read under the engine's lock
 (:meth:`NodeService.read`, about a microsecond per block held); blocks are then read from the store in bounded batches
 (:data:`peerdb.audit.export.MAX_BATCH_BLOCKS` blocks, at most
 :data:`peerdb.audit.export.MAX_BATCH_BYTES` of them) in a worker thread, without the lock: a
-stored block never changes, the signatures are filtered to the snapshot, and LMDB readers never
+stored block never changes, the signatures are filtered to the snapshot (which also takes the
+peers' signatures the engine has not written yet), and LMDB readers never
 wait for the writer, so the engine is never held up by an export, however large. The response
 header ``X-PeerDB-Audit-Blocks`` gives the number of blocks, for progress bars.
 
@@ -38,7 +39,8 @@ def audit_routes(api: "Api") -> list[Route]:
         engine = api.engine
         service = api.service
         captured = await service.read(
-            lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms()))
+            lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms(),
+                            engine.unsaved_sigs))
         snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured)
 
         async def body() -> AsyncIterator[bytes]:
