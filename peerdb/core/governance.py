@@ -232,15 +232,17 @@ class GovernanceBlock:
 
     def apply(self, member: str, op: Op, where: str) -> None:
         """One request of ``member``'s transaction; raises a ValidationError naming the rule."""
-        handlers: dict[str, Callable[[str, bytes, str], None]] = {PROPOSE: self._propose, VOTE: self._vote}
+        handlers: dict[str, Callable[[str, bytes], None]] = {PROPOSE: self._propose, VOTE: self._vote}
         handler = handlers.get(op.key)
         if handler is None or op.value is None:
-            raise ValidationError(f"{where}: {GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
+            raise ValidationError(f"{GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
                                   f"not {op.key[:40]!r}")
         try:
-            handler(member, op.value, f"{where}: {op.key}")
+            handler(member, op.value)
         except DecodeError as exc:
-            raise ValidationError(f"{where}: {op.key}: {exc}") from None
+            raise ValidationError(f"{op.key}: {exc}") from None
+        except ValidationError as exc:
+            raise type(exc)(f"{where}: {op.key}: {exc}") from None
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -255,43 +257,43 @@ class GovernanceBlock:
     def _set_open(self, records: list[ProposalRecord]) -> None:
         self._put(PENDING_KEY, encode([r.proposal.id for r in records]))
 
-    def _propose(self, member: str, data: bytes, where: str) -> None:
+    def _propose(self, member: str, data: bytes) -> None:
         proposal = Proposal.decode(data)
         pid = proposal.id
         if self.get(proposal_key(pid)) is not None:
-            raise ValidationError(f"{where}: proposal {pid.hex()[:16]} was already made (change the nonce to ask again)")
+            raise ValidationError(f"proposal {pid.hex()[:16]} was already made (change the nonce to ask again)")
         apply_change(self.state.latest(), proposal.change, self.state.used_names, self.state.used_keys)
         still_open = self._open()
         mine = sum(1 for r in still_open if r.proposer == member)
         if mine >= MAX_PENDING_PER_MEMBER:
-            raise ValidationError(f"{where}: {member} already has {mine} open proposals, the limit is "
+            raise ValidationError(f"{member} already has {mine} open proposals, the limit is "
                                   f"{MAX_PENDING_PER_MEMBER}; wait for them to be decided or expire")
         record = ProposalRecord(proposal, member, self.height, self.time_ms)
         self._put(proposal_key(pid), record.encode())
         self._set_open(still_open + [record])
 
-    def _vote(self, _carrier: str, data: bytes, where: str) -> None:
+    def _vote(self, _carrier: str, data: bytes) -> None:
         vote = Vote.decode(data)
         pid = vote.proposal_id
         record = self._record(pid)
         if record is None:
-            raise ValidationError(f"{where}: proposal {pid.hex()[:16]} is unknown on this chain")
+            raise ValidationError(f"proposal {pid.hex()[:16]} is unknown on this chain")
         status = record.status_at(self.time_ms)
         if status == EXPIRED:
-            raise ValidationError(f"{where}: proposal {pid.hex()[:16]} expired at {record.expires_ms} "
+            raise ValidationError(f"proposal {pid.hex()[:16]} expired at {record.expires_ms} "
                                   f"(block time {self.time_ms})")
         if status != PENDING:
-            raise ValidationError(f"{where}: proposal {pid.hex()[:16]} is already {status} "
+            raise ValidationError(f"proposal {pid.hex()[:16]} is already {status} "
                                   f"(at height {record.decided_height})")
         key = self.state.key_at(vote.member, self.height)
         if key is None:
-            raise ValidationError(f"{where}: {vote.member} is not a member at height {self.height}")
+            raise ValidationError(f"{vote.member} is not a member at height {self.height}")
         if vote.member in record.proposal.excluded_voters():
-            raise ValidationError(f"{where}: {vote.member} does not vote on its own removal")
+            raise ValidationError(f"{vote.member} does not vote on its own removal")
         if self.get(vote_key(pid, vote.member)) is not None:
-            raise ValidationError(f"{where}: {vote.member} already voted on proposal {pid.hex()[:16]}")
+            raise ValidationError(f"{vote.member} already voted on proposal {pid.hex()[:16]}")
         if not vote.valid(self.cid, key):
-            raise SignatureError(f"{where}: {vote.member}'s vote on {pid.hex()[:16]} is not signed by its "
+            raise SignatureError(f"{vote.member}'s vote on {pid.hex()[:16]} is not signed by its "
                                  f"member key at height {self.height}")
         self._put(vote_key(pid, vote.member), vote.encode())
         if vote.approve:
