@@ -15,7 +15,7 @@ from peerdb.core.governance import ProposalRecord, propose_op, read_proposal, vo
 from peerdb.core.keys import SigningKey
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.merkle import merkle_root
-from peerdb.core.model import Block, Header, Op, Tx, consortium_id, genesis_header
+from peerdb.core.model import Block, Evidence, Header, Op, Tx, consortium_id, genesis_header
 from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.core.state import Effects, MemoryState, apply_txs
 from peerdb.core.validate import check_block, proposer_for
@@ -60,7 +60,8 @@ class Chain:
         expires = (time_ms if time_ms is not None else self.next_time()) + 60_000
         return Tx.create(key or client_key(member), self.cid, member, self._nonce, expires, list(ops))
 
-    def build(self, txs: Sequence[Tx] = (), *, time_ms: int | None = None, round_: int = 0) -> Block:
+    def build(self, txs: Sequence[Tx] = (), *, time_ms: int | None = None, round_: int = 0,
+              evidence: Sequence[Evidence] = ()) -> Block:
         """The block the rightful proposer would make (not applied)."""
         parent = self.tip
         height = parent.height + 1
@@ -68,8 +69,9 @@ class Chain:
         members = self.cs().members_at(height)
         effects = apply_txs(self.state, txs, self.consortium, self.cid, time_ms, parent.state_root, height=height)
         header = Header(height, round_, parent.hash, proposer_for(members, height, round_), time_ms,
-                        merkle_root([t.txid for t in txs]), len(txs), effects.state_root, merkle_root([]))
-        return Block(header, tuple(txs))
+                        merkle_root([t.txid for t in txs]), len(txs), effects.state_root,
+                        merkle_root([e.id for e in evidence]))
+        return Block(header, tuple(txs), tuple(evidence))
 
     def add(self, block: Block) -> Effects:
         """Check ``block`` on the tip as a member would, then apply it."""
