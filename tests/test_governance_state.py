@@ -27,7 +27,7 @@ from peerdb.core.governance import (
 from peerdb.core.membership import CHANGES_KEY, GOVERNANCE_DELAY, ConsortiumState, change_key
 from peerdb.core.model import GOV_NAMESPACE, OP_PUT, ZERO_HASH, Block, Op, Tx, consortium_id
 from peerdb.core.proposals import AddMember, Proposal, RemoveMembers, RotateKey, SetNamespace, SetParams, Vote
-from peerdb.core.state import BlockRun, MemoryState, apply_txs, next_state_root
+from peerdb.core.state import BlockRun, MemoryState, apply_txs, check_tx_static, next_state_root
 from peerdb.core.validate import proposer_for
 
 from .core_helpers import OUTSIDER_KEY, assert_names, client_key, make_consortium, member_key, put, seed_key
@@ -317,7 +317,11 @@ def test_governance_needs_the_block_height() -> None:
     tx = chain.tx("firm-a", [propose_op(Proposal(SetParams((("max_block_txs", 100),))))])
     with pytest.raises(ValidationError) as info:
         apply_txs(MemoryState(), [tx], chain.consortium, chain.cid, chain.next_time(), ZERO_HASH)
-    assert_names(info.value, "needs the block height")
+    assert_names(info.value, f"tx {tx.txid.hex()[:16]}", "needs a caller that follows governance")
+    # a pool that does not follow governance cannot admit it either; one that does, can
+    with pytest.raises(ValidationError):
+        check_tx_static(tx, chain.consortium)
+    check_tx_static(tx, chain.cs().at(chain.height + 1), governance=True)
 
 
 def test_closed_namespaces_do_not_close_governance() -> None:

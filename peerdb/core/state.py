@@ -52,8 +52,13 @@ def next_state_root(prev_state_root: bytes, writes: Sequence[Write]) -> bytes:
     return tagged_hash("state", prev_state_root + changes_digest(writes))
 
 
-def check_tx_static(tx: Tx, consortium: Consortium) -> None:
-    """Checks that need only the consortium: client key, member, write access."""
+def check_tx_static(tx: Tx, consortium: Consortium, *, governance: bool = False) -> None:
+    """Checks that need only the consortium: client key, member, write access.
+
+    Governance requests (ops on ``_gov``) pass only with ``governance=True``: a caller that does
+    not follow the consortium by height (pass ``ConsortiumState.at(height)`` as ``consortium``)
+    must not admit them to its pool or its blocks.
+    """
     owner = consortium.member_of_client(tx.client)
     if owner is None:
         raise ValidationError(f"tx {tx.txid.hex()[:16]}: client key is not registered to any member")
@@ -61,7 +66,10 @@ def check_tx_static(tx: Tx, consortium: Consortium) -> None:
         raise ValidationError(f"tx {tx.txid.hex()[:16]}: client key belongs to {owner}, not {tx.member}")
     for op in tx.ops:
         if op.namespace == GOV_NAMESPACE:
-            continue  # governance requests: the governance rules decide (peerdb.core.governance)
+            if not governance:
+                raise ValidationError(f"tx {tx.txid.hex()[:16]}: a governance request needs a caller that "
+                                      "follows governance (the block height is unknown here)")
+            continue  # the governance rules decide (peerdb.core.governance)
         if not consortium.may_write(tx.member, op.namespace):
             raise AccessError(f"tx {tx.txid.hex()[:16]}: {tx.member} may not write namespace {op.namespace!r}")
 
@@ -133,7 +141,7 @@ class BlockRun:
     def add(self, tx: Tx, signature_ok: Callable[[Tx], bool] | None = None) -> None:
         """Apply one transaction; on an error the run is left half-applied (use :meth:`try_add`)."""
         consortium = self.consortium
-        check_tx_static(tx, consortium)
+        check_tx_static(tx, consortium, governance=self.governance is not None)
         check_tx_time(tx, self.block_time_ms, consortium.params.tx_ttl_ms)
         if tx.txid in self._seen or self.reader.tx_seen(tx.txid):
             raise ReplayError(f"tx {tx.txid.hex()[:16]}: already included in the chain")
@@ -143,10 +151,7 @@ class BlockRun:
         self._seen.add(tx.txid)
         self.txids.append(tx.txid)
         for op in tx.ops:
-            if op.namespace == GOV_NAMESPACE:
-                if self.governance is None:
-                    raise ValidationError(f"tx {tx.txid.hex()[:16]}: a governance request needs the block "
-                                          "height (apply_txs called without height=)")
+            if op.namespace == GOV_NAMESPACE and self.governance is not None:
                 self.governance.apply(tx.member, op, f"tx {tx.txid.hex()[:16]}")
             else:
                 self.writes.append((op.namespace, op.key, op.value if op.kind == OP_PUT else None))
