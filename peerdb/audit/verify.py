@@ -38,10 +38,10 @@ from peerdb.core.chain import BlockTree
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, ValidationError
 from peerdb.core.merkle import root_from_path
-from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, Header, Objection, Tx, genesis_header
+from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, Objection, Tx, genesis_header
 from peerdb.core.validate import check_block, check_evidence
 
-from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, Trailer, read_items
+from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
 from .errors import AuditFailure, block_where
 from .fastdecode import FastBlock, decode_block
 from .replay import ChainState
