@@ -300,3 +300,11 @@ def test_odd_block_envelopes_are_judged_as_the_reference_judges_them(name: str) 
     ref, fast = _decode_both(variants[name])
     assert ref == fast
     assert isinstance(ref, tuple) and isinstance(ref[0], type) and issubclass(ref[0], PeerDBError)
+
+
+def test_the_fast_merkle_root_is_the_core_one() -> None:
+    from peerdb.audit.fastdecode import _merkle_root
+    from peerdb.core.merkle import merkle_root
+    for n in range(0, 20):
+        items = [bytes([i]) * 32 for i in range(n)]
+        assert _merkle_root(items) == merkle_root(items)
