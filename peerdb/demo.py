@@ -168,10 +168,10 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         echo("PeerDB demo: OK")
         return 0
     except (DemoFailed, TimeoutError, RuntimeError, httpx.HTTPError) as exc:
-        echo(f"PeerDB demo FAILED: {exc}")
         if net is not None:
             for node in net.nodes.values():
                 echo(f"--- last lines of {node.name}'s log ({node.log_path}):\n{node.log_tail(15)}")
+        echo(f"PeerDB demo FAILED: {exc}")
         return 1
     finally:
         stop_mining.set()
@@ -180,7 +180,7 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         if net is not None:
             net.stop_all()
         regtest.stop()
-        echo(f"stopped everything the demo started; files remain in {work}")
+        echo(f"stopped everything the demo started; files (logs, data, bundle) remain in {work}")
 
 
 def _wait_levels(net: LocalConsortium, txids: list[bytes], level: str, timeout: float) -> dict[str, int]:

@@ -16,7 +16,8 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     done = subprocess.run([str(ROOT / "scripts" / "demo"), "--workdir", str(tmp_path / "demo"), "--txs", "300"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-3000:]
+    failure = [line for line in out.splitlines() if "FAILED" in line]
+    assert done.returncode == 0, (failure, out[-3000:])
     assert "PeerDB demo: OK" in out
     assert "all 300 transactions unanimous-signed" in out
     assert "VERIFIED (300 transactions" in out
