@@ -415,7 +415,7 @@ def test_a_proposer_fills_its_block_leaving_out_requests_that_no_longer_apply() 
 
 def test_namespace_and_params_changes_apply_from_their_height() -> None:
     chain = Chain()
-    rule = chain.propose("firm-a", SetNamespace(NamespaceRule("books", ("firm-c",), ("firm-c",), private=True)))
+    rule = chain.propose("firm-a", SetNamespace(NamespaceRule("books", ("firm-c",), ("firm-c",))))
     params = chain.propose("firm-a", SetParams((("max_block_txs", 1),)))
     chain.step([chain.vote_tx(v, p, carrier="firm-a") for p in (rule, params) for v in ALL])
     effective = passed(chain, rule)
@@ -424,7 +424,7 @@ def test_namespace_and_params_changes_apply_from_their_height() -> None:
     chain.step([chain.tx("firm-a", [put("books", "k", b"v")]), chain.tx("firm-b", [put("books", "k", b"w")])])
     assert chain.height == effective - 1
     cs = chain.cs()
-    assert cs.at(effective).rule("books").private  # type: ignore[union-attr]
+    assert cs.at(effective).rule("books") == NamespaceRule("books", ("firm-c",), ("firm-c",))
     error = refused(chain, [chain.tx("firm-c", [put("books", "k", b"1")]), chain.tx("firm-c", [put("books", "k", b"2")])],
                     LimitError)
     assert_names(error, "more than max_block_txs=1")

@@ -22,6 +22,7 @@ from .errors import AccessError, RemoteError, ReplayError, SignatureError, Valid
 from .governance import GovernanceBlock
 from .membership import ConsortiumState
 from .model import GOV_NAMESPACE, OP_PUT, Tx
+from .privacy import check_envelope
 
 Write = tuple[str, str, bytes | None]
 """(namespace, key, new value or None for a delete)."""
@@ -132,6 +133,8 @@ class BlockRun:
             self.consortium = state.at(height)
             self.governance = GovernanceBlock(reader, state, cid, height, block_time_ms, self.writes)
             self.governance.start()
+        self._private = frozenset(r.name for r in self.consortium.namespaces if r.private)
+        """Namespaces whose values must be envelopes for their readers (:mod:`peerdb.core.privacy`)."""
 
     @property
     def consortium_state(self) -> ConsortiumState | None:
@@ -153,8 +156,13 @@ class BlockRun:
         for op in tx.ops:
             if op.namespace == GOV_NAMESPACE and self.governance is not None:
                 self.governance.apply(tx.member, op, f"tx {tx.txid.hex()[:16]}")
-            else:
-                self.writes.append((op.namespace, op.key, op.value if op.kind == OP_PUT else None))
+                continue
+            if op.value is not None and op.namespace in self._private:
+                try:
+                    check_envelope(op.value, consortium, op.namespace)
+                except ValidationError as exc:
+                    raise ValidationError(f"tx {tx.txid.hex()[:16]}: {exc}") from None
+            self.writes.append((op.namespace, op.key, op.value if op.kind == OP_PUT else None))
 
     def try_add(self, tx: Tx, signature_ok: Callable[[Tx], bool] | None = None) -> RemoteError | None:
         """Apply one transaction if it is valid here; otherwise change nothing and return why."""
