@@ -248,6 +248,13 @@ class PeerNetwork:
             dropped=peer.queue.dropped_total,
         )
 
+    def disconnect(self, name: str, reason: str) -> None:
+        """Drop the connection to ``name`` because it broke the protocol above the framing (a
+        malformed message); it is logged as the peer's fault and redialled with backoff."""
+        conn = self._peer(name).conn
+        if conn is not None:
+            conn.fail(reason, peer_fault=True)
+
     def connected_peers(self) -> list[str]:
         return sorted(name for name, peer in self._peers.items() if peer.conn is not None)
 

@@ -461,11 +461,12 @@ class Api:
     @_wrap
     async def get_objections(self, request: Request) -> Any:
         def read() -> dict[str, Any]:
-            out = []
-            for header in self.engine.tree.headers():
-                for o in self.engine.store.objections(header.hash):
-                    out.append({"block": o.block_hash.hex(), "member": o.member, "reason": o.reason})
-            return {"objections": out}
+            tree = self.engine.tree
+            return {"objections": [
+                {"block": o.block_hash.hex(), "member": o.member, "reason": o.reason,
+                 "height": tree.header(o.block_hash).height if o.block_hash in tree else None,
+                 "accepted": o.block_hash in tree}
+                for o in self.engine.store.all_objections()]}
         return await self.service.read(read)
 
     @_wrap

@@ -38,6 +38,7 @@ class Network(Protocol):
     def send(self, peer: str, message: Any) -> None: ...
     def broadcast(self, message: Any) -> None: ...
     def peer_state(self, name: str) -> Any: ...
+    def disconnect(self, name: str, reason: str) -> None: ...
     @property
     def incoming(self) -> trio.MemoryReceiveChannel[tuple[str, Any]]: ...
 
@@ -209,7 +210,8 @@ class NodeService:
             try:
                 msg = from_wire(raw)
             except ProtocolError as exc:
-                log.warning("rejected malformed message from %s: %s", peer, exc)
+                log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
+                self.network.disconnect(peer, f"malformed message: {exc}")
                 continue
             if isinstance(msg, AnchorMsg):
                 if self.anchor_handler is not None:

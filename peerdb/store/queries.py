@@ -157,6 +157,11 @@ class StoreQueries:
                     out.append(_decode_objection(value))
             return out
 
+    def all_objections(self) -> Iterator[Objection]:
+        """Every stored objection, also those against blocks that were never accepted (an
+        invalid proposal is objected to but never enters the block tree)."""
+        return self._iterate(self._t.objections, lambda _txn, _key, value: _decode_objection(value))
+
     def included(self, txids: Iterable[bytes]) -> set[bytes]:
         """Which of ``txids`` are on the best chain: one read transaction for a whole batch
         (mempool admission checks thousands at a time)."""
