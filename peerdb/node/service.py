@@ -27,6 +27,9 @@ log = logging.getLogger("peerdb.node")
 
 T = TypeVar("T")
 
+INBOX_BATCH = 256
+"""Messages handled in one engine call at most, so one burst cannot hold the engine for long."""
+
 ALERT_REPEAT_MS = 60_000
 """A standing alert is logged again this often, so it cannot scroll away unnoticed."""
 
@@ -206,19 +209,40 @@ class NodeService:
             task_status.started()
 
     async def _inbox_loop(self) -> None:
-        async for peer, raw in self.network.incoming:
+        """Take every message already waiting and hand them to the engine in one call: one
+        thread hop and one lock acquisition for a burst instead of one per message."""
+        incoming = self.network.incoming
+        while True:
             try:
-                msg = from_wire(raw)
-            except ProtocolError as exc:
-                log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
-                self.network.disconnect(peer, f"malformed message: {exc}")
-                continue
-            if isinstance(msg, AnchorMsg):
-                if self.anchor_handler is not None:
-                    await self.call(self.anchor_handler, peer, msg, self.clock_ms())
-                continue
-            handler = self.handlers[type(msg)]
-            await self.call(handler, peer, msg, self.clock_ms())
+                first = await incoming.receive()
+            except trio.EndOfChannel:
+                return
+            batch = [first]
+            while len(batch) < INBOX_BATCH:
+                try:
+                    batch.append(incoming.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            work: list[tuple[Callable[[str, Any, int], None], str, Any]] = []
+            for peer, raw in batch:
+                try:
+                    msg = from_wire(raw)
+                except ProtocolError as exc:
+                    log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
+                    self.network.disconnect(peer, f"malformed message: {exc}")
+                    continue
+                if isinstance(msg, AnchorMsg):
+                    if self.anchor_handler is not None:
+                        work.append((self.anchor_handler, peer, msg))
+                    continue
+                work.append((self.handlers[type(msg)], peer, msg))
+            if work:
+                await self.call(self._dispatch, work, self.clock_ms())
+
+    @staticmethod
+    def _dispatch(work: list[tuple[Callable[[str, Any, int], None], str, Any]], now_ms: int) -> None:
+        for handler, peer, msg in work:
+            handler(peer, msg, now_ms)
 
     def _trio_deadline(self, deadline_ms: int, now_ms: int) -> float:
         return trio.current_time() + max(0, deadline_ms - now_ms) / 1000
