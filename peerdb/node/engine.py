@@ -577,20 +577,26 @@ class Engine:
         heartbeat = round_start + params.heartbeat_ms
         return heartbeat if heartbeat > now_ms else round_start + params.turn_timeout_ms
 
-    def maybe_propose(self, now_ms: int) -> Block | None:
+    def proposal_due(self, now_ms: int) -> bool:
+        """Cheap check (no writes) whether :meth:`maybe_propose` would propose now."""
         height, round_, proposer = self.current_turn(now_ms)
         if proposer != self.me or (height, round_) in self.proposed or self.tree.signed_at(self.me, height):
-            return None
-        if self.store.guard_locked():
-            return None  # restored data directory: no signing (and so no proposing) until caught up
+            return False
         params = self.consortium.params
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
         parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
         if not ((self.mempool and parent_endorsed) or now_ms >= round_start + params.heartbeat_ms):
-            return None
+            return False
         if tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms > now_ms:
-            return None  # by the parent's clock this round has not begun: peers would refuse the block
+            return False  # by the parent's clock this round has not begun: peers would refuse the block
+        return not self.store.guard_locked()  # restored data directory: no signing until caught up
+
+    def maybe_propose(self, now_ms: int) -> Block | None:
+        if not self.proposal_due(now_ms):
+            return None
+        height, round_, _ = self.current_turn(now_ms)
+        tip = self.tree.best_tip
         block = self._build_block(tip, height, round_, now_ms)
         self.proposed.add((height, round_))
         sig = BlockSignature.create(self.key, self.cid, self.me, block.hash)

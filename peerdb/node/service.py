@@ -250,7 +250,8 @@ class NodeService:
     async def _turn_loop(self) -> None:
         while True:
             now = self.clock_ms()
-            await self.call(self.engine.maybe_propose, now)
+            if await self.read(self.engine.proposal_due, now):  # inline: no thread hop when idle
+                await self.call(self.engine.maybe_propose, now)
             deadline = self.engine.next_deadline_ms(now)
             await self.wait_changed(self._trio_deadline(deadline, now))
 
