@@ -36,6 +36,12 @@ from .service import NodeService, wall_clock_ms
 
 log = logging.getLogger("peerdb.node")
 
+API_BACKLOG = 1024
+"""Pending client connections the API accepts; applications open hundreds of connections."""
+API_KEEP_ALIVE_S = 120
+"""Idle keep-alive connections are kept this long, so a client reusing a pooled connection does
+not race the server closing it (hypercorn's default is 5 s)."""
+
 
 class _JsonishFormatter(logging.Formatter):
     """One line per event: time, level, component, message (structured fields are in the message)."""
@@ -142,6 +148,8 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, key: SigningKey, acc
         hconfig = HypercornConfig()
         hconfig.bind = [cfg.api_listen]
         hconfig.accesslog = None
+        hconfig.backlog = API_BACKLOG
+        hconfig.keep_alive_timeout = API_KEEP_ALIVE_S
         hconfig.errorlog = logging.getLogger("hypercorn.error")
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
