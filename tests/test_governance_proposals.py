@@ -185,3 +185,23 @@ def test_update_member_may_keep_its_own_clients() -> None:
     own = client_key("firm-a").public
     updated = apply_change(CONSORTIUM, UpdateMember("firm-a", "10.0.0.1:1", (own, NEW_CLIENT)))
     assert updated.member("firm-a").clients == (own, NEW_CLIENT)  # type: ignore[union-attr]
+
+
+def test_worked_example_of_protocol_section_20() -> None:
+    """The values docs/protocol.md §20.12 prints, from the §15 consortium."""
+    from peerdb.core.consortium import Consortium
+    from peerdb.core.keys import SigningKey
+    from peerdb.core.model import consortium_id
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    members = tuple(Member(f"firm-{c}", k.public, f"127.0.0.1:{7001 + i}") for i, (c, k) in enumerate(zip("abcd", keys)))
+    cid = consortium_id(Consortium("example", 1700000000000, members))
+    proposal = Proposal(RemoveMembers(("firm-d",)), "firm-d left", 1)
+    assert proposal.raw.hex() == "846e72656d6f76655f6d656d6265727381666669726d2d646b6669726d2d64206c65667401"
+    assert proposal.id.hex() == "e018cf9c311c723f78f889e7d0e872f9b11fac0b0d9e75cbf530d9ce75bb1fc8"
+    vote = Vote.create(keys[0], cid, proposal.id, "firm-a", True)
+    assert vote_hash(proposal.id, "firm-a", True).hex() == "df8c8b60158098ba14b2b43fa6a63a3b9dfe07cba2599bb97f604fd7bc128439"
+    assert len(signing_message(DOMAIN_VOTE, cid, vote_hash(proposal.id, "firm-a", True))) == 82
+    assert vote.signature.hex() == ("b57db1a3949267738de44ae4d7c348830e9301957effd50f0f1c892242174b3f"
+                                    "1152d5718812afe651bb8b2f62e9604dab95f153536af75280c3967fe293c50a")
+    assert len(vote.encode()) == 109
