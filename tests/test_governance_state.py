@@ -294,8 +294,9 @@ def test_bad_proposals_are_refused_with_clear_errors(proposal: Proposal, fragmen
 ])
 def test_nothing_but_requests_reaches_the_system_namespace(op: Op, fragments: tuple[str, ...]) -> None:
     chain = Chain()
-    error = refused(chain, [chain.tx("firm-a", [op])])
-    assert_names(error, *fragments)
+    tx = chain.tx("firm-a", [op])
+    error = refused(chain, [tx])
+    assert_names(error, f"tx {tx.txid.hex()[:16]}: ", *fragments)
     assert not any(ns == GOV_NAMESPACE for ns, _ in chain.state.values)
 
 

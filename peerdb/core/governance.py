@@ -235,12 +235,12 @@ class GovernanceBlock:
         handlers: dict[str, Callable[[str, bytes], None]] = {PROPOSE: self._propose, VOTE: self._vote}
         handler = handlers.get(op.key)
         if handler is None or op.value is None:
-            raise ValidationError(f"{GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
+            raise ValidationError(f"{where}: {GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
                                   f"not {op.key[:40]!r}")
         try:
             handler(member, op.value)
         except DecodeError as exc:
-            raise ValidationError(f"{op.key}: {exc}") from None
+            raise ValidationError(f"{where}: {op.key}: {exc}") from None
         except ValidationError as exc:
             raise type(exc)(f"{where}: {op.key}: {exc}") from None
 
