@@ -25,12 +25,12 @@ PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
 
 
 class Net:
-    def __init__(self, tmp_path: Path, mempool_max: int = 1000) -> None:
+    def __init__(self, tmp_path: Path, mempool_max: int = 1000, params: Params = PARAMS) -> None:
         self.keys = {n: SigningKey.generate() for n in NAMES}
         self.clients = {n: SigningKey.generate() for n in NAMES}
         self.consortium = Consortium("test", 0, tuple(
             Member(n, self.keys[n].public, f"127.0.0.1:{7000 + i}", (self.clients[n].public,))
-            for i, n in enumerate(NAMES)), PARAMS)
+            for i, n in enumerate(NAMES)), params)
         self.cid = consortium_id(self.consortium)
         self.now = 1000
         self.stores = {n: Store.open(tmp_path / n, self.consortium, n, sync=False) for n in NAMES}
@@ -275,3 +275,19 @@ def test_body_not_matching_its_signed_header_gets_an_objection(net: Net) -> None
     assert net.snapshot(victim) == before
     [objection] = net.stores[victim].objections(block.hash)
     assert "tx_root" in objection.reason
+
+
+def test_block_over_the_agreed_limits_is_objected_to_not_a_crash(tmp_path: Path) -> None:
+    net = Net(tmp_path, params=Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000, max_block_txs=2))
+    try:
+        run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+        proposer = net.engines["firm-a"].current_turn(net.now)[2]
+        block, sig = net.craft(proposer, [net.tx(proposer, f"k{i}") for i in range(3)])
+        victim = next(n for n in NAMES if n != proposer)
+        before = net.snapshot(victim)
+        net.engines[victim].on_proposal(proposer, Proposal(block.raw, sig), net.now)
+        assert net.snapshot(victim) == before
+        [objection] = net.stores[victim].objections(block.hash)
+        assert "max_block_txs" in objection.reason
+    finally:
+        net.close()

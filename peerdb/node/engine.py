@@ -204,7 +204,7 @@ class Engine:
             return False
         try:
             check_proposer_signature(block, proposer_sig, self.consortium, self.cid)
-        except ValidationError as exc:
+        except (ValidationError, DecodeError) as exc:
             log.warning("rejected block %d from %s: %s", block.height, peer, exc)
             return False
         if block.header.prev not in self.tree:
@@ -222,7 +222,7 @@ class Engine:
                     block, parent, parent.state_root, reader, self.consortium, self.cid, now_ms,
                     evidence_known=lambda ev_id: self._evidence_included(ev_id, parent.hash),
                     signature_ok=self.verifier.known)
-        except ValidationError as exc:
+        except (ValidationError, DecodeError) as exc:
             log.warning("rejected block %d round %d by %s (from %s): %s", block.height, block.header.round,
                         block.header.proposer, peer, exc)
             if object_on_failure:
@@ -442,7 +442,7 @@ class Engine:
             return
         try:
             check_evidence(ev, self.consortium, self.cid)
-        except ValidationError as exc:
+        except (ValidationError, DecodeError) as exc:
             log.warning("rejected evidence from %s: %s", peer, exc)
             return
         self.evidence[ev.id] = ev
