@@ -619,3 +619,39 @@ async def test_equivocating_member_is_convicted_everywhere_and_excluded(
             assert any(m["ev"][0] == HOSTILE for m in link.of_type("evidence"))  # gossiped to firm-d too
         await cluster.close()
         nursery.cancel_scope.cancel()
+
+
+# --- catch-up that makes no progress ------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Engine.on_blocks forgets the outstanding request (catchup_asked.pop) and asks the same peer "
+    "again at once whenever the answer's peer_height is above the last block it took, even when "
+    "the answer brought nothing new; CATCHUP_RETRY_MS never applies, so a peer that advertises a "
+    "height it does not deliver (a hostile one, a block this member cannot accept yet because of "
+    "clock skew, or the phantom tip of test_gaps_engine_guard.py) keeps both nodes in a hot "
+    "request loop"))
+async def test_catch_up_that_brings_nothing_new_is_not_repeated_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
+    from peerdb.node.engine import CATCHUP_RETRY_MS
+    from peerdb.node.messages import Blocks, Status
+
+    async with quiet_world(tmp_path, caplog) as w:
+        link = await w.connect()
+        a = w.a
+        known = []
+        for height in (1, 2, 3):
+            block_hash = a.engine.tree.best_chain_hash(height)
+            block = a.store.block(block_hash or b"")
+            assert block is not None
+            known.append((block.raw, tuple(a.store.signatures(block.hash))))
+        answer = Blocks(tuple(known), 50)  # "I have 50 blocks" - and sends the three it has
+        await link.send(Status(b"\x42" * 32, 50, ()))
+        asked: list[float] = []
+        with trio.move_on_after(30):
+            while len(asked) < 10:
+                await link.wait_for(lambda: len(link.of_type("get_blocks")) > len(asked), timeout=60)
+                asked.append(trio.current_time())
+                await link.send(answer)
+        assert asked, "the status made firm-a ask firm-d for blocks"
+        gaps = [later - earlier for earlier, later in zip(asked, asked[1:])]
+        assert all(gap >= CATCHUP_RETRY_MS / 1000 for gap in gaps), f"{len(asked)} requests, gaps {gaps}"

@@ -1,0 +1,137 @@
+"""The signing guard refusing a member's *own* proposal (issue 3 "signing guard", issue 4
+"no proposing while signing is locked").
+
+How it happens in production: after a restored data directory caught up, the guard floor is
+the member's tip height then (Engine.on_status); if fork choice later moves to a heavier
+branch with a lower tip, the member's next turn is at or below the floor and the guard refuses
+the proposal. The refusal itself is right. What it leaves behind is not:
+``Engine._store_new_block`` adds the header and the member's own signature to the block tree
+*before* ``store.add_block`` raises, and ``maybe_propose`` only catches the error. The tree then
+holds a block the store never stored and no peer ever received; it becomes the best tip (one
+more signature than its parent), the status message advertises its height (peers ask for it
+and get a short answer, again and again), and the next engine call raises StorageError in
+``_sync_head`` ("block ... is not in the store"), which stops the node.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from peerdb.core.consortium import Consortium, Member, Params
+from peerdb.core.keys import SigningKey
+from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
+from peerdb.node.engine import Engine
+from peerdb.node.messages import Sigs, from_wire, to_wire
+from peerdb.store import Store
+
+NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
+PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
+
+
+class Four:
+    """Four engines, messages delivered synchronously through the wire encoding."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.keys = {n: SigningKey.generate() for n in NAMES}
+        self.clients = {n: SigningKey.generate() for n in NAMES}
+        self.consortium = Consortium("test", 0, tuple(
+            Member(n, self.keys[n].public, f"127.0.0.1:{7000 + i}", (self.clients[n].public,))
+            for i, n in enumerate(NAMES)), PARAMS)
+        self.cid = consortium_id(self.consortium)
+        self.now = 1000
+        self.stores = {n: Store.open(tmp_path / n, self.consortium, n, sync=False) for n in NAMES}
+        self.engines = {n: Engine(self.consortium, n, self.keys[n], self.stores[n], self.now) for n in NAMES}
+        self.nonce = itertools.count(1)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.verifier.close()
+        for store in self.stores.values():
+            store.close()
+
+    def deliver(self) -> None:
+        for _ in range(1000):
+            moved = False
+            for sender, engine in self.engines.items():
+                for out in engine.take_outbox():
+                    moved = True
+                    for target in [out.to] if out.to else [n for n in NAMES if n != sender]:
+                        msg = from_wire(to_wire(out.msg))
+                        e = self.engines[target]
+                        handler = {"Proposal": e.on_proposal, "Sigs": e.on_sigs, "EvidenceMsg": e.on_evidence,
+                                   "ObjectionMsg": e.on_objection, "Txs": e.on_txs, "Blocks": e.on_blocks,
+                                   "Status": e.on_status}.get(type(msg).__name__)
+                        if type(msg).__name__ == "GetBlocks":
+                            e.on_get_blocks(sender, msg)  # type: ignore[arg-type]
+                        elif handler is not None:
+                            handler(sender, msg, self.now)  # type: ignore[operator]
+            if not moved:
+                return
+        raise AssertionError("messages never settled")
+
+    def run_until_majority(self, height: int) -> None:
+        for _ in range(500):
+            if self.engines["firm-a"].heads().majority >= height:
+                return
+            self.now += 50
+            for engine in self.engines.values():
+                engine.maybe_propose(self.now)
+            self.deliver()
+        raise AssertionError(f"no majority at height {height}")
+
+    def tx(self, member: str, key: str) -> Tx:
+        return Tx.create(self.clients[member], self.cid, member, next(self.nonce), self.now + 600_000,
+                         [Op(OP_PUT, "ns", key, b"v")])
+
+
+@pytest.fixture
+def four(tmp_path: Path) -> "Four":
+    return Four(tmp_path)
+
+
+def _refused_turn(four: Four) -> tuple[Engine, Store]:
+    """Bring the chain to height 2, then let the next proposer's guard refuse its turn."""
+    four.engines["firm-a"].submit([four.tx("firm-a", "k").raw], None, four.now)
+    four.run_until_majority(2)
+    four.deliver()
+    a = four.engines["firm-a"]
+    height, _round, proposer = a.current_turn(four.now)
+    engine, store = four.engines[proposer], four.stores[proposer]
+    store.set_guard_floor(height)  # what a restore followed by a reorg to a lower tip leaves
+    four.now = engine.tip_seen_ms + PARAMS.heartbeat_ms + 1  # round 0, heartbeat due: its turn
+    assert engine.current_turn(four.now)[2] == proposer
+    return engine, store
+
+
+def test_guard_refuses_an_own_proposal_at_or_below_the_floor(four: Four) -> None:
+    try:
+        engine, store = _refused_turn(four)
+        head = store.head()
+        assert engine.maybe_propose(four.now) is None
+        assert not engine.take_outbox()  # nothing left the node
+        assert store.head() == head and store.guard_record(head.height + 1) is None
+    finally:
+        four.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Engine._store_new_block adds the header and the member's own signature to the tree before "
+    "store.add_block raises DoubleSignRefused; maybe_propose catches the error but never undoes "
+    "them, so the tree's best tip is a block the store lacks: status advertises it and the next "
+    "engine call raises StorageError in _sync_head"))
+def test_a_refused_own_proposal_leaves_no_phantom_block(four: Four) -> None:
+    try:
+        engine, store = _refused_turn(four)
+        tip = engine.tree.best_tip
+        signed_before = engine.tree.latest_signed(engine.me)
+        assert engine.maybe_propose(four.now) is None
+        assert engine.tree.best_tip == tip, "a block that was never stored became the best tip"
+        assert engine.tree.latest_signed(engine.me) == signed_before
+        assert engine.status_message().height == store.head().height
+        engine.on_sigs("firm-a", Sigs(()), four.now)  # any later call must not fail
+        assert store.head().hash == engine.tree.best_tip.hash
+    finally:
+        four.close()
