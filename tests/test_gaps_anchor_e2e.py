@@ -55,6 +55,14 @@ def anchor_info(net: LocalConsortium, name: str, height: int) -> dict[str, Any]:
         return info
 
 
+def read_unanimous(net: LocalConsortium, name: str) -> dict[str, Any]:
+    with net.nodes[name].client() as c:
+        r = c.get("/v1/kv/ns/settled", params={"view": "unanimous"})
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+
 def mempool(node: RegtestNode) -> set[str]:
     rpc = node.rpc()
     try:
@@ -87,6 +95,7 @@ def test_blocks_become_unanimous_only_after_the_anchor_confirms(
             assert h["unanimous"] == 0 and h["anchored"] == 0, (n, h)
             assert h["unanimous"] < h["unanimous_signed"], (n, h)
             assert anchor_info(net, n, height)["anchored"] is False
+            assert read_unanimous(net, n)["found"] is False  # the settled view ignores unanchored blocks
 
         # Confirm. An anchor published before the write's block existed cannot cover it; then
         # the next interval's anchor does, so mine again for each new anchor (bounded).
@@ -104,6 +113,8 @@ def test_blocks_become_unanimous_only_after_the_anchor_confirms(
             h = heads(net, n)
             assert height <= h["unanimous"] <= min(h["anchored"], h["unanimous_signed"]), (n, h)
             assert anchor_info(net, n, height)["anchored"] is True
+            settled = read_unanimous(net, n)
+            assert settled["found"] is True and settled["value_text"] == "yes" and settled["view"] == "unanimous"
 
         # The books of one member verify against the Bitcoin node ...
         with net.nodes["firm-b"].client(timeout=60) as c:
