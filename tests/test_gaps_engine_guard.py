@@ -117,11 +117,6 @@ def test_guard_refuses_an_own_proposal_at_or_below_the_floor(four: Four) -> None
         four.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Engine._store_new_block adds the header and the member's own signature to the tree before "
-    "store.add_block raises DoubleSignRefused; maybe_propose catches the error but never undoes "
-    "them, so the tree's best tip is a block the store lacks: status advertises it and the next "
-    "engine call raises StorageError in _sync_head"))
 def test_a_refused_own_proposal_leaves_no_phantom_block(four: Four) -> None:
     try:
         engine, store = _refused_turn(four)

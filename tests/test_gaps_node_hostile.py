@@ -501,11 +501,6 @@ async def test_replayed_messages_change_nothing(tmp_path: Path, caplog: pytest.L
         assert not w.a.store.objections(w.a.engine.tree.best_chain_hash(2) or b"")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 4 asks that replayed messages be rejected with a logged reason; the engine drops a "
-    "known proposal (_accept_block: 'block.hash in self.tree'), known signatures (_accept_sigs: "
-    "'sig.member in signers') and an included transaction from a peer (submit_many: duplicates; "
-    "only rejections are logged) without any log line, not even at DEBUG"))
 async def test_replayed_messages_leave_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                  autojump_clock: trio.testing.MockClock) -> None:
     async with quiet_world(tmp_path, caplog) as w:
@@ -609,13 +604,6 @@ async def test_equivocating_member_is_convicted_everywhere_and_excluded(
 
 # --- catch-up that makes no progress ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Engine.on_blocks forgets the outstanding request (catchup_asked.pop) and asks the same peer "
-    "again at once whenever the answer's peer_height is above the last block it took, even when "
-    "the answer brought nothing new; CATCHUP_RETRY_MS never applies, so a peer that advertises a "
-    "height it does not deliver (a hostile one, a block this member cannot accept yet because of "
-    "clock skew, or the phantom tip of test_gaps_engine_guard.py) keeps both nodes in a hot "
-    "request loop"))
 async def test_catch_up_that_brings_nothing_new_is_not_repeated_at_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
     from peerdb.node.engine import CATCHUP_RETRY_MS

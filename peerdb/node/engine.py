@@ -195,6 +195,8 @@ class Engine:
                       object_on_failure: bool) -> bool:
         """Validate and store one block; returns True if it was new and valid."""
         if block.hash in self.tree:
+            log.debug("ignored block %d %s from %s: already known (duplicate or replay)", block.height,
+                      block.hash.hex()[:16], peer)
             self._accept_sigs(sigs, peer, now_ms)
             return False
         proposer_sig = next((s for s in sigs if s.member == block.header.proposer and s.block_hash == block.hash), None)
@@ -249,30 +251,34 @@ class Engine:
         ``proposer_sig`` is ours. If the block becomes our best tip we co-sign it in the same
         durable commit (block, guard entry and signature together), then release the signature;
         not during catch-up (``cosign_now`` False), where signing the final tip endorses it all."""
-        self._check_double_sign(block.header, proposer_sig)
-        for ev in block.evidence:
-            self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
-        self.tree.add_header(block.header)
-        self.tree.add_signature(block.hash, proposer_sig.member)
-        self._remember_effects(block.hash, effects)
-        self.recent_blocks[block.hash] = block
-        while len(self.recent_blocks) > EFFECTS_CACHE:
-            self.recent_blocks.popitem(last=False)
         head = self.store.head()
+        if own:
+            # Our own proposal extends our best tip. The guard decides before anything changes
+            # in memory: if it refuses, no trace of the block is left anywhere.
+            extends_head = block.header.prev == head.hash
+            riders = self._take_unsaved()
+            try:
+                result = self.store.add_block(block, riders, effects=effects, make_head=extends_head,
+                                              own_signature=proposer_sig)
+            except DoubleSignRefused:
+                self.unsaved_sigs.extend(riders)
+                raise
+            self._remember_block(block, proposer_sig, effects)
+            if extends_head and self.tree.best_tip.hash == block.hash:
+                self._applied([block.hash], [], result.returned_txs if result else [])
+            return
+        self._check_double_sign(block.header, proposer_sig)
+        self._remember_block(block, proposer_sig, effects)
         extends_head = block.header.prev == head.hash and self.tree.best_tip.hash == block.hash
         cosign = None
         if not own and cosign_now and self.tree.best_tip.hash == block.hash \
                 and not self.tree.signed_at(self.me, block.height):
             cosign = BlockSignature.create(self.key, self.cid, self.me, block.hash)
-        mine = proposer_sig if own else cosign
         riders = self._take_unsaved()
         try:
-            result = self.store.add_block(block, riders if own else [proposer_sig, *riders], effects=effects,
-                                          make_head=extends_head, own_signature=mine)
+            result = self.store.add_block(block, [proposer_sig, *riders], effects=effects,
+                                          make_head=extends_head, own_signature=cosign)
         except DoubleSignRefused as exc:
-            if own:
-                self.unsaved_sigs.extend(riders)
-                raise
             self._log_guard_refusal(block.header, exc)
             cosign = None
             result = self.store.add_block(block, [proposer_sig, *riders], effects=effects, make_head=extends_head)
@@ -283,6 +289,16 @@ class Engine:
             self._send(Sigs((cosign,)))
         log.debug("stored block %d round %d by %s (%d txs) %s", block.height, block.header.round,
                   block.header.proposer, len(block.txs), block.hash.hex()[:16])
+
+    def _remember_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects) -> None:
+        for ev in block.evidence:
+            self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
+        self.tree.add_header(block.header)
+        self.tree.add_signature(block.hash, proposer_sig.member)
+        self._remember_effects(block.hash, effects)
+        self.recent_blocks[block.hash] = block
+        while len(self.recent_blocks) > EFFECTS_CACHE:
+            self.recent_blocks.popitem(last=False)
 
     def _log_guard_refusal(self, header: Header, exc: DoubleSignRefused) -> None:
         if not self._guard_refusal_logged:
@@ -380,6 +396,8 @@ class Engine:
                 log.warning("rejected signature from %s: %s is not a member", peer, sig.member)
                 continue
             if sig.member in self.tree.signers(sig.block_hash):
+                log.debug("ignored %s's signature on %s from %s: already known (duplicate or replay)",
+                          sig.member, sig.block_hash.hex()[:16], peer)
                 continue
             if not sig.valid(self.cid, member.key):
                 log.warning("rejected signature from %s: %s's signature on %s does not verify", peer, sig.member,
@@ -548,6 +566,10 @@ class Engine:
         rejected = [r for res, _ in per_request for r in res.rejected]
         if rejected and peer is not None:
             log.warning("rejected %d transactions from %s: %s", len(rejected), peer, rejected[0][1])
+        duplicates = sum(len(res.duplicates) for res, _ in per_request)
+        if duplicates:
+            log.debug("ignored %d transactions from %s: already pending or included (duplicate or replay)",
+                      duplicates, peer or "a client")
         return results
 
     def persist(self, txids: Sequence[bytes]) -> int:
@@ -678,23 +700,27 @@ class Engine:
         self._send(Blocks(tuple(items), self.tree.best_tip.height), to=peer)
 
     def on_blocks(self, peer: str, msg: Blocks, now_ms: int) -> None:
-        self.catchup_asked.pop(peer, None)
         last_height = 0
+        progress = False
         for raw, sigs in msg.items:
             try:
                 block = Block.decode(raw, self.mempool_raw)
             except (DecodeError, ValidationError) as exc:
                 log.warning("catch-up from %s: bad block: %s", peer, exc)
                 break
-            self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
+            progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
             if block.hash not in self.tree:
                 break
             last_height = block.height
         if msg.items:
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
         self._after_change(now_ms)
-        if msg.items and last_height and msg.peer_height > last_height:
-            self._request_catchup(peer, msg.peer_height, now_ms)
+        if progress:
+            # Ask for the next batch at once only when this one moved us forward; otherwise the
+            # retry interval applies (a peer advertising what it cannot deliver is not a loop).
+            self.catchup_asked.pop(peer, None)
+            if last_height and msg.peer_height > last_height:
+                self._request_catchup(peer, msg.peer_height, now_ms)
 
     def status_message(self) -> Status:
         tip = self.tree.best_tip

@@ -30,6 +30,9 @@ T = TypeVar("T")
 INBOX_BATCH = 256
 """Messages handled in one engine call at most, so one burst cannot hold the engine for long."""
 
+ALERT_HOOK_TIMEOUT_S = 30
+"""Longest an alert webhook or command may run before it is abandoned."""
+
 ALERT_REPEAT_MS = 60_000
 """A standing alert is logged again this often, so it cannot scroll away unnoticed."""
 
@@ -266,15 +269,26 @@ class NodeService:
 
     async def _alert_loop(self) -> None:
         interval = self.engine.consortium.params.heartbeat_ms / 1000
-        while True:
-            await trio.sleep(interval)
-            now = self.clock_ms()
-            conditions = await self.read(self.engine.alert_conditions, now, self.is_up)
-            if self.extra_status is not None:
-                conditions.extend(self.extra_status().get("alerts", []))
-            for alert in self.alerts.update(conditions, now):
-                if self.on_alert is not None:
-                    await self.on_alert(alert)
+        async with trio.open_nursery() as hooks:
+            while True:
+                await trio.sleep(interval)
+                now = self.clock_ms()
+                conditions = await self.read(self.engine.alert_conditions, now, self.is_up)
+                if self.extra_status is not None:
+                    conditions.extend(self.extra_status().get("alerts", []))
+                for alert in self.alerts.update(conditions, now):
+                    if self.on_alert is not None:
+                        hooks.start_soon(self._deliver_alert, alert)
+
+    async def _deliver_alert(self, alert: Alert) -> None:
+        """A webhook or command that hangs must not hold up later alerts: each delivery runs on
+        its own and is abandoned after ALERT_HOOK_TIMEOUT_S."""
+        assert self.on_alert is not None
+        with trio.move_on_after(ALERT_HOOK_TIMEOUT_S) as scope:
+            await self.on_alert(alert)
+        if scope.cancelled_caught:
+            log.warning("alert hook for %s (%s) did not finish within %d s; abandoned", alert.kind,
+                        alert.subject, ALERT_HOOK_TIMEOUT_S)
 
     # --- client operations ---------------------------------------------------------------------
 
