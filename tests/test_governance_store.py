@@ -79,9 +79,6 @@ def test_store_keeps_and_reorgs_governance(tmp_path: Path) -> None:
     assert fork_at < chain.height
 
 
-@pytest.mark.xfail(strict=True, raises=StorageError, reason="store/readers.py recompute_effects calls apply_txs without height=, so a "
-                   "block carrying governance requests cannot be re-applied from the store (reorg without cached "
-                   "effects, restart); the lead passes height=block.height there (see the governance report)")
 def test_reorg_without_cached_effects_recomputes_governance_blocks(tmp_path: Path) -> None:
     chain, fork, _fork_at, _pid = governed_with_fork()
     with Store.open(tmp_path / "a", chain.consortium, "firm-a", sync=False) as store:

@@ -72,7 +72,7 @@ def recompute_effects(reader: StateReader, block: Block, consortium: Consortium,
     """Effects of a stored block on its parent's state (signatures were checked before storing)."""
     try:
         effects = apply_txs(reader, block.txs, consortium, cid, block.header.time_ms, parent_state_root,
-                            signature_ok=_trust_stored)
+                            signature_ok=_trust_stored, height=block.height)
     except PeerDBError as exc:
         raise StorageError(f"stored block {block.hash.hex()[:16]} at height {block.height} does not apply "
                            f"on its parent ({exc}); it should never have been stored") from None
