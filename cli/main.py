@@ -46,6 +46,9 @@ class Ctx:
 
 pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+"""Every command that prints data accepts --json here as well as on the group."""
+
 
 
 
@@ -89,7 +92,7 @@ def _json_flag(ctx: Ctx, as_json: bool) -> None:
 @click.option("--kind", type=click.Choice(["member", "client"]), default="member", show_default=True,
               help="A member key signs blocks; a client key signs transactions.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def keygen(ctx: Ctx, out: str, kind: str, force: bool, as_json: bool) -> None:
     """Create an Ed25519 key pair in a file readable only by you; print its public key.
@@ -131,7 +134,7 @@ def consortium() -> None:
 @click.option("--turn-timeout-ms", type=int, default=None, help="Override params.turn_timeout_ms.")
 @click.option("--anchor-interval-s", type=int, default=None, help="Override params.anchor_interval_s.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def consortium_init(ctx: Ctx, directory: str, name: str, count: int, names: str | None, host: str,
                     base_port: int, api_base_port: int, bitcoin_rpc: str | None, heartbeat_ms: int | None,
@@ -222,7 +225,7 @@ timeout_option = click.option("--timeout", type=click.FloatRange(0.1, 600), defa
 @click.argument("value")
 @wait_option
 @timeout_option
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def put(ctx: Ctx, namespace: str, key: str, value: str, wait: str | None, timeout: float, as_json: bool) -> None:
     """Write VALUE under NAMESPACE/KEY (signed by the node's client key).
@@ -240,7 +243,7 @@ def put(ctx: Ctx, namespace: str, key: str, value: str, wait: str | None, timeou
 @click.argument("key")
 @wait_option
 @timeout_option
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def delete(ctx: Ctx, namespace: str, key: str, wait: str | None, timeout: float, as_json: bool) -> None:
     """Delete NAMESPACE/KEY (the history keeps every earlier version).
@@ -258,7 +261,7 @@ def delete(ctx: Ctx, namespace: str, key: str, wait: str | None, timeout: float,
 @click.argument("key")
 @click.option("--view", type=VIEW, default="majority", show_default=True, help="Which view to read.")
 @click.option("--at", type=HeightType(), default=None, help="Read as of this height.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def get(ctx: Ctx, namespace: str, key: str, view: str, at: int | None, as_json: bool) -> None:
     """Read NAMESPACE/KEY from a view; says which height and view answered.
@@ -278,7 +281,7 @@ def get(ctx: Ctx, namespace: str, key: str, view: str, at: int | None, as_json: 
 @click.command()
 @click.argument("namespace")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def history(ctx: Ctx, namespace: str, key: str, as_json: bool) -> None:
     """Every version of NAMESPACE/KEY with the block that wrote it.
@@ -298,7 +301,7 @@ def history(ctx: Ctx, namespace: str, key: str, as_json: bool) -> None:
 @click.argument("file", type=click.File("r"))
 @wait_option
 @timeout_option
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def propose(ctx: Ctx, file: Any, wait: str | None, timeout: float, as_json: bool) -> None:
     """Submit a batch of writes from a JSON file (or - for stdin) as one atomic transaction.
@@ -325,7 +328,7 @@ def propose(ctx: Ctx, file: Any, wait: str | None, timeout: float, as_json: bool
 # --- inspection ----------------------------------------------------------------------------------------
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def status(ctx: Ctx, as_json: bool) -> None:
     """Heads per view, peers, whose turn it is, anchoring, and alerts with their causes.
@@ -363,7 +366,7 @@ def blocks() -> None:
 @blocks.command("list")
 @click.option("--from", "start", type=HeightType(), default=None, help="First height (default: the last 20).")
 @click.option("--to", "end", type=HeightType(), default=None, help="Last height (default: the tip).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def blocks_list(ctx: Ctx, start: int | None, end: int | None, as_json: bool) -> None:
     """One line per block: height, hash, proposer, transactions, status, signers.
@@ -382,7 +385,7 @@ def blocks_list(ctx: Ctx, start: int | None, end: int | None, as_json: bool) -> 
 
 @blocks.command("show")
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def blocks_show(ctx: Ctx, ref: str, as_json: bool) -> None:
     """Header, transactions, member-by-member signatures, objections, status and anchor of a block.
@@ -417,7 +420,7 @@ def evidence() -> None:
 
 
 @evidence.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def evidence_list(ctx: Ctx, as_json: bool) -> None:
     """Every member proven to have signed two blocks at one height.
@@ -435,7 +438,7 @@ def evidence_list(ctx: Ctx, as_json: bool) -> None:
 
 @evidence.command("show")
 @click.argument("evidence_id")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def evidence_show(ctx: Ctx, evidence_id: str, as_json: bool) -> None:
     """One piece of evidence, with its encoding (anyone can re-check it).
@@ -459,7 +462,7 @@ def anchors() -> None:
 
 
 @anchors.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def anchors_list(ctx: Ctx, as_json: bool) -> None:
     """Anchoring state: anchored height, pending and confirmed anchor transactions.
@@ -475,7 +478,7 @@ def anchors_list(ctx: Ctx, as_json: bool) -> None:
 
 @anchors.command("show")
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @pass_ctx
 def anchors_show(ctx: Ctx, ref: str, as_json: bool) -> None:
     """The anchor of one block (height or hash): Bitcoin transaction, height, depth, proof.
