@@ -702,19 +702,22 @@ class Engine:
     def on_blocks(self, peer: str, msg: Blocks, now_ms: int) -> None:
         last_height = 0
         progress = False
-        for raw, sigs in msg.items:
-            try:
-                block = Block.decode(raw, self.mempool_raw)
-            except (DecodeError, ValidationError) as exc:
-                log.warning("catch-up from %s: bad block: %s", peer, exc)
-                break
-            progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
-            if block.hash not in self.tree:
-                break
-            last_height = block.height
+        # The whole batch is one durable commit (not one per block); any signature we release at
+        # the end leaves only after it, when the outbox is flushed.
+        with self.store.batch():
+            for raw, sigs in msg.items:
+                try:
+                    block = Block.decode(raw, self.mempool_raw)
+                except (DecodeError, ValidationError) as exc:
+                    log.warning("catch-up from %s: bad block: %s", peer, exc)
+                    break
+                progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
+                if block.hash not in self.tree:
+                    break
+                last_height = block.height
+            self._after_change(now_ms)
         if msg.items:
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
-        self._after_change(now_ms)
         if progress:
             # Ask for the next batch at once only when this one moved us forward; otherwise the
             # retry interval applies (a peer advertising what it cannot deliver is not a loop).

@@ -81,12 +81,20 @@ class StoreQueries:
 
     @contextmanager
     def _read(self) -> Iterator[Txn]:
+        batch = self._batch_txn_here()
+        if batch is not None:  # read our own uncommitted writes
+            yield batch
+            return
         with lmdb_errors(str(self.path)):
             txn = self._environment().begin()
             try:
                 yield txn
             finally:
                 txn.abort()
+
+    def _batch_txn_here(self) -> Txn | None:
+        """The open batch write transaction, if this thread owns one (see Store.batch)."""
+        return None
 
     # --- chain ---------------------------------------------------------------------------
 
@@ -188,7 +196,7 @@ class StoreQueries:
         children. Close it promptly (use ``with``)."""
         with lmdb_errors(str(self.path)):
             return StateSnapshot(self._environment(), self._t, block_hash, self.consortium,
-                                 self.consortium_id, effects_cache)
+                                 self.consortium_id, effects_cache, txn=self._batch_txn_here())
 
     def get(self, namespace: str, key: str, at_height: int | None = None) -> tuple[bytes | None, int | None]:
         """(value, height of the write that set it) at the head, or as of best-chain height

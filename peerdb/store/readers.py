@@ -129,8 +129,12 @@ class StateSnapshot:
     """
 
     def __init__(self, env: lmdb.Environment, t: Tables, block_hash: bytes, consortium: Consortium,
-                 cid: bytes, effects_cache: Mapping[bytes, Effects] | None = None) -> None:
-        self._txn: Txn | None = env.begin()
+                 cid: bytes, effects_cache: Mapping[bytes, Effects] | None = None,
+                 txn: Txn | None = None) -> None:
+        # ``txn``: read through an open write transaction (a store batch) instead of a snapshot
+        # of its own; the snapshot then neither owns nor ends it.
+        self._owned = txn is None
+        self._txn: Txn | None = env.begin() if txn is None else txn
         try:
             self._reader = reader_at(self._txn, t, block_hash, consortium, cid, effects_cache)
             self.header = need_header(self._txn, t, block_hash)
@@ -155,8 +159,9 @@ class StateSnapshot:
     def close(self) -> None:
         if self._txn is not None:
             txn, self._txn = self._txn, None
-            with lmdb_errors("state snapshot"):
-                txn.abort()
+            if self._owned:
+                with lmdb_errors("state snapshot"):
+                    txn.abort()
 
     def __enter__(self) -> "StateSnapshot":
         return self

@@ -85,6 +85,7 @@ class Store(StoreQueries):
         self.instance_id = instance_id
         self._head = head
         self._write_lock = threading.Lock()
+        self._batch: tuple[int, Txn] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], consortium: Consortium, member: str, *, sync: bool = True,
@@ -152,8 +153,52 @@ class Store(StoreQueries):
         self.close()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several writes as ONE durable transaction (catch-up stores a whole batch of blocks
+        with one commit instead of one per block). Inside, this thread's reads see the batch's
+        own writes; other threads see nothing of it until the commit. All or nothing: an
+        exception aborts every write of the batch."""
+        if self._batch_txn_here() is not None:
+            yield  # nested: the outer batch commits
+            return
+        with self._write_lock, lmdb_errors(str(self.path)):
+            txn = self._environment().begin(write=True)
+            head_before = self._head
+            self._batch = (threading.get_ident(), txn)
+            try:
+                yield
+            except BaseException:
+                self._batch = None
+                self._head = head_before
+                txn.abort()
+                raise
+            self._batch = None
+            txn.commit()
+
+    def _batch_txn_here(self) -> Txn | None:
+        batch = self._batch
+        if batch is not None and batch[0] == threading.get_ident():
+            return batch[1]
+        return None
+
+    @contextmanager
     def _write(self) -> Iterator[Txn]:
         """One durable write transaction; the head cache follows the committed head."""
+        batch = self._batch_txn_here()
+        if batch is not None:
+            # A child of the batch transaction: a write that fails leaves nothing behind, one that
+            # succeeds becomes durable when the whole batch commits.
+            child = self._environment().begin(write=True, parent=batch)
+            try:
+                yield child
+                new_head = head_hash(child, self._t)
+                head = self._head if new_head == self._head.hash else need_header(child, self._t, new_head)
+            except BaseException:
+                child.abort()
+                raise
+            child.commit()
+            self._head = head
+            return
         with self._write_lock, lmdb_errors(str(self.path)):
             txn = self._environment().begin(write=True)
             try:
