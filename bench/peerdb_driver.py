@@ -39,6 +39,8 @@ MEMBERS = 4
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 CATCHUP_TIMEOUT_S = 300.0
+CATCHUP_PRELOAD_TXS = 20_000
+"""Transactions added in full batches before a member is wiped, so catch-up moves real blocks."""
 NAMESPACE = "bench"
 LEVELS = ("majority", "unanimous_signed")
 
@@ -130,8 +132,36 @@ class PeerDBDriver:
                                     text=True, timeout=900)
             if verify.returncode == 0:
                 out["audit_verify_tps"] = json.loads(verify.stdout).get("tx_per_s")
+        # Catch-up is measured on a chain with real blocks: preload full batches first.
+        txs += self._preload(api, token, CATCHUP_PRELOAD_TXS)
         out["catchup_tps"] = self._catchup(procs, api, token, txs)
+        out["catchup_chain_transactions"] = txs
         return out
+
+    def _preload(self, api: str, token: str, count: int) -> int:
+        """Submit ``count`` transactions in 500-transaction requests and wait until they are
+        unanimous-signed; returns how many went in."""
+        from peerdb.core.consortium import load_consortium
+        from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
+        from peerdb.keyfile import read_key
+        assert self._workdir is not None
+        consortium = load_consortium(self._workdir / "consortium.toml")
+        cid = consortium_id(consortium)
+        key = read_key(self._workdir / "keys" / "firm-a-client.key")[0]
+        expires = int(time.time() * 1000) + 3_600_000
+        base = random.getrandbits(40)
+        headers = {"Authorization": f"Bearer {token}"}
+        done = 0
+        with httpx.Client(base_url=f"http://{api}", headers=headers, timeout=REQUEST_TIMEOUT_S + 10) as client:
+            for start in range(0, count, 500):
+                batch = [Tx.create(key, cid, "firm-a", base + i, expires,
+                                   [Op(OP_PUT, NAMESPACE, f"pre{base + i}", b"p" * 150)])
+                         for i in range(start, min(count, start + 500))]
+                r = client.post("/v1/txs", json={"txs": [base64.b64encode(t.raw).decode() for t in batch],
+                                                 "wait": "unanimous_signed", "timeout_s": REQUEST_TIMEOUT_S})
+                if r.status_code == 200 and r.json().get("wait", {}).get("reached"):
+                    done += len(batch)
+        return done
 
     def _catchup(self, procs: ManagedProcesses, api: str, token: str, txs: int) -> float | None:
         """Wipe firm-d's data and restart it: transactions fetched, verified and applied per second."""
@@ -144,11 +174,14 @@ class PeerDBDriver:
         target = _status(api, token)["heads"]["tentative"]
         cfg_path = self._workdir / f"{name}.toml"
         cfg = tomllib.loads(cfg_path.read_text())
-        start = time.monotonic()
         proc = procs.spawn(name, [sys.executable, "-m", "cli", "node", "run", "--config", str(cfg_path)],
                            log_path=self._workdir / f"{name}.log")
         self._procs[name] = proc.pid
         self._pids.append(proc.pid)
+        # The clock starts once the member answers (process start-up is not catch-up).
+        wait_until(lambda: _ready(cfg["api"]["listen"], cfg["api"]["token"]), timeout_s=START_TIMEOUT_S,
+                   what=f"{name} answering after the restart")
+        start = time.monotonic()
         deadline = start + CATCHUP_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
