@@ -30,7 +30,7 @@ import trio
 
 from bench import http1
 from bench.drivers import Client, ClientSpec
-from bench.errors import BenchError, SubmitError
+from bench.errors import SubmitError
 from bench.pool import Pool
 from bench.procs import ManagedProcesses, dead_child, free_ports, wait_until
 

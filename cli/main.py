@@ -17,7 +17,7 @@ import click
 from peerdb.core.errors import ConfigError, PeerDBError
 
 from . import exitcodes
-from .client import ApiClient, CliError, env_default
+from .client import ApiClient, CliError
 from .params import VIEW, AddressType, HeightType
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

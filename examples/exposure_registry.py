@@ -31,7 +31,6 @@ from typing import Any
 
 from consortium_client import (
     EXIT_CHECK_FAILED,
-    ConsortiumDir,
     ExampleError,
     Member,
     argument_parser,

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
-from peerdb.core.errors import StorageError
 from peerdb.core.governance import PASSED, PENDING, proposal_key, read_proposal
 from peerdb.core.membership import CHANGES_KEY, ConsortiumState
 from peerdb.core.model import GOV_NAMESPACE, Block

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from ..core.chain import View
 from ..core.consortium import NAME_RE
 from ..core.limits import MAX_NAMESPACE_LEN
-from ..core.errors import AccessError, ConfigError, DecodeError, PeerDBError, RemoteError, ValidationError
+from ..core.errors import AccessError, ConfigError, DecodeError, RemoteError, ValidationError
 from ..core.keys import SigningKey
 from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
 from .api_audit import audit_routes

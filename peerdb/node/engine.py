@@ -26,7 +26,6 @@ from ..core.errors import (
     DecodeError,
     DoubleSignRefused,
     RemoteError,
-    SignatureError,
     ValidationError,
 )
 from ..core.keys import SigningKey
