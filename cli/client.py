@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +78,3 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         return self.request("POST", path, json=body, timeout=timeout)
 
-
-def env_default(name: str) -> str | None:
-    return os.environ.get(name) or None
