@@ -41,6 +41,20 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+POLL_INTERVAL_S = 0.1
+"""How often a condition on real processes is re-checked while waiting for it."""
+
+
+def poll_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a condition on real processes: re-check it until it holds or the deadline passes
+    (then TimeoutError naming what was awaited). The one place that polls with a sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(POLL_INTERVAL_S)
+
+
 @dataclass
 class NodeProcess:
     name: str
@@ -130,11 +144,7 @@ class LocalConsortium:
             return result
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.1)
+        poll_until(predicate, timeout, what)
 
     def kill(self, name: str) -> None:
         """SIGKILL: a crash, not a shutdown."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from peerdb.anchor.proof import AnchorProof
 from peerdb.anchor.regtest import RegtestNode
 from peerdb.audit.errors import AuditFailure
 from peerdb.audit.verify import VerifyOptions, verify_bundle
-from peerdb.localnet import LocalConsortium
+from peerdb.localnet import LocalConsortium, poll_until
 from tests.bitcoin_node import regtest  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.bitcoin]
@@ -35,11 +34,10 @@ WAIT_S = 60.0
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+    try:
+        poll_until(predicate, timeout, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def heads(net: LocalConsortium, name: str) -> dict[str, int]:

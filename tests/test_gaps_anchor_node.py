@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from peerdb.anchor.proof import AnchorProof
 from peerdb.anchor.regtest import free_port
 from peerdb.core.consortium import Params
-from peerdb.localnet import LocalConsortium
+from peerdb.localnet import LocalConsortium, poll_until
 from peerdb.node.anchoring import AnchorBook
 from peerdb.node.messages import AnchorMsg
 from tests.test_audit_verify import make_anchor
@@ -68,11 +67,10 @@ def test_peer_anchor_proofs_are_checked_before_they_count(four: Four, caplog: py
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+    try:
+        poll_until(predicate, timeout, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @pytest.mark.slow
