@@ -27,7 +27,7 @@ from ..anchor.proof import AnchorProof, verify_anchor_proof
 from ..anchor.rpc import BitcoinRPC
 from ..anchor.service import AnchorService, AnchorServiceConfig
 from ..core.alerts import Alert
-from ..core.consortium import Consortium
+from ..core.consortium import Consortium, Params
 from ..core.errors import DecodeError, ValidationError
 from .config import NodeConfig
 from .engine import Engine, Outgoing
@@ -102,7 +102,6 @@ class NodeAnchoring:
         self.cfg = cfg
         self.bitcoin = cfg.bitcoin
         self.consortium = consortium
-        self.params = consortium.params
         # A member may wait deeper than agreed before it shares a proof, never shallower.
         self.confirmations = max(cfg.bitcoin.confirmations or 0, self.params.anchor_confirmations)
         self.rpc = BitcoinRPC(cfg.bitcoin.rpc_url)
@@ -113,6 +112,15 @@ class NodeAnchoring:
                                             clock=service.clock_ms)
         self.handed_over: set[bytes] = set()
         self.last_duty_interval = -1
+
+    @property
+    def params(self) -> Params:
+        """The parameters in force at the next height (governance may change the interval)."""
+        return self.engine.params
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.engine.current.member_names
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -126,7 +134,7 @@ class NodeAnchoring:
         while True:
             now = self.service.clock_ms()
             k = now // interval_ms
-            if anchor_duty(self.consortium.member_names, now, self.params.anchor_interval_s) == self.engine.me \
+            if anchor_duty(self.members, now, self.params.anchor_interval_s) == self.engine.me \
                     and k != self.last_duty_interval:
                 self.anchor_service.wake()
             await trio.sleep(max(0.05, ((k + 1) * interval_ms - now) / 1000))
@@ -138,7 +146,7 @@ class NodeAnchoring:
         interval_ms = self.params.anchor_interval_s * 1000
         k = now // interval_ms
         if k == self.last_duty_interval or \
-                anchor_duty(self.consortium.member_names, now, self.params.anchor_interval_s) != self.engine.me:
+                anchor_duty(self.members, now, self.params.anchor_interval_s) != self.engine.me:
             return []
         tree = self.engine.tree
         heads = tree.heads()
@@ -163,7 +171,7 @@ class NodeAnchoring:
         status = self.anchor_service.status()
         return {"state": status.state, "reason": status.reason, "lines": status.lines(),
                 "summary": "; ".join(status.lines()) or status.state,
-                "duty": anchor_duty(self.consortium.member_names, self.service.clock_ms(),
+                "duty": anchor_duty(self.members, self.service.clock_ms(),
                                     self.params.anchor_interval_s)}
 
     def alert_conditions(self) -> dict[str, Any]:

@@ -305,7 +305,7 @@ class Api:
         if len(ns) > MAX_NAMESPACE_LEN or not NAME_RE.match(ns):
             raise ApiError(400, "bad_namespace", f"namespace {ns!r}: lowercase letters, digits, '_', '.', '-' "
                            f"(at most {MAX_NAMESPACE_LEN})")
-        if not self.engine.consortium.may_read(self.engine.me, ns):
+        if not self.engine.current.may_read(self.engine.me, ns):
             raise ApiError(403, "forbidden", f"{self.engine.me} may not read namespace {ns!r}")
 
     def _kv(self, ns: str, key: str, view: View, at: int | None) -> dict[str, Any]:
@@ -407,7 +407,7 @@ class Api:
                 "prev": h.prev.hex(), "tx_root": h.tx_root.hex(), "state_root": h.state_root.hex(),
                 "evidence_root": h.evidence_root.hex(),
                 "signatures": [{"member": m, "signed": m in signers, "excluded": m in tree.culprits}
-                               for m in tree.members],
+                               for m in self.engine.state_for(h.prev, h.height).members_at(h.height)],
                 "objections": [{"member": o.member, "reason": o.reason} for o in self.engine.store.objections(block_hash)],
                 "evidence": [{"id": e.id.hex(), "member": e.member, "height": e.header_a.height} for e in block.evidence],
                 "txs": [tx_json(tx) for tx in block.txs],
@@ -430,7 +430,7 @@ class Api:
             "up_to_date": heads.unanimous == heads.tentative,
             "mempool": len(engine.mempool),
             "excluded": sorted(engine.tree.culprits),
-            "peers": {m: self.service.is_up(m) for m in engine.consortium.member_names if m != engine.me},
+            "peers": {m: self.service.is_up(m) for m in engine.current.member_names if m != engine.me},
             "alerts": self.service.alerts.snapshot(),
             "uptime_s": (now - self.service.started_ms) / 1000,
         }
@@ -449,7 +449,7 @@ class Api:
     @_wrap
     async def get_peers(self, request: Request) -> Any:
         return {"peers": [{"member": m, "up": self.service.is_up(m)}
-                          for m in self.engine.consortium.member_names if m != self.engine.me]}
+                          for m in self.engine.current.member_names if m != self.engine.me]}
 
     @_wrap
     async def get_evidence(self, request: Request) -> Any:
@@ -508,7 +508,7 @@ class Api:
 
     @_wrap
     async def get_consortium(self, request: Request) -> Any:
-        c = self.engine.consortium
+        c = self.engine.current  # in force at the next height, after every change passed so far
         return {"name": c.name, "id": self.engine.cid.hex(), "genesis_time_ms": c.genesis_time_ms,
                 "members": [{"name": m.name, "key": m.key.hex(), "address": m.address, "api": m.api,
                              "clients": [k.hex() for k in m.clients]} for m in c.members],

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..core.alerts import Alert, chain_alerts, waiting_for
 from ..core.chain import BlockTree, ViewHeads
-from ..core.consortium import Consortium
+from ..core.consortium import Consortium, Params
 from ..core.errors import (
     DecodeError,
     DoubleSignRefused,
@@ -29,9 +29,10 @@ from ..core.errors import (
     ValidationError,
 )
 from ..core.keys import SigningKey
+from ..core.membership import GOVERNANCE_DELAY, ConsortiumState
 from ..core.merkle import merkle_root
 from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
-from ..core.state import Effects, apply_txs, check_tx_static, check_tx_time
+from ..core.state import BlockRun, Effects, check_tx_static, check_tx_time
 from ..store import Store
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from .messages import (
@@ -93,6 +94,10 @@ class Engine:
         self.mempool_max = mempool_max
         self.verifier = verifier or Verifier(self.cid)
         self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
+        self.gov = ConsortiumState(consortium)
+        """The governance state after the best tip: members, keys and parameters at every height
+        up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
+        self._gov_tip = b""
         self.outbox: list[Outgoing] = []
         self.mempool: OrderedDict[bytes, Tx] = OrderedDict()
         self.mempool_raw: dict[bytes, Tx] = {}  # encoded tx -> tx, to skip re-parsing block bodies
@@ -116,12 +121,16 @@ class Engine:
     # --- start-up ------------------------------------------------------------------------------
 
     def _load(self, now_ms: int) -> None:
+        # The stored head's governance state names every member the best chain ever had, so
+        # their stored signatures can be counted before the tree has chosen its best tip.
+        with self.store.state_reader_at(self.store.head().hash) as reader:
+            self._set_gov(ConsortiumState.load(self.consortium, reader), self.store.head().hash)
         for header in self.store.headers_iter():
             if header.height > 0:
                 self.tree.add_header(header)
         for sig in self.store.all_signatures_iter():
             if sig.block_hash in self.tree:
-                self.tree.add_signature(sig.block_hash, sig.member)
+                self._tree_sign(sig.block_hash, sig.member)
         for ev in self.store.evidence_list():
             self.evidence[ev.id] = ev
             self.tree.add_culprit(ev.member)
@@ -138,10 +147,82 @@ class Engine:
         if self.mempool:
             self.verifier.verify(list(self.mempool.values()))
         self._sync_head(now_ms)
+        self._follow_tip()
         self._last_tip = self.tree.best_tip.hash
         log.info("engine loaded: %d blocks, tip height %d, %d pending txs, %d culprits",
                  sum(1 for _ in self.tree.headers()) - 1, self.tree.best_tip.height, len(self.mempool),
                  len(self.tree.culprits))
+
+    # --- governance: the consortium in force by height ------------------------------------------
+
+    @property
+    def current(self) -> Consortium:
+        """The consortium in force at the next height (tip + 1): the rules new work follows."""
+        return self.gov.at(self.tree.best_tip.height + 1)
+
+    @property
+    def params(self) -> Params:
+        return self.current.params
+
+    def _set_gov(self, state: ConsortiumState, tip: bytes) -> None:
+        changed = state.digest != self.gov.digest or state.genesis is not self.gov.genesis
+        self.gov, self._gov_tip = state, tip
+        if changed or self.tree.schedule is None and state.changes:
+            self.tree.set_schedule(state if state.changes else None)
+
+    def _follow_tip(self) -> None:
+        """Keep :attr:`gov` the state after the best tip (call after every best-tip change)."""
+        tip = self.tree.best_tip
+        if tip.hash == self._gov_tip:
+            return
+        effects = self.effects_cache.get(tip.hash)
+        if effects is not None and tip.prev == self._gov_tip:
+            self._set_gov(self.gov.after_writes(effects.writes), tip.hash)
+            return
+        with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
+            self._set_gov(ConsortiumState.load(self.consortium, reader), tip.hash)
+
+    def state_for(self, parent: bytes, height: int) -> ConsortiumState:
+        """A governance state exact at ``height`` for a block whose parent is ``parent``.
+
+        :attr:`gov` (the state after block G) serves it when G and ``parent`` share an ancestor
+        F with ``height <= F.height + GOVERNANCE_DELAY``: a change passed above F takes effect
+        after that. So every child of a best-chain block, and children up to two heights above
+        G, are answered from memory; other branches read their own state from the store
+        (cached by its digest)."""
+        g = self._gov_tip
+        if parent == g:
+            return self.gov
+        if g == self.tree.best_tip.hash:
+            if self.tree.on_best_chain(parent):
+                return self.gov
+        elif g in self.tree and self._is_ancestor(parent, g):
+            return self.gov
+        if g in self.tree and height <= self.tree.header(g).height + GOVERNANCE_DELAY \
+                and self._is_ancestor(g, parent):
+            return self.gov
+        with self.store.state_reader_at(parent, self.effects_cache) as reader:
+            return ConsortiumState.load(self.consortium, reader)
+
+    def _key_for(self, member: str, block_hash: bytes) -> bytes | None:
+        """The key ``member`` signs with on a known block (None: not a member at its height)."""
+        header = self.tree.header(block_hash)
+        return self.state_for(header.prev, header.height).key_at(member, header.height)
+
+    def _signed_by_some_key(self, member: str, check: Callable[[bytes], bool]) -> bool:
+        """For objects whose height is not known yet (a signature on a block we lack, an
+        objection): any key the best chain ever gave ``member``. A signature on a block is
+        checked again with the key at its height once the block arrives."""
+        keys = {k for _h, k in self.gov.key_history(member) if k is not None}
+        return any(check(k) for k in keys)
+
+    def _tree_sign(self, block_hash: bytes, member: str) -> bool:
+        try:
+            return self.tree.add_signature(block_hash, member)
+        except ValidationError:  # a member only another branch's governance added
+            log.debug("signature of %s on %s not counted: not a member on the best chain", member,
+                      block_hash.hex()[:16])
+            return False
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -204,7 +285,13 @@ class Engine:
                         block.hash.hex()[:16], peer)
             return False
         try:
-            check_proposer_signature(block, proposer_sig, self.consortium, self.cid)
+            if block.header.prev in self.tree:
+                here = self.state_for(block.header.prev, block.height).at(block.height)
+                check_proposer_signature(block, proposer_sig, here, self.cid)
+            elif not self._signed_by_some_key(proposer_sig.member,
+                                              lambda k: proposer_sig.valid(self.cid, k)):
+                raise SignatureError(f"block at height {block.height}: proposer signature of "
+                                     f"{proposer_sig.member} does not verify")
         except (ValidationError, DecodeError) as exc:
             log.warning("rejected block %d from %s: %s", block.height, peer, exc)
             return False
@@ -218,11 +305,13 @@ class Engine:
         parent = self.tree.header(block.header.prev)
         try:
             self.verifier.verify(block.txs)
+            state = self.state_for(parent.hash, block.height)
             with self.store.state_reader_at(parent.hash, self.effects_cache) as reader:
                 effects = check_block(
                     block, parent, parent.state_root, reader, self.consortium, self.cid, now_ms,
                     evidence_known=lambda ev_id: self._evidence_included(ev_id, parent.hash),
-                    signature_ok=self.verifier.known)
+                    signature_ok=self.verifier.known,
+                    consortium_state=state)
         except (ValidationError, DecodeError) as exc:
             log.warning("rejected block %d round %d by %s (from %s): %s", block.height, block.header.round,
                         block.header.proposer, peer, exc)
@@ -271,7 +360,8 @@ class Engine:
         extends_head = block.header.prev == head.hash and self.tree.best_tip.hash == block.hash
         cosign = None
         if not own and cosign_now and self.tree.best_tip.hash == block.hash \
-                and not self.tree.signed_at(self.me, block.height):
+                and not self.tree.signed_at(self.me, block.height) \
+                and self.me in self.state_for(block.header.prev, block.height).members_at(block.height):
             cosign = BlockSignature.create(self.key, self.cid, self.me, block.hash)
         riders = self._take_unsaved()
         try:
@@ -293,7 +383,7 @@ class Engine:
         for ev in block.evidence:
             self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
         self.tree.add_header(block.header)
-        self.tree.add_signature(block.hash, proposer_sig.member)
+        self._tree_sign(block.hash, proposer_sig.member)
         self._remember_effects(block.hash, effects)
         self.recent_blocks[block.hash] = block
         while len(self.recent_blocks) > EFFECTS_CACHE:
@@ -315,6 +405,7 @@ class Engine:
                         len(result.rolled_back), len(result.applied), tip.height, tip.hash.hex()[:16],
                         len(result.returned_txs))
         self._applied(result.applied, result.rolled_back, result.returned_txs)
+        self._follow_tip()
 
     def _applied(self, applied: Sequence[bytes], rolled_back: Sequence[bytes], returned: Sequence[Tx]) -> None:
         for block_hash in applied:
@@ -338,6 +429,7 @@ class Engine:
 
     def _after_change(self, now_ms: int) -> None:
         self._sync_head(now_ms)
+        self._follow_tip()
         self._maybe_sign_tip(now_ms)
         tip = self.tree.best_tip.hash
         if tip != self._last_tip:
@@ -350,6 +442,8 @@ class Engine:
             return
         if self.tree.signed_at(self.me, tip.height):
             return  # we endorsed another block at this height; we endorse this branch at the next one
+        if self.me not in self.gov.members_at(tip.height):
+            return  # not a member at this height (removed, or not yet added): our signature is void
         sig = BlockSignature.create(self.key, self.cid, self.me, tip.hash)
         try:
             # One commit records the guard entry and our signature, before the signature leaves.
@@ -369,13 +463,14 @@ class Engine:
             header = Block.peek_header(proposal.block)
         except (DecodeError, ValidationError):
             return
-        member = self.consortium.member(header.proposer)
         sig = proposal.signature
-        if member is not None and sig.member == header.proposer and sig.block_hash == header.hash \
-                and sig.valid(self.cid, member.key):
+        if sig.member == header.proposer and sig.block_hash == header.hash \
+                and self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k)):
             self._object(header.hash, reason)
 
     def _object(self, block_hash: bytes, reason: str) -> None:
+        if self.gov.key_at(self.me, self.tree.best_tip.height + 1) is None:
+            return  # no longer a member: our objections would not verify
         objection = Objection.create(self.key, self.cid, self.me, block_hash, reason)
         self.store.add_objection(objection)
         self.objection_count += 1
@@ -390,17 +485,21 @@ class Engine:
     def _accept_sigs(self, sigs: Iterable[BlockSignature], peer: str | None, now_ms: int) -> None:
         fresh = []
         for sig in sigs:
-            member = self.consortium.member(sig.member)
-            if member is None:
+            if sig.member not in self.gov.used_names:
                 log.warning("rejected signature from %s: %s is not a member", peer, sig.member)
                 continue
             if sig.member in self.tree.signers(sig.block_hash):
                 log.debug("ignored %s's signature on %s from %s: already known (duplicate or replay)",
                           sig.member, sig.block_hash.hex()[:16], peer)
                 continue
-            if not sig.valid(self.cid, member.key):
-                log.warning("rejected signature from %s: %s's signature on %s does not verify", peer, sig.member,
-                            sig.block_hash.hex()[:16])
+            if sig.block_hash in self.tree:
+                key = self._key_for(sig.member, sig.block_hash)
+                ok = key is not None and sig.valid(self.cid, key)
+            else:
+                ok = self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k))
+            if not ok:
+                log.warning("rejected signature from %s: %s's signature on %s does not verify with its key "
+                            "at that height", peer, sig.member, sig.block_hash.hex()[:16])
                 continue
             if sig.block_hash not in self.tree:
                 waiting = self.pending_sigs.setdefault(sig.block_hash, {})
@@ -409,7 +508,7 @@ class Engine:
                     self.pending_sigs.popitem(last=False)
                 continue
             self._check_double_sign(self.tree.header(sig.block_hash), sig)
-            self.tree.add_signature(sig.block_hash, sig.member)
+            self._tree_sign(sig.block_hash, sig.member)
             fresh.append(sig)
         if fresh:
             # Peers' signatures are durable at their signers (each persisted its own before
@@ -458,7 +557,7 @@ class Engine:
         if ev.id in self.evidence:
             return
         try:
-            check_evidence(ev, self.consortium, self.cid)
+            check_evidence(ev, self.consortium, self.cid, consortium_state=self.gov)
         except (ValidationError, DecodeError) as exc:
             log.warning("rejected evidence from %s: %s", peer, exc)
             return
@@ -471,8 +570,7 @@ class Engine:
 
     def on_objection(self, peer: str | None, msg: ObjectionMsg, now_ms: int) -> None:
         obj = msg.objection
-        member = self.consortium.member(obj.member)
-        if member is None or not obj.valid(self.cid, member.key):
+        if not self._signed_by_some_key(obj.member, lambda k: obj.valid(self.cid, k)):
             log.warning("rejected objection from %s: bad signature or unknown member %s", peer, obj.member)
             return
         if self.store.add_objection(obj):
@@ -501,7 +599,8 @@ class Engine:
         per_request: list[tuple[SubmitResult, list[tuple[int, Tx]]]] = []
         seen_batch: set[bytes] = set()
         room = self.mempool_max - len(self.mempool)
-        ttl = self.consortium.params.tx_ttl_ms + self.consortium.params.clock_skew_ms
+        current = self.current
+        ttl = current.params.tx_ttl_ms + current.params.clock_skew_ms
         decoded: list[list[tuple[int, Tx | str]]] = []
         for raws in requests:
             parsed: list[tuple[int, Tx | str]] = []
@@ -509,7 +608,7 @@ class Engine:
                 try:
                     known = self.mempool_raw.get(raw)
                     tx = known if known is not None else Tx.decode(raw)
-                    check_tx_static(tx, self.consortium)
+                    check_tx_static(tx, current, governance=True)
                     check_tx_time(tx, now_ms, ttl)
                 except (DecodeError, ValidationError) as exc:
                     parsed.append((i, str(exc)))
@@ -587,12 +686,13 @@ class Engine:
 
     def current_turn(self, now_ms: int) -> tuple[int, int, str]:
         tip = self.tree.best_tip
-        round_ = round_at(now_ms - self.tip_seen_ms, self.consortium.params.turn_timeout_ms)
-        return tip.height + 1, round_, proposer_for(self.tree.members, tip.height + 1, round_)
+        here = self.gov.at(tip.height + 1)
+        round_ = round_at(now_ms - self.tip_seen_ms, here.params.turn_timeout_ms)
+        return tip.height + 1, round_, proposer_for(here.member_names, tip.height + 1, round_)
 
     def next_deadline_ms(self, now_ms: int) -> int:
         """When the turn situation next changes by itself (heartbeat or round timeout)."""
-        params = self.consortium.params
+        params = self.params
         _, round_, _ = self.current_turn(now_ms)
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
         heartbeat = round_start + params.heartbeat_ms
@@ -603,7 +703,7 @@ class Engine:
         height, round_, proposer = self.current_turn(now_ms)
         if proposer != self.me or (height, round_) in self.proposed or self.tree.signed_at(self.me, height):
             return False
-        params = self.consortium.params
+        params = self.params
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
         parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
@@ -633,37 +733,45 @@ class Engine:
         return block
 
     def _build_block(self, tip: Header, height: int, round_: int, now_ms: int) -> Block:
-        params = self.consortium.params
+        params = self.gov.params_at(height)
         time_ms = max(now_ms, tip.time_ms)
         chosen: list[Tx] = []
         size = 1024
         stale = []
-        for txid, tx in self.mempool.items():
-            if len(chosen) >= params.max_block_txs:
-                break
-            if size + len(tx.raw) + 8 > params.max_block_bytes:
-                break
-            try:
-                check_tx_static(tx, self.consortium)
-                check_tx_time(tx, time_ms, params.tx_ttl_ms)
-            except ValidationError:
-                if tx.expires_ms < time_ms:
+        state = self.state_for(tip.hash, height)
+        with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
+            # Transactions are applied one at a time so that one that no longer applies (a vote on
+            # a proposal decided meanwhile, a write its member may no longer make) is left out
+            # instead of spoiling the block; the governance state is the tip's (exact at height).
+            run = BlockRun(reader, self.consortium, self.cid, time_ms, height=height,
+                           consortium_state=state)
+            for txid, tx in self.mempool.items():
+                if len(chosen) >= params.max_block_txs:
+                    break
+                if size + len(tx.raw) + 8 > params.max_block_bytes:
+                    break
+                try:
+                    check_tx_time(tx, time_ms, params.tx_ttl_ms)
+                except ValidationError:
+                    if tx.expires_ms < time_ms:
+                        stale.append(txid)
+                    continue
+                if self.store.tx_location(txid) is not None:
                     stale.append(txid)
-                continue
-            if self.store.tx_location(txid) is not None:
-                stale.append(txid)
-                continue
-            chosen.append(tx)
-            size += len(tx.raw) + 8
+                    continue
+                refused = run.try_add(tx, signature_ok=lambda _tx: True)
+                if refused is not None:
+                    log.debug("left tx %s out of block %d: %s", txid.hex()[:16], height, refused)
+                    continue
+                chosen.append(tx)
+                size += len(tx.raw) + 8
+            effects = run.effects(tip.state_root)
         if stale:
             for txid in stale:
                 self._mempool_drop(txid)
             self.store.mempool_remove(stale)
         evidence = [ev for ev in self.evidence.values() if not self._evidence_included(ev.id, tip.hash)]
         evidence = sorted(evidence, key=lambda e: e.id)[:64]
-        with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
-            effects = apply_txs(reader, chosen, self.consortium, self.cid, time_ms, tip.state_root,
-                                signature_ok=lambda tx: True)
         header = Header(height, round_, tip.hash, self.me, time_ms, merkle_root([tx.txid for tx in chosen]),
                         len(chosen), effects.state_root, merkle_root([e.id for e in evidence]))
         block = Block(header, tuple(chosen), tuple(evidence))
@@ -757,7 +865,7 @@ class Engine:
 
     def alert_conditions(self, now_ms: int, peers_up: Callable[[str], bool]) -> list[Alert]:
         alerts = chain_alerts(self.tree, self.me)
-        params = self.consortium.params
+        params = self.params
         majority = self.tree.heads().majority
         if majority != self._majority_height:
             self._majority_height, self._majority_seen_ms = majority, now_ms
@@ -765,7 +873,7 @@ class Engine:
         # majority head moving, so that is what "stalled" watches.
         if now_ms - self._majority_seen_ms > params.turn_timeout_ms + params.heartbeat_ms:
             alerts.append(waiting_for(self.tree, self.tip_seen_ms, now_ms, params.turn_timeout_ms))
-        for member in self.consortium.member_names:
+        for member in self.current.member_names:
             if member != self.me and not peers_up(member):
                 alerts.append(Alert("peer_down", f"peer {member} is not connected", subject=member))
         return alerts

@@ -147,7 +147,7 @@ class NodeService:
         self.extra_status = extra_status
         self._lock = trio.Lock()
         self._changed = trio.Event()
-        self.alerts = AlertBook(grace_ms=engine.consortium.params.turn_timeout_ms)
+        self.alerts = AlertBook(grace_ms=engine.params.turn_timeout_ms)
         self.started_ms = clock_ms()
         self.handlers: dict[type, Callable[[str, Any, int], None]] = {
             Proposal: engine.on_proposal,
@@ -259,19 +259,17 @@ class NodeService:
             await self.wait_changed(self._trio_deadline(deadline, now))
 
     async def _status_loop(self) -> None:
-        interval = self.engine.consortium.params.heartbeat_ms / 1000
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(self.engine.params.heartbeat_ms / 1000)  # governance may change it
             status = await self.read(self.engine.status_message)
             self.network.broadcast(to_wire(status))
             if self.engine.unsaved_sigs:
                 await self.call(self.engine.flush_signatures)
 
     async def _alert_loop(self) -> None:
-        interval = self.engine.consortium.params.heartbeat_ms / 1000
         async with trio.open_nursery() as hooks:
             while True:
-                await trio.sleep(interval)
+                await trio.sleep(self.engine.params.heartbeat_ms / 1000)
                 now = self.clock_ms()
                 conditions = await self.read(self.engine.alert_conditions, now, self.is_up)
                 if self.extra_status is not None:
