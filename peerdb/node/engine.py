@@ -26,6 +26,7 @@ from ..core.errors import (
     DecodeError,
     DoubleSignRefused,
     RemoteError,
+    SignatureError,
     ValidationError,
 )
 from ..core.keys import SigningKey
