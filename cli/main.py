@@ -70,6 +70,7 @@ def main(ctx: click.Context, config: str | None, api: str | None, token: str | N
     Data:        peerdb put | delete | get | history | propose
     Inspection:  peerdb blocks list|show | evidence list|show | anchors list|show
     Auditors:    peerdb audit export|verify|diff
+    Governance:  peerdb governance propose|vote|list|show
     Try it:      peerdb demo
 
     \b
@@ -351,6 +352,9 @@ def status(ctx: Ctx, as_json: bool) -> None:
     ]
     if s.get("excluded"):
         lines.append("excluded (double-signed): " + ", ".join(s["excluded"]))
+    for p in s.get("governance", {}).get("pending", []):
+        waiting = ", ".join(p["waiting_for"]) or "nobody"
+        lines.append(f"proposal {p['id'][:16]} {p['kind']} by {p['proposer']}: waiting for {waiting}")
     if s.get("anchoring"):
         lines.append(f"anchoring: {s['anchoring'].get('summary', s['anchoring'])}")
     for alert in s["alerts"]:
@@ -527,7 +531,9 @@ for command in (demo, keygen, consortium, node, put, delete, get, history, propo
     main.add_command(command)
 
 from .audit import audit  # noqa: E402  (registered like the commands above; defined in its own module)
+from .governance import governance  # noqa: E402
 main.add_command(audit)
+main.add_command(governance)
 
 
 def run() -> None:  # pragma: no cover - console entry point alias

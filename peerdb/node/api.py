@@ -28,9 +28,11 @@ from ..core.chain import View
 from ..core.consortium import NAME_RE
 from ..core.limits import MAX_NAMESPACE_LEN
 from ..core.errors import AccessError, ConfigError, DecodeError, RemoteError, ValidationError
+from ..core.governance import read_pending, read_proposal, read_votes
 from ..core.keys import SigningKey
 from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
 from .api_audit import audit_routes
+from .api_governance import governance_routes
 from .engine import MempoolFull
 from .service import NodeService
 
@@ -147,6 +149,7 @@ class Api:
             Route("/v1/anchors/{ref}", self.get_anchor),
             Route("/v1/consortium", self.get_consortium),
             *audit_routes(self),
+            *governance_routes(self),
         ]
         self.app = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_error, Exception: self._server_error})
@@ -193,6 +196,14 @@ class Api:
                 return body
             return JSONResponse(body)
         return wrapper
+
+    def _wrap_fn(self, fn: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+        """:meth:`_wrap` for a handler defined outside the class (api_governance)."""
+        wrapped = Api._wrap(lambda _api, request: fn(request))
+
+        async def handler(request: Request) -> Response:
+            return await wrapped(self, request)
+        return handler
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -430,6 +441,7 @@ class Api:
             "up_to_date": heads.unanimous == heads.tentative,
             "mempool": len(engine.mempool),
             "excluded": sorted(engine.tree.culprits),
+            "governance": {"pending": self._pending_proposals(now)},
             "peers": {m: self.service.is_up(m) for m in engine.current.member_names if m != engine.me},
             "alerts": self.service.alerts.snapshot(),
             "uptime_s": (now - self.service.started_ms) / 1000,
@@ -437,6 +449,26 @@ class Api:
         for name, fn in self.extras.items():
             status[name] = fn()
         return status
+
+    def _pending_proposals(self, now_ms: int) -> list[dict[str, Any]]:
+        """Open proposals at the head, each with the members whose vote it still waits for."""
+        engine = self.engine
+
+        def get(namespace: str, key: str) -> bytes | None:
+            return engine.store.get(namespace, key)[0]
+        reader = _GetReader(get)
+        out = []
+        required = engine.current.member_names
+        for pid in read_pending(reader):
+            record = read_proposal(reader, pid)
+            if record is None or record.status_at(now_ms) != "pending":
+                continue
+            voters = tuple(m for m in required if m not in record.proposal.excluded_voters())
+            voted = read_votes(reader, pid, voters)
+            out.append({"id": pid.hex(), "kind": record.proposal.kind, "proposer": record.proposer,
+                        "note": record.proposal.note, "expires_ms": record.expires_ms,
+                        "waiting_for": [m for m in voters if m not in voted]})
+        return out
 
     @_wrap
     async def get_status(self, request: Request) -> Any:
@@ -516,3 +548,10 @@ class Api:
                 "open_namespaces": c.open_namespaces,
                 "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
                                for r in c.namespaces]}
+
+
+class _GetReader:
+    """A :class:`peerdb.core.membership.GovReader` over a ``get`` function."""
+
+    def __init__(self, get: Callable[[str, str], bytes | None]) -> None:
+        self.get = get

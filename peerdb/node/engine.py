@@ -762,7 +762,12 @@ class Engine:
                     continue
                 refused = run.try_add(tx, signature_ok=lambda _tx: True)
                 if refused is not None:
-                    log.debug("left tx %s out of block %d: %s", txid.hex()[:16], height, refused)
+                    # Invalid on top of this tip (a vote on a proposal decided meanwhile, a write
+                    # its member may no longer make): dropped, or it would be retried, and would
+                    # trigger a new block, on every tip.
+                    log.warning("dropped tx %s from the pool: invalid at height %d: %s", txid.hex()[:16],
+                                height, refused)
+                    stale.append(txid)
                     continue
                 chosen.append(tx)
                 size += len(tx.raw) + 8

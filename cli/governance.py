@@ -1,0 +1,207 @@
+"""``peerdb governance propose|vote|list|show``: change members, keys, parameters and namespace
+rules by member votes (docs/governance.md, docs/cli.md "Governance").
+
+Every command talks to the member's own node: a proposal travels in a transaction signed by the
+node's client key; a vote is signed by the node's member key (only the firm itself votes).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+import click
+
+from . import exitcodes
+from .client import ApiClient, CliError
+from .params import VIEW
+
+KIND_HELP = """\b
+KIND and its options:
+  remove   --member NAME (repeat to remove several together)
+  add      --name NAME --key HEX --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
+  rotate   --name NAME --key HEX
+  update   --name NAME --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
+  params   --set NAME=VALUE (repeat), e.g. --set heartbeat_ms=2000
+  namespace --namespace NS --writer NAME ... [--reader NAME ...] [--private]
+"""
+
+KINDS = {"remove": "remove_members", "add": "add_member", "rotate": "rotate_key", "update": "update_member",
+         "params": "set_params", "namespace": "set_namespace"}
+
+
+class CtxLike(Protocol):
+    """The main group's context object (``cli.main.Ctx``), as far as these commands use it."""
+
+    as_json: bool
+
+    @property
+    def client(self) -> ApiClient: ...
+
+    def emit(self, data: Any, text: str | None = None) -> None: ...
+
+
+def _ctx() -> CtxLike:
+    obj = click.get_current_context().find_root().obj
+    if obj is None:
+        raise CliError("internal: the main command did not set up its context")
+    return obj  # type: ignore[no-any-return]
+
+
+def _json_flag(ctx: CtxLike, as_json: bool) -> None:
+    if as_json:
+        ctx.as_json = True
+
+
+def _finish(ctx: CtxLike, answer: dict[str, Any], text: str) -> None:
+    wait = answer.get("wait")
+    if wait:
+        text += f"; {wait['view']} {'reached' if wait['reached'] else 'NOT reached yet (still pending)'}"
+    ctx.emit(answer, text)
+    if wait and not wait["reached"]:
+        sys.exit(exitcodes.TIMEOUT)
+
+
+@click.group()
+def governance() -> None:
+    """Propose and vote on changes to the consortium; list and show proposals.
+
+    \b
+    A change passes when every current member approved it (removing members: every other
+    member), and takes effect two blocks later on every member.
+    """
+
+
+def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | None, address: str | None,
+             clients: tuple[str, ...], api: str | None, settings: tuple[str, ...], namespace: str | None,
+             writers: tuple[str, ...], readers: tuple[str, ...], private: bool) -> dict[str, Any]:
+    """The request body of ``POST /v1/governance/propose`` (the node checks every field)."""
+    body: dict[str, Any] = {"kind": KINDS[kind]}
+    if kind == "remove":
+        if not members:
+            raise CliError("remove: name the member(s) with --member NAME", exitcodes.USAGE)
+        body["members"] = list(members)
+    elif kind in ("add", "update", "rotate"):
+        body.update(name=name, key=key, address=address, clients=list(clients), api=api)
+    elif kind == "params":
+        if not settings:
+            raise CliError("params: give --set NAME=VALUE at least once", exitcodes.USAGE)
+        params: dict[str, Any] = {}
+        for item in settings:
+            pname, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise CliError(f"--set {item!r}: expected NAME=INTEGER, e.g. heartbeat_ms=2000", exitcodes.USAGE)
+            params[pname.strip()] = int(value)
+        body["params"] = params
+    else:
+        body.update(namespace=namespace, writers=list(writers), readers=list(readers), private=private)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@governance.command("propose", epilog=KIND_HELP)
+@click.argument("kind", type=click.Choice(sorted(KINDS)))
+@click.option("--member", "members", multiple=True, help="remove: a member to remove (repeatable).")
+@click.option("--name", help="add/rotate/update: the member's name.")
+@click.option("--key", help="add/rotate: the member key, 64 hex digits (`peerdb keygen` prints it).")
+@click.option("--address", help="add/update: the member's peer address HOST:PORT.")
+@click.option("--client", "clients", multiple=True, help="add/update: a client key in hex (repeatable).")
+@click.option("--api", "api_address", help="add/update: the member's API address HOST:PORT.")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="params: a new value (repeatable).")
+@click.option("--namespace", help="namespace: the namespace the rule is for.")
+@click.option("--writer", "writers", multiple=True, help="namespace: a member that may write ('*': everyone).")
+@click.option("--reader", "readers", multiple=True, help="namespace: a member that may read ('*': everyone).")
+@click.option("--private", is_flag=True, help="namespace: values are encrypted for the readers.")
+@click.option("--note", default="", help="Why: shown to the members asked to vote.")
+@click.option("--wait", type=VIEW, default=None, help="Return once the proposal is in this view.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def propose_cmd(kind: str, members: tuple[str, ...], name: str | None, key: str | None, address: str | None,
+                clients: tuple[str, ...], api_address: str | None, settings: tuple[str, ...],
+                namespace: str | None, writers: tuple[str, ...], readers: tuple[str, ...], private: bool,
+                note: str, wait: str | None, timeout: float, as_json: bool) -> None:
+    """Propose a change KIND (remove, add, rotate, update, params, namespace).
+
+    \b
+    Examples:
+      peerdb -c configs/firm-a.toml governance propose remove --member firm-d --note "left the market"
+      peerdb -c configs/firm-a.toml governance propose params --set heartbeat_ms=2000
+    """
+    ctx = _ctx()
+    _json_flag(ctx, as_json)
+    body = body_for(kind, members, name, key, address, clients, api_address, settings, namespace, writers,
+                    readers, private)
+    body["note"] = note
+    if wait:
+        body.update(wait=wait, timeout_s=timeout)
+    answer = ctx.client.post("/v1/governance/propose", body, timeout=timeout + 10)
+    _finish(ctx, answer, f"proposed {answer['kind']}: {answer['proposal']}\n"
+                         f"members vote with: peerdb governance vote {answer['proposal']} --yes|--no")
+
+
+@governance.command("vote")
+@click.argument("proposal")
+@click.option("--yes/--no", "approve", default=None, help="Approve or reject (required).")
+@click.option("--wait", type=VIEW, default=None, help="Return once the vote is in this view.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def vote_cmd(proposal: str, approve: bool | None, wait: str | None, timeout: float, as_json: bool) -> None:
+    """Vote on PROPOSAL (its hex id) with this member's key.
+
+    \b
+    Example:
+      peerdb -c configs/firm-b.toml governance vote 3f2a...c1 --yes --wait majority
+    """
+    if approve is None:
+        raise CliError("say --yes or --no", exitcodes.USAGE)
+    ctx = _ctx()
+    _json_flag(ctx, as_json)
+    body: dict[str, Any] = {"proposal": proposal, "approve": approve}
+    if wait:
+        body.update(wait=wait, timeout_s=timeout)
+    answer = ctx.client.post("/v1/governance/vote", body, timeout=timeout + 10)
+    _finish(ctx, answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
+
+
+def _line(p: dict[str, Any]) -> str:
+    when = f"effective at {p['effective_height']}" if p.get("effective_height") is not None else ""
+    return (f"{p['id'][:16]}  {p['status']:<8} {p['kind']:<15} by {p['proposer']} at {p['height']}  "
+            f"{when}  {p['note']}").rstrip()
+
+
+@governance.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def list_cmd(as_json: bool) -> None:
+    """Pending proposals, then recently decided ones.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml governance list
+    """
+    ctx = _ctx()
+    _json_flag(ctx, as_json)
+    answer = ctx.client.get("/v1/governance")
+    lines = ["pending:"] + ([f"  {_line(p)}" for p in answer["pending"]] or ["  (none)"])
+    lines += ["recent:"] + ([f"  {_line(p)}" for p in answer["recent"]] or ["  (none)"])
+    ctx.emit(answer, "\n".join(lines))
+
+
+@governance.command("show")
+@click.argument("proposal")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def show_cmd(proposal: str, as_json: bool) -> None:
+    """One proposal: the change, its status and the votes.
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml governance show 3f2a...c1
+    """
+    ctx = _ctx()
+    _json_flag(ctx, as_json)
+    p = ctx.client.get(f"/v1/governance/{proposal}")
+    lines = [_line(p), f"change: {p['change']}"]
+    lines += [f"vote: {v['member']} {'yes' if v['approve'] else 'no'}" for v in p["votes"]]
+    if p.get("waiting_for"):
+        lines.append("waiting for: " + ", ".join(p["waiting_for"]))
+    if p.get("reason"):
+        lines.append(f"reason: {p['reason']}")
+    ctx.emit(p, "\n".join(lines))

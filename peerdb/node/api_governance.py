@@ -1,0 +1,272 @@
+"""Governance through the client API (docs/api.md, "Governance"; docs/protocol.md §20).
+
+``POST /v1/governance/propose`` turns a JSON description of a change into a proposal, checks it
+against the consortium as every passed change leaves it (so a bad proposal is refused here, with
+the rule it breaks, instead of failing in a block), and submits it in a transaction signed by the
+node's client key. ``POST /v1/governance/vote`` signs a vote with the node's **member key** (a
+vote is the firm's own word, protocol §20.3) and carries it in a client-key transaction. The
+reads answer from the state at the best tip, which is the store's head.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..core.consortium import Member, NamespaceRule
+from ..core.errors import ConfigError, DecodeError, ValidationError
+from ..core.governance import (
+    PENDING,
+    ProposalRecord,
+    propose_op,
+    read_pending,
+    read_proposal,
+    read_votes,
+    vote_op,
+)
+from ..core.model import GOV_NAMESPACE, Tx
+from ..store.queries import SCAN_PAGE_MAX
+from ..core.proposals import (
+    ADD_MEMBER,
+    KINDS,
+    PARAM_NAMES,
+    REMOVE_MEMBERS,
+    ROTATE_KEY,
+    SET_NAMESPACE,
+    SET_PARAMS,
+    UPDATE_MEMBER,
+    AddMember,
+    Change,
+    Proposal,
+    RemoveMembers,
+    RotateKey,
+    SetNamespace,
+    SetParams,
+    UpdateMember,
+    Vote,
+    apply_change,
+)
+
+if TYPE_CHECKING:
+    from .api import Api
+
+RECENT_PROPOSALS = 50
+"""Decided proposals listed by ``GET /v1/governance`` (newest first): a consortium decides a
+few questions a month; older ones stay readable by id."""
+GOV_TX_TTL_MS = 10 * 60 * 1000
+"""Expiry of the transactions the node signs for governance requests (as for ``/v1/write``)."""
+
+
+class BadProposal(ValidationError):
+    """A proposal described wrongly in the request body (the message names the field)."""
+
+
+def _field(data: dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise BadProposal(f"{name}: required for a {data.get('kind')} proposal")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BadProposal(f"{name}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _hex_key(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise BadProposal(f"{where}: expected a hex key")
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise BadProposal(f"{where}: not hex") from None
+    if len(key) != 32:
+        raise BadProposal(f"{where}: a key is 32 bytes (64 hex digits), got {len(key)}")
+    return key
+
+
+def _cert(data: dict[str, Any]) -> bytes | None:
+    text = _field(data, "cert_b64", str, required=False)
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise BadProposal(f"cert_b64: not base64 ({exc})") from None
+
+
+def _clients(data: dict[str, Any]) -> tuple[bytes, ...]:
+    items = _field(data, "clients", list, required=False) or []
+    return tuple(sorted({_hex_key(k, f"clients[{i}]") for i, k in enumerate(items)}))
+
+
+def _names(data: dict[str, Any], name: str, required: bool = True) -> tuple[str, ...]:
+    items = _field(data, name, list, required)
+    if items is None:
+        return ()
+    if not all(isinstance(n, str) for n in items):
+        raise BadProposal(f"{name}: expected a list of member names")
+    return tuple(sorted(set(items)))
+
+
+def change_from_json(data: dict[str, Any]) -> Change:
+    """The change a request body describes (see docs/api.md for the fields of each kind)."""
+    kind = data.get("kind")
+    try:
+        if kind == ADD_MEMBER:
+            return AddMember(Member(_field(data, "name", str), _hex_key(data.get("key"), "key"),
+                                    _field(data, "address", str), _clients(data), _cert(data),
+                                    _field(data, "api", str, required=False)))
+        if kind == REMOVE_MEMBERS:
+            names = _names(data, "members")
+            if not names:
+                raise BadProposal("members: name at least one member to remove")
+            return RemoveMembers(names)
+        if kind == ROTATE_KEY:
+            return RotateKey(_field(data, "name", str), _hex_key(data.get("key"), "key"), _cert(data))
+        if kind == UPDATE_MEMBER:
+            return UpdateMember(_field(data, "name", str), _field(data, "address", str), _clients(data),
+                                _cert(data), _field(data, "api", str, required=False))
+        if kind == SET_PARAMS:
+            params = _field(data, "params", dict)
+            if not params:
+                raise BadProposal("params: give at least one parameter")
+            for name, value in params.items():
+                if name not in PARAM_NAMES:
+                    raise BadProposal(f"params.{name}: not a parameter (one of {', '.join(PARAM_NAMES)})")
+                if type(value) is not int or value < 0:
+                    raise BadProposal(f"params.{name}: expected a non-negative integer, got {value!r}")
+            return SetParams(tuple(sorted(params.items())))
+        if kind == SET_NAMESPACE:
+            private = data.get("private", False)
+            if type(private) is not bool:
+                raise BadProposal("private: expected true or false")
+            return SetNamespace(NamespaceRule(_field(data, "namespace", str), _names(data, "writers"),
+                                              _names(data, "readers", required=False), private))
+    except ConfigError as exc:  # a Member or NamespaceRule refused its fields
+        raise BadProposal(str(exc)) from None
+    raise BadProposal(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+
+
+def governance_routes(api: "Api") -> list[Route]:
+    engine = api.engine
+    service = api.service
+
+    def sign(ops: list[Any]) -> Tx:
+        if api.client_key is None:
+            raise ConfigError("this node has no client_key_file configured; governance requests travel in "
+                              "transactions signed by the node's client key")
+        return Tx.create(api.client_key, engine.cid, engine.me, secrets.randbits(63),
+                         service.clock_ms() + GOV_TX_TTL_MS, ops)
+
+    async def submit(tx: Tx, data: dict[str, Any]) -> dict[str, Any]:
+        answer = await api._submit_and_wait([tx.raw], data)
+        if answer["rejected"]:
+            raise ValidationError(answer["rejected"][0]["reason"])
+        return answer
+
+    def check_new(proposal: Proposal) -> None:
+        """The early check of protocol §20.4 (propose, rule 3), plus a fresh id."""
+        state = engine.gov
+        try:
+            apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
+        except ValidationError as exc:
+            raise BadProposal(str(exc)) from None
+        if engine.store.get(GOV_NAMESPACE, f"proposal/{proposal.id.hex()}")[0] is not None:
+            raise BadProposal(f"proposal {proposal.id.hex()[:16]} was already made; give another nonce")
+
+    async def propose(request: Request) -> Any:
+        data = await api._json_body(request)
+        note = data.get("note", "")
+        if not isinstance(note, str):
+            raise BadProposal("note: expected text")
+        nonce = data.get("nonce", secrets.randbits(63))
+        if type(nonce) is not int or nonce < 0:
+            raise BadProposal("nonce: expected a non-negative integer")
+        try:
+            proposal = Proposal(change_from_json(data), note, nonce)
+            Proposal.decode(proposal.raw)  # canonical (sorted, bounded) exactly as peers will check
+        except DecodeError as exc:
+            raise BadProposal(str(exc)) from None
+        await service.read(check_new, proposal)
+        answer = await submit(sign([propose_op(proposal)]), data)
+        return {"proposal": proposal.id.hex(), "kind": proposal.kind, **answer}
+
+    def record_of(pid: bytes) -> ProposalRecord:
+        record = read_proposal(_HeadReader(api), pid)
+        if record is None:
+            from .api import ApiError
+            raise ApiError(404, "not_found", f"no proposal {pid.hex()} on the best chain")
+        return record
+
+    def parse_id(text: Any) -> bytes:
+        try:
+            pid = bytes.fromhex(str(text))
+        except ValueError:
+            pid = b""
+        if len(pid) != 32:
+            raise BadProposal("proposal: expected a 64-digit hex proposal id")
+        return pid
+
+    async def vote(request: Request) -> Any:
+        data = await api._json_body(request)
+        pid = parse_id(data.get("proposal"))
+        approve = data.get("approve")
+        if type(approve) is not bool:
+            raise BadProposal("approve: expected true (yes) or false (no)")
+        record = await service.read(record_of, pid)
+        status = record.status_at(service.clock_ms())
+        if status != PENDING:
+            raise BadProposal(f"proposal {pid.hex()[:16]} is {status}; votes are only taken on pending proposals")
+        if engine.me in record.proposal.excluded_voters():
+            raise BadProposal(f"{engine.me} does not vote on its own removal")
+        ballot = Vote.create(engine.key, engine.cid, pid, engine.me, approve)
+        answer = await submit(sign([vote_op(ballot)]), data)
+        return {"proposal": pid.hex(), "member": engine.me, "approve": approve, **answer}
+
+    def listing() -> dict[str, Any]:
+        now = service.clock_ms()
+        reader = _HeadReader(api)
+        pending = [r for r in (read_proposal(reader, pid) for pid in read_pending(reader)) if r is not None]
+        everything = [ProposalRecord.decode(v) for _k, v, _h in
+                      engine.store.scan(GOV_NAMESPACE, "proposal/", limit=SCAN_PAGE_MAX)]
+        decided = sorted((r for r in everything if r.status != PENDING), key=lambda r: (r.decided_height or 0),
+                         reverse=True)[:RECENT_PROPOSALS]
+        return {"height": engine.tree.best_tip.height,
+                "pending": [r.to_json(now) for r in pending],
+                "recent": [r.to_json(now) for r in decided]}
+
+    async def list_all(request: Request) -> Any:
+        return await service.read(listing)
+
+    def detail(pid: bytes) -> dict[str, Any]:
+        record = record_of(pid)
+        height = engine.tree.best_tip.height
+        voters = engine.gov.used_names
+        votes = read_votes(_HeadReader(api), pid, tuple(sorted(voters)))
+        required = [m for m in engine.gov.members_at(height + 1) if m not in record.proposal.excluded_voters()]
+        return {**record.to_json(service.clock_ms()),
+                "votes": [{"member": v.member, "approve": v.approve} for v in votes.values()],
+                "waiting_for": [m for m in required if m not in votes] if record.status == PENDING else []}
+
+    async def show(request: Request) -> Any:
+        return await service.read(detail, parse_id(request.path_params["pid"]))
+
+    return [Route("/v1/governance", api._wrap_fn(list_all)),
+            Route("/v1/governance/propose", api._wrap_fn(propose), methods=["POST"]),
+            Route("/v1/governance/vote", api._wrap_fn(vote), methods=["POST"]),
+            Route("/v1/governance/{pid}", api._wrap_fn(show))]
+
+
+class _HeadReader:
+    """The governance state at the store's head (which is the best tip between engine calls)."""
+
+    def __init__(self, api: "Api") -> None:
+        self.store = api.engine.store
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self.store.get(namespace, key)[0]
