@@ -8,13 +8,14 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from peerdb.localnet import poll_until
 import trio
 import trio.testing
 
@@ -274,7 +275,8 @@ def test_managed_processes_stop_a_child_and_what_it_forked() -> None:
         assert procs.running() == [(child.pid, "sh")]
     assert procs.running() == []
     assert child.returncode is not None
-    deadline = time.monotonic() + GRANDCHILD_EXIT_S
-    while not _gone_or_zombie(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling a process we killed, with a deadline
+    try:
+        poll_until(lambda: _gone_or_zombie(grandchild), GRANDCHILD_EXIT_S, "the killed grandchild to exit")
+    except TimeoutError:
+        pass
     assert _gone_or_zombie(grandchild)
