@@ -85,12 +85,20 @@ class SubmitResult:
 
 
 class Engine:
-    def __init__(self, consortium: Consortium, me: str, key: SigningKey, store: Store,
+    def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
                  now_ms: int, *, mempool_max: int = 200_000, verifier: Verifier | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
-        self.key = key
+        ring = [keys] if isinstance(keys, SigningKey) else list(keys)
+        if not ring:
+            raise ValueError("Engine: at least one member key")
+        self.keyring: dict[bytes, SigningKey] = {k.public: k for k in ring}
+        """Every member key this node holds (public -> key): the one in force, and around a
+        rotation the next or the previous one. Each signature uses the key the governance state
+        gives this member at the signed block's height."""
+        self._first_key = ring[0]
+        self._missing_key_logged: set[bytes] = set()
         self.store = store
         self.mempool_max = mempool_max
         self.verifier = verifier or Verifier(self.cid)
@@ -204,6 +212,26 @@ class Engine:
             return self.gov
         with self.store.state_reader_at(parent, self.effects_cache) as reader:
             return ConsortiumState.load(self.consortium, reader)
+
+    @property
+    def key(self) -> SigningKey:
+        """The member key in force at the next height (votes, objections, new blocks); the
+        first configured key while this node is not (yet) a member."""
+        return self.key_at(self.tree.best_tip.height + 1) or self._first_key
+
+    def key_at(self, height: int, state: ConsortiumState | None = None) -> SigningKey | None:
+        """Our signing key at ``height`` on the branch ``state`` describes (default: the best
+        chain); None if we are not a member there or do not hold the key (logged once)."""
+        public = (state or self.gov).key_at(self.me, height)
+        if public is None:
+            return None
+        key = self.keyring.get(public)
+        if key is None and public not in self._missing_key_logged:
+            self._missing_key_logged.add(public)
+            log.error("cannot sign at height %d: the consortium's key for %s there is %s, which this node "
+                      "does not hold (add it to node.key_file / node.next_key_files)", height, self.me,
+                      public.hex()[:16])
+        return key
 
     def _key_for(self, member: str, block_hash: bytes) -> bytes | None:
         """The key ``member`` signs with on a known block (None: not a member at its height)."""
@@ -361,9 +389,10 @@ class Engine:
         extends_head = block.header.prev == head.hash and self.tree.best_tip.hash == block.hash
         cosign = None
         if not own and cosign_now and self.tree.best_tip.hash == block.hash \
-                and not self.tree.signed_at(self.me, block.height) \
-                and self.me in self.state_for(block.header.prev, block.height).members_at(block.height):
-            cosign = BlockSignature.create(self.key, self.cid, self.me, block.hash)
+                and not self.tree.signed_at(self.me, block.height):
+            key = self.key_at(block.height, self.state_for(block.header.prev, block.height))
+            if key is not None:
+                cosign = BlockSignature.create(key, self.cid, self.me, block.hash)
         riders = self._take_unsaved()
         try:
             result = self.store.add_block(block, [proposer_sig, *riders], effects=effects,
@@ -443,9 +472,10 @@ class Engine:
             return
         if self.tree.signed_at(self.me, tip.height):
             return  # we endorsed another block at this height; we endorse this branch at the next one
-        if self.me not in self.gov.members_at(tip.height):
+        key = self.key_at(tip.height)
+        if key is None:
             return  # not a member at this height (removed, or not yet added): our signature is void
-        sig = BlockSignature.create(self.key, self.cid, self.me, tip.hash)
+        sig = BlockSignature.create(key, self.cid, self.me, tip.hash)
         try:
             # One commit records the guard entry and our signature, before the signature leaves.
             self.store.guard_sign(tip.height, tip.round, tip.hash, signature=sig, others=self.unsaved_sigs)
@@ -470,9 +500,10 @@ class Engine:
             self._object(header.hash, reason)
 
     def _object(self, block_hash: bytes, reason: str) -> None:
-        if self.gov.key_at(self.me, self.tree.best_tip.height + 1) is None:
-            return  # no longer a member: our objections would not verify
-        objection = Objection.create(self.key, self.cid, self.me, block_hash, reason)
+        key = self.key_at(self.tree.best_tip.height + 1)
+        if key is None:
+            return  # no longer a member (or not yet): our objections would not verify
+        objection = Objection.create(key, self.cid, self.me, block_hash, reason)
         self.store.add_objection(objection)
         self.objection_count += 1
         self._send(ObjectionMsg(objection))
@@ -704,6 +735,8 @@ class Engine:
         height, round_, proposer = self.current_turn(now_ms)
         if proposer != self.me or (height, round_) in self.proposed or self.tree.signed_at(self.me, height):
             return False
+        if self.key_at(height) is None:
+            return False  # our turn, but not our key (logged): peers would refuse the block
         params = self.params
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
@@ -721,7 +754,9 @@ class Engine:
         tip = self.tree.best_tip
         block = self._build_block(tip, height, round_, now_ms)
         self.proposed.add((height, round_))
-        sig = BlockSignature.create(self.key, self.cid, self.me, block.hash)
+        key = self.key_at(height)
+        assert key is not None  # proposal_due checked it
+        sig = BlockSignature.create(key, self.cid, self.me, block.hash)
         effects = self.effects_cache[block.hash]
         try:
             self._store_new_block(block, sig, effects, own=True)
