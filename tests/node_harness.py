@@ -54,11 +54,23 @@ class Cluster:
         self.nodes: dict[str, MemberNode] = {}
         self.nursery: trio.Nursery | None = None
         self._nonce = itertools.count(1)
+        self.more_keys: dict[str, list[SigningKey]] = {}
+        """Further member keys a node holds (the next key of a rotation)."""
+
+    def newcomer(self, name: str) -> Member:
+        """Keys for a firm that is not a founding member; the Member to propose adding."""
+        self.keys[name] = SigningKey.generate()
+        self.client_keys[name] = SigningKey.generate()
+        return Member(name, self.keys[name].public, f"127.0.0.1:{7000 + len(self.keys)}",
+                      (self.client_keys[name].public,))
 
     def _build(self, name: str) -> MemberNode:
-        store = Store.open(self.tmp_path / name, self.consortium, name, sync=False)
-        engine = Engine(self.consortium, name, self.keys[name], store, trio_clock_ms(), verifier=None)
-        network = PeerNetwork(name, self.names, self.cid, self.hub.transport(name), config=NET)
+        joining = name not in self.names
+        store = Store.open(self.tmp_path / name, self.consortium, name, sync=False, joining=joining)
+        engine = Engine(self.consortium, name, [self.keys[name], *self.more_keys.get(name, [])], store,
+                        trio_clock_ms(), verifier=None)
+        members = (*self.names, name) if joining else self.names
+        network = PeerNetwork(name, members, self.cid, self.hub.transport(name), config=NET)
         service = NodeService(engine, network, clock_ms=trio_clock_ms, offload=False)
         return MemberNode(name, store, engine, service)
 

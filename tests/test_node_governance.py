@@ -64,8 +64,16 @@ async def test_removed_member_no_longer_takes_turns_or_blocks_unanimity(
         await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PASSED for n in cluster.names),
                                  what="removal passed everywhere")
         effective = passed_height(cluster, "firm-a", proposal)
-        await cluster.wait_until(lambda: all(n.engine.tree.best_tip.height >= effective + 2 for n in cluster.live()),
-                                 what="chain past the effective height")
+        stayers = ("firm-a", "firm-b", "firm-c")
+        await cluster.wait_until(lambda: all(cluster.nodes[n].engine.tree.best_tip.height >= effective + 2
+                                             for n in stayers), what="chain past the effective height")
+        # The network follows the member set: nobody dials firm-d, and its own dials are refused.
+        for n in stayers:
+            assert "firm-d" not in cluster.nodes[n].service.network.peers
+        removed = cluster.nodes["firm-d"].service.network
+        await cluster.wait_until(lambda: not any(removed.peer_state(p).connected for p in stayers),
+                                 what="firm-d disconnected")
+        assert removed.peer_state("firm-a").last_error is not None
         await cluster.crash("firm-d")
         start = cluster.nodes["firm-a"].engine.heads().unanimous_signed
         txs = [cluster.tx("firm-a", f"k{i}") for i in range(10)]

@@ -169,6 +169,8 @@ class _Peer:
         self.connects = 0
         self.failures = 0
         self._changed = trio.Event()
+        self.dial_scope = trio.CancelScope()
+        """Cancelled when the member leaves the consortium (see :meth:`PeerNetwork.set_members`)."""
 
     def is_connected(self) -> bool:
         return self.conn is not None
@@ -216,6 +218,7 @@ class PeerNetwork:
         self._incoming_send, self.incoming = trio.open_memory_channel[tuple[str, Any]](self.config.incoming_buffer)
         self._events_send, self.events = trio.open_memory_channel[PeerEvent](self.config.events_buffer)
         self._started = False
+        self._nursery: trio.Nursery | None = None
 
     # -- the node's side -----------------------------------------------------------------------
 
@@ -225,8 +228,36 @@ class PeerNetwork:
         return tuple(sorted(self._peers))
 
     def send(self, peer: str, message: Any) -> None:
-        """Queue ``message`` for ``peer``; returns at once (see the module docstring)."""
-        self._enqueue(self._peer(peer), self._encode(message))
+        """Queue ``message`` for ``peer``; returns at once (see the module docstring). A
+        member that has just left the consortium is skipped: the node may still address a
+        reply to it."""
+        target = self._peers.get(peer)
+        if target is None:
+            if peer == self.own_name:
+                raise LocalError(f"peer: {peer!r} is not another member (a node does not send to itself)")
+            self._log(logging.DEBUG, "not_sent", peer=peer, reason="no longer a member")
+            return
+        self._enqueue(target, self._encode(message))
+
+    def set_members(self, members: Iterable[str]) -> None:
+        """Follow a member set changed by governance: dial members who joined, drop the
+        connection to and stop dialling members who left (their queued frames are discarded).
+        The transport must already trust the new set (for TLS, see
+        :meth:`peerdb.net.tls.TlsTransport.set_members`)."""
+        names = set(members) | {self.own_name}
+        if len(names) > MAX_MEMBERS + 1:
+            raise LocalError(f"members: {len(names)} exceeds the limit of {MAX_MEMBERS}")
+        for name in sorted(set(self._peers) - names):
+            peer = self._peers.pop(name)
+            peer.dial_scope.cancel()
+            if peer.conn is not None:
+                peer.conn.fail("no longer a member of the consortium")
+            self._log(logging.INFO, "member_left", peer=name)
+        for name in sorted(names - set(self._peers) - {self.own_name}):
+            peer = self._peers[name] = _Peer(name, self.config)
+            self._log(logging.INFO, "member_joined", peer=name)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._dial_loop, peer)
 
     def broadcast(self, message: Any) -> None:
         """Queue ``message`` for every other member (encoded once)."""
@@ -270,6 +301,7 @@ class PeerNetwork:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._serve)
+                self._nursery = nursery
                 for peer in self._peers.values():
                     nursery.start_soon(self._dial_loop, peer)
                 self._log(logging.INFO, "network_started", peers=len(self._peers))
@@ -315,6 +347,9 @@ class PeerNetwork:
 
     def _install(self, conn: _Connection) -> bool:
         peer = conn.peer
+        if self._peers.get(peer.name) is not peer:
+            self._log(logging.INFO, "refused", peer=peer.name, remote=conn.remote, reason="no longer a member")
+            return False
         if self._loses(conn):
             current = peer.conn
             self._log(logging.INFO, "duplicate_refused", peer=peer.name,
@@ -375,7 +410,12 @@ class PeerNetwork:
         return base * (0.5 + 0.5 * self._rng.random())
 
     async def _dial_loop(self, peer: _Peer) -> None:
-        """Redial ``peer`` whenever no connection to it is up, for as long as the network runs."""
+        """Redial ``peer`` whenever no connection to it is up, for as long as the network runs
+        and ``peer`` is a member."""
+        with peer.dial_scope:
+            await self._dial_forever(peer)
+
+    async def _dial_forever(self, peer: _Peer) -> None:
         while True:
             while peer.is_connected():
                 await peer.wait_change()

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peerdb.core.errors import ConfigError, ProtocolError, RemoteError
 from peerdb.core.limits import KEY_LEN
 
-from .certs import SEED_LEN, certificate_public_key, public_key_from_seed
+from .certs import SEED_LEN, certificate_public_key, member_certificate, public_key_from_seed
 from .logs import describe_error, log_event
 from .transport import AuthenticatedStream, Handler, Transport
 
@@ -139,26 +139,61 @@ class TlsTransport(Transport):
         listen: tuple[str, int] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
-        by_name = {member.name: member for member in members}
-        if len(by_name) != len(members):
-            raise ConfigError("members: duplicate member name")
-        own = by_name.get(own_name)
-        if own is None:
-            raise ConfigError(f"members: this node's name {own_name!r} is not a member")
-        self._members = by_name
-        self._by_key = {member.public_key: member.name for member in members}
-        if len(self._by_key) != len(members):
-            raise ConfigError("members: two members share a public key")
+        self.own_name = own_name
+        self._seed = seed
+        self._own: TlsMember | None = None
+        self._addresses: dict[str, tuple[str, int]] = {}
+        self.set_members(members, seed)
+        self._listen = listen if listen is not None else self._own_address()
+        self._handshake_timeout = handshake_timeout
+        self._bound_port: int | None = None
+
+    def set_members(self, members: Sequence[TlsMember], seed: bytes | None = None) -> None:
+        """Trust exactly ``members`` from now on (a member set changed by governance) and, with
+        ``seed``, present that key's certificate (this member's key was rotated). Connections
+        already up are not touched; the caller drops those of members who left. This node may
+        be missing from ``members`` (it is joining and has not seen its admission yet): it
+        keeps presenting its own certificate, made from its seed."""
+        by_key: dict[bytes, str] = {}
         for member in members:
+            if by_key.setdefault(member.public_key, member.name) != member.name:
+                raise ConfigError("members: two members share a public key")
             if certificate_public_key(member.certificate) != member.public_key:
                 raise ConfigError(f"members.{member.name}.certificate: does not carry the member key")
+        if len({(m.name, m.public_key) for m in members}) != len(members):
+            raise ConfigError("members: duplicate member name")
+        # A member may appear twice during a key rotation (old and new key, both trusted); the
+        # last entry gives the address to dial.
+        by_name = {member.name: member for member in members}
+        seed = self._seed if seed is None else seed
+        if type(seed) is not bytes or len(seed) != SEED_LEN:
+            raise ConfigError(f"seed: expected {SEED_LEN} bytes")
+        public = public_key_from_seed(seed)
+        mine = [m for m in members if m.name == self.own_name]
+        if not mine and self._own is None:
+            raise ConfigError(f"members: this node's name {self.own_name!r} is not a member")
+        own = next((m for m in mine if m.public_key == public), None)
+        if own is None and mine and self._own is None:
+            raise ConfigError("certificate: does not carry this node's own key")
+        if own is None:  # joining (not listed yet), or a rotation to a key this node does not hold
+            base = mine[-1] if mine else self._own
+            assert base is not None
+            own = TlsMember(self.own_name, public, member_certificate(seed, self.own_name), base.host, base.port)
         trusted = [member.certificate for member in members]
         self._server_context = server_context(seed, own.certificate, trusted)
         self._client_context = client_context(seed, own.certificate, trusted)
-        self._listen = listen if listen is not None else (own.host, own.port)
-        self._handshake_timeout = handshake_timeout
-        self._bound_port: int | None = None
-        self.own_name = own_name
+        for name, (host, port) in self._addresses.items():
+            known = by_name.get(name)
+            if known is not None:
+                by_name[name] = TlsMember(name, known.public_key, known.certificate, host, port)
+        self._members = by_name
+        self._by_key = by_key
+        self._seed = seed
+        self._own = own
+
+    def _own_address(self) -> tuple[str, int]:
+        assert self._own is not None
+        return self._own.host, self._own.port
 
     @property
     def bound_port(self) -> int:
@@ -170,6 +205,7 @@ class TlsTransport(Transport):
         """Change where ``name`` is dialled (tests that bind port 0; a member that moved)."""
         member = self._members[name]
         self._members[name] = TlsMember(member.name, member.public_key, member.certificate, host, port)
+        self._addresses[name] = (host, port)
 
     async def connect(self, peer: str) -> AuthenticatedStream:
         member = self._members.get(peer)

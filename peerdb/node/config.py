@@ -36,6 +36,11 @@ class NodeConfig:
     member: str
     consortium_file: Path
     key_file: Path
+    extra_key_files: tuple[Path, ...]
+    """Member keys held besides ``key_file``: the next key of a rotation that is being voted
+    on, or a previous key (still needed to open private values sealed to it)."""
+    joining: bool
+    """This member is not in the consortium file: it was (or is being) admitted by votes."""
     data_dir: Path
     listen: str | None
     api_listen: str
@@ -50,17 +55,37 @@ class NodeConfig:
 
     def load_consortium(self) -> Consortium:
         consortium = load_consortium(self.consortium_file)
-        if consortium.member(self.member) is None:
+        founding = consortium.member(self.member) is not None
+        if not founding and not self.joining:
             raise ConfigError(f"{self.path}: node.member {self.member!r} is not a member of consortium "
-                              f"{consortium.name} ({', '.join(consortium.member_names)})")
+                              f"{consortium.name} ({', '.join(consortium.member_names)}); if it was admitted "
+                              "later by an add_member proposal, set node.joining = true")
+        if founding and self.joining:
+            raise ConfigError(f"{self.path}: node.joining is true, but {self.member!r} is a founding member "
+                              f"in {self.consortium_file}; remove node.joining")
         return consortium
 
-    def load_key(self, consortium: Consortium) -> SigningKey:
-        key, _kind = read_key(self.key_file)
+    def load_keys(self, consortium: Consortium) -> list[SigningKey]:
+        """The member keys this node holds, ``key_file`` first. Which one signs at a height is
+        decided by the chain (the key in force there); the node checks at start-up that it
+        holds a key its member ever had (see :func:`peerdb.node.daemon.check_keys`)."""
+        keys = [read_key(self.key_file)[0]]
+        for path in self.extra_key_files:
+            key = read_key(path)[0]
+            if any(k.public == key.public for k in keys):
+                raise ConfigError(f"{path}: the same key is configured twice")
+            keys.append(key)
         member = consortium.member(self.member)
-        if member is None or member.key != key.public:
-            raise ConfigError(f"{self.key_file}: this key is not {self.member}'s member key in the consortium file")
-        return key
+        if member is not None and not self.extra_key_files and member.key != keys[0].public:
+            # The common case, checked before anything starts: no rotation, so the one key must
+            # be the founding one.
+            raise ConfigError(f"{self.key_file}: this key is not {self.member}'s member key in the consortium "
+                              "file (after a key rotation, list the keys in node.extra_key_files)")
+        return keys
+
+    def load_key(self, consortium: Consortium) -> SigningKey:
+        """The first configured member key (tools that sign as the member, e.g. votes)."""
+        return self.load_keys(consortium)[0]
 
     def load_client_key(self) -> SigningKey | None:
         if self.client_key_file is None:
@@ -101,8 +126,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
     node = data.get("node")
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] section missing")
-    known = {"member", "consortium", "key_file", "data_dir", "listen", "client_key_file", "mempool_max_txs",
-             "sync", "log_level"}
+    known = {"member", "consortium", "key_file", "extra_key_files", "joining", "data_dir", "listen",
+             "client_key_file", "mempool_max_txs", "sync", "log_level"}
     if set(node) - known:
         raise ConfigError(f"{path}: [node] unknown field(s) {sorted(set(node) - known)}")
     member = check_name(_get(node, "member", str, "node"), "node.member")
@@ -138,6 +163,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
     if not isinstance(alerts, dict) or set(alerts) - {"webhook", "command"}:
         raise ConfigError(f"{path}: [alerts] must have only webhook or command")
     client_key = _get(node, "client_key_file", str, "node", None)
+    extra_keys = _get(node, "extra_key_files", list, "node", [])
+    if not all(isinstance(k, str) and k for k in extra_keys):
+        raise ConfigError(f"{path}: node.extra_key_files must be a list of key file paths")
     level = _get(node, "log_level", str, "node", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{path}: node.log_level must be DEBUG, INFO, WARNING or ERROR")
@@ -146,6 +174,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         member=member,
         consortium_file=base / _get(node, "consortium", str, "node"),
         key_file=base / _get(node, "key_file", str, "node"),
+        extra_key_files=tuple(base / k for k in extra_keys),
+        joining=_get(node, "joining", bool, "node", False),
         data_dir=base / _get(node, "data_dir", str, "node"),
         listen=listen,
         api_listen=api_listen,

@@ -21,10 +21,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..core.alerts import Alert
-from ..core.consortium import Consortium
+from ..core.consortium import Consortium, parse_address
 from ..core.errors import ConfigError
 from ..core.keys import SigningKey
 from ..core.model import consortium_id
+from ..net.certs import member_certificate
 from ..net.peers import PeerNetwork
 from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
@@ -91,8 +92,8 @@ def run_daemon(config_path: str, *, accept_restored: bool = False) -> None:
     cfg = load_node_config(config_path)
     setup_logging(cfg.log_level, cfg.member)
     consortium = cfg.load_consortium()
-    key = cfg.load_key(consortium)
-    trio.run(run_node, cfg, consortium, key, accept_restored)
+    keys = cfg.load_keys(consortium)
+    trio.run(run_node, cfg, consortium, keys, accept_restored)
 
 
 def tls_members(consortium: Consortium) -> list[TlsMember]:
@@ -104,6 +105,51 @@ def tls_members(consortium: Consortium) -> list[TlsMember]:
         host, port = m.host_port
         members.append(TlsMember(m.name, m.key, m.cert, host, port))
     return members
+
+
+def joining_member(cfg: NodeConfig, key: SigningKey) -> TlsMember:
+    """A joining member's own entry before its node has seen the admission: its certificate
+    is made from its key (the same bytes it gave in the add_member proposal)."""
+    host, port = parse_address(cfg.listen or "127.0.0.1:0", "node.listen")
+    return TlsMember(cfg.member, key.public, member_certificate(key.seed, cfg.member), host, port)
+
+
+def trusted_members(engine: Engine, pairs: tuple[tuple[str, bytes], ...]) -> list[TlsMember]:
+    """The TLS entries for :meth:`Engine.network_members`: the member entry carrying each key
+    (a rotation's new key and certificate come from the proposal)."""
+    height = engine.tree.best_tip.height + 1
+    now, latest = engine.gov.at(height), engine.gov.latest()
+    entries = {(m.name, m.key): m for c in (now, latest) for m in c.members}
+    out = []
+    for name, key in pairs:
+        m = entries[(name, key)]
+        if m.cert is None:
+            log.error("member %s: key %s has no certificate on chain; its node cannot be admitted over TLS "
+                      "(propose update_member with its certificate)", name, key.hex()[:16])
+            continue
+        where = latest.member(name) or m  # the address most recently agreed
+        host, port = where.host_port
+        out.append(TlsMember(name, key, m.cert, host, port))
+    return out
+
+
+def check_keys(cfg: NodeConfig, engine: Engine) -> None:
+    """Refuse to start with keys this member never had; say plainly when it waits for its
+    admission or holds no key for the next height."""
+    history = {k for _h, k in engine.gov.key_history(cfg.member) if k is not None}
+    if not history:
+        if cfg.joining:
+            log.warning("%s is not a member on this node's chain yet (height %d): it catches up from the members "
+                        "and takes part once its add_member proposal has taken effect", cfg.member,
+                        engine.tree.best_tip.height)
+            return
+        raise ConfigError(f"{cfg.member} is not a member of this chain")
+    if not history & set(engine.keyring):
+        raise ConfigError(f"{cfg.path}: none of the configured keys ({', '.join(k.hex()[:16] for k in engine.keyring)}) "
+                          f"has ever been {cfg.member}'s member key on this chain")
+    problem = engine.key_problem()
+    if problem is not None:
+        log.error("%s", problem)
 
 
 async def alert_sink(cfg: NodeConfig) -> Callable[[Alert], Any]:
@@ -125,16 +171,27 @@ async def alert_sink(cfg: NodeConfig) -> Callable[[Alert], Any]:
     return send
 
 
-async def run_node(cfg: NodeConfig, consortium: Consortium, key: SigningKey, accept_restored: bool,
-                   *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def run_node(cfg: NodeConfig, consortium: Consortium, keys: SigningKey | list[SigningKey],
+                   accept_restored: bool, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     cid = consortium_id(consortium)
-    store = Store.open(cfg.data_dir, consortium, cfg.member, sync=cfg.sync, accept_restored=accept_restored)
+    keys = [keys] if isinstance(keys, SigningKey) else keys
+    store = Store.open(cfg.data_dir, consortium, cfg.member, sync=cfg.sync, accept_restored=accept_restored,
+                       joining=cfg.joining)
     try:
-        engine = Engine(consortium, cfg.member, key, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs)
-        transport = TlsTransport(cfg.member, key.seed, tls_members(consortium), listen=cfg.listen_address(consortium))
-        network = PeerNetwork(cfg.member, consortium.member_names, cid, transport)
+        engine = Engine(consortium, cfg.member, keys, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs)
+        check_keys(cfg, engine)
+        trusted = trusted_members(engine, engine.network_members())
+        if all(m.name != cfg.member for m in trusted):
+            trusted.append(joining_member(cfg, keys[0]))
+        listen = parse_address(cfg.listen, "node.listen") if cfg.listen else None
+        transport = TlsTransport(cfg.member, engine.transport_key().seed, trusted, listen=listen)
+        network = PeerNetwork(cfg.member, {m.name for m in trusted}, cid, transport)
         extras: dict[str, Callable[[], Any]] = {}
         service = NodeService(engine, network, offload=True, on_alert=await alert_sink(cfg))
+
+        def follow_members(pairs: tuple[tuple[str, bytes], ...]) -> None:
+            transport.set_members(trusted_members(engine, pairs), engine.transport_key().seed)
+        service.on_members = follow_members
         anchoring = None
         if cfg.bitcoin is not None:
             anchoring = NodeAnchoring(service, cfg, consortium)

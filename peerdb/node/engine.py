@@ -229,9 +229,39 @@ class Engine:
         if key is None and public not in self._missing_key_logged:
             self._missing_key_logged.add(public)
             log.error("cannot sign at height %d: the consortium's key for %s there is %s, which this node "
-                      "does not hold (add it to node.key_file / node.next_key_files)", height, self.me,
+                      "does not hold (configure it in node.key_file or node.extra_key_files)", height, self.me,
                       public.hex()[:16])
         return key
+
+    def network_members(self) -> tuple[tuple[str, bytes], ...]:
+        """(name, key) of everyone this node's network talks to: the members in force at the
+        next height and those after every change passed so far. So a member admitted but not
+        yet in force can connect and catch up, and during a rotation both keys are accepted."""
+        height = self.tree.best_tip.height + 1
+        pairs = {(m.name, m.key) for c in (self.gov.at(height), self.gov.latest()) for m in c.members}
+        return tuple(sorted(pairs))
+
+    def transport_key(self) -> SigningKey:
+        """The key this node proves its identity with on the network: its newest member key it
+        holds (so a member that rotated keeps being recognised by peers already past the
+        rotation), else the one in force, else the first configured key (a joining member)."""
+        for height in (None, self.tree.best_tip.height + 1):
+            consortium = self.gov.latest() if height is None else self.gov.at(height)
+            member = consortium.member(self.me)
+            if member is not None and member.key in self.keyring:
+                return self.keyring[member.key]
+        return self._first_key
+
+    def key_problem(self) -> str | None:
+        """Why this node cannot sign for its member at the next height although it is a
+        member there (None: it can, or it is not a member)."""
+        height = self.tree.best_tip.height + 1
+        public = self.gov.key_at(self.me, height)
+        if public is None or public in self.keyring:
+            return None
+        held = ", ".join(k.hex()[:16] for k in self.keyring)
+        return (f"none of the configured keys ({held}) is {self.me}'s member key in force at height {height} "
+                f"({public.hex()[:16]}); configure it in node.key_file or node.extra_key_files")
 
     def _key_for(self, member: str, block_hash: bytes) -> bytes | None:
         """The key ``member`` signs with on a known block (None: not a member at its height)."""

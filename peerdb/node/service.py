@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -45,6 +45,7 @@ class Network(Protocol):
     def broadcast(self, message: Any) -> None: ...
     def peer_state(self, name: str) -> Any: ...
     def disconnect(self, name: str, reason: str) -> None: ...
+    def set_members(self, members: Iterable[str]) -> None: ...
     @property
     def incoming(self) -> trio.MemoryReceiveChannel[tuple[str, Any]]: ...
 
@@ -163,6 +164,11 @@ class NodeService:
         self._admissions: list[_PendingSubmit] = []
         self._waiters: set[_Waiter] = set()
         self._admission_wakeup = trio.Event()
+        self.on_members: Callable[[tuple[tuple[str, bytes], ...]], None] | None = None
+        """Called with :meth:`Engine.network_members` when it changes, before the network
+        follows it (the daemon re-keys its TLS trust list here)."""
+        self._members_seen: tuple[tuple[str, bytes], ...] = ()
+        self._key_problem_seen: str | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -178,7 +184,26 @@ class NodeService:
         async with self._lock:
             return fn(*args)
 
+    def _follow_members(self) -> None:
+        """Governance changed who may connect (a member added, removed, or a key rotated)."""
+        members = self.engine.network_members()
+        if members == self._members_seen:
+            return
+        first = not self._members_seen
+        self._members_seen = members
+        if not first:
+            log.info("member set changed: the network now admits %s",
+                     ", ".join(f"{name} ({key.hex()[:8]})" for name, key in members))
+        if self.on_members is not None:
+            self.on_members(members)
+        self.network.set_members({name for name, _ in members})
+        problem = self.engine.key_problem()
+        if problem is not None and problem != self._key_problem_seen:
+            log.error("%s", problem)
+        self._key_problem_seen = problem
+
     def _flush(self) -> None:
+        self._follow_members()
         for out in self.engine.take_outbox():
             wire = to_wire(out.msg)
             if out.to is None:
@@ -190,7 +215,10 @@ class NodeService:
         self._changed = trio.Event()
 
     def is_up(self, peer: str) -> bool:
-        return bool(self.network.peer_state(peer).connected)
+        try:
+            return bool(self.network.peer_state(peer).connected)
+        except LocalError:  # a member the network does not follow (yet)
+            return False
 
     async def wait_changed(self, deadline: float) -> None:
         """Wait until the engine changed or the trio-time ``deadline`` passed."""
@@ -201,6 +229,7 @@ class NodeService:
     # --- services ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._follow_members()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.network.run)
             nursery.start_soon(self._inbox_loop)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from peerdb.core.codec import encode
-from peerdb.core.consortium import Consortium
+from peerdb.core.consortium import NAME_RE, Consortium
 from peerdb.core.errors import DoubleSignRefused, StorageError
 from peerdb.core.limits import HASH_LEN, MAX_ROUND
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, genesis_header
@@ -90,7 +90,7 @@ class Store(StoreQueries):
     @classmethod
     def open(cls, path: str | os.PathLike[str], consortium: Consortium, member: str, *, sync: bool = True,
              accept_restored: bool = False, map_size: int = layout.DEFAULT_MAP_SIZE,
-             check_blocks: int = STARTUP_CHECK_BLOCKS) -> "Store":
+             check_blocks: int = STARTUP_CHECK_BLOCKS, joining: bool = False) -> "Store":
         """Open (creating if needed) the store in directory ``path``, migrate it, and check it.
 
         ``accept_restored=True`` declares the directory restored (copied, rolled back, or
@@ -99,13 +99,18 @@ class Store(StoreQueries):
         needed when a copy is detected, and is the operator's switch for restores the store
         cannot detect (see ``docs/operations-restore.md``).
 
+        ``joining=True``: ``member`` is not a founding member; it was (or is being) added by a
+        governance proposal, which this store learns by catching up.
+
         ``sync=False`` skips fsync on commit: still atomic and safe against a process crash, but
         not against power loss; for tests and benchmarks only.
         """
         where = str(path)
         directory = Path(path)
-        if consortium.member(member) is None:
+        if consortium.member(member) is None and not joining:
             raise StorageError(f"{where}: {member!r} is not a member of consortium {consortium.name}")
+        if joining and not NAME_RE.match(member):
+            raise StorageError(f"{where}: {member!r} is not a valid member name")
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
