@@ -257,6 +257,14 @@ def delete(ctx: Ctx, namespace: str, key: str, wait: str | None, timeout: float,
     _write(ctx, [{"op": "delete", "namespace": namespace, "key": key}], wait, timeout, "delete")
 
 
+def _shown_value(answer: dict[str, Any]) -> str:
+    """A value for a person: its text, else base64; in a private namespace the node could not
+    open, the node's reason (docs/api.md, "Private namespaces")."""
+    if answer.get("unavailable"):
+        return f"(unavailable: {answer['unavailable']})"
+    return str(answer["value_text"]) if answer["value_text"] is not None else f"(base64) {answer['value']}"
+
+
 @click.command()
 @click.argument("namespace")
 @click.argument("key")
@@ -273,7 +281,7 @@ def get(ctx: Ctx, namespace: str, key: str, view: str, at: int | None, as_json: 
     """
     _json_flag(ctx, as_json)
     answer = ctx.client.get(f"/v1/kv/{namespace}/{key}", view=view, at=at)
-    shown = answer["value_text"] if answer["value_text"] is not None else f"(base64) {answer['value']}"
+    shown = _shown_value(answer)
     text = (f"{shown}\n  ({answer['view']} view at height {answer['height']}, written at {answer['written_at']})"
             if answer["found"] else f"(not found in the {answer['view']} view at height {answer['height']})")
     ctx.emit(answer, text)
@@ -293,9 +301,17 @@ def history(ctx: Ctx, namespace: str, key: str, as_json: bool) -> None:
     """
     _json_flag(ctx, as_json)
     answer = ctx.client.get(f"/v1/history/{namespace}/{key}")
-    lines = [f"{v['height']:>8}  {v['status']:<16} {'(deleted)' if v['deleted'] else v['value_text']}"
+    lines = [f"{v['height']:>8}  {v['status']:<16} {'(deleted)' if v['deleted'] else _shown_value(v)}"
              for v in answer["versions"]] or ["(no versions)"]
     ctx.emit(answer, "\n".join(lines))
+
+
+def _block_value(op: dict[str, Any]) -> str:
+    if op["op"] != "put":
+        return ""
+    if op.get("private"):
+        return "(private: encrypted for its readers; read it with `peerdb get`)"
+    return str(op["value_text"])
 
 
 @click.command()
@@ -412,7 +428,7 @@ def blocks_show(ctx: Ctx, ref: str, as_json: bool) -> None:
     for tx in b["txs"][:50]:
         for op in tx["ops"]:
             lines.append(f"    {tx['txid'][:12]} {tx['member']:<10} {op['op']:<6} {op['namespace']}/{op['key']}"
-                         f" = {op['value_text'] if op['op'] == 'put' else ''}")
+                         f" = {_block_value(op)}")
     if len(b["txs"]) > 50:
         lines.append(f"    ... {len(b['txs']) - 50} more (use --json)")
     ctx.emit(b, "\n".join(lines))

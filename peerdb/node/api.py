@@ -33,7 +33,8 @@ from ..core.keys import SigningKey
 from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
 from .api_audit import audit_routes
 from .api_governance import governance_routes
-from .engine import MempoolFull
+from .api_private import PrivateValues, private_routes
+from .engine import MempoolFull, SubmitResult
 from .service import NodeService
 
 log = logging.getLogger("peerdb.api")
@@ -71,12 +72,13 @@ def value_json(value: bytes | None) -> dict[str, Any]:
     return {"value": base64.b64encode(value).decode("ascii"), "value_text": text}
 
 
-def tx_json(tx: Tx) -> dict[str, Any]:
+def tx_json(tx: Tx, private: Callable[[Op], dict[str, Any] | None] = lambda op: None) -> dict[str, Any]:
+    """``private`` gives the value fields of an op in a private namespace (its envelope, marked)."""
     return {
         "txid": tx.txid.hex(), "member": tx.member, "client": tx.client.hex(), "nonce": tx.nonce,
         "expires_ms": tx.expires_ms,
         "ops": [{"op": "put" if op.kind == OP_PUT else "delete", "namespace": op.namespace, "key": op.key,
-                 **value_json(op.value)} for op in tx.ops],
+                 **(private(op) or value_json(op.value))} for op in tx.ops],
     }
 
 
@@ -131,6 +133,7 @@ class Api:
         self.token = token
         self.client_key = client_key
         self.extras = extras or {}
+        self.private = PrivateValues(self.engine)
         routes = [
             Route("/v1/txs", self.post_txs, methods=["POST"]),
             Route("/v1/write", self.post_write, methods=["POST"]),
@@ -150,6 +153,7 @@ class Api:
             Route("/v1/consortium", self.get_consortium),
             *audit_routes(self),
             *governance_routes(self),
+            *private_routes(self),
         ]
         self.app = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_error, Exception: self._server_error})
@@ -230,15 +234,22 @@ class Api:
             raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
         return (parse_view(str(wait)) if wait else None), timeout
 
-    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> dict[str, Any]:
+    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any],
+                               refused: list[tuple[int, str]] | None = None) -> dict[str, Any]:
+        """``refused``: (index, reason) of transactions the API itself refuses; the others are submitted."""
         view, timeout = self._wait_options(data)
+        skip = {i for i, _ in refused or ()}
+        kept = [i for i in range(len(raws)) if i not in skip]
         # A waiting client is answered only once its transactions are in a durably stored block
         # (or, on timeout, after they were persisted below), so admission need not fsync.
-        result = await self.service.submit(raws, durable=view is None)
+        result = SubmitResult()
+        if kept:
+            result = await self.service.submit([raws[i] for i in kept], durable=view is None)
+        rejected = sorted([(kept[i], r) for i, r in result.rejected] + list(refused or ()))
         answer: dict[str, Any] = {
             "accepted": [t.hex() for t in result.accepted],
             "duplicates": [t.hex() for t in result.duplicates],
-            "rejected": [{"index": i, "reason": r} for i, r in result.rejected],
+            "rejected": [{"index": i, "reason": r} for i, r in rejected],
         }
         if view is not None and (result.accepted or result.duplicates):
             levels: dict[str, float] = {}
@@ -266,7 +277,8 @@ class Api:
             raws = [base64.b64decode(str(t), validate=True) for t in items]
         except binascii.Error as exc:
             raise ApiError(400, "bad_request", f"txs: not base64 ({exc})") from None
-        answer = await self._submit_and_wait(raws, data)
+        refused = await self.service.read(self.private.refuse_unsealed, raws)
+        answer = await self._submit_and_wait(raws, data, refused)
         if answer["rejected"] and not answer["accepted"] and not answer["duplicates"]:
             reason = answer["rejected"][0]["reason"]
             forbidden = " may not write namespace " in reason
@@ -281,6 +293,7 @@ class Api:
                               "and POST them to /v1/txs")
         data = await self._json_body(request)
         ops = parse_ops(data.get("ops"))
+        ops = await self.service.read(self.private.seal_ops, ops)  # plaintext never reaches the pool or a peer
         now = self.service.clock_ms()
         tx = Tx.create(self.client_key, self.engine.cid, self.engine.me, secrets.randbits(63),
                        now + DEFAULT_TX_TTL_MS, ops)
@@ -312,10 +325,14 @@ class Api:
             raise ApiError(400, "bad_parameter", "txid: must be hex") from None
         return await self.service.read(self._tx_info, txid)
 
-    def _check_read(self, ns: str) -> None:
+    @staticmethod
+    def _check_name(ns: str) -> None:
         if len(ns) > MAX_NAMESPACE_LEN or not NAME_RE.match(ns):
             raise ApiError(400, "bad_namespace", f"namespace {ns!r}: lowercase letters, digits, '_', '.', '-' "
                            f"(at most {MAX_NAMESPACE_LEN})")
+
+    def _check_read(self, ns: str) -> None:
+        self._check_name(ns)
         if not self.engine.current.may_read(self.engine.me, ns):
             raise ApiError(403, "forbidden", f"{self.engine.me} may not read namespace {ns!r}")
 
@@ -326,7 +343,7 @@ class Api:
         if height > head_height:
             raise ApiError(400, "beyond_view", f"height {height} is above the {view.value} head ({head_height})")
         value, written = self.engine.store.get(ns, key, height)
-        return {"namespace": ns, "key": key, "found": value is not None, **value_json(value),
+        return {"namespace": ns, "key": key, "found": value is not None, **self._value(ns, key, value, written),
                 "written_at": written, "view": view.value, "height": height, "head_height": head_height}
 
     @_wrap
@@ -350,7 +367,7 @@ class Api:
             rows = self.engine.store.scan(ns, prefix, start_after=after, limit=min(limit, 1000))
             return {"namespace": ns, "prefix": prefix, "view": View.TENTATIVE.value,
                     "height": self.engine.tree.best_tip.height,
-                    "keys": [{"key": k, "written_at": h, **value_json(v)} for k, v, h in rows],
+                    "keys": [{"key": k, "written_at": h, **self._value(ns, k, v, h)} for k, v, h in rows],
                     "next_after": rows[-1][0] if len(rows) >= min(limit, 1000) else None}
         return await self.service.read(read)
 
@@ -364,9 +381,16 @@ class Api:
             versions = []
             for height, block_hash, value in self.engine.store.history(ns, key):
                 versions.append({"height": height, "block": block_hash.hex(), "deleted": value is None,
-                                 "status": self.engine.tree.status(block_hash, heads).value, **value_json(value)})
+                                 "status": self.engine.tree.status(block_hash, heads).value,
+                                 **self._value(ns, key, value, height)})
             return {"namespace": ns, "key": key, "versions": versions}
         return await self.service.read(read)
+
+    def _value(self, ns: str, key: str, value: bytes | None, written: int | None) -> dict[str, Any]:
+        """:func:`value_json`, for a private namespace of the plaintext (opened here, in the read
+        worker) plus ``private`` and, if this node cannot open it, ``unavailable``."""
+        shown, extra = self.private.open(ns, key, value, written)
+        return {**value_json(shown), **extra}
 
     def _block_summary(self, block_hash: bytes) -> dict[str, Any]:
         tree = self.engine.tree
@@ -421,7 +445,7 @@ class Api:
                                for m in self.engine.state_for(h.prev, h.height).members_at(h.height)],
                 "objections": [{"member": o.member, "reason": o.reason} for o in self.engine.store.objections(block_hash)],
                 "evidence": [{"id": e.id.hex(), "member": e.member, "height": e.header_a.height} for e in block.evidence],
-                "txs": [tx_json(tx) for tx in block.txs],
+                "txs": [tx_json(tx, lambda op: self.private.op_fields(op, h.height)) for tx in block.txs],
             })
             return info
         return await self.service.read(read)
@@ -441,6 +465,7 @@ class Api:
             "up_to_date": heads.unanimous == heads.tentative,
             "mempool": len(engine.mempool),
             "excluded": sorted(engine.tree.culprits),
+            "members": list(engine.current.member_names),
             "governance": {"pending": self._pending_proposals(now)},
             "peers": {m: self.service.is_up(m) for m in engine.current.member_names if m != engine.me},
             "alerts": self.service.alerts.snapshot(),
@@ -546,8 +571,8 @@ class Api:
                              "clients": [k.hex() for k in m.clients]} for m in c.members],
                 "params": {k: getattr(c.params, k) for k in c.params.__dataclass_fields__},
                 "open_namespaces": c.open_namespaces,
-                "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
-                               for r in c.namespaces]}
+                "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers),
+                                **({"private": True} if r.private else {})} for r in c.namespaces]}
 
 
 class _GetReader:

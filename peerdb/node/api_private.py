@@ -1,0 +1,166 @@
+"""Private namespaces at the client API (docs/api.md, "Private namespaces"; peerdb.core.privacy).
+
+Every member stores the envelopes of a private namespace, so the store can never be the place
+where the plaintext lives: the node seals a value on its way in (``POST /v1/write``) and opens
+it on its way out, for this firm's clients only, and only when this member is a reader in force
+(the read rule of ``Api._check_read``). Which consortium decides:
+
+* **Writing**, the block height is not known yet: the value is sealed to the readers of the
+  consortium in force at the next height *and* of the one after every passed change
+  (``recipients_for_write``), so a rotation or membership change taking effect meanwhile does
+  not make the write invalid, and new writes follow the new reader set as soon as it passed.
+* **Reading**, a value is an envelope exactly when its namespace was private at the height that
+  wrote it (consensus checked that), so that rule decides whether to open it. A value this node
+  cannot open (sealed before this member became a reader, or to a member key it no longer
+  holds) is answered as unavailable with the reason, never as an error for the whole read.
+* **Blocks** show what every member holds anyway: the envelope, marked private, never opened.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..core.consortium import EVERYONE
+from ..core.errors import DecodeError, ValidationError
+from ..core.model import OP_PUT, Op, Tx
+from ..core.privacy import Envelope, check_envelope, open_value, readers_at, recipients_for_write, seal_value
+
+if TYPE_CHECKING:
+    from .api import Api
+    from .engine import Engine
+
+
+class PrivateValues:
+    """Sealing and opening for one node; every method runs inside ``service.read`` (it reads the
+    governance state and the keyring, and opening is CPU)."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+
+    def private_at(self, namespace: str, height: int) -> bool:
+        rule = self.engine.gov.at(height).rule(namespace)
+        return rule is not None and rule.private
+
+    def private_soon(self, namespace: str) -> bool:
+        """Private at the next height or after a passed change: a write may land under either."""
+        gov = self.engine.gov
+        return any((rule := c.rule(namespace)) is not None and rule.private
+                   for c in (self.engine.current, gov.latest()))
+
+    def recipients(self, namespace: str) -> dict[str, tuple[bytes, ...]]:
+        return recipients_for_write([self.engine.current, self.engine.gov.latest()], namespace)
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def seal_ops(self, ops: Sequence[Op]) -> list[Op]:
+        """``ops`` with every put into a private namespace sealed to its readers. A put this member
+        may not make is left as it is, so the pool refuses it with the write rule (403)."""
+        current = self.engine.current
+        out = []
+        for op in ops:
+            if op.kind != OP_PUT or op.value is None or not self.private_soon(op.namespace) \
+                    or not current.may_write(self.engine.me, op.namespace):
+                out.append(op)
+                continue
+            recipients = self.recipients(op.namespace)
+            if not recipients:
+                raise ValidationError(f"namespace {op.namespace!r} is private and has no readers in force: "
+                                      "a value written there could never be read")
+            out.append(Op(OP_PUT, op.namespace, op.key, seal_value(op.namespace, op.key, op.value, recipients)))
+        return out
+
+    def refuse_unsealed(self, raws: Sequence[bytes]) -> list[tuple[int, str]]:
+        """(index, reason) of client-signed transactions with a put into a private namespace that
+        is not an envelope for the readers in force at the next height. The pool does not check
+        envelopes (a proposer drops such a transaction later, silently for the client), so the
+        API refuses it here, with the consensus rule's own message. Transactions that do not
+        decode are left to the pool, which names the problem."""
+        current = self.engine.current
+        refused = []
+        for i, raw in enumerate(raws):
+            try:
+                tx = Tx.decode(raw)
+            except DecodeError:
+                continue
+            for op in tx.ops:
+                rule = current.rule(op.namespace)
+                if op.kind != OP_PUT or op.value is None or rule is None or not rule.private:
+                    continue
+                try:
+                    check_envelope(op.value, current, op.namespace)
+                except ValidationError as exc:
+                    refused.append((i, f"tx {tx.txid.hex()[:16]}: {exc}"))
+                    break
+        return refused
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def open(self, namespace: str, key: str, value: bytes | None,
+             height: int | None) -> tuple[bytes | None, dict[str, Any]]:
+        """(the value to show, extra answer fields) for a value written at ``height``: the
+        plaintext and ``{"private": true}``, or None and an ``unavailable`` reason; unchanged
+        with no extra fields outside private namespaces."""
+        if height is None or not self.private_at(namespace, height):
+            return value, {}
+        if value is None:
+            return None, {"private": True}
+        engine = self.engine
+        me = engine.me
+        try:
+            envelope = Envelope.decode(value)
+        except DecodeError as exc:
+            return None, {"private": True, "unavailable": f"the value written at height {height} is not an "
+                                                          f"envelope ({exc})"}
+        held = [engine.keyring[k] for m, k, _ in envelope.recipients if m == me and k in engine.keyring]
+        if not held:
+            sealed_to = ", ".join(sorted({m for m, _, _ in envelope.recipients}))
+            return None, {"private": True, "unavailable": (
+                f"not sealed to {me} with a key this node holds (sealed to {sealed_to}); it was written at "
+                f"height {height}, before {me} became a reader of {namespace!r} or for a member key of "
+                f"{me} this node no longer holds")}
+        problems = []
+        for signing_key in held:
+            try:
+                return open_value(value, namespace, key, me, signing_key), {"private": True}
+            except (ValidationError, DecodeError) as exc:
+                problems.append(str(exc))
+        return None, {"private": True, "unavailable": (
+            f"sealed to {me} but it does not open ({problems[0]}); the writer sealed a broken value")}
+
+    def op_fields(self, op: Op, height: int) -> dict[str, Any] | None:
+        """The value fields of an operation in a block at ``height`` if its namespace was private
+        there: the envelope as stored (ciphertext every member holds), never opened."""
+        if not self.private_at(op.namespace, height):
+            return None
+        value = None if op.value is None else base64.b64encode(op.value).decode("ascii")
+        return {"value": value, "value_text": None, "private": True}
+
+
+def private_routes(api: "Api") -> list[Route]:
+    async def readers(request: Request) -> Any:
+        """Who a client must seal a value for before signing it itself (``POST /v1/txs``)."""
+        ns = request.path_params["ns"]
+        api._check_name(ns)
+
+        def read() -> dict[str, Any]:
+            engine = api.engine
+            current, latest = engine.current, engine.gov.latest()
+            rule = current.rule(ns)
+            recipients = api.private.recipients(ns)
+            return {
+                "namespace": ns, "height": engine.tree.best_tip.height + 1,
+                "private": api.private.private_soon(ns),
+                "writers": [EVERYONE] if rule is None else list(rule.writers),
+                "readers": sorted(readers_at(current, ns)),
+                "readers_after_changes": sorted(readers_at(latest, ns)),
+                "recipients": [{"member": m, "keys": [k.hex() for k in keys]}
+                               for m, keys in sorted(recipients.items())],
+            }
+        return await api.service.read(read)
+
+    return [Route("/v1/namespaces/{ns}/readers", api._wrap_fn(readers))]
