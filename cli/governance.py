@@ -19,8 +19,8 @@ from .params import VIEW
 KIND_HELP = """\b
 KIND and its options:
   remove   --member NAME (repeat to remove several together)
-  add      --name NAME --key HEX --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
-  rotate   --name NAME --key HEX
+  add      --name NAME --cert FILE --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
+  rotate   --name NAME --cert FILE
   update   --name NAME --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
   params   --set NAME=VALUE (repeat), e.g. --set heartbeat_ms=2000
   namespace --namespace NS --writer NAME ... [--reader NAME ...] [--private]
@@ -72,11 +72,44 @@ def governance() -> None:
     """
 
 
+def read_certificate(path: str) -> bytes:
+    """A member certificate file (PEM as `peerdb keygen --name` writes it, or DER) as DER."""
+    import ssl
+
+    from peerdb.core.errors import DecodeError
+    from peerdb.net.certs import certificate_public_key
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise CliError(f"--cert {path}: {exc.strerror or exc}", exitcodes.CONFIG) from None
+    try:
+        der = ssl.PEM_cert_to_DER_cert(data.decode("ascii")) if data.lstrip().startswith(b"-----BEGIN") else data
+        certificate_public_key(der)
+    except (ValueError, UnicodeDecodeError, DecodeError) as exc:
+        raise CliError(f"--cert {path}: not a member certificate ({exc})", exitcodes.CONFIG) from None
+    return der
+
+
 def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | None, address: str | None,
              clients: tuple[str, ...], api: str | None, settings: tuple[str, ...], namespace: str | None,
-             writers: tuple[str, ...], readers: tuple[str, ...], private: bool) -> dict[str, Any]:
+             writers: tuple[str, ...], readers: tuple[str, ...], private: bool,
+             cert: str | None = None) -> dict[str, Any]:
     """The request body of ``POST /v1/governance/propose`` (the node checks every field)."""
     body: dict[str, Any] = {"kind": KINDS[kind]}
+    if cert is not None:
+        import base64
+
+        from peerdb.net.certs import certificate_public_key
+        der = read_certificate(cert)
+        carried = certificate_public_key(der).hex()
+        if key is not None and key.lower() != carried:
+            raise CliError(f"--cert {cert} carries key {carried[:16]}..., not the --key given", exitcodes.USAGE)
+        key = carried
+        body["cert_b64"] = base64.b64encode(der).decode("ascii")
+    elif kind in ("add", "rotate"):
+        raise CliError(f"{kind}: give --cert FILE (written by `peerdb keygen --name NAME`): without the "
+                       "certificate the member's node cannot connect to the others", exitcodes.USAGE)
     if kind == "remove":
         if not members:
             raise CliError("remove: name the member(s) with --member NAME", exitcodes.USAGE)
@@ -102,7 +135,9 @@ def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | N
 @click.argument("kind", type=click.Choice(sorted(KINDS)))
 @click.option("--member", "members", multiple=True, help="remove: a member to remove (repeatable).")
 @click.option("--name", help="add/rotate/update: the member's name.")
-@click.option("--key", help="add/rotate: the member key, 64 hex digits (`peerdb keygen` prints it).")
+@click.option("--key", help="add/rotate: the member key, 64 hex digits (optional with --cert, which carries it).")
+@click.option("--cert", "cert", type=click.Path(dir_okay=False), default=None,
+              help="add/rotate/update: the member's certificate file (`peerdb keygen --name NAME` writes it).")
 @click.option("--address", help="add/update: the member's peer address HOST:PORT.")
 @click.option("--client", "clients", multiple=True, help="add/update: a client key in hex (repeatable).")
 @click.option("--api", "api_address", help="add/update: the member's API address HOST:PORT.")
@@ -115,7 +150,8 @@ def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | N
 @click.option("--wait", type=VIEW, default=None, help="Return once the proposal is in this view.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def propose_cmd(kind: str, members: tuple[str, ...], name: str | None, key: str | None, address: str | None,
+def propose_cmd(kind: str, members: tuple[str, ...], name: str | None, key: str | None, cert: str | None,
+                address: str | None,
                 clients: tuple[str, ...], api_address: str | None, settings: tuple[str, ...],
                 namespace: str | None, writers: tuple[str, ...], readers: tuple[str, ...], private: bool,
                 note: str, wait: str | None, timeout: float, as_json: bool) -> None:
@@ -125,11 +161,14 @@ def propose_cmd(kind: str, members: tuple[str, ...], name: str | None, key: str 
     Examples:
       peerdb -c configs/firm-a.toml governance propose remove --member firm-d --note "left the market"
       peerdb -c configs/firm-a.toml governance propose params --set heartbeat_ms=2000
+      peerdb -c configs/firm-a.toml governance propose add --name firm-e --cert firm-e.crt \\
+          --address 10.0.0.5:7400 --client <firm-e client key hex> --note "firm-e joins"
+      peerdb -c configs/firm-b.toml governance propose rotate --name firm-b --cert keys/firm-b.2027.crt
     """
     ctx = _ctx()
     _json_flag(ctx, as_json)
     body = body_for(kind, members, name, key, address, clients, api_address, settings, namespace, writers,
-                    readers, private)
+                    readers, private, cert)
     body["note"] = note
     if wait:
         body.update(wait=wait, timeout_s=timeout)

@@ -93,25 +93,45 @@ def _json_flag(ctx: Ctx, as_json: bool) -> None:
 @click.option("--kind", type=click.Choice(["member", "client"]), default="member", show_default=True,
               help="A member key signs blocks; a client key signs transactions.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
+@click.option("--name", "member_name", default=None,
+              help="Member keys: also write the member's TLS certificate for NAME next to the key "
+                   "(OUT with .crt), to hand to the members in an add or rotate proposal.")
 @json_option
 @pass_ctx
-def keygen(ctx: Ctx, out: str, kind: str, force: bool, as_json: bool) -> None:
+def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None, as_json: bool) -> None:
     """Create an Ed25519 key pair in a file readable only by you; print its public key.
 
     \b
     Example:
       peerdb keygen --out keys/firm-a.key
       peerdb keygen --kind client --out keys/firm-a-app.key
+      peerdb keygen --out keys/firm-e.key --name firm-e     # a firm joining: key + keys/firm-e.crt
+      peerdb keygen --out keys/firm-a.2027.key --name firm-a  # the next key of a rotation
     """
     _json_flag(ctx, as_json)
+    import ssl
+    from pathlib import Path
+
     from peerdb.core.keys import SigningKey
     from peerdb.keyfile import write_key
+    from peerdb.net.certs import member_certificate
+    if member_name is not None and kind != "member":
+        raise CliError("--name: only member keys have a certificate", exitcodes.USAGE)
     key = SigningKey.generate()
+    cert_path = Path(out).with_suffix(".crt") if member_name is not None else None
     try:
+        cert = member_certificate(key.seed, member_name) if member_name is not None else None
+        if cert_path is not None and cert_path.exists() and not force:
+            raise ConfigError(f"{cert_path}: exists (use --force to overwrite)")
         write_key(out, key, kind, overwrite=force)
-    except ConfigError as exc:
+        if cert_path is not None and cert is not None:
+            cert_path.write_text(ssl.DER_cert_to_PEM_cert(cert), encoding="ascii")
+    except (ConfigError, ValueError) as exc:
         raise CliError(str(exc), exitcodes.CONFIG) from None
-    ctx.emit({"file": out, "kind": kind, "public": key.public.hex()}, key.public.hex())
+    info: dict[str, Any] = {"file": out, "kind": kind, "public": key.public.hex()}
+    if cert_path is not None:
+        info["certificate"] = str(cert_path)
+    ctx.emit(info, key.public.hex() + (f"\ncertificate: {cert_path}" if cert_path else ""))
 
 
 @click.group()
