@@ -172,6 +172,8 @@ async def test_rotation_to_a_key_the_node_does_not_hold_is_reported(
         firm_c = cluster.nodes["firm-c"].engine
         problem = firm_c.key_problem()
         assert problem is not None and "firm-c's member key in force" in problem
+        alerts = firm_c.alert_conditions(trio_clock_ms(), lambda _peer: True)
+        assert any(a.kind == "key_missing" and "extra_key_files" in a.message for a in alerts)
         assert any("which this node does not hold" in r.getMessage() or "member key in force" in r.getMessage()
                    for r in caplog.records if r.levelno >= logging.ERROR)
         # It signs nothing with the retired key from the agreed height: no block there has its signature.

@@ -277,3 +277,23 @@ async def test_namespace_made_private_by_a_vote_then_readers_and_keys_change(
                     assert marker not in file, f"{marker!r} in {name}'s store file"
         await cluster.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_plaintext_forwarded_by_a_peer_is_refused_at_admission(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer (or a client of another member's node) that forwards a plaintext put into a
+    private namespace: the pool refuses it with the rule, nothing enters the pool or a block."""
+    cluster = Cluster(tmp_path, names=NAMES, namespaces=(DEALS,))
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        engine = cluster.nodes["firm-a"].engine
+        tx = Tx.create(cluster.client_keys["firm-c"], cluster.cid, "firm-c", 7, trio_clock_ms() + 60_000,
+                       [Op(OP_PUT, "deals", "d1", b"plaintext price 99")])
+        [result] = engine.submit_many([[tx.raw]], "firm-c", trio_clock_ms())
+        assert not isinstance(result, Exception)
+        assert result.accepted == [] and len(result.rejected) == 1
+        assert "namespace 'deals' is private" in result.rejected[0][1]
+        assert tx.txid not in engine.mempool
+        assert any("rejected 1 transactions from firm-c" in r.getMessage() for r in caplog.records)
+        nursery.cancel_scope.cancel()
+    await cluster.close()

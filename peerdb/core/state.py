@@ -75,6 +75,21 @@ def check_tx_static(tx: Tx, consortium: Consortium, *, governance: bool = False)
             raise AccessError(f"tx {tx.txid.hex()[:16]}: {tx.member} may not write namespace {op.namespace!r}")
 
 
+def check_tx_envelopes(tx: Tx, consortium: Consortium) -> None:
+    """Admission check (the block-time rule is in :class:`BlockRun`): puts into namespaces that
+    are private in ``consortium`` carry envelopes sealed to every reader there. A pool that
+    admitted plaintext would only drop it later, after telling the client "accepted"."""
+    for op in tx.ops:
+        if op.value is None or op.namespace == GOV_NAMESPACE:
+            continue
+        rule = consortium.rule(op.namespace)
+        if rule is not None and rule.private:
+            try:
+                check_envelope(op.value, consortium, op.namespace)
+            except ValidationError as exc:
+                raise ValidationError(f"tx {tx.txid.hex()[:16]}: {exc}") from None
+
+
 def check_tx_time(tx: Tx, block_time_ms: int, tx_ttl_ms: int) -> None:
     if tx.expires_ms < block_time_ms:
         raise ReplayError(f"tx {tx.txid.hex()[:16]}: expired at {tx.expires_ms}, block time {block_time_ms}")

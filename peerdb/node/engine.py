@@ -33,7 +33,7 @@ from ..core.keys import SigningKey
 from ..core.membership import GOVERNANCE_DELAY, ConsortiumState
 from ..core.merkle import merkle_root
 from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
-from ..core.state import BlockRun, Effects, check_tx_static, check_tx_time
+from ..core.state import BlockRun, Effects, check_tx_envelopes, check_tx_static, check_tx_time
 from ..store import Store
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from .messages import (
@@ -671,6 +671,7 @@ class Engine:
                     known = self.mempool_raw.get(raw)
                     tx = known if known is not None else Tx.decode(raw)
                     check_tx_static(tx, current, governance=True)
+                    check_tx_envelopes(tx, current)
                     check_tx_time(tx, now_ms, ttl)
                 except (DecodeError, ValidationError) as exc:
                     parsed.append((i, str(exc)))
@@ -944,6 +945,9 @@ class Engine:
         # majority head moving, so that is what "stalled" watches.
         if now_ms - self._majority_seen_ms > params.turn_timeout_ms + params.heartbeat_ms:
             alerts.append(waiting_for(self.tree, self.tip_seen_ms, now_ms, params.turn_timeout_ms))
+        problem = self.key_problem()
+        if problem is not None:
+            alerts.append(Alert("key_missing", problem, subject=self.me))
         for member in self.current.member_names:
             if member != self.me and not peers_up(member):
                 alerts.append(Alert("peer_down", f"peer {member} is not connected", subject=member))
