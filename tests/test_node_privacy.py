@@ -297,3 +297,27 @@ async def test_plaintext_forwarded_by_a_peer_is_refused_at_admission(
         assert any("rejected 1 transactions from firm-c" in r.getMessage() for r in caplog.records)
         nursery.cancel_scope.cancel()
     await cluster.close()
+
+
+async def test_blocks_do_not_show_values_of_namespaces_the_member_may_not_read(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    memo = NamespaceRule("memo", readers=("firm-a", "firm-b"))  # a read rule, not encrypted
+    cluster = Cluster(tmp_path, names=NAMES, namespaces=(memo,))
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        async with api_clients(cluster) as clients:
+            txid = await write(clients["firm-a"], "memo", "m1", "board minutes")
+            await stored_everywhere(cluster, "memo", "m1")
+            height = (await clients["firm-a"].get(f"/v1/tx/{txid}")).json()["height"]
+            views = {}
+            for name in NAMES:
+                r = await clients[name].get(f"/v1/blocks/{height}")
+                assert r.status_code == 200, r.text
+                [op] = [op for tx in r.json()["txs"] if tx["txid"] == txid for op in tx["ops"]]
+                views[name] = op
+            assert views["firm-a"]["value_text"] == "board minutes"
+            assert views["firm-b"]["value_text"] == "board minutes"
+            assert views["firm-c"]["value"] is None and views["firm-c"]["redacted"] is True
+            assert (await clients["firm-c"].get("/v1/kv/memo/m1")).status_code == 403
+        nursery.cancel_scope.cancel()
+    await cluster.close()

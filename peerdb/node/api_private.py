@@ -134,8 +134,13 @@ class PrivateValues:
 
     def op_fields(self, op: Op, height: int) -> dict[str, Any] | None:
         """The value fields of an operation in a block at ``height`` if its namespace was private
-        there: the envelope as stored (ciphertext every member holds), never opened."""
+        there: the envelope as stored (ciphertext every member holds), never opened; none at
+        all (``redacted``) if this member may not read the namespace there."""
         if not self.private_at(op.namespace, height):
+            if op.value is not None and not self.engine.gov.at(height).may_read(self.engine.me, op.namespace):
+                # A read rule without encryption: the node holds the value but serves it only
+                # to readers' clients, here as in /v1/kv.
+                return {"value": None, "value_text": None, "redacted": True}
             return None
         value = None if op.value is None else base64.b64encode(op.value).decode("ascii")
         return {"value": value, "value_text": None, "private": True}
