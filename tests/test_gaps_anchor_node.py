@@ -24,12 +24,13 @@ from peerdb.localnet import LocalConsortium, poll_until
 from peerdb.node.anchoring import AnchorBook
 from peerdb.node.messages import AnchorMsg
 from tests.test_audit_verify import make_anchor
-from tests.test_gaps_engine_guard import Four
+from tests.test_gaps_engine_guard import PARAMS, Four
 
 
 @pytest.fixture
 def four(tmp_path: Path) -> Four:
-    return Four(tmp_path)
+    # The consortium wants two confirmations of an anchor (the shallow proof below has one).
+    return Four(tmp_path, dataclasses.replace(PARAMS, anchor_confirmations=2))
 
 
 def _anchored_world(four: Four) -> tuple[AnchorBook, list[bytes], list[AnchorProof]]:
@@ -49,7 +50,7 @@ def test_peer_anchor_proofs_are_checked_before_they_count(four: Four, caplog: py
         wrong_path = dataclasses.replace(good, path=((good.path[0][0], bytes(32)),) + good.path[1:])
         wrong_block = dataclasses.replace(other, block_hash=good.block_hash)  # block 2's path, block 1's hash
         shallow = make_anchor(hashes, depth=1)[0]
-        book.min_depth = 2  # the consortium wants two confirmations; the shallow proof has one
+        assert book.min_depth == 2
         book.on_anchor_message("firm-b", AnchorMsg((b"\x00garbage", wrong_path.encode(), wrong_block.encode(),
                                                     shallow.encode())), four.now)
         refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected anchor proof from firm-b")]

@@ -34,12 +34,12 @@ PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
 class Four:
     """Four engines, messages delivered synchronously through the wire encoding."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, params: Params = PARAMS) -> None:
         self.keys = {n: SigningKey.generate() for n in NAMES}
         self.clients = {n: SigningKey.generate() for n in NAMES}
         self.consortium = Consortium("test", 0, tuple(
             Member(n, self.keys[n].public, f"127.0.0.1:{7000 + i}", (self.clients[n].public,))
-            for i, n in enumerate(NAMES)), PARAMS)
+            for i, n in enumerate(NAMES)), params)
         self.cid = consortium_id(self.consortium)
         self.now = 1000
         self.stores = {n: Store.open(tmp_path / n, self.consortium, n, sync=False) for n in NAMES}

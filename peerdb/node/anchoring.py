@@ -15,6 +15,8 @@ is on that node's best chain, before it counts the block as anchored.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -56,7 +58,11 @@ class AnchorBook:
         self.engine = engine
         self.check_pow = check_pow
         self.rpc = rpc
-        self.min_depth = engine.consortium.params.anchor_confirmations
+
+    @property
+    def min_depth(self) -> int:
+        """The depth every member requires, in force now (governance may change it)."""
+        return self.engine.params.anchor_confirmations
 
     def record(self, proofs: Sequence[AnchorProof], share: bool) -> int:
         fresh = []
@@ -128,10 +134,21 @@ class NodeAnchoring:
             nursery.start_soon(self._duty_loop)
             task_status.started()
 
+    def _follow_params(self) -> None:
+        """A set_params vote may change the confirmations every member requires."""
+        want = max(self.bitcoin.confirmations or 0, self.params.anchor_confirmations)
+        if want != self.confirmations:
+            log.info("anchoring now waits for %d confirmations (was %d)", want, self.confirmations)
+            self.confirmations = want
+            policy = dataclasses.replace(self.anchor_service.config.policy, confirmations=want)
+            self.anchor_service.config = dataclasses.replace(self.anchor_service.config, policy=policy)
+            self.anchor_service.planner.policy = policy
+
     async def _duty_loop(self) -> None:
         """Wake the anchor service at the start of each interval that is ours."""
-        interval_ms = self.params.anchor_interval_s * 1000
         while True:
+            self._follow_params()
+            interval_ms = self.params.anchor_interval_s * 1000  # governance may change it
             now = self.service.clock_ms()
             k = now // interval_ms
             if anchor_duty(self.members, now, self.params.anchor_interval_s) == self.engine.me \
