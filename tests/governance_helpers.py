@@ -102,6 +102,20 @@ class Chain:
         for voter in voters:
             self.step([self.vote_tx(voter, proposal, approve)])
 
+    def fork(self, nonce_offset: int = 1_000_000) -> "Chain":
+        """An independent copy from the tip, to grow a side branch on (blocks at the same heights
+        with another round): its transactions use nonces from ``nonce_offset`` on, so the two
+        branches never build the same transaction by accident."""
+        other = Chain(self.consortium)
+        other.state.values = dict(self.state.values)
+        other.state.seen = set(self.state.seen)
+        other.headers = list(self.headers)
+        other.blocks = list(self.blocks)
+        other.effects = list(self.effects)
+        other.keys = dict(self.keys)
+        other._nonce = self._nonce + nonce_offset
+        return other
+
     def record(self, proposal: Proposal) -> ProposalRecord:
         record = read_proposal(self.state, proposal.id)
         assert record is not None

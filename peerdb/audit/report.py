@@ -51,6 +51,9 @@ class VerifyReport:
     heads: Heads = field(default_factory=Heads)
     tip: str = ""
     keys_in_state: int = 0
+    key_history: dict[str, list[tuple[int, str | None]]] = field(default_factory=dict)
+    """Per member, ``(from height, key hex or None while not a member)`` along the best chain:
+    one entry from height 0 for a member of the genesis file that governance never touched."""
     bytes: int = 0
     threads: int = 1
     seconds: float = 0.0
@@ -66,6 +69,8 @@ class VerifyReport:
             "exporter": self.exporter, "exported_ms": self.exported_ms,
             "blocks": self.blocks, "best_chain_blocks": self.best_chain_blocks, "side_blocks": self.side_blocks,
             "transactions": self.transactions, "best_chain_transactions": self.best_chain_transactions,
+            "members": list(self.members),
+            "key_history": {m: [[start, key] for start, key in h] for m, h in self.key_history.items()},
             "signatures": dict(self.signatures), "objections": self.objections, "evidence": self.evidence,
             "excluded": [{"member": e.member, "height": e.height, "source": e.source} for e in self.excluded],
             "anchored_blocks": self.anchored_blocks, "bitcoin_transactions": self.bitcoin_transactions,
@@ -75,6 +80,16 @@ class VerifyReport:
             "tx_per_s": round(self.tx_per_s, 1),
         }
 
+    def _governance_lines(self) -> list[str]:
+        """Only when governance changed a member or a key: then, per such member, its keys by
+        height (``from H key`` or ``from H not a member``)."""
+        changed = {m: h for m, h in self.key_history.items() if len(h) > 1 or h[0][1] is None}
+        if not changed:
+            return []
+        parts = ["; ".join(f"from {start} {key[:16] if key else 'not a member'}" for start, key in h)
+                 for h in changed.values()]
+        return ["  keys by height (governance): " + ", ".join(f"{m}: {p}" for m, p in zip(changed, parts))]
+
     def text(self) -> str:
         h = self.heads
         lines = [
@@ -83,6 +98,7 @@ class VerifyReport:
             f"  transactions: {self.transactions} ({self.best_chain_transactions} on the best chain); "
             f"{self.keys_in_state} keys in the final state",
             "  signatures: " + ", ".join(f"{m} {self.signatures.get(m, 0)}" for m in self.members),
+            *self._governance_lines(),
             f"  objections: {self.objections}   evidence: {self.evidence}",
             "  excluded (double-signed): " + (", ".join(f"{e.member} at height {e.height} ({e.source})"
                                                    for e in self.excluded) or "none"),

@@ -3,7 +3,8 @@
 Per block, in bundle order (docs/auditor.md lists the checks):
 
 1. it decodes (canonically, through the hardened decoder) and its parent is in the bundle;
-2. every signer is a member, and the proposer's signature is there and verifies;
+2. every signer is a member at the block's height, and the proposer's signature is there and
+   verifies;
 3. :func:`peerdb.core.validate.check_block` against the parent's state, with the block's own time
    as "now": linkage, turn, time rules, size, evidence, every transaction (client signatures,
    access rules, replay window) replayed through :func:`peerdb.core.state.apply_txs`, state root;
@@ -16,6 +17,13 @@ Then evidence items are checked, every member with evidence against it is exclud
 tree is rebuilt from all blocks, signatures and exclusions, and the fork choice, exclusions and
 views it gives are compared with the head's claims. The first failure stops the audit with an
 :class:`~.errors.AuditFailure` naming the item.
+
+Governance (docs/protocol.md §20): members, keys and parameters vary by height. The verifier
+keeps the :class:`~peerdb.core.membership.ConsortiumState` after every replayed block (states are
+immutable and shared: a block that passes no change keeps its parent's object), checks each block
+against its parent's, verifies each signature with the signer's key at the signed block's height
+on the block's own branch, and gives the block tree the best chain's member schedule, as a node
+does.
 
 Speed: signatures are verified in worker threads (:mod:`.sigpool`) while the main thread decodes
 the next blocks (:mod:`.fastdecode`) and replays the previous ones; the pipeline holds about
@@ -37,9 +45,10 @@ from peerdb.anchor.proof import VerifiedAnchor, verify_anchor_proof
 from peerdb.core.chain import BlockTree
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, ValidationError
+from peerdb.core.membership import ConsortiumState
 from peerdb.core.merkle import root_from_path
-from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, Objection, Tx, genesis_header
-from peerdb.core.validate import check_block, check_evidence
+from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, BlockSignature, Objection, Tx, genesis_header
+from peerdb.core.validate import check_block
 
 from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
 from .errors import AuditFailure, block_where
@@ -86,6 +95,10 @@ class _Pending:
     hi: int = 0
     jobs: list[str] = field(default_factory=list)
     """Member names of the block signatures submitted, in job order after the transactions."""
+    guessed: list[bytes | None] = field(default_factory=list)
+    """Per block signature (in ``sigs`` order), the key its job was checked with (None: not
+    queued). Stage A may run ahead of the governance state of the block's parent, so stage B
+    compares it with the exact key and checks the signature again when they differ."""
 
 
 def _trusted(_tx: Tx) -> bool:
@@ -168,25 +181,54 @@ class Verifier:
         p.lo = pool.extend([tx.signature + tx_prefix + tx.txid for tx in txs], [tx.client for tx in txs])
         add = pool.add
         message = self.block_prefix + block.hash
+        # The parent's governance state if stage B has replayed the parent, else the best
+        # chain's latest: exact unless a change takes effect in between (stage B checks).
+        keys = self._keys_at(self.gov.get(block.header.prev) or self.best_gov, block.header.height)
+        guessed = p.guessed
         for member, sig in item.sigs:
-            key = self.keys.get(member)
+            key = keys.get(member)
+            guessed.append(key)
             if key is not None:
                 add(sig, message, key)
                 p.jobs.append(member)
         p.hi = pool.next_index
         return p
 
+    def _keys_at(self, state: ConsortiumState, height: int) -> dict[str, bytes]:
+        """Member name -> key at ``height`` on the branch ``state`` describes; one dict per
+        consortium epoch, built once (a chain without governance uses the genesis dict)."""
+        if not state.changes:
+            return self.genesis_keys
+        consortium = state.at(height)
+        cached = self._key_maps.get(id(consortium))
+        if cached is None or cached[0] is not consortium:
+            cached = (consortium, {m.name: m.key for m in consortium.members})
+            self._key_maps[id(consortium)] = cached
+        return cached[1]
+
     def _start(self, head: Head) -> None:
         self.head = head
         c = head.consortium
         self.consortium: Consortium = c
         self.cid = head.cid
-        self.keys = {m.name: m.key for m in c.members}
+        self.genesis_keys: dict[str, bytes] = {m.name: m.key for m in c.members}
+        self._key_maps: dict[int, tuple[Consortium, dict[str, bytes]]] = {}
         self.tx_prefix = message_prefix(DOMAIN_TX, head.cid)
         self.block_prefix = message_prefix(DOMAIN_BLOCK, head.cid)
         genesis = genesis_header(c)
         self.tree = BlockTree(genesis, c.member_names)
         self.state = ChainState(genesis)
+        self.best_gov = ConsortiumState(c)
+        """The governance state after the best chain's latest replayed block."""
+        self.gov: dict[bytes, ConsortiumState] = {genesis.hash: self.best_gov}
+        """The governance state after each replayed block (shared objects: one per change)."""
+        self.uncounted: list[tuple[bytes, str]] = []
+        """Verified signatures the tree refused: by members the best chain's governance did not
+        know (yet) when they were replayed; offered again at the end (:meth:`_finish`)."""
+        self.late_objections: list[tuple[str, Objection, int]] = []
+        """Objections whose signature is not by the key at the objected block's height: a node
+        signs with its key at its own next height, so they are checked at the end against the
+        member's later keys on the best chain."""
         self.culprits: dict[str, Exclusion] = {}
         self.block_evidence: dict[bytes, str] = {}  # evidence id carried by a block -> where
         self.evidence_ids: set[bytes] = set()
@@ -223,16 +265,27 @@ class Verifier:
         parent = self.state.header(header.prev)
         if parent is None:
             raise AuditFailure(where, f"its parent {header.prev.hex()[:16]} is not in the bundle")
-        # Signers: members only; the proposer's signature first (docs/protocol.md §7.4).
+        height = header.height
+        gov = self.gov[header.prev]  # every replayed block has its state
+        keys = self._keys_at(gov, height)
+        # Signers: members at this height only; the proposer's signature first (docs/protocol.md
+        # §7.4, §20.6).
         signers = [m for m, _ in entry.sigs]
         for member in signers:
-            if member not in self.keys:
-                raise AuditFailure(where, f"signature by {member!r}, who is not a member of the consortium")
+            if member not in keys:
+                raise AuditFailure(where, f"signature by {member!r}, who is not a member at height {height}")
         if header.proposer not in signers:
             raise AuditFailure(where, f"no signature by its proposer {header.proposer}")
         failed = self.pool.failed(p.lo, p.hi)
         n_txs = len(block.txs)
         bad_sigs = {p.jobs[i - p.lo - n_txs] for i in failed if i - p.lo >= n_txs}
+        for (member, sig), guessed in zip(entry.sigs, p.guessed):
+            key = keys[member]
+            if key != guessed:  # stage A ran ahead of a governance change: check with the right key
+                if BlockSignature(entry.hash, member, sig).valid(self.cid, key):
+                    bad_sigs.discard(member)
+                else:
+                    bad_sigs.add(member)
         if header.proposer in bad_sigs:
             raise AuditFailure(where, f"the proposer's ({header.proposer}) signature does not verify")
         bad_txids = {block.txs[i - p.lo].txid for i in failed if i - p.lo < n_txs}
@@ -241,22 +294,24 @@ class Verifier:
             effects = check_block(
                 cast(Block, block), parent, parent.state_root, reader, self.consortium, self.cid, header.time_ms,
                 evidence_known=reader.evidence_included,
-                signature_ok=(lambda tx: tx.txid not in bad_txids) if bad_txids else _trusted)
+                signature_ok=(lambda tx: tx.txid not in bad_txids) if bad_txids else _trusted,
+                consortium_state=gov)
         except ValidationError as exc:
             raise AuditFailure(where, str(exc)) from None
         for member, _ in entry.sigs:
             if member in bad_sigs:
                 raise AuditFailure(where, f"{member}'s signature does not verify")
         for member, reason, sig in entry.objections:
-            key = self.keys.get(member)
-            if key is None:
-                raise AuditFailure(where, f"objection by {member!r}, who is not a member")
+            objector_key = keys.get(member)
+            if objector_key is None:
+                raise AuditFailure(where, f"objection by {member!r}, who is not a member at height {height}")
             try:
-                valid = Objection(entry.hash, member, reason, sig).valid(self.cid, key)
+                objection = Objection(entry.hash, member, reason, sig)
+                valid = objection.valid(self.cid, objector_key)
             except DecodeError as exc:
                 raise AuditFailure(where, f"objection by {member}: {exc}") from None
             if not valid:
-                raise AuditFailure(where, f"{member}'s objection signature does not verify")
+                self.late_objections.append((where, objection, height))
         if entry.anchor is not None:
             self._anchor(where, entry.hash, entry.anchor)
         # Record: state, tree, signatures, exclusions.
@@ -264,6 +319,8 @@ class Verifier:
         for ev in block.evidence:
             self.block_evidence.setdefault(ev.id, where)
             self._exclude(ev.member, ev.header_a.height, f"evidence {ev.id.hex()[:16]}")
+        after = gov.after_writes(effects.writes)
+        self.gov[entry.hash] = after
         if entry.best:
             if header.prev != self.state.tip.hash:
                 raise AuditFailure(where, f"marked best, but it does not extend the best block at height "
@@ -271,20 +328,32 @@ class Verifier:
                                    "best chain is broken")
             self.state.apply_main(header, effects, ev_ids)
             report.best_chain_transactions += n_txs
+            if after is not self.best_gov:
+                self._set_best_gov(after)
         else:
             self.state.add_side(header, effects, ev_ids)
         self.tree.add_header(header)
-        if header.height != self.signer_height:
-            self.signer_height, self.height_signers = header.height, {}
+        if height != self.signer_height:
+            self.signer_height, self.height_signers = height, {}
+        counts = report.signatures
         for member in signers:
             other = self.height_signers.setdefault(member, entry.hash)
             if other != entry.hash:
-                self._exclude(member, header.height, "signatures")
-            self.tree.add_signature(entry.hash, member)
-            report.signatures[member] += 1
+                self._exclude(member, height, "signatures")
+            try:
+                self.tree.add_signature(entry.hash, member)
+            except ValidationError:  # a member only this side branch's governance knows, so far
+                self.uncounted.append((entry.hash, member))
+            counts[member] = counts.get(member, 0) + 1
         report.blocks += 1
         report.transactions += n_txs
         report.objections += len(entry.objections)
+
+    def _set_best_gov(self, state: ConsortiumState) -> None:
+        """Follow the best chain's governance as a node does (``Engine._set_gov``): the tree's
+        eligible members and view denominators by height come from it."""
+        self.best_gov = state
+        self.tree.set_schedule(state if state.changes else None)
 
     def _anchor(self, where: str, block_hash: bytes, anchor: AnchorRef) -> None:
         if anchor.btc >= len(self.btc):  # the parser checks this; kept for direct callers
@@ -313,12 +382,26 @@ class Verifier:
         self.report.anchored_blocks += 1
 
     def _evidence(self, entry: EvidenceEntry) -> None:
+        """Checked with the key the member held at the evidenced height, so a double-sign made
+        with a key rotated away since still convicts (docs/protocol.md §20.6): that key comes
+        from the best chain's final state, as the exporting node checked it, or else from the
+        state of the branch the evidenced blocks are on, when the bundle holds their parents."""
         ev = entry.evidence
         where = f"evidence {ev.id.hex()[:16]} against {ev.member}"
-        try:
-            check_evidence(ev, self.consortium, self.cid)
-        except ValidationError as exc:
-            raise AuditFailure(where, str(exc)) from None
+        states = [self.best_gov]
+        for header in (ev.header_a, ev.header_b):
+            branch = self.gov.get(header.prev)
+            if branch is not None and all(branch is not s for s in states):
+                states.append(branch)
+        error: ValidationError | None = None
+        for state in states:
+            try:
+                state.check_evidence(ev, self.cid)
+                break
+            except ValidationError as exc:
+                error = error or exc
+        else:
+            raise AuditFailure(where, str(error)) from None
         self.evidence_ids.add(ev.id)
         self._exclude(ev.member, ev.header_a.height, f"evidence {ev.id.hex()[:16]}")
 
@@ -336,6 +419,12 @@ class Verifier:
             if ev_id not in self.evidence_ids:
                 raise AuditFailure(where, f"carries evidence {ev_id.hex()[:16]}, which is missing from the "
                                    "bundle's evidence items")
+        self._check_late_objections()
+        for block_hash, member in self.uncounted:
+            try:
+                self.tree.add_signature(block_hash, member)
+            except ValidationError:
+                pass  # a member only a side branch's governance has: not counted, as by a node
         for member in self.culprits:
             self.tree.add_culprit(member)
         self._check_fork_choice()
@@ -364,7 +453,35 @@ class Verifier:
         report.tip = state.tip.hash.hex()
         report.keys_in_state = len(state.values)
         report.bytes = self.nbytes
+        self._members(report)
         return report
+
+    def _members(self, report: VerifyReport) -> None:
+        """Everyone who was a member at any height of the best chain, in order of joining, then
+        anyone else with a verified signature (a member only a side branch's governance added);
+        and each best-chain member's keys by height."""
+        gov = self.best_gov
+        members: list[str] = []
+        for _start, names in gov.member_epochs():
+            members.extend(name for name in names if name not in members)
+        on_best = set(members)
+        members.extend(sorted(m for m in report.signatures if m not in on_best))
+        report.members = members
+        report.signatures = {m: report.signatures.get(m, 0) for m in members}
+        report.key_history = {m: [(start, key.hex() if key is not None else None)
+                                  for start, key in gov.key_history(m)] for m in members if m in on_best}
+
+    def _check_late_objections(self) -> None:
+        """An objection not signed by the key at its block's height must be signed by a key the
+        member held at that height or later on the best chain (a node signs objections with its
+        key at its own next height); a key already rotated away at that height is refused."""
+        for where, objection, height in self.late_objections:
+            history = self.best_gov.key_history(objection.member)
+            keys = [key for i, (_start, key) in enumerate(history) if key is not None
+                    and (i + 1 == len(history) or history[i + 1][0] > height)]
+            if not any(objection.valid(self.cid, key) for key in keys):
+                raise AuditFailure(where, f"{objection.member}'s objection signature does not verify with its key "
+                                   f"at height {height} or a later one")
 
     def _check_fork_choice(self) -> None:
         assert self.head is not None
