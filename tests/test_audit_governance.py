@@ -25,18 +25,18 @@ from peerdb.audit.bundle import BlockEntry, Head, Item
 from peerdb.audit.errors import AuditFailure
 from peerdb.audit.export import MemorySource
 from peerdb.core.chain import BlockTree
-from peerdb.core.consortium import Member
+from peerdb.core.consortium import Consortium, Member, Params
 from peerdb.core.errors import ValidationError
 from peerdb.core.governance import PASSED, propose_op, read_proposal
 from peerdb.core.keys import SigningKey
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.model import Block, BlockSignature, Evidence, Objection, Tx, genesis_header
-from peerdb.core.proposals import AddMember, Change, Proposal, RemoveMembers, RotateKey
+from peerdb.core.proposals import AddMember, Change, Proposal, RemoveMembers, RotateKey, SetParams
 from peerdb.core.validate import proposer_for
 
-from .core_helpers import MEMBER_NAMES, client_key, member_key, put, seed_key
+from .core_helpers import CONSORTIUM, MEMBER_NAMES, client_key, make_consortium, member_key, put, seed_key
 from .governance_helpers import Chain
-from .test_audit_verify import assemble, block_item, items_of, verify
+from .test_audit_verify import assemble, block_item, items_of, make_anchor, verify
 
 ALL = MEMBER_NAMES
 NEW_C = seed_key("member/firm-c/2")
@@ -117,11 +117,12 @@ def effective(chain: Chain, proposal_id: bytes) -> int:
 
 def governed_chain(change: Change, voters: Sequence[str], after: int = 6,
                    rotate: tuple[str, SigningKey] | None = None,
-                   block_evidence: Callable[[Chain, int], Sequence[Evidence]] | None = None) -> tuple[Chain, int]:
+                   block_evidence: Callable[[Chain, int], Sequence[Evidence]] | None = None,
+                   consortium: Consortium = CONSORTIUM) -> tuple[Chain, int]:
     """Two plain blocks, then ``change`` proposed by firm-a and approved by ``voters`` in one
     block, then blocks with a write each until ``after`` blocks past the effective height;
     ``block_evidence(chain, effective)`` may give evidence for the block two past it."""
-    chain = Chain()
+    chain = Chain(consortium)
     chain.step([chain.tx("firm-a", [put("books", "before", b"1")])])
     chain.step()
     proposal = chain.propose("firm-a", change, "audit test")
@@ -409,3 +410,23 @@ def test_signatures_by_a_member_only_a_side_branch_added_do_not_break_the_audit(
     wrong = seed_key("nobody")
     refused(rebuild(src, with_e(lambda b: BlockSignature.create(wrong, f.side.cid, "firm-e", b.hash).signature)),
             rf"^block {added[0].height} ", r"^firm-e's signature does not verify")
+
+
+# --- anchor depth under changed parameters ---------------------------------------------------------
+
+@pytest.mark.parametrize("later", [3, 5])
+def test_an_anchor_needs_the_least_depth_in_force_from_its_block_on(later: int) -> None:
+    """Genesis asks 4 confirmations; a proof of depth 3 for block 1 is enough once governance
+    lowers the requirement to 3 (a node accepting the proof then checked it so), never while
+    every height from block 1 on asks 4 or more."""
+    consortium = make_consortium(params=Params(anchor_confirmations=4))
+    chain, eff = governed_chain(SetParams((("anchor_confirmations", later),)), ALL, after=2, consortium=consortium)
+    assert chain.cs().params_at(eff).anchor_confirmations == later
+    src = GovSource(chain)
+    (proof,) = make_anchor([block_at(chain, 1).hash], depth=3)
+    for block in chain.blocks:
+        src.add_block(block, sign_all(chain, block), anchor=proof if block.height == 1 else None)
+    if later == 3:
+        assert verify(src.bundle("firm-a")).anchored_blocks == 1
+    else:
+        refused(src.bundle("firm-a"), r"^block 1 ", r"depth 3 below the required 4 \(anchor_confirmations")

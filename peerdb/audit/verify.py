@@ -9,8 +9,8 @@ Per block, in bundle order (docs/auditor.md lists the checks):
    as "now": linkage, turn, time rules, size, evidence, every transaction (client signatures,
    access rules, replay window) replayed through :func:`peerdb.core.state.apply_txs`, state root;
 4. every co-signature verifies; a member signing two blocks at one height is excluded;
-5. objections verify; the anchor proof verifies (offline, at the consortium's
-   ``anchor_confirmations``; and against a Bitcoin node when one is given);
+5. objections verify; the anchor proof verifies (offline, at the least ``anchor_confirmations``
+   in force from the block's height on; and against a Bitcoin node when one is given);
 6. a block marked best extends the previous best block.
 
 Then evidence items are checked, every member with evidence against it is excluded, the block
@@ -225,6 +225,8 @@ class Verifier:
         self.uncounted: list[tuple[bytes, str]] = []
         """Verified signatures the tree refused: by members the best chain's governance did not
         know (yet) when they were replayed; offered again at the end (:meth:`_finish`)."""
+        self.shallow_anchors: list[tuple[str, int, int]] = []
+        """(where, depth, block height) of anchor proofs below the depth required at the time."""
         self.late_objections: list[tuple[str, Objection, int]] = []
         """Objections whose signature is not by the key at the objected block's height: a node
         signs with its key at its own next height, so they are checked at the end against the
@@ -313,7 +315,7 @@ class Verifier:
             if not valid:
                 self.late_objections.append((where, objection, height))
         if entry.anchor is not None:
-            self._anchor(where, entry.hash, entry.anchor)
+            self._anchor(where, entry.hash, entry.anchor, height)
         # Record: state, tree, signatures, exclusions.
         ev_ids = [ev.id for ev in block.evidence]
         for ev in block.evidence:
@@ -355,7 +357,7 @@ class Verifier:
         self.best_gov = state
         self.tree.set_schedule(state if state.changes else None)
 
-    def _anchor(self, where: str, block_hash: bytes, anchor: AnchorRef) -> None:
+    def _anchor(self, where: str, block_hash: bytes, anchor: AnchorRef, height: int) -> None:
         if anchor.btc >= len(self.btc):  # the parser checks this; kept for direct callers
             raise AuditFailure(where, f"anchor refers to btc item {anchor.btc}, which is not in the bundle")
         part = self.btc[anchor.btc]
@@ -364,7 +366,7 @@ class Verifier:
             if cached is None:
                 verified = verify_anchor_proof(
                     part.proof(block_hash, anchor), block_hash, check_pow=self.options.check_pow,
-                    pow_limit=self.options.pow_limit, min_depth=self.consortium.params.anchor_confirmations)
+                    pow_limit=self.options.pow_limit, min_depth=1)
                 self.anchor_cache[(anchor.btc, anchor.root)] = verified
             elif root_from_path(block_hash, anchor.path) != anchor.root:
                 # Everything but the path was verified for this (transaction, root) already.
@@ -377,9 +379,20 @@ class Verifier:
                 self.btc_checked.add(anchor.btc)
         except (AnchorProofError, DecodeError, ValidationError) as exc:
             raise AuditFailure(where, f"anchor proof: {exc}") from None
+        if verified.depth < self._required_depth(height):
+            self.shallow_anchors.append((where, verified.depth, height))
         self.tree.set_anchored(block_hash)
         assert self.report is not None
         self.report.anchored_blocks += 1
+
+    def _required_depth(self, height: int) -> int:
+        """The least ``anchor_confirmations`` in force on the best chain from ``height`` on (as
+        far as replayed): a node checks a proof with the parameters in force when it arrives,
+        at or above the block's height. Later changes can only lower this, so a proof deep
+        enough now stays so, and a shallower one is judged at the end (:meth:`_finish`)."""
+        epochs = self.best_gov.epochs()
+        return min(c.params.anchor_confirmations for i, (_start, c) in enumerate(epochs)
+                   if i + 1 == len(epochs) or epochs[i + 1][0] > height)
 
     def _evidence(self, entry: EvidenceEntry) -> None:
         """Checked with the key the member held at the evidenced height, so a double-sign made
@@ -420,6 +433,11 @@ class Verifier:
                 raise AuditFailure(where, f"carries evidence {ev_id.hex()[:16]}, which is missing from the "
                                    "bundle's evidence items")
         self._check_late_objections()
+        for where, depth, height in self.shallow_anchors:
+            required = self._required_depth(height)
+            if depth < required:
+                raise AuditFailure(where, f"anchor proof: anchor_proof.headers: depth {depth} below the required "
+                                   f"{required} (anchor_confirmations in force from height {height} on)")
         for block_hash, member in self.uncounted:
             try:
                 self.tree.add_signature(block_hash, member)
