@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from peerdb.anchor.proof import AnchorProof
-from peerdb.core.chain import BlockTree
+from peerdb.core.chain import BlockTree, MemberSchedule
 from peerdb.core.consortium import Consortium
-from peerdb.core.errors import DecodeError, StorageError
+from peerdb.core.errors import DecodeError, StorageError, ValidationError
 from peerdb.core.model import Block, BlockSignature, Evidence, Objection, consortium_id, genesis_header
 
 from .bundle import FORMAT_VERSION, AnchorRef, BlockEntry, BtcPart, BundleWriter, Claims, Head
@@ -206,6 +206,7 @@ class MemorySource:
         self.objs: dict[bytes, list[Objection]] = {}
         self.anchors: dict[bytes, bytes] = {}
         self.evidence_by_id: dict[bytes, Evidence] = {}
+        self.schedule: MemberSchedule | None = None
 
     def add_block(self, block: Block, signatures: Iterable[BlockSignature] = (),
                   objections: Iterable[Objection] = (), anchor: AnchorProof | None = None) -> None:
@@ -238,14 +239,19 @@ class MemorySource:
         return self.anchors.get(block_hash)
 
     def tree(self) -> BlockTree:
-        """The block tree a node holding exactly these would have (blocks must connect)."""
-        tree = BlockTree(genesis_header(self.consortium), self.consortium.member_names)
+        """The block tree a node holding exactly these would have (blocks must connect). Set
+        :attr:`schedule` (the best tip's ``ConsortiumState``) when governance changed the
+        member set, as the node's tree follows it."""
+        tree = BlockTree(genesis_header(self.consortium), self.consortium.member_names, self.schedule)
         for block in sorted(self.blocks.values(), key=lambda b: b.height):
             tree.add_header(block.header)
         for block_hash, sigs in self.sigs.items():
             if block_hash in tree:
                 for member in sigs:
-                    tree.add_signature(block_hash, member)
+                    try:
+                        tree.add_signature(block_hash, member)
+                    except ValidationError:
+                        pass  # a member only another branch's governance knows (as the node does)
         for ev in self.evidence_by_id.values():
             tree.add_culprit(ev.member)
         for block_hash in self.anchors:
