@@ -91,3 +91,54 @@ def test_a_fifth_firm_joins_running_processes_while_writes_flow(tmp_path: Path) 
             assert got["found"] and got["value_text"] == "before-0"
         log = net.nodes["firm-a"].log_path.read_text()
         assert "member_joined" in log and "firm-e" in log
+
+
+def test_key_rotation_on_running_processes_then_audit_verify(tmp_path: Path) -> None:
+    """firm-b rotates its member key on four TLS daemons: signing switches at the agreed height,
+    its node restarts and is let in with the new certificate, and `peerdb audit verify` accepts
+    the whole history (old blocks with the old key, new ones with the new key)."""
+    directory = tmp_path / "c"
+    with LocalConsortium(directory, params=FAST) as net:
+        net.write_files()
+        made = cli("keygen", "--out", str(directory / "keys" / "firm-b.next.key"), "--name", "firm-b")
+        config = net.nodes["firm-b"].config
+        text = config.read_text()
+        config.write_text(text.replace('key_file = "keys/firm-b.key"\n',
+                                       'key_file = "keys/firm-b.key"\nextra_key_files = ["keys/firm-b.next.key"]\n'))
+        assert "extra_key_files" in config.read_text()
+        net.start_all()
+        net.wait_ready()
+        for i in range(3):
+            write(net, "firm-a", f"old-{i}", wait="unanimous_signed")
+        proposal = cli("-c", str(config), "governance", "propose", "rotate", "--name", "firm-b",
+                       "--cert", str(made["certificate"]), "--note", "yearly rotation", "--wait", "majority")
+        pid = str(proposal["proposal"])
+        for name in net.nodes:
+            cli("-c", str(net.nodes[name].config), "governance", "vote", pid, "--yes", "--wait", "majority")
+        shown = cli("-c", str(net.nodes["firm-a"].config), "governance", "show", pid)
+        assert shown["status"] == "passed", shown
+        effective = int(str(shown["effective_height"]))
+        net.wait_for(lambda: net.status("firm-a")["heads"]["unanimous_signed"] >= effective + 2, 60,
+                     "unanimity past the rotation (firm-b signing with its new key)")
+        # A restart: firm-b connects with the new key's certificate, and signs on.
+        net.stop("firm-b")
+        net.start("firm-b")
+        net.wait_ready(["firm-b"])
+        for i in range(3):
+            write(net, "firm-b", f"new-{i}", wait="unanimous_signed")
+        with net.nodes["firm-a"].client() as c:
+            consortium = c.get("/v1/consortium").json()
+        [firm_b] = [m for m in consortium["members"] if m["name"] == "firm-b"]
+        assert firm_b["key"] == made["public"]
+        bundle = tmp_path / "firm-c.pdbaudit"
+        runner = CliRunner()
+        exported = runner.invoke(main, ["--config", str(net.nodes["firm-c"].config), "audit", "export",
+                                        "--out", str(bundle)])
+        assert exported.exit_code == 0, exported.output
+        verified = runner.invoke(main, ["--json", "audit", "verify", str(bundle)])
+        assert verified.exit_code == 0, verified.output
+        report = json.loads(verified.output[verified.output.index("{"):])
+        assert report["transactions"] >= 6 + 5  # the writes plus the proposal and four votes
+        history = report["key_history"]["firm-b"]
+        assert [entry[1] if isinstance(entry, list) else entry["key"] for entry in history][-1] == made["public"]
+        assert len(history) == 2, history
