@@ -8,11 +8,14 @@ calls run inline (no worker threads), stores are real LMDB with sync off (tmp_pa
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from peerdb.core.consortium import Consortium, Member, Params
@@ -20,6 +23,7 @@ from peerdb.core.keys import SigningKey
 from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
 from peerdb.net.memory import MemoryHub
 from peerdb.net.peers import NetConfig, PeerNetwork
+from peerdb.node.api import Api
 from peerdb.node.engine import Engine
 from peerdb.node.service import NodeService, trio_clock_ms
 from peerdb.store import Store
@@ -146,3 +150,19 @@ class Cluster:
         for node in self.nodes.values():
             if not node.stopped.is_set():
                 await self.crash(node.name)
+
+
+API_TOKEN = "t" * 32
+
+
+@asynccontextmanager
+async def api_clients(cluster: Cluster) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """An in-process HTTP client for each member's API (ASGI, no sockets), token API_TOKEN."""
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name in cluster.names:
+            app = Api(cluster.nodes[name].service, API_TOKEN, cluster.client_keys[name])
+            clients[name] = await stack.enter_async_context(httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://node",
+                headers={"Authorization": f"Bearer {API_TOKEN}"}))
+        yield clients

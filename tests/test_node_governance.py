@@ -3,20 +3,16 @@ who must sign for unanimity, and the parameters every member follows, from the a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
-import httpx
 import trio
 
 from peerdb.core.governance import PASSED, PENDING, REJECTED, propose_op, read_proposal, vote_op
 from peerdb.core.membership import GOVERNANCE_DELAY
 from peerdb.core.model import Tx
 from peerdb.core.proposals import Change, Proposal, RemoveMembers, SetParams, Vote
-from peerdb.node.api import Api
 from peerdb.node.service import trio_clock_ms
-from tests.node_harness import Cluster
+from tests.node_harness import Cluster, api_clients
 
 
 def gov_tx(cluster: Cluster, member: str, op: object) -> Tx:
@@ -143,19 +139,6 @@ async def test_parameter_change_takes_effect_at_its_height_everywhere(
 
 # --- through the client API ------------------------------------------------------------------------
 
-TOKEN = "t" * 32
-
-
-@asynccontextmanager
-async def api_clients(cluster: Cluster) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    async with AsyncExitStack() as stack:
-        clients = {}
-        for name in cluster.names:
-            app = Api(cluster.nodes[name].service, TOKEN, cluster.client_keys[name])
-            clients[name] = await stack.enter_async_context(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://node",
-                headers={"Authorization": f"Bearer {TOKEN}"}))
-        yield clients
 
 
 async def test_governance_through_the_api(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:

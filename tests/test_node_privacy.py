@@ -10,8 +10,6 @@ a later change of its readers, and a member-key rotation all behave the same way
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +25,16 @@ from peerdb.core.governance import PASSED, read_proposal
 from peerdb.core.keys import SigningKey
 from peerdb.core.model import OP_PUT, Op, Tx
 from peerdb.core.privacy import Envelope, open_value, seal_value
-from peerdb.node.api import Api
 from peerdb.node.engine import Engine
 from peerdb.node.service import trio_clock_ms
 from peerdb.store.identity import DATA_FILE
-from tests.node_harness import Cluster
+from tests.node_harness import Cluster, api_clients
 
-TOKEN = "t" * 32
 NAMES = ("firm-a", "firm-b", "firm-c")
 DEALS = NamespaceRule("deals", readers=("firm-a", "firm-b"), private=True)
 BOARD = NamespaceRule("board", writers=("firm-a",), readers=("firm-a", "firm-b"), private=True)
 
 
-@asynccontextmanager
-async def api_clients(cluster: Cluster) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    async with AsyncExitStack() as stack:
-        clients = {}
-        for name in cluster.names:
-            app = Api(cluster.nodes[name].service, TOKEN, cluster.client_keys[name])
-            clients[name] = await stack.enter_async_context(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://node",
-                headers={"Authorization": f"Bearer {TOKEN}"}))
-        yield clients
 
 
 async def write(client: httpx.AsyncClient, ns: str, key: str, value: str) -> str:
