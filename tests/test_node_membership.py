@@ -123,7 +123,9 @@ async def test_member_added_while_transactions_flow(tmp_path: Path, autojump_clo
 
 
 async def test_key_rotation_mid_run_and_old_blocks_still_audit(tmp_path: Path,
-                                                               autojump_clock: trio.testing.MockClock) -> None:
+                                                               autojump_clock: trio.testing.MockClock,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     cluster = Cluster(tmp_path)
     old_key = cluster.keys["firm-b"]
     new_key = SigningKey.generate()
@@ -149,6 +151,10 @@ async def test_key_rotation_mid_run_and_old_blocks_still_audit(tmp_path: Path,
         assert {signed_with(cluster, "firm-a", "firm-b", h) for h in range(effective, unanimous + 1)} \
             == {new_key.public}
         assert cluster.nodes["firm-b"].engine.key.public == new_key.public
+        # Connections firm-b's retired key authenticated are closed when the rotation takes effect.
+        for viewer in ("firm-a", "firm-c", "firm-d"):
+            assert any("reconnecting" in r.getMessage() and f"node={viewer}" in r.getMessage()
+                       and "peer=firm-b" in r.getMessage() for r in caplog.records), viewer
         # The books verify end to end: old blocks with the old key, new ones with the new key.
         report = audit(cluster, "firm-c")
         assert report.blocks >= unanimous  # type: ignore[attr-defined]

@@ -286,6 +286,15 @@ class PeerNetwork:
         if conn is not None:
             conn.fail(reason, peer_fault=True)
 
+    def reconnect(self, name: str, reason: str) -> None:
+        """Close the connection to ``name`` (not its fault) so that the next one is made under
+        the transport's current trust list: a member whose key was rotated must prove the new
+        key, not keep a connection the retired key opened."""
+        peer = self._peers.get(name)
+        if peer is not None and peer.conn is not None:
+            self._log(logging.INFO, "reconnecting", peer=name, reason=reason)
+            peer.conn.fail(reason)
+
     def connected_peers(self) -> list[str]:
         return sorted(name for name, peer in self._peers.items() if peer.conn is not None)
 

@@ -46,6 +46,7 @@ class Network(Protocol):
     def peer_state(self, name: str) -> Any: ...
     def disconnect(self, name: str, reason: str) -> None: ...
     def set_members(self, members: Iterable[str]) -> None: ...
+    def reconnect(self, name: str, reason: str) -> None: ...
     @property
     def incoming(self) -> trio.MemoryReceiveChannel[tuple[str, Any]]: ...
 
@@ -190,13 +191,19 @@ class NodeService:
         if members == self._members_seen:
             return
         first = not self._members_seen
+        retired = set(self._members_seen) - set(members)
         self._members_seen = members
         if not first:
             log.info("member set changed: the network now admits %s",
                      ", ".join(f"{name} ({key.hex()[:8]})" for name, key in members))
         if self.on_members is not None:
             self.on_members(members)
-        self.network.set_members({name for name, _ in members})
+        names = {name for name, _ in members}
+        self.network.set_members(names)
+        for name in sorted({name for name, _ in retired} & names - {self.engine.me}):
+            # A key of a member that stays was retired (rotation in force): its connection was
+            # authenticated with that key; the member must come back with its current one.
+            self.network.reconnect(name, "its member key was rotated")
         problem = self.engine.key_problem()
         if problem is not None and problem != self._key_problem_seen:
             log.error("%s", problem)
