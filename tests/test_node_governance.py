@@ -12,6 +12,7 @@ from peerdb.core.membership import GOVERNANCE_DELAY
 from peerdb.core.model import Tx
 from peerdb.core.proposals import Change, Proposal, RemoveMembers, SetParams, Vote
 from peerdb.node.service import trio_clock_ms
+from peerdb.core.keys import SigningKey
 from tests.node_harness import Cluster, api_clients
 
 
@@ -188,6 +189,8 @@ async def test_bad_proposals_are_refused_with_clear_errors(tmp_path: Path,
                 ({"kind": "set_params", "params": {}}, "params"),
                 ({"kind": "rotate_key", "name": "firm-z", "key": "11" * 32}, "'firm-z' is not a member"),
                 ({"kind": "rotate_key", "name": "firm-a", "key": "11"}, "key: a key is 32 bytes"),
+                ({"kind": "rotate_key", "name": "firm-a", "key": SigningKey.generate().public.hex()},
+                 "this node does not hold firm-a's new key"),
                 ({"kind": "dissolve"}, "kind: 'dissolve' is not one of"),
                 ({"kind": "add_member", "name": "firm-a", "key": "22" * 32, "address": "127.0.0.1:1"},
                  "'firm-a' is or was already a member"),

@@ -192,6 +192,11 @@ def governance_routes(api: "Api") -> list[Route]:
             Proposal.decode(proposal.raw)  # canonical (sorted, bounded) exactly as peers will check
         except DecodeError as exc:
             raise BadProposal(str(exc)) from None
+        change = proposal.change
+        if isinstance(change, RotateKey) and change.name == engine.me and change.key not in engine.keyring:
+            # Once in force, this node could sign nothing: refuse before the others vote.
+            raise BadProposal(f"rotate_key: this node does not hold {engine.me}'s new key {change.key.hex()[:16]}; "
+                              "add its key file to node.extra_key_files and restart the node, then propose")
         await service.read(check_new, proposal)
         answer = await submit(sign([propose_op(proposal)]), data)
         return {"proposal": proposal.id.hex(), "kind": proposal.kind, **answer}
