@@ -332,7 +332,7 @@ class RecordingTransport(Transport):
         self.inner = inner
         self.dials: list[float] = []
 
-    async def connect(self, peer: str) -> AuthenticatedStream:
+    async def connect(self, peer: str, attempt: int = 0) -> AuthenticatedStream:
         self.dials.append(trio.current_time())
         return await self.inner.connect(peer)
 

@@ -3,6 +3,7 @@ who must sign for unanimity, and the parameters every member follows, from the a
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import trio
@@ -11,8 +12,9 @@ from peerdb.core.governance import PASSED, PENDING, REJECTED, propose_op, read_p
 from peerdb.core.membership import GOVERNANCE_DELAY
 from peerdb.core.model import Tx
 from peerdb.core.proposals import Change, Proposal, RemoveMembers, SetParams, Vote
-from peerdb.node.service import trio_clock_ms
 from peerdb.core.keys import SigningKey
+from peerdb.net.certs import member_certificate
+from peerdb.node.service import trio_clock_ms
 from tests.node_harness import Cluster, api_clients
 
 
@@ -175,6 +177,9 @@ async def test_governance_through_the_api(tmp_path: Path, autojump_clock: trio.t
         nursery.cancel_scope.cancel()
 
 
+NEXT = SigningKey.generate()
+
+
 async def test_bad_proposals_are_refused_with_clear_errors(tmp_path: Path,
                                                            autojump_clock: trio.testing.MockClock) -> None:
     cluster = Cluster(tmp_path, names=("firm-a", "firm-b"))
@@ -190,7 +195,18 @@ async def test_bad_proposals_are_refused_with_clear_errors(tmp_path: Path,
                 ({"kind": "rotate_key", "name": "firm-z", "key": "11" * 32}, "'firm-z' is not a member"),
                 ({"kind": "rotate_key", "name": "firm-a", "key": "11"}, "key: a key is 32 bytes"),
                 ({"kind": "rotate_key", "name": "firm-a", "key": SigningKey.generate().public.hex()},
+                 "cert_b64 is required"),
+                ({"kind": "rotate_key", "name": "firm-a", "key": NEXT.public.hex(),
+                  "cert_b64": base64.b64encode(member_certificate(NEXT.seed, "firm-a")).decode()},
                  "this node does not hold firm-a's new key"),
+                ({"kind": "rotate_key", "name": "firm-a", "key": NEXT.public.hex(),
+                  "cert_b64": base64.b64encode(member_certificate(SigningKey.generate().seed, "firm-a")).decode()},
+                 "rotate_key: cert_b64"),
+                ({"kind": "add_member", "name": "firm-e", "key": NEXT.public.hex(), "address": "127.0.0.1:1"},
+                 "add_member: cert_b64 is required"),
+                ({"kind": "add_member", "name": "firm-e", "key": NEXT.public.hex(), "address": "127.0.0.1:1",
+                  "cert_b64": base64.b64encode(member_certificate(NEXT.seed, "firm-x")).decode()},
+                 "common name does not match"),
                 ({"kind": "dissolve"}, "kind: 'dissolve' is not one of"),
                 ({"kind": "add_member", "name": "firm-a", "key": "22" * 32, "address": "127.0.0.1:1"},
                  "'firm-a' is or was already a member"),

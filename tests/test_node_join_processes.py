@@ -142,3 +142,35 @@ def test_key_rotation_on_running_processes_then_audit_verify(tmp_path: Path) -> 
         history = report["key_history"]["firm-b"]
         assert [entry[1] if isinstance(entry, list) else entry["key"] for entry in history][-1] == made["public"]
         assert len(history) == 2, history
+
+
+def test_a_node_offline_across_its_own_rotation_gets_back_in(tmp_path: Path) -> None:
+    """firm-b votes for its own rotation and goes down; the others pass it and move on. On
+    restart its chain still has the old key in force, which its peers no longer accept: it
+    presents its other key on the next dial, is let in, catches up and signs with the new key."""
+    directory = tmp_path / "c"
+    with LocalConsortium(directory, params=FAST) as net:
+        net.write_files()
+        made = cli("keygen", "--out", str(directory / "keys" / "firm-b.next.key"), "--name", "firm-b")
+        config = net.nodes["firm-b"].config
+        config.write_text(config.read_text().replace(
+            'key_file = "keys/firm-b.key"\n', 'key_file = "keys/firm-b.key"\nextra_key_files = ["keys/firm-b.next.key"]\n'))
+        net.start_all()
+        net.wait_ready()
+        proposal = cli("-c", str(config), "governance", "propose", "rotate", "--name", "firm-b",
+                       "--cert", str(made["certificate"]), "--wait", "majority")
+        pid = str(proposal["proposal"])
+        cli("-c", str(config), "governance", "vote", pid, "--yes", "--wait", "majority")
+        net.stop("firm-b")
+        for name in ("firm-a", "firm-c", "firm-d"):
+            cli("-c", str(net.nodes[name].config), "governance", "vote", pid, "--yes", "--wait", "majority")
+        shown = cli("-c", str(net.nodes["firm-a"].config), "governance", "show", pid)
+        assert shown["status"] == "passed", shown
+        effective = int(str(shown["effective_height"]))
+        net.wait_for(lambda: net.status("firm-a")["heads"]["tentative"] >= effective + 2, 60, "past the rotation")
+        net.start("firm-b")
+        net.wait_ready(["firm-b"])
+        net.wait_for(lambda: net.status("firm-b")["heads"]["tentative"] >= effective + 2, 60, "firm-b caught up")
+        # Unanimity includes firm-b again: its signatures, now with the new key, verify at every member.
+        write(net, "firm-a", "after-return", wait="unanimous_signed")
+        assert net.status("firm-b")["alerts"] == [] or all(a["kind"] != "key_missing" for a in net.status("firm-b")["alerts"])

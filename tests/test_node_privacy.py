@@ -28,6 +28,7 @@ from peerdb.core.privacy import Envelope, open_value, seal_value
 from peerdb.node.engine import Engine
 from peerdb.node.service import trio_clock_ms
 from peerdb.store.identity import DATA_FILE
+from peerdb.net.certs import member_certificate
 from tests.node_harness import Cluster, api_clients
 
 NAMES = ("firm-a", "firm-b", "firm-c")
@@ -244,7 +245,8 @@ async def test_namespace_made_private_by_a_vote_then_readers_and_keys_change(
             # new key, and firm-c still opens what was sealed to the old one.
             new_key = SigningKey.generate()
             cluster.nodes["firm-c"].engine.keyring[new_key.public] = new_key
-            await pass_change(cluster, api, {"kind": "rotate_key", "name": "firm-c", "key": new_key.public.hex()})
+            await pass_change(cluster, api, {"kind": "rotate_key", "name": "firm-c", "key": new_key.public.hex(),
+                                                 "cert_b64": base64.b64encode(member_certificate(new_key.seed, "firm-c")).decode()})
             await write(api["firm-a"], "secret", "s3", "MARKER-after-rotation")
             await stored_everywhere(cluster, "secret", "s3")
             stored, _ = cluster.nodes["firm-c"].store.get("secret", "s3")

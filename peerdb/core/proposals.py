@@ -365,7 +365,10 @@ def apply_change(c: Consortium, change: Change, used_names: frozenset[str] = fro
         else:
             _fresh_keys((k for k in change.clients if k not in old.clients), used_keys, where)
             try:
-                new = Member(old.name, old.key, change.address, change.clients, change.cert, change.api)
+                # No certificate in the update: the member keeps the one it has (its node must
+                # stay reachable over TLS); a rotation always brings the new key's certificate.
+                new = Member(old.name, old.key, change.address, change.clients,
+                             old.cert if change.cert is None else change.cert, change.api)
             except ConfigError as exc:
                 raise _invalid(where, exc) from None
         return _rebuild(c, where, members=tuple(new if m.name == old.name else m for m in c.members))

@@ -192,7 +192,7 @@ class MemoryTransport(Transport):
         self.hub = hub
         self.name = name
 
-    async def connect(self, peer: str) -> AuthenticatedStream:
+    async def connect(self, peer: str, attempt: int = 0) -> AuthenticatedStream:
         stream = await self.hub._dial(self.name, peer)
         return AuthenticatedStream(stream, peer, f"memory:{peer}")
 

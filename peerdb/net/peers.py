@@ -78,6 +78,7 @@ MSG_KEY = "msg"
 PING_KEY = "ping"
 ERROR_KEY = "error"
 _MSG_PREFIX = b"\xa1" + encode(MSG_KEY)
+NOT_A_MEMBER = "no longer a member of the consortium"
 """Canonical CBOR of ``{"msg": x}`` is this prefix followed by the encoding of ``x`` (a map
 with one key needs no sorting), so a broadcast encodes its message once for every peer."""
 _PING_FRAME = encode_frame({PING_KEY: 0})
@@ -205,8 +206,8 @@ class PeerNetwork:
             raise LocalError("members: duplicate member name")
         if own_name not in names:
             raise LocalError(f"members: this node's name {own_name!r} is not a member")
-        if len(names) > MAX_MEMBERS:
-            raise LocalError(f"members: {len(names)} exceeds the limit of {MAX_MEMBERS}")
+        if len(names) > 2 * MAX_MEMBERS:  # members in force plus those a passed change adds
+            raise LocalError(f"members: {len(names)} exceeds the limit of {2 * MAX_MEMBERS}")
         if type(consortium_id) is not bytes or len(consortium_id) != HASH_LEN:
             raise LocalError(f"consortium_id: expected {HASH_LEN} bytes")
         self.own_name = own_name
@@ -245,8 +246,8 @@ class PeerNetwork:
         The transport must already trust the new set (for TLS, see
         :meth:`peerdb.net.tls.TlsTransport.set_members`)."""
         names = set(members) | {self.own_name}
-        if len(names) > MAX_MEMBERS + 1:
-            raise LocalError(f"members: {len(names)} exceeds the limit of {MAX_MEMBERS}")
+        if len(names) > 2 * MAX_MEMBERS:  # members in force plus those a passed change adds
+            raise LocalError(f"members: {len(names)} exceeds the limit of {2 * MAX_MEMBERS}")
         for name in sorted(set(self._peers) - names):
             peer = self._peers.pop(name)
             peer.dial_scope.cancel()
@@ -354,6 +355,9 @@ class PeerNetwork:
             return False  # nothing there, or the peer already abandoned it
         return keep_existing(current.dialler, conn.dialler, self.own_name, conn.peer.name)
 
+    def _refusal(self, conn: _Connection) -> str:
+        return NOT_A_MEMBER if self._peers.get(conn.peer.name) is not conn.peer else DUPLICATE_CONNECTION
+
     def _install(self, conn: _Connection) -> bool:
         peer = conn.peer
         if self._peers.get(peer.name) is not peer:
@@ -441,11 +445,13 @@ class PeerNetwork:
         """One attempt; returns how long the resulting connection was up (None: never up)."""
         try:
             with trio.fail_after(self.config.handshake_timeout):
-                auth = await self._transport.connect(peer.name)
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError, RemoteError) as exc:
+                auth = await self._transport.connect(peer.name, attempt=peer.failures)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, RemoteError, LocalError) as exc:
+            # LocalError: the transport cannot dial this member (no certificate or address for
+            # it yet); the network must not stop for one member's missing details.
             reason = describe_error(exc)
             peer.last_error = f"dial: {reason}"
-            level = logging.WARNING if isinstance(exc, RemoteError) else logging.INFO
+            level = logging.WARNING if isinstance(exc, (RemoteError, LocalError)) else logging.INFO
             self._log(level, "dial_failed", peer=peer.name, attempt=peer.failures + 1, reason=reason)
             return None
         return await self._connection(auth, dialled=True, expected=peer.name)
@@ -509,7 +515,7 @@ class PeerNetwork:
                     await send_hello(conn.stream, self.consortium_id, self.own_name)
                     await receive_hello(reader, self.consortium_id, name)
                     if not self._install(conn):
-                        await send_refusal(conn.stream, DUPLICATE_CONNECTION)
+                        await send_refusal(conn.stream, self._refusal(conn))
                         return None
                     return ()
                 await receive_hello(reader, self.consortium_id, name)
@@ -523,6 +529,9 @@ class PeerNetwork:
                 if reason is not None:
                     raise RefusedByPeer(name, reason)
             if not self._install(conn):
+                if self._peers.get(name) is not conn.peer:
+                    await send_refusal(conn.stream, NOT_A_MEMBER)  # removed during the handshake
+                    return None
                 self._retire(conn, REPLACED)  # lost the tie while waiting: read what it carries, then close
             return (first,)
         except RefusedByPeer as exc:

@@ -138,8 +138,12 @@ class TlsTransport(Transport):
         *,
         listen: tuple[str, int] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        strict: bool = True,
     ) -> None:
         self.own_name = own_name
+        self._strict = strict
+        """Refuse an own entry whose key is not the seed's (a config mistake); the daemon turns it
+        off: after a rotation it did not get the key for, the node still starts and reports."""
         self._seed = seed
         self._own: TlsMember | None = None
         self._addresses: dict[str, tuple[str, int]] = {}
@@ -148,12 +152,18 @@ class TlsTransport(Transport):
         self._handshake_timeout = handshake_timeout
         self._bound_port: int | None = None
 
-    def set_members(self, members: Sequence[TlsMember], seed: bytes | None = None) -> None:
+    def set_members(self, members: Sequence[TlsMember], seed: bytes | None = None,
+                    other_seeds: Sequence[bytes] = ()) -> None:
         """Trust exactly ``members`` from now on (a member set changed by governance) and, with
         ``seed``, present that key's certificate (this member's key was rotated). Connections
         already up are not touched; the caller drops those of members who left. This node may
         be missing from ``members`` (it is joining and has not seen its admission yet): it
-        keeps presenting its own certificate, made from its seed."""
+        keeps presenting its own certificate, made from its seed.
+
+        ``other_seeds``: this member's other keys. After a failed dial the next attempt
+        presents the next one: a node that was offline while its own key rotation took effect
+        still holds the retired key as "in force", and its peers, already past the rotation,
+        accept only the new one; this way it gets in and catches up."""
         by_key: dict[bytes, str] = {}
         for member in members:
             if by_key.setdefault(member.public_key, member.name) != member.name:
@@ -182,6 +192,9 @@ class TlsTransport(Transport):
         trusted = [member.certificate for member in members]
         self._server_context = server_context(seed, own.certificate, trusted)
         self._client_context = client_context(seed, own.certificate, trusted)
+        self._client_contexts = [self._client_context] + [
+            client_context(other, member_certificate(other, self.own_name), trusted)
+            for other in other_seeds if other != seed]
         for name, (host, port) in self._addresses.items():
             known = by_name.get(name)
             if known is not None:
@@ -207,13 +220,14 @@ class TlsTransport(Transport):
         self._members[name] = TlsMember(member.name, member.public_key, member.certificate, host, port)
         self._addresses[name] = (host, port)
 
-    async def connect(self, peer: str) -> AuthenticatedStream:
+    async def connect(self, peer: str, attempt: int = 0) -> AuthenticatedStream:
         member = self._members.get(peer)
         if member is None:
             raise ConfigError(f"peer: {peer!r} is not a member")
         remote = f"{member.host}:{member.port}"
         tcp = await trio.open_tcp_stream(member.host, member.port)
-        stream = trio.SSLStream(tcp, self._client_context, server_hostname=None)
+        context = self._client_contexts[attempt % len(self._client_contexts)]
+        stream = trio.SSLStream(tcp, context, server_hostname=None)
         try:
             await stream.do_handshake()
             identity = peer_identity(stream, self._by_key)

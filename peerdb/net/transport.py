@@ -37,8 +37,9 @@ class Transport(abc.ABC):
     """Dial and listen for one member; failures to authenticate are refused and logged here."""
 
     @abc.abstractmethod
-    async def connect(self, peer: str) -> AuthenticatedStream:
-        """Dial ``peer`` and authenticate it.
+    async def connect(self, peer: str, attempt: int = 0) -> AuthenticatedStream:
+        """Dial ``peer`` and authenticate it. ``attempt`` counts the failed dials since the last
+        good connection (a transport with several identities tries them in turn).
 
         Raises :class:`OSError` (unreachable), :class:`trio.BrokenResourceError` (handshake
         failed) or a :class:`~peerdb.core.errors.RemoteError` (the other end is not ``peer``

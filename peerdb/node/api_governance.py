@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..core.consortium import Member, NamespaceRule
+from ..core.consortium import Consortium, Member, NamespaceRule
 from ..core.errors import ConfigError, DecodeError, ValidationError
 from ..core.governance import (
     PENDING,
@@ -30,6 +30,7 @@ from ..core.governance import (
     vote_op,
 )
 from ..core.model import GOV_NAMESPACE, Tx
+from ..net.certs import check_member_certificate
 from ..store.queries import SCAN_PAGE_MAX
 from ..core.proposals import (
     ADD_MEMBER,
@@ -113,6 +114,31 @@ def _names(data: dict[str, Any], name: str, required: bool = True) -> tuple[str,
     return tuple(sorted(set(items)))
 
 
+def check_certificate(change: Change, latest: Consortium) -> None:
+    """A member's node proves its key over TLS with the certificate in the chain: an addition
+    or rotation without one, or with one that does not carry the key, would leave that node
+    unable to connect once the change takes effect. Refused before anyone votes."""
+    if isinstance(change, AddMember):
+        name, key, cert = change.member.name, change.member.key, change.member.cert
+    elif isinstance(change, RotateKey):
+        name, key, cert = change.name, change.key, change.cert
+    elif isinstance(change, UpdateMember) and change.cert is not None:
+        member = latest.member(change.name)
+        if member is None:
+            return  # the governance rules name the problem
+        name, key, cert = change.name, member.key, change.cert
+    else:
+        return
+    if cert is None:
+        raise BadProposal(f"{change.kind}: cert_b64 is required: the member certificate made from the key "
+                          f"(`peerdb keygen --name {name}` writes it), or {name}'s node cannot connect")
+    try:
+        check_member_certificate(cert, key, name, field="cert_b64")
+    except ConfigError as exc:
+        raise BadProposal(f"{change.kind}: {exc} (it must be {name}'s self-signed certificate for key "
+                          f"{key.hex()[:16]}...)") from None
+
+
 def change_from_json(data: dict[str, Any]) -> Change:
     """The change a request body describes (see docs/api.md for the fields of each kind)."""
     kind = data.get("kind")
@@ -192,12 +218,13 @@ def governance_routes(api: "Api") -> list[Route]:
             Proposal.decode(proposal.raw)  # canonical (sorted, bounded) exactly as peers will check
         except DecodeError as exc:
             raise BadProposal(str(exc)) from None
+        await service.read(check_new, proposal)
         change = proposal.change
+        check_certificate(change, engine.gov.latest())
         if isinstance(change, RotateKey) and change.name == engine.me and change.key not in engine.keyring:
             # Once in force, this node could sign nothing: refuse before the others vote.
             raise BadProposal(f"rotate_key: this node does not hold {engine.me}'s new key {change.key.hex()[:16]}; "
                               "add its key file to node.extra_key_files and restart the node, then propose")
-        await service.read(check_new, proposal)
         answer = await submit(sign([propose_op(proposal)]), data)
         return {"proposal": proposal.id.hex(), "kind": proposal.kind, **answer}
 

@@ -22,10 +22,10 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ..core.alerts import Alert
 from ..core.consortium import Consortium, parse_address
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DecodeError
 from ..core.keys import SigningKey
 from ..core.model import consortium_id
-from ..net.certs import member_certificate
+from ..net.certs import certificate_public_key, member_certificate
 from ..net.peers import PeerNetwork
 from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
@@ -110,7 +110,10 @@ def tls_members(consortium: Consortium) -> list[TlsMember]:
 def joining_member(cfg: NodeConfig, key: SigningKey) -> TlsMember:
     """A joining member's own entry before its node has seen the admission: its certificate
     is made from its key (the same bytes it gave in the add_member proposal)."""
-    host, port = parse_address(cfg.listen or "127.0.0.1:0", "node.listen")
+    if cfg.listen is None:
+        raise ConfigError(f"{cfg.path}: node.listen is required with node.joining (the consortium file "
+                          f"has no address for {cfg.member}): give the address proposed for it")
+    host, port = parse_address(cfg.listen, "node.listen")
     return TlsMember(cfg.member, key.public, member_certificate(key.seed, cfg.member), host, port)
 
 
@@ -123,9 +126,16 @@ def trusted_members(engine: Engine, pairs: tuple[tuple[str, bytes], ...]) -> lis
     out = []
     for name, key in pairs:
         m = entries[(name, key)]
-        if m.cert is None:
-            log.error("member %s: key %s has no certificate on chain; its node cannot be admitted over TLS "
-                      "(propose update_member with its certificate)", name, key.hex()[:16])
+        problem = "no certificate" if m.cert is None else None
+        if m.cert is not None:
+            try:
+                if certificate_public_key(m.cert) != key:
+                    problem = "a certificate that does not carry its key"
+            except DecodeError as exc:
+                problem = f"an unreadable certificate ({exc})"
+        if problem is not None or m.cert is None:
+            log.error("member %s: key %s has %s on chain; its node cannot connect over TLS until an "
+                      "update_member vote gives its certificate", name, key.hex()[:16], problem)
             continue
         where = latest.member(name) or m  # the address most recently agreed
         host, port = where.host_port
@@ -184,13 +194,17 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: SigningKey | l
         if all(m.name != cfg.member for m in trusted):
             trusted.append(joining_member(cfg, keys[0]))
         listen = parse_address(cfg.listen, "node.listen") if cfg.listen else None
-        transport = TlsTransport(cfg.member, engine.transport_key().seed, trusted, listen=listen)
+        transport = TlsTransport(cfg.member, engine.transport_key().seed, trusted, listen=listen, strict=False)
+        transport.set_members(trusted, engine.transport_key().seed, [k.seed for k in keys])
         network = PeerNetwork(cfg.member, {m.name for m in trusted}, cid, transport)
         extras: dict[str, Callable[[], Any]] = {}
         service = NodeService(engine, network, offload=True, on_alert=await alert_sink(cfg))
 
         def follow_members(pairs: tuple[tuple[str, bytes], ...]) -> None:
-            transport.set_members(trusted_members(engine, pairs), engine.transport_key().seed)
+            now_trusted = trusted_members(engine, pairs)
+            if all(m.name != cfg.member for m in now_trusted) and cfg.joining:
+                now_trusted.append(joining_member(cfg, keys[0]))
+            transport.set_members(now_trusted, engine.transport_key().seed, [k.seed for k in keys])
         service.on_members = follow_members
         anchoring = None
         if cfg.bitcoin is not None:

@@ -168,7 +168,7 @@ class NodeService:
         self.on_members: Callable[[tuple[tuple[str, bytes], ...]], None] | None = None
         """Called with :meth:`Engine.network_members` when it changes, before the network
         follows it (the daemon re-keys its TLS trust list here)."""
-        self._members_seen: tuple[tuple[str, bytes], ...] = ()
+        self._members_seen: tuple[tuple[tuple[str, bytes], ...], bytes] | tuple[()] = ()
         self._key_problem_seen: str | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -186,20 +186,23 @@ class NodeService:
             return fn(*args)
 
     def _follow_members(self) -> None:
-        """Governance changed who may connect (a member added, removed, or a key rotated)."""
+        """Governance changed who may connect (a member added, removed, or a key rotated) or
+        how to reach one (an address or certificate update)."""
         members = self.engine.network_members()
-        if members == self._members_seen:
+        seen = (members, self.engine.gov.digest)
+        if seen == self._members_seen:
             return
         first = not self._members_seen
-        retired = set(self._members_seen) - set(members)
-        self._members_seen = members
-        if not first:
-            log.info("member set changed: the network now admits %s",
-                     ", ".join(f"{name} ({key.hex()[:8]})" for name, key in members))
+        before = self._members_seen[0] if self._members_seen else ()
+        retired = set(before) - set(members)
         if self.on_members is not None:
             self.on_members(members)
         names = {name for name, _ in members}
         self.network.set_members(names)
+        self._members_seen = seen  # only once applied: a failure is retried on the next call
+        if not first and members != before:
+            log.info("member set changed: the network now admits %s",
+                     ", ".join(f"{name} ({key.hex()[:8]})" for name, key in members))
         for name in sorted({name for name, _ in retired} & names - {self.engine.me}):
             # A key of a member that stays was retired (rotation in force): its connection was
             # authenticated with that key; the member must come back with its current one.
