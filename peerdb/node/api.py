@@ -34,7 +34,7 @@ from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
 from .api_audit import audit_routes
 from .api_governance import governance_routes
 from .api_private import PrivateValues, private_routes
-from .engine import MempoolFull, SubmitResult
+from .engine import MempoolFull
 from .service import NodeService
 
 log = logging.getLogger("peerdb.api")
@@ -234,22 +234,15 @@ class Api:
             raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
         return (parse_view(str(wait)) if wait else None), timeout
 
-    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any],
-                               refused: list[tuple[int, str]] | None = None) -> dict[str, Any]:
-        """``refused``: (index, reason) of transactions the API itself refuses; the others are submitted."""
+    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> dict[str, Any]:
         view, timeout = self._wait_options(data)
-        skip = {i for i, _ in refused or ()}
-        kept = [i for i in range(len(raws)) if i not in skip]
         # A waiting client is answered only once its transactions are in a durably stored block
         # (or, on timeout, after they were persisted below), so admission need not fsync.
-        result = SubmitResult()
-        if kept:
-            result = await self.service.submit([raws[i] for i in kept], durable=view is None)
-        rejected = sorted([(kept[i], r) for i, r in result.rejected] + list(refused or ()))
+        result = await self.service.submit(raws, durable=view is None)
         answer: dict[str, Any] = {
             "accepted": [t.hex() for t in result.accepted],
             "duplicates": [t.hex() for t in result.duplicates],
-            "rejected": [{"index": i, "reason": r} for i, r in rejected],
+            "rejected": [{"index": i, "reason": r} for i, r in result.rejected],
         }
         if view is not None and (result.accepted or result.duplicates):
             levels: dict[str, float] = {}
@@ -277,8 +270,7 @@ class Api:
             raws = [base64.b64decode(str(t), validate=True) for t in items]
         except binascii.Error as exc:
             raise ApiError(400, "bad_request", f"txs: not base64 ({exc})") from None
-        refused = await self.service.read(self.private.refuse_unsealed, raws)
-        answer = await self._submit_and_wait(raws, data, refused)
+        answer = await self._submit_and_wait(raws, data)
         if answer["rejected"] and not answer["accepted"] and not answer["duplicates"]:
             reason = answer["rejected"][0]["reason"]
             forbidden = " may not write namespace " in reason

@@ -27,8 +27,8 @@ from starlette.routing import Route
 
 from ..core.consortium import EVERYONE
 from ..core.errors import DecodeError, ValidationError
-from ..core.model import OP_PUT, Op, Tx
-from ..core.privacy import Envelope, check_envelope, open_value, readers_at, recipients_for_write, seal_value
+from ..core.model import OP_PUT, Op
+from ..core.privacy import Envelope, open_value, readers_at, recipients_for_write, seal_value
 
 if TYPE_CHECKING:
     from .api import Api
@@ -73,30 +73,6 @@ class PrivateValues:
                                       "a value written there could never be read")
             out.append(Op(OP_PUT, op.namespace, op.key, seal_value(op.namespace, op.key, op.value, recipients)))
         return out
-
-    def refuse_unsealed(self, raws: Sequence[bytes]) -> list[tuple[int, str]]:
-        """(index, reason) of client-signed transactions with a put into a private namespace that
-        is not an envelope for the readers in force at the next height. The pool does not check
-        envelopes (a proposer drops such a transaction later, silently for the client), so the
-        API refuses it here, with the consensus rule's own message. Transactions that do not
-        decode are left to the pool, which names the problem."""
-        current = self.engine.current
-        refused = []
-        for i, raw in enumerate(raws):
-            try:
-                tx = Tx.decode(raw)
-            except DecodeError:
-                continue
-            for op in tx.ops:
-                rule = current.rule(op.namespace)
-                if op.kind != OP_PUT or op.value is None or rule is None or not rule.private:
-                    continue
-                try:
-                    check_envelope(op.value, current, op.namespace)
-                except ValidationError as exc:
-                    refused.append((i, f"tx {tx.txid.hex()[:16]}: {exc}"))
-                    break
-        return refused
 
     # --- reads ----------------------------------------------------------------------------------
 
