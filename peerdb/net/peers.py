@@ -78,10 +78,10 @@ MSG_KEY = "msg"
 PING_KEY = "ping"
 ERROR_KEY = "error"
 _MSG_PREFIX = b"\xa1" + encode(MSG_KEY)
-NOT_A_MEMBER = "no longer a member of the consortium"
 """Canonical CBOR of ``{"msg": x}`` is this prefix followed by the encoding of ``x`` (a map
 with one key needs no sorting), so a broadcast encodes its message once for every peer."""
 _PING_FRAME = encode_frame({PING_KEY: 0})
+NOT_A_MEMBER = "no longer a member of the consortium"
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,12 @@ def keep_existing(existing_dialler: str, new_dialler: str, a: str, b: str) -> bo
     """
     preferred = min(a, b)
     return existing_dialler == preferred and new_dialler != preferred
+
+
+def _check_size(names: Iterable[str]) -> None:
+    count = len(set(names))
+    if count > 2 * MAX_MEMBERS:  # the members in force plus those a passed change adds
+        raise LocalError(f"members: {count} exceeds the limit of {2 * MAX_MEMBERS}")
 
 
 class _Connection:
@@ -206,8 +212,7 @@ class PeerNetwork:
             raise LocalError("members: duplicate member name")
         if own_name not in names:
             raise LocalError(f"members: this node's name {own_name!r} is not a member")
-        if len(names) > 2 * MAX_MEMBERS:  # members in force plus those a passed change adds
-            raise LocalError(f"members: {len(names)} exceeds the limit of {2 * MAX_MEMBERS}")
+        _check_size(names)
         if type(consortium_id) is not bytes or len(consortium_id) != HASH_LEN:
             raise LocalError(f"consortium_id: expected {HASH_LEN} bytes")
         self.own_name = own_name
@@ -246,13 +251,12 @@ class PeerNetwork:
         The transport must already trust the new set (for TLS, see
         :meth:`peerdb.net.tls.TlsTransport.set_members`)."""
         names = set(members) | {self.own_name}
-        if len(names) > 2 * MAX_MEMBERS:  # members in force plus those a passed change adds
-            raise LocalError(f"members: {len(names)} exceeds the limit of {2 * MAX_MEMBERS}")
+        _check_size(names)
         for name in sorted(set(self._peers) - names):
             peer = self._peers.pop(name)
             peer.dial_scope.cancel()
             if peer.conn is not None:
-                peer.conn.fail("no longer a member of the consortium")
+                peer.conn.fail(NOT_A_MEMBER)
             self._log(logging.INFO, "member_left", peer=name)
         for name in sorted(names - set(self._peers) - {self.own_name}):
             peer = self._peers[name] = _Peer(name, self.config)
@@ -355,13 +359,14 @@ class PeerNetwork:
             return False  # nothing there, or the peer already abandoned it
         return keep_existing(current.dialler, conn.dialler, self.own_name, conn.peer.name)
 
-    def _refusal(self, conn: _Connection) -> str:
-        return NOT_A_MEMBER if self._peers.get(conn.peer.name) is not conn.peer else DUPLICATE_CONNECTION
+    def _is_current(self, peer: _Peer) -> bool:
+        """False for a member removed (by :meth:`set_members`) while its connection was set up."""
+        return self._peers.get(peer.name) is peer
 
     def _install(self, conn: _Connection) -> bool:
         peer = conn.peer
-        if self._peers.get(peer.name) is not peer:
-            self._log(logging.INFO, "refused", peer=peer.name, remote=conn.remote, reason="no longer a member")
+        if not self._is_current(peer):
+            self._log(logging.INFO, "refused", peer=peer.name, remote=conn.remote, reason=NOT_A_MEMBER)
             return False
         if self._loses(conn):
             current = peer.conn
@@ -515,7 +520,8 @@ class PeerNetwork:
                     await send_hello(conn.stream, self.consortium_id, self.own_name)
                     await receive_hello(reader, self.consortium_id, name)
                     if not self._install(conn):
-                        await send_refusal(conn.stream, self._refusal(conn))
+                        await send_refusal(conn.stream, DUPLICATE_CONNECTION if self._is_current(conn.peer)
+                                           else NOT_A_MEMBER)
                         return None
                     return ()
                 await receive_hello(reader, self.consortium_id, name)
@@ -529,7 +535,7 @@ class PeerNetwork:
                 if reason is not None:
                     raise RefusedByPeer(name, reason)
             if not self._install(conn):
-                if self._peers.get(name) is not conn.peer:
+                if not self._is_current(conn.peer):
                     await send_refusal(conn.stream, NOT_A_MEMBER)  # removed during the handshake
                     return None
                 self._retire(conn, REPLACED)  # lost the tie while waiting: read what it carries, then close

@@ -139,6 +139,7 @@ class TlsTransport(Transport):
         listen: tuple[str, int] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         strict: bool = True,
+        other_seeds: Sequence[bytes] = (),
     ) -> None:
         self.own_name = own_name
         self._strict = strict
@@ -147,7 +148,7 @@ class TlsTransport(Transport):
         self._seed = seed
         self._own: TlsMember | None = None
         self._addresses: dict[str, tuple[str, int]] = {}
-        self.set_members(members, seed)
+        self.set_members(members, seed, other_seeds)
         self._listen = listen if listen is not None else self._own_address()
         self._handshake_timeout = handshake_timeout
         self._bound_port: int | None = None
@@ -191,8 +192,7 @@ class TlsTransport(Transport):
             own = TlsMember(self.own_name, public, member_certificate(seed, self.own_name), base.host, base.port)
         trusted = [member.certificate for member in members]
         self._server_context = server_context(seed, own.certificate, trusted)
-        self._client_context = client_context(seed, own.certificate, trusted)
-        self._client_contexts = [self._client_context] + [
+        self._client_contexts = [client_context(seed, own.certificate, trusted)] + [
             client_context(other, member_certificate(other, self.own_name), trusted)
             for other in other_seeds if other != seed]
         for name, (host, port) in self._addresses.items():

@@ -181,30 +181,34 @@ async def alert_sink(cfg: NodeConfig) -> Callable[[Alert], Any]:
     return send
 
 
-async def run_node(cfg: NodeConfig, consortium: Consortium, keys: SigningKey | list[SigningKey],
+async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKey],
                    accept_restored: bool, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     cid = consortium_id(consortium)
-    keys = [keys] if isinstance(keys, SigningKey) else keys
     store = Store.open(cfg.data_dir, consortium, cfg.member, sync=cfg.sync, accept_restored=accept_restored,
                        joining=cfg.joining)
     try:
         engine = Engine(consortium, cfg.member, keys, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs)
         check_keys(cfg, engine)
-        trusted = trusted_members(engine, engine.network_members())
-        if all(m.name != cfg.member for m in trusted):
-            trusted.append(joining_member(cfg, keys[0]))
+        other_seeds = [k.seed for k in keys]
+
+        def trust_list(pairs: tuple[tuple[str, bytes], ...], starting: bool = False) -> list[TlsMember]:
+            trusted = trusted_members(engine, pairs)
+            if (starting or cfg.joining) and all(m.name != cfg.member for m in trusted):
+                # Not a member on our chain (not admitted yet): the transport needs our own entry
+                # once; later updates keep it.
+                trusted.append(joining_member(cfg, keys[0]))
+            return trusted
+
+        trusted = trust_list(engine.network_members(), starting=True)
         listen = parse_address(cfg.listen, "node.listen") if cfg.listen else None
-        transport = TlsTransport(cfg.member, engine.transport_key().seed, trusted, listen=listen, strict=False)
-        transport.set_members(trusted, engine.transport_key().seed, [k.seed for k in keys])
-        network = PeerNetwork(cfg.member, {m.name for m in trusted}, cid, transport)
+        transport = TlsTransport(cfg.member, engine.transport_key().seed, trusted, listen=listen, strict=False,
+                                 other_seeds=other_seeds)
+        network = PeerNetwork(cfg.member, {m.name for m in trusted} | {cfg.member}, cid, transport)
         extras: dict[str, Callable[[], Any]] = {}
         service = NodeService(engine, network, offload=True, on_alert=await alert_sink(cfg))
 
         def follow_members(pairs: tuple[tuple[str, bytes], ...]) -> None:
-            now_trusted = trusted_members(engine, pairs)
-            if all(m.name != cfg.member for m in now_trusted) and cfg.joining:
-                now_trusted.append(joining_member(cfg, keys[0]))
-            transport.set_members(now_trusted, engine.transport_key().seed, [k.seed for k in keys])
+            transport.set_members(trust_list(pairs), engine.transport_key().seed, other_seeds)
         service.on_members = follow_members
         anchoring = None
         if cfg.bitcoin is not None:

@@ -245,8 +245,7 @@ class Engine:
         """The key this node proves its identity with on the network: its newest member key it
         holds (so a member that rotated keeps being recognised by peers already past the
         rotation), else the one in force, else the first configured key (a joining member)."""
-        for height in (None, self.tree.best_tip.height + 1):
-            consortium = self.gov.latest() if height is None else self.gov.at(height)
+        for consortium in (self.gov.latest(), self.current):
             member = consortium.member(self.me)
             if member is not None and member.key in self.keyring:
                 return self.keyring[member.key]

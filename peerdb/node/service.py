@@ -168,7 +168,9 @@ class NodeService:
         self.on_members: Callable[[tuple[tuple[str, bytes], ...]], None] | None = None
         """Called with :meth:`Engine.network_members` when it changes, before the network
         follows it (the daemon re-keys its TLS trust list here)."""
-        self._members_seen: tuple[tuple[tuple[str, bytes], ...], bytes] | tuple[()] = ()
+        self._gov_seen: object = None
+        self._current_seen: object = None
+        self._members_seen: tuple[tuple[str, bytes], ...] = ()
         self._key_problem_seen: str | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -188,18 +190,19 @@ class NodeService:
     def _follow_members(self) -> None:
         """Governance changed who may connect (a member added, removed, or a key rotated) or
         how to reach one (an address or certificate update)."""
+        gov, current = self.engine.gov, self.engine.current
+        if gov is self._gov_seen and current is self._current_seen:
+            return  # after almost every engine call: two identity checks, nothing rebuilt
         members = self.engine.network_members()
-        seen = (members, self.engine.gov.digest)
-        if seen == self._members_seen:
-            return
-        first = not self._members_seen
-        before = self._members_seen[0] if self._members_seen else ()
+        first = self._gov_seen is None
+        before = self._members_seen
         retired = set(before) - set(members)
         if self.on_members is not None:
             self.on_members(members)
         names = {name for name, _ in members}
         self.network.set_members(names)
-        self._members_seen = seen  # only once applied: a failure is retried on the next call
+        # Recorded only once applied: a failure is retried on the next call.
+        self._gov_seen, self._current_seen, self._members_seen = gov, current, members
         if not first and members != before:
             log.info("member set changed: the network now admits %s",
                      ", ".join(f"{name} ({key.hex()[:8]})" for name, key in members))
