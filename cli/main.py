@@ -118,19 +118,20 @@ def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None, 
     if member_name is not None and kind != "member":
         raise CliError("--name: only member keys have a certificate", exitcodes.USAGE)
     key = SigningKey.generate()
-    cert_path = Path(out).with_suffix(".crt") if member_name is not None else None
+    info: dict[str, Any] = {"file": out, "kind": kind, "public": key.public.hex()}
     try:
-        cert = member_certificate(key.seed, member_name) if member_name is not None else None
-        if cert_path is not None and cert_path.exists() and not force:
-            raise ConfigError(f"{cert_path}: exists (use --force to overwrite)")
+        cert_path = None
+        if member_name is not None:
+            cert = member_certificate(key.seed, member_name)
+            cert_path = Path(out).with_suffix(".crt")
+            if cert_path.exists() and not force:
+                raise ConfigError(f"{cert_path}: exists (use --force to overwrite)")
+            info["certificate"] = str(cert_path)
         write_key(out, key, kind, overwrite=force)
-        if cert_path is not None and cert is not None:
+        if cert_path is not None:
             cert_path.write_text(ssl.DER_cert_to_PEM_cert(cert), encoding="ascii")
     except (ConfigError, ValueError) as exc:
         raise CliError(str(exc), exitcodes.CONFIG) from None
-    info: dict[str, Any] = {"file": out, "kind": kind, "public": key.public.hex()}
-    if cert_path is not None:
-        info["certificate"] = str(cert_path)
     ctx.emit(info, key.public.hex() + (f"\ncertificate: {cert_path}" if cert_path else ""))
 
 
@@ -331,6 +332,8 @@ def _block_value(op: dict[str, Any]) -> str:
         return ""
     if op.get("private"):
         return "(private: encrypted for its readers; read it with `peerdb get`)"
+    if op.get("redacted"):
+        return "(not shown: this member may not read the namespace)"
     return str(op["value_text"])
 
 
