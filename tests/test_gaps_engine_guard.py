@@ -24,7 +24,7 @@ from peerdb.core.consortium import Consortium, Member, Params
 from peerdb.core.keys import SigningKey
 from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
 from peerdb.node.engine import Engine
-from peerdb.node.messages import Sigs, from_wire, to_wire
+from peerdb.node.messages import SigsMsg, from_wire, to_wire
 from peerdb.store import Store
 
 NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
@@ -59,15 +59,7 @@ class Four:
                 for out in engine.take_outbox():
                     moved = True
                     for target in [out.to] if out.to else [n for n in NAMES if n != sender]:
-                        msg = from_wire(to_wire(out.msg))
-                        e = self.engines[target]
-                        handler = {"Proposal": e.on_proposal, "Sigs": e.on_sigs, "EvidenceMsg": e.on_evidence,
-                                   "ObjectionMsg": e.on_objection, "Txs": e.on_txs, "Blocks": e.on_blocks,
-                                   "Status": e.on_status}.get(type(msg).__name__)
-                        if type(msg).__name__ == "GetBlocks":
-                            e.on_get_blocks(sender, msg)  # type: ignore[arg-type]
-                        elif handler is not None:
-                            handler(sender, msg, self.now)  # type: ignore[operator]
+                        self.engines[target].handle(sender, from_wire(to_wire(out.msg)), self.now)
             if not moved:
                 return
         raise AssertionError("messages never settled")
@@ -126,7 +118,7 @@ def test_a_refused_own_proposal_leaves_no_phantom_block(four: Four) -> None:
         assert engine.tree.best_tip == tip, "a block that was never stored became the best tip"
         assert engine.tree.latest_signed(engine.me) == signed_before
         assert engine.status_message().height == store.head().height
-        engine.on_sigs("firm-a", Sigs(()), four.now)  # any later call must not fail
+        engine.on_sigs("firm-a", SigsMsg(()), four.now)  # any later call must not fail
         assert store.head().hash == engine.tree.best_tip.hash
     finally:
         four.close()

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from peerdb.core.model import Tx
-from peerdb.node.messages import MAX_CATCHUP_BLOCKS, Blocks
+from peerdb.node.messages import MAX_CATCHUP_BLOCKS, BlocksMsg
 from peerdb.node.service import trio_clock_ms
 from peerdb.store import Store
 from tests.node_harness import Cluster, MemberNode
@@ -165,14 +165,14 @@ async def test_member_that_was_down_catches_up_in_batches_to_the_same_state(
         # Restart firm-d with a probe on the catch-up answers it handles.
         node = cluster._build("firm-d")
         sizes: list[int] = []
-        handle = node.service.handlers[Blocks]
+        handle = node.engine.on_blocks
 
-        def probe(peer: str, msg: Blocks, now_ms: int) -> None:
+        def probe(peer: str | None, msg: BlocksMsg, now_ms: int) -> None:
             if msg.items:
                 sizes.append(len(msg.items))
             handle(peer, msg, now_ms)
 
-        node.service.handlers[Blocks] = probe
+        node.engine.on_blocks = probe  # type: ignore[method-assign]
         cluster.nodes["firm-d"] = node
         assert cluster.nursery is not None
         await cluster.nursery.start(cluster._run, node)

@@ -41,12 +41,12 @@ from peerdb.net.frames import FrameReader, send_frame
 from peerdb.net.hello import make_hello
 from peerdb.node.messages import (
     EvidenceMsg,
-    GetBlocks,
+    GetBlocksMsg,
     Message,
     ObjectionMsg,
-    Proposal,
-    Sigs,
-    Txs,
+    ProposalMsg,
+    SigsMsg,
+    TxsMsg,
     to_wire,
 )
 from peerdb.node.service import trio_clock_ms
@@ -99,7 +99,7 @@ class HostileLink:
         """Return once the node has handled everything sent before: it answers an empty
         ``get_blocks`` on this connection, after every earlier message of ours."""
         answered = len(self.of_type("blocks"))
-        await self.send(GetBlocks(10**9, 10**9))
+        await self.send(GetBlocksMsg(10**9, 10**9))
         await self.wait_for(lambda: len(self.of_type("blocks")) > answered)
         assert self.of_type("blocks")[-1]["items"] == []
 
@@ -299,32 +299,32 @@ async def _oversized_block(w: World, link: HostileLink) -> bytes | None:
 
 
 async def _forged_signature(w: World, link: HostileLink) -> bytes | None:
-    await link.send(Sigs((BlockSignature(w.tip.hash, HOSTILE, bytes(64)),)))
+    await link.send(SigsMsg((BlockSignature(w.tip.hash, HOSTILE, bytes(64)),)))
     return None
 
 
 async def _signature_by_another_key(w: World, link: HostileLink) -> bytes | None:
     c = w.cluster
     wrong = BlockSignature.create(c.keys["firm-c"], c.cid, HOSTILE, w.tip.hash)  # firm-c's key, firm-d's name
-    await link.send(Sigs((wrong,)))
+    await link.send(SigsMsg((wrong,)))
     return None
 
 
 async def _non_member_signature(w: World, link: HostileLink) -> bytes | None:
-    await link.send(Sigs((BlockSignature.create(SigningKey.generate(), w.cluster.cid, "mallory", w.tip.hash),)))
+    await link.send(SigsMsg((BlockSignature.create(SigningKey.generate(), w.cluster.cid, "mallory", w.tip.hash),)))
     return None
 
 
 async def _forged_proposer_signature(w: World, link: HostileLink) -> bytes | None:
     block, _ = craft(w.cluster, w.tip, [client_tx(w.cluster, HOSTILE, "forged-proposer")])
     forged = BlockSignature.create(w.cluster.keys["firm-c"], w.cluster.cid, HOSTILE, block.hash)
-    await link.send(Proposal(block.raw, forged))
+    await link.send(ProposalMsg(block.raw, forged))
     return block.hash
 
 
 async def _wrong_turn(w: World, link: HostileLink) -> bytes | None:
     block, sig = craft(w.cluster, w.tip, [client_tx(w.cluster, HOSTILE, "wrong-turn")], round_=1)
-    await link.send(Proposal(block.raw, sig))
+    await link.send(ProposalMsg(block.raw, sig))
     return block.hash
 
 
@@ -332,14 +332,14 @@ async def _invalid_tx_signature(w: World, link: HostileLink) -> bytes | None:
     good = client_tx(w.cluster, HOSTILE, "forged-client")
     forged = Tx(good.member, good.client, good.nonce, good.expires_ms, good.ops, bytes(64), good.body)
     block, sig = craft(w.cluster, w.tip, [forged], state_root=w.tip.state_root)
-    await link.send(Proposal(block.raw, sig))
+    await link.send(ProposalMsg(block.raw, sig))
     return block.hash
 
 
 async def _tx_of_another_members_client(w: World, link: HostileLink) -> bytes | None:
     tx = client_tx(w.cluster, "firm-a", "impersonated", signer=w.cluster.client_keys[HOSTILE])
     block, sig = craft(w.cluster, w.tip, [tx], state_root=w.tip.state_root)
-    await link.send(Proposal(block.raw, sig))
+    await link.send(ProposalMsg(block.raw, sig))
     return block.hash
 
 
@@ -347,20 +347,20 @@ async def _replayed_tx_in_block(w: World, link: HostileLink) -> bytes | None:
     old = w.a.store.block(w.a.engine.tree.best_chain_hash(1) or b"")
     assert old is not None and old.txs
     block, sig = craft(w.cluster, w.tip, [old.txs[0]], state_root=w.tip.state_root)
-    await link.send(Proposal(block.raw, sig))
+    await link.send(ProposalMsg(block.raw, sig))
     return block.hash
 
 
 async def _wrong_state_root(w: World, link: HostileLink) -> bytes | None:
     block, sig = craft(w.cluster, w.tip, [client_tx(w.cluster, HOSTILE, "bad-root")], state_root=b"\x07" * 32)
-    await link.send(Proposal(block.raw, sig))
+    await link.send(ProposalMsg(block.raw, sig))
     return block.hash
 
 
 async def _body_swapped_under_signed_header(w: World, link: HostileLink) -> bytes | None:
     block, sig = craft(w.cluster, w.tip, [client_tx(w.cluster, HOSTILE, "signed-body")])
     swapped = encode([block.header.raw, [client_tx(w.cluster, HOSTILE, "swapped-body").raw], []])
-    await link.send(Proposal(swapped, sig))
+    await link.send(ProposalMsg(swapped, sig))
     return block.hash
 
 
@@ -380,7 +380,7 @@ async def _forged_objection(w: World, link: HostileLink) -> bytes | None:
 
 async def _invalid_gossiped_tx(w: World, link: HostileLink) -> bytes | None:
     tx = client_tx(w.cluster, "firm-a", "gossip-impersonated", signer=w.cluster.client_keys[HOSTILE])
-    await link.send(Txs((tx.raw,)))
+    await link.send(TxsMsg((tx.raw,)))
     return None
 
 
@@ -484,9 +484,9 @@ async def _replay_everything(w: World, link: HostileLink) -> None:
     assert old is not None
     sigs = tuple(a.store.signatures(old_hash))
     proposer_sig = next(s for s in sigs if s.member == old.header.proposer)
-    await link.send(Proposal(old.raw, proposer_sig))
-    await link.send(Sigs(sigs))
-    await link.send(Txs((old.txs[0].raw,)))
+    await link.send(ProposalMsg(old.raw, proposer_sig))
+    await link.send(SigsMsg(sigs))
+    await link.send(TxsMsg((old.txs[0].raw,)))
 
 
 async def test_replayed_messages_change_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -567,8 +567,8 @@ async def test_equivocating_member_is_convicted_everywhere_and_excluded(
         x, sig_x = craft(cluster, tip, [client_tx(cluster, HOSTILE, "x")])
         y, sig_y = craft(cluster, tip, [client_tx(cluster, HOSTILE, "y")])
         assert x.hash != y.hash and x.height == y.height
-        await links["firm-a"].send(Proposal(x.raw, sig_x))
-        await links["firm-b"].send(Proposal(y.raw, sig_y))
+        await links["firm-a"].send(ProposalMsg(x.raw, sig_x))
+        await links["firm-b"].send(ProposalMsg(y.raw, sig_y))
 
         nodes = [cluster.nodes[n] for n in LIVE]
         await cluster.wait_until(lambda: all(HOSTILE in n.engine.tree.culprits for n in nodes),
@@ -607,7 +607,7 @@ async def test_equivocating_member_is_convicted_everywhere_and_excluded(
 async def test_catch_up_that_brings_nothing_new_is_not_repeated_at_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
     from peerdb.node.engine import CATCHUP_RETRY_MS
-    from peerdb.node.messages import Blocks, Status
+    from peerdb.node.messages import BlocksMsg, StatusMsg
 
     async with quiet_world(tmp_path, caplog) as w:
         link = await w.connect()
@@ -618,8 +618,8 @@ async def test_catch_up_that_brings_nothing_new_is_not_repeated_at_once(
             block = a.store.block(block_hash or b"")
             assert block is not None
             known.append((block.raw, tuple(a.store.signatures(block.hash))))
-        answer = Blocks(tuple(known), 50)  # "I have 50 blocks" - and sends the three it has
-        await link.send(Status(b"\x42" * 32, 50, ()))
+        answer = BlocksMsg(tuple(known), 50)  # "I have 50 blocks" - and sends the three it has
+        await link.send(StatusMsg(b"\x42" * 32, 50, ()))
         asked: list[float] = []
         with trio.move_on_after(30):
             while len(asked) < 10:

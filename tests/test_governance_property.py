@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from peerdb.core.blockbody import Admit, header_template, select_body
 from peerdb.core.consortium import Member
 from peerdb.core.governance import PROPOSAL_TTL_MS, propose_op, vote_op
 from peerdb.core.keys import SigningKey
@@ -22,6 +23,7 @@ from peerdb.core.membership import GOVERNANCE_DELAY, ConsortiumState
 from peerdb.core.model import Tx
 from peerdb.core.proposals import AddMember, Change, Proposal, RemoveMembers, RotateKey, SetParams, Vote
 from peerdb.core.state import BlockRun
+from peerdb.core.validate import proposer_for
 
 from .core_helpers import client_key, member_key, seed_key
 from .governance_helpers import Chain
@@ -133,12 +135,19 @@ class History:
         if any(isinstance(a, Empty) and a.skip_deadline for a in step):
             time_ms += PROPOSAL_TTL_MS // 2
         txs = [t for a in step for t in self.txs(a, height, time_ms)]
-        run = BlockRun(chain.state, chain.consortium, chain.cid, time_ms, height=height)
-        kept = [t for t in txs if run.try_add(t) is None]
-        chain.add(chain.build(kept, time_ms=time_ms))
+        state = chain.cs()
+        run = BlockRun(chain.state, chain.consortium, chain.cid, time_ms, height=height, consortium_state=state)
+        proposer = proposer_for(state.members_at(height), height, 0)
+        body = select_body(header_template(height, 0, chain.tip.hash, proposer, time_ms), state.params_at(height),
+                           txs, (), lambda tx: Admit.TAKE if run.try_add(tx) is None else Admit.DROP)
+        chain.add(chain.build(body.txs, time_ms=time_ms))
 
 
 @given(blocks)
+# A vote that sets max_block_txs=1, then a block of several transactions: the proposer's
+# selection must stop at the parameter in force (the generator once built a block of 5).
+@example([[Propose(0, "params", 0, 1)], [Consent(0)], [Empty(False)], [Empty(False)],
+          [Propose(1, "add", 0, 7), Propose(2, "rotate", 1, 9), VoteOn(3, 0, True)]])
 def test_member_set_is_a_pure_function_of_the_block_sequence(steps: list[list[Action]]) -> None:
     history = History()
     snapshots: list[ConsortiumState] = []

@@ -9,7 +9,7 @@ import pytest
 
 from peerdb.core.codec import decode
 from peerdb.core.consortium import Member, NamespaceRule
-from peerdb.core.errors import AccessError, LimitError, SignatureError, ValidationError
+from peerdb.core.errors import AccessError, SignatureError, ValidationError
 from peerdb.core.governance import (
     FAILED,
     MAX_PENDING_PER_MEMBER,
@@ -427,7 +427,7 @@ def test_namespace_and_params_changes_apply_from_their_height() -> None:
     cs = chain.cs()
     assert cs.at(effective).rule("books") == NamespaceRule("books", ("firm-c",), ("firm-c",))
     error = refused(chain, [chain.tx("firm-c", [put("books", "k", b"1")]), chain.tx("firm-c", [put("books", "k", b"2")])],
-                    LimitError)
+                    ValidationError)
     assert_names(error, "more than max_block_txs=1")
     refused(chain, [chain.tx("firm-a", [put("books", "k", b"v")])], AccessError)
     chain.step([chain.tx("firm-c", [put("books", "k", b"mine")])])

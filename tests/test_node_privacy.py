@@ -280,7 +280,7 @@ async def test_plaintext_forwarded_by_a_peer_is_refused_at_admission(
         [result] = engine.submit_many([[tx.raw]], "firm-c", trio_clock_ms())
         assert not isinstance(result, Exception)
         assert result.accepted == [] and len(result.rejected) == 1
-        assert "namespace 'deals' is private" in result.rejected[0][1]
+        assert "namespace 'deals' is private" in str(result.rejected[0][1])
         assert tx.txid not in engine.mempool
         assert any("rejected 1 transactions from firm-c" in r.getMessage() for r in caplog.records)
         nursery.cancel_scope.cancel()

@@ -33,6 +33,20 @@ def encode(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+def item_head_size(n: int) -> int:
+    """Bytes of a CBOR item head carrying ``n`` (an unsigned integer's value, or the length of a
+    byte string, text or array) in the canonical shortest form: what a length field costs."""
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    return 9
+
+
 def decode(data: bytes, *, max_size: int = MAX_FRAME_BYTES, what: str = "object") -> Any:
     """Hardened decode of one canonical CBOR item; raises a :class:`DecodeError` subclass."""
     if not isinstance(data, (bytes, bytearray, memoryview)):

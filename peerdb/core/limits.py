@@ -44,6 +44,15 @@ MAX_EVIDENCE_PER_BLOCK = 64
 """Double-sign evidence objects carried by one block; more culprits than that is a consortium
 in ruins, and the rest fit in the next block."""
 
+MAX_HEADER_BYTES = 1024
+"""An encoded block header: ten fields, three of them 32-byte hashes and a member name of at
+most MAX_NAME_LEN bytes, comes to under 250 bytes; the bound leaves room and stops a peer from
+making us hash or decode a large blob as a header."""
+
+MAX_EVIDENCE_BYTES = 4096
+"""One encoded evidence item: two headers (each at most MAX_HEADER_BYTES), two signatures and a
+member name."""
+
 MAX_REASON_LEN = 500
 """Characters in an objection's reason: a sentence for a person, not a document."""
 

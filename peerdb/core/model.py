@@ -25,7 +25,9 @@ from .limits import (
     KEY_LEN,
     MAX_BLOCK_BYTES,
     MAX_BLOCK_TXS,
+    MAX_EVIDENCE_BYTES,
     MAX_EVIDENCE_PER_BLOCK,
+    MAX_HEADER_BYTES,
     MAX_KEY_BYTES,
     MAX_NAME_LEN,
     MAX_NAMESPACE_LEN,
@@ -210,7 +212,7 @@ class Header:
 
     @classmethod
     def decode(cls, data: bytes) -> "Header":
-        items = expect_list(decode(data, max_size=1024, what="header"), "header", 10)
+        items = expect_list(decode(data, max_size=MAX_HEADER_BYTES, what="header"), "header", 10)
         version = expect_int(items[0], "header.version")
         header = cls(expect_int(items[1], "header.height"), expect_int(items[2], "header.round"),
                      items[3], expect_str(items[4], "header.proposer", MAX_NAME_LEN), items[5],
@@ -304,8 +306,8 @@ class Evidence:
     @classmethod
     def from_cbor(cls, raw: Any, where: str = "evidence") -> "Evidence":
         items = expect_list(raw, where, 5)
-        return cls(items[0], Header.decode(expect_bytes(items[1], f"{where}.header_a", max_len=1024)),
-                   items[2], Header.decode(expect_bytes(items[3], f"{where}.header_b", max_len=1024)),
+        return cls(items[0], Header.decode(expect_bytes(items[1], f"{where}.header_a", max_len=MAX_HEADER_BYTES)),
+                   items[2], Header.decode(expect_bytes(items[3], f"{where}.header_b", max_len=MAX_HEADER_BYTES)),
                    items[4])
 
     def encode(self) -> bytes:
@@ -313,7 +315,7 @@ class Evidence:
 
     @classmethod
     def decode(cls, data: bytes) -> "Evidence":
-        return cls.from_cbor(decode(data, max_size=4096, what="evidence"))
+        return cls.from_cbor(decode(data, max_size=MAX_EVIDENCE_BYTES, what="evidence"))
 
 
 @dataclass(frozen=True)
@@ -389,14 +391,14 @@ class Block:
     def peek_header(data: bytes) -> Header:
         """Only the header of an encoded block: enough to attribute a block whose body is bad."""
         items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
-        return Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
+        return Header.decode(expect_bytes(items[0], "block.header", max_len=MAX_HEADER_BYTES))
 
     @classmethod
     def decode(cls, data: bytes, known: Mapping[bytes, Tx] | None = None) -> "Block":
         """Decode a block; ``known`` maps encoded transactions already decoded (the mempool) to
         their objects, so a member does not parse the same transaction twice."""
         items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
-        header = Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
+        header = Header.decode(expect_bytes(items[0], "block.header", max_len=MAX_HEADER_BYTES))
         txs_raw = expect_list(items[1], "block.txs")
         if len(txs_raw) > MAX_BLOCK_TXS:
             raise LimitError(f"block.txs: more than {MAX_BLOCK_TXS} transactions")

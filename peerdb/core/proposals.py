@@ -28,6 +28,8 @@ from .model import DOMAIN_VOTE
 
 MAX_NOTE_LEN = MAX_REASON_LEN
 """Characters of a proposal's note: a sentence or two for the people asked to vote."""
+MAX_VOTE_BYTES = 1024
+"""An encoded vote: a proposal id, a member name, a yes/no and a signature (under 200 bytes)."""
 MAX_CERT_BYTES = 4096
 """A member certificate in a proposal (same bound as ``peerdb.net.certs.MAX_CERT_BYTES``; the
 core may not import the network layer)."""
@@ -307,7 +309,7 @@ class Vote:
 
     @classmethod
     def decode(cls, data: bytes) -> "Vote":
-        items = expect_list(decode(data, max_size=1024, what="vote"), "vote", 4)
+        items = expect_list(decode(data, max_size=MAX_VOTE_BYTES, what="vote"), "vote", 4)
         return cls(items[0], items[1], items[2], items[3])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .consortium import Consortium
-from .errors import LimitError, SignatureError, ValidationError
+from .errors import SignatureError, ValidationError
 from .limits import MAX_ROUND
 from .membership import ConsortiumState
 from .model import Block, BlockSignature, Evidence, Header, Tx
@@ -50,7 +50,7 @@ def check_header(header: Header, parent: Header, consortium: Consortium, now_ms:
     if header.time_ms > now_ms + params.clock_skew_ms:
         raise ValidationError(f"{where}: time {header.time_ms} is more than clock_skew_ms in the future (now {now_ms})")
     if header.tx_count > params.max_block_txs:
-        raise LimitError(f"{where}: {header.tx_count} transactions, more than max_block_txs={params.max_block_txs}")
+        raise ValidationError(f"{where}: {header.tx_count} transactions, more than max_block_txs={params.max_block_txs}")
 
 
 def check_proposer_signature(block: Block, sig: BlockSignature, consortium: Consortium, cid: bytes) -> None:
@@ -96,7 +96,8 @@ def check_block(
     here = state.at(block.height)
     check_header(block.header, parent, here, now_ms)
     if len(block.raw) > here.params.max_block_bytes:
-        raise LimitError(f"block at height {block.height}: {len(block.raw)} bytes, more than max_block_bytes")
+        raise ValidationError(f"block at height {block.height}: {len(block.raw)} bytes, more than "
+                              f"max_block_bytes={here.params.max_block_bytes}")
     ids = set()
     for ev in block.evidence:
         if ev.id in ids or evidence_known(ev.id):

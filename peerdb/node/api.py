@@ -34,7 +34,7 @@ from ..core.model import OP_DELETE, OP_PUT, Block, Op, Tx
 from .api_audit import audit_routes
 from .api_governance import governance_routes
 from .api_private import PrivateValues, private_routes
-from .engine import MempoolFull
+from .mempool import MempoolFull
 from .service import NodeService
 
 log = logging.getLogger("peerdb.api")
@@ -234,7 +234,8 @@ class Api:
             raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")
         return (parse_view(str(wait)) if wait else None), timeout
 
-    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> dict[str, Any]:
+    async def _submit_and_wait(self, raws: list[bytes], data: dict[str, Any]
+                               ) -> tuple[dict[str, Any], Exception | None]:
         view, timeout = self._wait_options(data)
         # A waiting client is answered only once its transactions are in a durably stored block
         # (or, on timeout, after they were persisted below), so admission need not fsync.
@@ -242,7 +243,7 @@ class Api:
         answer: dict[str, Any] = {
             "accepted": [t.hex() for t in result.accepted],
             "duplicates": [t.hex() for t in result.duplicates],
-            "rejected": [{"index": i, "reason": r} for i, r in result.rejected],
+            "rejected": [{"index": i, "reason": str(r)} for i, r in result.rejected],
         }
         if view is not None and (result.accepted or result.duplicates):
             levels: dict[str, float] = {}
@@ -255,7 +256,7 @@ class Api:
             answer["wait"] = {"view": view.value, "reached": reached, "levels_ms": levels}
             if not reached:
                 answer["wait"]["message"] = f"not yet in the {view.value} view after {timeout} s; it is still pending"
-        return answer
+        return answer, (result.rejected[0][1] if result.rejected else None)
 
     def _all_in_blocks(self, txids: list[bytes]) -> bool:
         return len(self.engine.store.included(txids)) == len(txids)
@@ -270,10 +271,10 @@ class Api:
             raws = [base64.b64decode(str(t), validate=True) for t in items]
         except binascii.Error as exc:
             raise ApiError(400, "bad_request", f"txs: not base64 ({exc})") from None
-        answer = await self._submit_and_wait(raws, data)
+        answer, first_error = await self._submit_and_wait(raws, data)
         if answer["rejected"] and not answer["accepted"] and not answer["duplicates"]:
             reason = answer["rejected"][0]["reason"]
-            forbidden = " may not write namespace " in reason
+            forbidden = isinstance(first_error, AccessError)
             return JSONResponse({**answer, "error": {"code": "forbidden" if forbidden else "rejected",
                                                      "message": reason}}, status_code=403 if forbidden else 400)
         return answer
@@ -289,10 +290,10 @@ class Api:
         now = self.service.clock_ms()
         tx = Tx.create(self.client_key, self.engine.cid, self.engine.me, secrets.randbits(63),
                        now + DEFAULT_TX_TTL_MS, ops)
-        answer = await self._submit_and_wait([tx.raw], data)
+        answer, first_error = await self._submit_and_wait([tx.raw], data)
         if answer["rejected"]:
             reason = answer["rejected"][0]["reason"]
-            if " may not write namespace " in reason:
+            if isinstance(first_error, AccessError):
                 raise ApiError(403, "forbidden", reason)
             raise ApiError(400, "rejected", reason)
         return answer

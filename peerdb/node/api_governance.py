@@ -190,7 +190,7 @@ def governance_routes(api: "Api") -> list[Route]:
                          service.clock_ms() + GOV_TX_TTL_MS, ops)
 
     async def submit(tx: Tx, data: dict[str, Any]) -> dict[str, Any]:
-        answer = await api._submit_and_wait([tx.raw], data)
+        answer, _error = await api._submit_and_wait([tx.raw], data)
         if answer["rejected"]:
             raise ValidationError(answer["rejected"][0]["reason"])
         return answer

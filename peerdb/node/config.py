@@ -14,9 +14,7 @@ from ..core.consortium import Consortium, check_name, load_consortium, parse_add
 from ..core.errors import ConfigError
 from ..core.keys import SigningKey
 from ..keyfile import read_key
-
-DEFAULT_MEMPOOL_TXS = 200_000
-"""Transactions waiting for a block before clients get back-pressure (about 40 blocks of 5,000)."""
+from .mempool import DEFAULT_MEMPOOL_TXS
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..core.alerts import Alert, chain_alerts, waiting_for
 from ..core.chain import BlockTree, ViewHeads
@@ -25,30 +25,32 @@ from ..core.consortium import Consortium, Params
 from ..core.errors import (
     DecodeError,
     DoubleSignRefused,
-    RemoteError,
     SignatureError,
     ValidationError,
 )
+from ..core.blockbody import Admit, header_template, select_body
 from ..core.keys import SigningKey
 from ..core.membership import GOVERNANCE_DELAY, ConsortiumState
 from ..core.merkle import merkle_root
 from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
-from ..core.state import BlockRun, Effects, check_tx_envelopes, check_tx_static, check_tx_time
-from ..store import Store
+from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
+from ..store import Store
+from .identity import Identity, network_members, signed_by_some_key
+from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .messages import (
     MAX_CATCHUP_BLOCKS,
     MAX_CATCHUP_BYTES,
     STATUS_RECENT,
-    Blocks,
+    BlocksMsg,
     EvidenceMsg,
-    GetBlocks,
+    GetBlocksMsg,
     Message,
     ObjectionMsg,
-    Proposal,
-    Sigs,
-    Status,
-    Txs,
+    ProposalMsg,
+    SigsMsg,
+    StatusMsg,
+    TxsMsg,
 )
 from .verify import Verifier
 
@@ -65,10 +67,7 @@ CATCHUP_RETRY_MS = 2000
 UNSAVED_SIGS_MAX = 4096
 """Peers' signatures held in memory before a write of their own is forced (see _accept_sigs)."""
 
-
-
-class MempoolFull(RemoteError):
-    """Back-pressure: the pool of waiting transactions is at its limit; retry later."""
+__all__ = ["Engine", "Outgoing"]
 
 
 @dataclass(frozen=True)
@@ -77,30 +76,16 @@ class Outgoing:
     msg: Message
 
 
-@dataclass
-class SubmitResult:
-    accepted: list[bytes] = field(default_factory=list)
-    duplicates: list[bytes] = field(default_factory=list)
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
-
-
 class Engine:
     def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
-                 now_ms: int, *, mempool_max: int = 200_000, verifier: Verifier | None = None) -> None:
+                 now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: Verifier | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
-        ring = [keys] if isinstance(keys, SigningKey) else list(keys)
-        if not ring:
-            raise ValueError("Engine: at least one member key")
-        self.keyring: dict[bytes, SigningKey] = {k.public: k for k in ring}
-        """Every member key this node holds (public -> key): the one in force, and around a
-        rotation the next or the previous one. Each signature uses the key the governance state
-        gives this member at the signed block's height."""
-        self._first_key = ring[0]
-        self._missing_key_logged: set[bytes] = set()
+        self.identity = Identity(me, keys)
+        self.keyring = self.identity.keyring
         self.store = store
-        self.mempool_max = mempool_max
+        self.mempool = Mempool(mempool_max)
         self.verifier = verifier or Verifier(self.cid)
         self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
         self.gov = ConsortiumState(consortium)
@@ -108,8 +93,6 @@ class Engine:
         up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
         self._gov_tip = b""
         self.outbox: list[Outgoing] = []
-        self.mempool: OrderedDict[bytes, Tx] = OrderedDict()
-        self.mempool_raw: dict[bytes, Tx] = {}  # encoded tx -> tx, to skip re-parsing block bodies
         self.recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self.unsaved_sigs: list[BlockSignature] = []
         self.orphans: OrderedDict[bytes, tuple[Block, BlockSignature]] = OrderedDict()
@@ -126,6 +109,34 @@ class Engine:
         self._guard_refusal_logged = False
         self._majority_seen_ms = now_ms
         self._load(now_ms)
+
+    HANDLERS: dict[type, str] = {
+        ProposalMsg: "on_proposal",
+        SigsMsg: "on_sigs",
+        EvidenceMsg: "on_evidence",
+        ObjectionMsg: "on_objection",
+        TxsMsg: "on_txs",
+        GetBlocksMsg: "on_get_blocks",
+        BlocksMsg: "on_blocks",
+        StatusMsg: "on_status",
+    }
+    """Message type -> handler: every handler takes ``(peer, msg, now_ms)``. Anchor messages are
+    not the engine's: the anchoring layer takes them."""
+
+    def handle(self, peer: str | None, msg: Message, now_ms: int) -> None:
+        """The one entry point for a member's message (``peer`` None: from ourselves or a test)."""
+        name = self.HANDLERS.get(type(msg))
+        if name is None:
+            raise TypeError(f"the engine does not handle {type(msg).__name__}")
+        getattr(self, name)(peer, msg, now_ms)
+
+    @property
+    def mempool_max(self) -> int:
+        return self.mempool.max_txs
+
+    @mempool_max.setter
+    def mempool_max(self, value: int) -> None:
+        self.mempool.max_txs = value
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -152,7 +163,7 @@ class Engine:
         for block_hash, _proof in self.store.anchors():
             self.tree.set_anchored(block_hash)
         for tx in self.store.mempool_items():
-            self._mempool_put(tx)
+            self.mempool.put(tx)
         if self.mempool:
             self.verifier.verify(list(self.mempool.values()))
         self._sync_head(now_ms)
@@ -213,54 +224,26 @@ class Engine:
         with self.store.state_reader_at(parent, self.effects_cache) as reader:
             return ConsortiumState.load(self.consortium, reader)
 
+    # --- identity: the member keys this node holds, by height (peerdb.node.identity) ------------
+
     @property
     def key(self) -> SigningKey:
         """The member key in force at the next height (votes, objections, new blocks); the
         first configured key while this node is not (yet) a member."""
-        return self.key_at(self.tree.best_tip.height + 1) or self._first_key
+        return self.key_at(self.tree.best_tip.height + 1) or self.identity.first_key
 
     def key_at(self, height: int, state: ConsortiumState | None = None) -> SigningKey | None:
-        """Our signing key at ``height`` on the branch ``state`` describes (default: the best
-        chain); None if we are not a member there or do not hold the key (logged once)."""
-        public = (state or self.gov).key_at(self.me, height)
-        if public is None:
-            return None
-        key = self.keyring.get(public)
-        if key is None and public not in self._missing_key_logged:
-            self._missing_key_logged.add(public)
-            log.error("cannot sign at height %d: the consortium's key for %s there is %s, which this node "
-                      "does not hold (configure it in node.key_file or node.extra_key_files)", height, self.me,
-                      public.hex()[:16])
-        return key
+        """Our signing key at ``height`` on the branch ``state`` describes (default: the best chain)."""
+        return self.identity.key_at(state or self.gov, height)
 
     def network_members(self) -> tuple[tuple[str, bytes], ...]:
-        """(name, key) of everyone this node's network talks to: the members in force at the
-        next height and those after every change passed so far. So a member admitted but not
-        yet in force can connect and catch up, and during a rotation both keys are accepted."""
-        height = self.tree.best_tip.height + 1
-        pairs = {(m.name, m.key) for c in (self.gov.at(height), self.gov.latest()) for m in c.members}
-        return tuple(sorted(pairs))
+        return network_members(self.gov, self.tree.best_tip.height + 1)
 
     def transport_key(self) -> SigningKey:
-        """The key this node proves its identity with on the network: its newest member key it
-        holds (so a member that rotated keeps being recognised by peers already past the
-        rotation), else the one in force, else the first configured key (a joining member)."""
-        for consortium in (self.gov.latest(), self.current):
-            member = consortium.member(self.me)
-            if member is not None and member.key in self.keyring:
-                return self.keyring[member.key]
-        return self._first_key
+        return self.identity.transport_key(self.gov, self.tree.best_tip.height + 1)
 
     def key_problem(self) -> str | None:
-        """Why this node cannot sign for its member at the next height although it is a
-        member there (None: it can, or it is not a member)."""
-        height = self.tree.best_tip.height + 1
-        public = self.gov.key_at(self.me, height)
-        if public is None or public in self.keyring:
-            return None
-        held = ", ".join(k.hex()[:16] for k in self.keyring)
-        return (f"none of the configured keys ({held}) is {self.me}'s member key in force at height {height} "
-                f"({public.hex()[:16]}); configure it in node.key_file or node.extra_key_files")
+        return self.identity.key_problem(self.gov, self.tree.best_tip.height + 1)
 
     def _key_for(self, member: str, block_hash: bytes) -> bytes | None:
         """The key ``member`` signs with on a known block (None: not a member at its height)."""
@@ -268,11 +251,7 @@ class Engine:
         return self.state_for(header.prev, header.height).key_at(member, header.height)
 
     def _signed_by_some_key(self, member: str, check: Callable[[bytes], bool]) -> bool:
-        """For objects whose height is not known yet (a signature on a block we lack, an
-        objection): any key the best chain ever gave ``member``. A signature on a block is
-        checked again with the key at its height once the block arrives."""
-        keys = {k for _h, k in self.gov.key_history(member) if k is not None}
-        return any(check(k) for k in keys)
+        return signed_by_some_key(self.gov, member, check)
 
     def _tree_sign(self, block_hash: bytes, member: str) -> bool:
         try:
@@ -315,9 +294,9 @@ class Engine:
 
     # --- blocks --------------------------------------------------------------------------------
 
-    def on_proposal(self, peer: str | None, proposal: Proposal, now_ms: int) -> None:
+    def on_proposal(self, peer: str | None, proposal: ProposalMsg, now_ms: int) -> None:
         try:
-            block = Block.decode(proposal.block, self.mempool_raw)
+            block = Block.decode(proposal.block, self.mempool.by_raw)
         except (DecodeError, ValidationError) as exc:
             log.warning("rejected proposal from %s: %s", peer, exc)
             if peer is None or proposal.signature.member == peer:
@@ -434,7 +413,7 @@ class Engine:
             self._applied([block.hash], [], result.returned_txs if result else [])
         if cosign is not None:
             self.tree.add_signature(block.hash, self.me)
-            self._send(Sigs((cosign,)))
+            self._send(SigsMsg((cosign,)))
         log.debug("stored block %d round %d by %s (%d txs) %s", block.height, block.header.round,
                   block.header.proposer, len(block.txs), block.hash.hex()[:16])
 
@@ -471,20 +450,10 @@ class Engine:
             block = self.recent_blocks.get(block_hash) or self.store.block(block_hash)
             if block is not None:
                 for tx in block.txs:
-                    self._mempool_drop(tx.txid)
+                    self.mempool.drop(tx.txid)
         for tx in returned:
-            self._mempool_put(tx)
+            self.mempool.put(tx)
         self.verifier.remember(list(returned))
-
-    def _mempool_put(self, tx: Tx) -> None:
-        if tx.txid not in self.mempool:
-            self.mempool[tx.txid] = tx
-            self.mempool_raw[tx.raw] = tx
-
-    def _mempool_drop(self, txid: bytes) -> None:
-        tx = self.mempool.pop(txid, None)
-        if tx is not None:
-            self.mempool_raw.pop(tx.raw, None)
 
     def _after_change(self, now_ms: int) -> None:
         self._sync_head(now_ms)
@@ -514,10 +483,10 @@ class Engine:
             return
         self._guard_refusal_logged = False
         self.tree.add_signature(tip.hash, self.me)
-        self._send(Sigs((sig,)))
+        self._send(SigsMsg((sig,)))
         self._sync_head(now_ms)
 
-    def _object_if_attributable(self, proposal: Proposal, reason: str) -> None:
+    def _object_if_attributable(self, proposal: ProposalMsg, reason: str) -> None:
         """A malformed body under a header its proposer really signed deserves an objection."""
         try:
             header = Block.peek_header(proposal.block)
@@ -539,7 +508,7 @@ class Engine:
 
     # --- signatures and evidence ----------------------------------------------------------------
 
-    def on_sigs(self, peer: str | None, msg: Sigs, now_ms: int) -> None:
+    def on_sigs(self, peer: str | None, msg: SigsMsg, now_ms: int) -> None:
         self._accept_sigs(msg.sigs, peer, now_ms)
         self._after_change(now_ms)
 
@@ -637,7 +606,7 @@ class Engine:
         if self.store.add_objection(obj):
             log.warning("objection by %s to block %s: %s", obj.member, obj.block_hash.hex()[:16], obj.reason)
 
-    # --- transactions ---------------------------------------------------------------------------
+    # --- transactions (admission rules: peerdb.node.mempool) -------------------------------------
 
     def submit(self, raws: Sequence[bytes], peer: str | None, now_ms: int) -> SubmitResult:
         """Admit transactions to the pool (from a client when ``peer`` is None, else from a peer)."""
@@ -656,77 +625,23 @@ class Engine:
         view, whose answer comes only once they are in a durably stored block (the API persists
         them with :meth:`persist` if the wait times out, before answering).
         """
-        results: list[SubmitResult | MempoolFull] = []
-        per_request: list[tuple[SubmitResult, list[tuple[int, Tx]]]] = []
-        seen_batch: set[bytes] = set()
-        room = self.mempool_max - len(self.mempool)
-        current = self.current
-        ttl = current.params.tx_ttl_ms + current.params.clock_skew_ms
-        decoded: list[list[tuple[int, Tx | str]]] = []
-        for raws in requests:
-            parsed: list[tuple[int, Tx | str]] = []
-            for i, raw in enumerate(raws):
-                try:
-                    known = self.mempool_raw.get(raw)
-                    tx = known if known is not None else Tx.decode(raw)
-                    check_tx_static(tx, current, governance=True)
-                    check_tx_envelopes(tx, current)
-                    check_tx_time(tx, now_ms, ttl)
-                except (DecodeError, ValidationError) as exc:
-                    parsed.append((i, str(exc)))
-                    continue
-                parsed.append((i, tx))
-            decoded.append(parsed)
-        on_chain = self.store.included(t.txid for parsed in decoded for _, t in parsed if isinstance(t, Tx))
-        for parsed in decoded:
-            result = SubmitResult()
-            candidates: list[tuple[int, Tx]] = []
-            for i, item in parsed:
-                if isinstance(item, str):
-                    result.rejected.append((i, item))
-                    continue
-                tx = item
-                if tx.txid in self.mempool or tx.txid in seen_batch or tx.txid in on_chain:
-                    result.duplicates.append(tx.txid)
-                    continue
-                seen_batch.add(tx.txid)
-                candidates.append((i, tx))
-            if len(candidates) > room:
-                for _, tx in candidates:
-                    seen_batch.discard(tx.txid)
-                results.append(MempoolFull(f"mempool: {len(self.mempool)} transactions waiting, limit "
-                                           f"{self.mempool_max}; retry after the next blocks"))
-                per_request.append((result, []))
-                continue
-            room -= len(candidates)
-            results.append(result)
-            per_request.append((result, candidates))
-        everything = [tx for _, candidates in per_request for _, tx in candidates]
-        oks = iter(self.verifier.verify(everything))
-        admitted = []
-        to_persist = []
-        for r, (result, candidates) in enumerate(per_request):
-            for i, tx in candidates:
-                if not next(oks):
-                    result.rejected.append((i, f"tx {tx.txid.hex()[:16]}: client signature does not verify"))
-                    continue
-                admitted.append(tx)
-                result.accepted.append(tx.txid)
-                if durable is None or durable[r]:
-                    to_persist.append(tx)
+        checked = self.mempool.admit(requests, self.current, now_ms, self.store.included, self.verifier.verify)
+        admitted = [tx for _, txs in checked for tx in txs]
         if admitted:
             if peer is None:
                 # Durable before the client hears "accepted"; a forwarded copy needs no fsync
                 # here because its origin member already made it durable.
+                to_persist = [tx for r, (_, txs) in enumerate(checked) if durable is None or durable[r] for tx in txs]
                 if to_persist:
                     self.store.mempool_add(to_persist)
-                self._send(Txs(tuple(tx.raw for tx in admitted)))
+                self._send(TxsMsg(tuple(tx.raw for tx in admitted)))
             for tx in admitted:
-                self._mempool_put(tx)
-        rejected = [r for res, _ in per_request for r in res.rejected]
+                self.mempool.put(tx)
+        results = [result for result, _ in checked]
+        rejected = [r for res in results if isinstance(res, SubmitResult) for r in res.rejected]
         if rejected and peer is not None:
             log.warning("rejected %d transactions from %s: %s", len(rejected), peer, rejected[0][1])
-        duplicates = sum(len(res.duplicates) for res, _ in per_request)
+        duplicates = sum(len(res.duplicates) for res in results if isinstance(res, SubmitResult))
         if duplicates:
             log.debug("ignored %d transactions from %s: already pending or included (duplicate or replay)",
                       duplicates, peer or "a client")
@@ -734,10 +649,10 @@ class Engine:
 
     def persist(self, txids: Sequence[bytes]) -> int:
         """Make still-pending transactions durable (a waiting client is about to be answered)."""
-        pending = [self.mempool[t] for t in txids if t in self.mempool]
+        pending = [tx for t in txids if (tx := self.mempool.get(t)) is not None]
         return self.store.mempool_add(pending) if pending else 0
 
-    def on_txs(self, peer: str, msg: Txs, now_ms: int) -> None:
+    def on_txs(self, peer: str | None, msg: TxsMsg, now_ms: int) -> None:
         try:
             self.submit(msg.txs, peer, now_ms)
         except MempoolFull as exc:
@@ -793,7 +708,7 @@ class Engine:
         except DoubleSignRefused as exc:
             log.error("signing guard refused our own proposal at height %d: %s", height, exc)
             return None
-        self._send(Proposal(block.raw, sig))
+        self._send(ProposalMsg(block.raw, sig))
         log.info("proposed block %d round %d with %d txs %s", height, round_, len(block.txs), block.hash.hex()[:16])
         self._after_change(now_ms)
         return block
@@ -801,51 +716,41 @@ class Engine:
     def _build_block(self, tip: Header, height: int, round_: int, now_ms: int) -> Block:
         params = self.gov.params_at(height)
         time_ms = max(now_ms, tip.time_ms)
-        chosen: list[Tx] = []
-        size = 1024
-        stale = []
         state = self.state_for(tip.hash, height)
+        template = header_template(height, round_, tip.hash, self.me, time_ms)
+        pending_evidence = [ev for ev in self.evidence.values() if not self._evidence_included(ev.id, tip.hash)]
         with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
             # Transactions are applied one at a time so that one that no longer applies (a vote on
             # a proposal decided meanwhile, a write its member may no longer make) is left out
             # instead of spoiling the block; the governance state is the tip's (exact at height).
             run = BlockRun(reader, self.consortium, self.cid, time_ms, height=height,
                            consortium_state=state)
-            for txid, tx in self.mempool.items():
-                if len(chosen) >= params.max_block_txs:
-                    break
-                if size + len(tx.raw) + 8 > params.max_block_bytes:
-                    break
+
+            def admit(tx: Tx) -> Admit:
                 try:
                     check_tx_time(tx, time_ms, params.tx_ttl_ms)
                 except ValidationError:
-                    if tx.expires_ms < time_ms:
-                        stale.append(txid)
-                    continue
-                if self.store.tx_location(txid) is not None:
-                    stale.append(txid)
-                    continue
+                    return Admit.DROP if tx.expires_ms < time_ms else Admit.SKIP
+                if self.store.tx_location(tx.txid) is not None:
+                    return Admit.DROP
                 refused = run.try_add(tx, signature_ok=lambda _tx: True)
                 if refused is not None:
-                    # Invalid on top of this tip (a vote on a proposal decided meanwhile, a write
-                    # its member may no longer make): dropped, or it would be retried, and would
+                    # Invalid on top of this tip: dropped, or it would be retried, and would
                     # trigger a new block, on every tip.
-                    log.warning("dropped tx %s from the pool: invalid at height %d: %s", txid.hex()[:16],
+                    log.warning("dropped tx %s from the pool: invalid at height %d: %s", tx.txid.hex()[:16],
                                 height, refused)
-                    stale.append(txid)
-                    continue
-                chosen.append(tx)
-                size += len(tx.raw) + 8
+                    return Admit.DROP
+                return Admit.TAKE
+
+            body = select_body(template, params, self.mempool.values(), pending_evidence, admit)
             effects = run.effects(tip.state_root)
-        if stale:
-            for txid in stale:
-                self._mempool_drop(txid)
-            self.store.mempool_remove(stale)
-        evidence = [ev for ev in self.evidence.values() if not self._evidence_included(ev.id, tip.hash)]
-        evidence = sorted(evidence, key=lambda e: e.id)[:64]
-        header = Header(height, round_, tip.hash, self.me, time_ms, merkle_root([tx.txid for tx in chosen]),
-                        len(chosen), effects.state_root, merkle_root([e.id for e in evidence]))
-        block = Block(header, tuple(chosen), tuple(evidence))
+        if body.dropped:
+            for txid in body.dropped:
+                self.mempool.drop(txid)
+            self.store.mempool_remove(list(body.dropped))
+        header = Header(height, round_, tip.hash, self.me, time_ms, merkle_root([tx.txid for tx in body.txs]),
+                        len(body.txs), effects.state_root, merkle_root([e.id for e in body.evidence]))
+        block = Block(header, body.txs, body.evidence)
         self._remember_effects(block.hash, effects)
         return block
 
@@ -857,9 +762,11 @@ class Engine:
             return
         self.catchup_asked[peer] = now_ms
         start = self.tree.heads().unanimous_signed + 1
-        self._send(GetBlocks(start, max(start, to_height)), to=peer)
+        self._send(GetBlocksMsg(start, max(start, to_height)), to=peer)
 
-    def on_get_blocks(self, peer: str, msg: GetBlocks) -> None:
+    def on_get_blocks(self, peer: str | None, msg: GetBlocksMsg, now_ms: int) -> None:
+        if peer is None:
+            return  # an answer needs someone to go to
         items: list[tuple[bytes, tuple[BlockSignature, ...]]] = []
         size = 0
         height = max(1, msg.from_height)
@@ -875,9 +782,9 @@ class Engine:
             size += len(block.raw)
             items.append((block.raw, tuple(self._signatures(block_hash))))
             height += 1
-        self._send(Blocks(tuple(items), self.tree.best_tip.height), to=peer)
+        self._send(BlocksMsg(tuple(items), self.tree.best_tip.height), to=peer)
 
-    def on_blocks(self, peer: str, msg: Blocks, now_ms: int) -> None:
+    def on_blocks(self, peer: str | None, msg: BlocksMsg, now_ms: int) -> None:
         last_height = 0
         progress = False
         # The whole batch is one durable commit (not one per block); any signature we release at
@@ -885,7 +792,7 @@ class Engine:
         with self.store.batch():
             for raw, sigs in msg.items:
                 try:
-                    block = Block.decode(raw, self.mempool_raw)
+                    block = Block.decode(raw, self.mempool.by_raw)
                 except (DecodeError, ValidationError) as exc:
                     log.warning("catch-up from %s: bad block: %s", peer, exc)
                     break
@@ -896,14 +803,14 @@ class Engine:
             self._after_change(now_ms)
         if msg.items:
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
-        if progress:
+        if progress and peer is not None:
             # Ask for the next batch at once only when this one moved us forward; otherwise the
             # retry interval applies (a peer advertising what it cannot deliver is not a loop).
             self.catchup_asked.pop(peer, None)
             if last_height and msg.peer_height > last_height:
                 self._request_catchup(peer, msg.peer_height, now_ms)
 
-    def status_message(self) -> Status:
+    def status_message(self) -> StatusMsg:
         tip = self.tree.best_tip
         recent = []
         for height in range(tip.height, max(0, tip.height - STATUS_RECENT), -1):
@@ -911,15 +818,17 @@ class Engine:
             if block_hash is None:
                 break
             recent.append((block_hash, tuple(sorted(self.tree.signers(block_hash)))))
-        return Status(tip.hash, tip.height, tuple(recent))
+        return StatusMsg(tip.hash, tip.height, tuple(recent))
 
-    def on_status(self, peer: str, msg: Status, now_ms: int) -> None:
+    def on_status(self, peer: str | None, msg: StatusMsg, now_ms: int) -> None:
         if self.store.guard_locked() and msg.tip in self.tree and msg.height <= self.tree.best_tip.height:
             # Restored data directory: we have caught up with a peer, so every height we might
             # have signed before the restore is at or below our tip. Never sign there again.
             floor = self.tree.best_tip.height
             self.store.set_guard_floor(floor)
             log.warning("restored data directory: caught up with %s; signing resumes above height %d", peer, floor)
+        if peer is None:
+            return  # catch-up and missing signatures are answers to a peer
         if msg.tip not in self.tree and msg.height >= self.tree.heads().unanimous_signed:
             self._request_catchup(peer, msg.height, now_ms)
         missing: list[BlockSignature] = []
@@ -930,7 +839,7 @@ class Engine:
             if ours:
                 missing.extend(s for s in self._signatures(block_hash) if s.member in ours)
         if missing:
-            self._send(Sigs(tuple(missing)), to=peer)
+            self._send(SigsMsg(tuple(missing)), to=peer)
 
     # --- alerts ---------------------------------------------------------------------------------
 

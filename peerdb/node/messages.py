@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..anchor.proof import MAX_ANCHOR_PROOF_BYTES
 from ..core.codec import expect_bytes, expect_int, expect_list
 from ..core.errors import DecodeError, ProtocolError
-from ..core.limits import HASH_LEN, MAX_BLOCK_BYTES, MAX_BLOCK_TXS, MAX_TX_BYTES
+from ..core.limits import HASH_LEN, MAX_BLOCK_BYTES, MAX_BLOCK_TXS, MAX_MEMBERS, MAX_TX_BYTES
 from ..core.model import BlockSignature, Evidence, Objection
 
 MAX_SIGS_PER_MESSAGE = 4096
@@ -24,16 +25,19 @@ MAX_CATCHUP_BYTES = 12 * 1024 * 1024
 """Bytes of blocks per catch-up answer (frames are limited to 16 MiB)."""
 STATUS_RECENT = 8
 """Best-chain blocks whose signer sets a status message carries for anti-entropy."""
+MAX_ANCHOR_PROOFS_PER_MESSAGE = 4096
+"""Anchor proofs in one ``anchor`` message: one per block an anchor covers, and an anchoring
+interval rarely covers more than a few thousand blocks (the rest follow in the next message)."""
 
 
 @dataclass(frozen=True)
-class Proposal:
+class ProposalMsg:
     block: bytes
     signature: BlockSignature
 
 
 @dataclass(frozen=True)
-class Sigs:
+class SigsMsg:
     sigs: tuple[BlockSignature, ...]
 
 
@@ -48,24 +52,24 @@ class ObjectionMsg:
 
 
 @dataclass(frozen=True)
-class Txs:
+class TxsMsg:
     txs: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
-class GetBlocks:
+class GetBlocksMsg:
     from_height: int
     to_height: int
 
 
 @dataclass(frozen=True)
-class Blocks:
+class BlocksMsg:
     items: tuple[tuple[bytes, tuple[BlockSignature, ...]], ...]
     peer_height: int
 
 
 @dataclass(frozen=True)
-class Status:
+class StatusMsg:
     tip: bytes
     height: int
     recent: tuple[tuple[bytes, tuple[str, ...]], ...]
@@ -76,26 +80,26 @@ class AnchorMsg:
     proofs: tuple[bytes, ...]
 
 
-Message = Proposal | Sigs | EvidenceMsg | ObjectionMsg | Txs | GetBlocks | Blocks | Status | AnchorMsg
+Message = ProposalMsg | SigsMsg | EvidenceMsg | ObjectionMsg | TxsMsg | GetBlocksMsg | BlocksMsg | StatusMsg | AnchorMsg
 
 
 def to_wire(msg: Message) -> dict[str, Any]:
-    if isinstance(msg, Proposal):
+    if isinstance(msg, ProposalMsg):
         return {"t": "proposal", "block": msg.block, "sig": msg.signature.to_cbor()}
-    if isinstance(msg, Sigs):
+    if isinstance(msg, SigsMsg):
         return {"t": "sigs", "sigs": [s.to_cbor() for s in msg.sigs]}
     if isinstance(msg, EvidenceMsg):
         return {"t": "evidence", "ev": msg.evidence.to_cbor()}
     if isinstance(msg, ObjectionMsg):
         return {"t": "objection", "obj": msg.objection.to_cbor()}
-    if isinstance(msg, Txs):
+    if isinstance(msg, TxsMsg):
         return {"t": "txs", "txs": list(msg.txs)}
-    if isinstance(msg, GetBlocks):
+    if isinstance(msg, GetBlocksMsg):
         return {"t": "get_blocks", "from": msg.from_height, "to": msg.to_height}
-    if isinstance(msg, Blocks):
+    if isinstance(msg, BlocksMsg):
         return {"t": "blocks", "height": msg.peer_height,
                 "items": [[raw, [s.to_cbor() for s in sigs]] for raw, sigs in msg.items]}
-    if isinstance(msg, Status):
+    if isinstance(msg, StatusMsg):
         return {"t": "status", "tip": msg.tip, "height": msg.height,
                 "recent": [[h, list(signers)] for h, signers in msg.recent]}
     if isinstance(msg, AnchorMsg):
@@ -125,10 +129,10 @@ def _from_wire(raw: Any) -> Message:
         raise ProtocolError("message: expected a map with a type field 't'")
     kind = raw["t"]
     if kind == "proposal":
-        return Proposal(expect_bytes(raw["block"], "proposal.block", max_len=MAX_BLOCK_BYTES),
+        return ProposalMsg(expect_bytes(raw["block"], "proposal.block", max_len=MAX_BLOCK_BYTES),
                         BlockSignature.from_cbor(raw["sig"], "proposal.sig"))
     if kind == "sigs":
-        return Sigs(_sigs(raw["sigs"], "sigs"))
+        return SigsMsg(_sigs(raw["sigs"], "sigs"))
     if kind == "evidence":
         return EvidenceMsg(Evidence.from_cbor(raw["ev"]))
     if kind == "objection":
@@ -137,9 +141,9 @@ def _from_wire(raw: Any) -> Message:
         txs = expect_list(raw["txs"], "txs")
         if len(txs) > MAX_BLOCK_TXS:
             raise ProtocolError(f"txs: more than {MAX_BLOCK_TXS} transactions in one message")
-        return Txs(tuple(expect_bytes(t, f"txs[{i}]", max_len=MAX_TX_BYTES) for i, t in enumerate(txs)))
+        return TxsMsg(tuple(expect_bytes(t, f"txs[{i}]", max_len=MAX_TX_BYTES) for i, t in enumerate(txs)))
     if kind == "get_blocks":
-        return GetBlocks(expect_int(raw["from"], "get_blocks.from"), expect_int(raw["to"], "get_blocks.to"))
+        return GetBlocksMsg(expect_int(raw["from"], "get_blocks.from"), expect_int(raw["to"], "get_blocks.to"))
     if kind == "blocks":
         items = expect_list(raw["items"], "blocks.items")
         if len(items) > MAX_CATCHUP_BLOCKS:
@@ -149,7 +153,7 @@ def _from_wire(raw: Any) -> Message:
             pair = expect_list(item, f"blocks.items[{i}]", 2)
             parsed.append((expect_bytes(pair[0], f"blocks.items[{i}].block", max_len=MAX_BLOCK_BYTES),
                            _sigs(pair[1], f"blocks.items[{i}].sigs")))
-        return Blocks(tuple(parsed), expect_int(raw["height"], "blocks.height"))
+        return BlocksMsg(tuple(parsed), expect_int(raw["height"], "blocks.height"))
     if kind == "status":
         recent = expect_list(raw["recent"], "status.recent")
         if len(recent) > STATUS_RECENT:
@@ -158,14 +162,15 @@ def _from_wire(raw: Any) -> Message:
         for i, item in enumerate(recent):
             pair = expect_list(item, f"status.recent[{i}]", 2)
             signers = expect_list(pair[1], f"status.recent[{i}].signers")
-            if not all(type(s) is str for s in signers) or len(signers) > 64:
-                raise ProtocolError(f"status.recent[{i}].signers: expected up to 64 member names")
+            if not all(type(s) is str for s in signers) or len(signers) > MAX_MEMBERS:
+                raise ProtocolError(f"status.recent[{i}].signers: expected up to {MAX_MEMBERS} member names")
             out.append((expect_bytes(pair[0], f"status.recent[{i}].hash", HASH_LEN), tuple(signers)))
-        return Status(expect_bytes(raw["tip"], "status.tip", HASH_LEN), expect_int(raw["height"], "status.height"),
+        return StatusMsg(expect_bytes(raw["tip"], "status.tip", HASH_LEN), expect_int(raw["height"], "status.height"),
                       tuple(out))
     if kind == "anchor":
         proofs = expect_list(raw["proofs"], "anchor.proofs")
-        if len(proofs) > 4096:
-            raise ProtocolError("anchor.proofs: more than 4096 proofs in one message")
-        return AnchorMsg(tuple(expect_bytes(p, f"anchor.proofs[{i}]", max_len=1_000_000) for i, p in enumerate(proofs)))
+        if len(proofs) > MAX_ANCHOR_PROOFS_PER_MESSAGE:
+            raise ProtocolError(f"anchor.proofs: more than {MAX_ANCHOR_PROOFS_PER_MESSAGE} proofs in one message")
+        return AnchorMsg(tuple(expect_bytes(p, f"anchor.proofs[{i}]", max_len=MAX_ANCHOR_PROOF_BYTES)
+                               for i, p in enumerate(proofs)))
     raise ProtocolError(f"message: unknown type {kind!r}")

@@ -20,8 +20,9 @@ import trio
 from ..core.alerts import Alert
 from ..core.chain import View
 from ..core.errors import LocalError, ProtocolError
-from .engine import Engine, MempoolFull, SubmitResult
-from .messages import AnchorMsg, Blocks, EvidenceMsg, GetBlocks, ObjectionMsg, Proposal, Sigs, Status, Txs, from_wire, to_wire
+from .engine import Engine
+from .mempool import MempoolFull, SubmitResult
+from .messages import AnchorMsg, Message, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
@@ -151,16 +152,6 @@ class NodeService:
         self._changed = trio.Event()
         self.alerts = AlertBook(grace_ms=engine.params.turn_timeout_ms)
         self.started_ms = clock_ms()
-        self.handlers: dict[type, Callable[[str, Any, int], None]] = {
-            Proposal: engine.on_proposal,
-            Sigs: engine.on_sigs,
-            EvidenceMsg: engine.on_evidence,
-            ObjectionMsg: engine.on_objection,
-            Txs: engine.on_txs,
-            GetBlocks: lambda peer, msg, now: engine.on_get_blocks(peer, msg),
-            Blocks: engine.on_blocks,
-            Status: engine.on_status,
-        }
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
         self._admissions: list[_PendingSubmit] = []
         self._waiters: set[_Waiter] = set()
@@ -268,7 +259,7 @@ class NodeService:
                     batch.append(incoming.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            work: list[tuple[Callable[[str, Any, int], None], str, Any]] = []
+            work: list[tuple[Callable[[str, Any, int], None], str, Message]] = []
             for peer, raw in batch:
                 try:
                     msg = from_wire(raw)
@@ -280,12 +271,12 @@ class NodeService:
                     if self.anchor_handler is not None:
                         work.append((self.anchor_handler, peer, msg))
                     continue
-                work.append((self.handlers[type(msg)], peer, msg))
+                work.append((self.engine.handle, peer, msg))
             if work:
                 await self.call(self._dispatch, work, self.clock_ms())
 
     @staticmethod
-    def _dispatch(work: list[tuple[Callable[[str, Any, int], None], str, Any]], now_ms: int) -> None:
+    def _dispatch(work: list[tuple[Callable[[str, Any, int], None], str, Message]], now_ms: int) -> None:
         for handler, peer, msg in work:
             handler(peer, msg, now_ms)
 
