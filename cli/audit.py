@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Protocol
 
 import click
 import httpx
@@ -21,31 +20,13 @@ from peerdb.audit.bundle import BlockEntry, BundleParser
 from peerdb.audit.errors import AuditFailure
 
 from . import exitcodes
-from .client import ApiClient, CliError
+from .client import refusal
+from .context import Ctx, json_option, pass_ctx
+from .errors import CliError
 
 EXPORT_READ_TIMEOUT_S = 600.0
 """Longest pause between two chunks of a streamed export: a batch of blocks is read in well under
 a second, but a node busy with a large reorg may take a while to answer the snapshot."""
-
-
-class _RootContext(Protocol):
-    """The main group's context object (``cli.main.Ctx``), as far as these commands use it."""
-
-    as_json: bool
-
-    @property
-    def client(self) -> ApiClient: ...
-
-
-def _root(ctx: click.Context, as_json: bool) -> _RootContext:
-    root: _RootContext = ctx.find_root().obj
-    if as_json:
-        root.as_json = True
-    return root
-
-
-def _emit(root: _RootContext, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True) if root.as_json else text)
 
 
 @click.group()
@@ -65,9 +46,9 @@ def audit() -> None:
 @audit.command("export")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Bundle file to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.pass_context
-def export(ctx: click.Context, out: str, force: bool, as_json: bool) -> None:
+@json_option
+@pass_ctx
+def export(ctx: Ctx, out: str, force: bool) -> None:
     """Stream the node's books (every block, signature, objection, evidence and anchor proof it
     holds, with the consortium file) into a bundle file, with a progress bar.
 
@@ -78,18 +59,15 @@ def export(ctx: click.Context, out: str, force: bool, as_json: bool) -> None:
     Example:
       peerdb -c configs/firm-a.toml audit export --out firm-a.bundle
     """
-    root = _root(ctx, as_json)
     target = Path(out)
     if target.exists() and not force:
         raise CliError(f"{out}: exists; pass --force to overwrite it", exitcodes.USAGE)
-    client = root.client
+    client = ctx.client
     partial = target.with_name(target.name + ".part")
     parser = BundleParser()
     blocks = txs = 0
     try:
-        with httpx.stream("GET", client.url + "/v1/audit/bundle",
-                          headers={"Authorization": f"Bearer {client.token}"},
-                          timeout=httpx.Timeout(client.timeout, read=EXPORT_READ_TIMEOUT_S)) as response:
+        with client.stream("/v1/audit/bundle", read_timeout=EXPORT_READ_TIMEOUT_S) as response:
             if response.status_code >= 400:
                 response.read()
                 _refused(response)
@@ -119,22 +97,16 @@ def export(ctx: click.Context, out: str, force: bool, as_json: bool) -> None:
     data = {"file": out, "bytes": size, "blocks": c.blocks, "transactions": txs, "signatures": c.signatures,
             "objections": c.objections, "evidence": c.evidence, "anchored_blocks": c.anchors,
             "bitcoin_transactions": c.btc}
-    _emit(root, data, f"wrote {out}: {c.blocks} blocks, {txs} transactions, {c.signatures} signatures, "
+    ctx.emit(data, f"wrote {out}: {c.blocks} blocks, {txs} transactions, {c.signatures} signatures, "
           f"{c.evidence} evidence, {c.anchors} anchored blocks ({size / 1e6:.1f} MB)\n"
           f"verify it with: peerdb audit verify {out}")
 
 
 def _refused(response: httpx.Response) -> None:
-    try:
-        message = str(response.json().get("error", {}).get("message", response.text))
-    except (ValueError, AttributeError):
-        message = response.text
-    if response.status_code == 401:
-        raise CliError(f"node refused: {message} (check the token)", exitcodes.CONFIG)
     if response.status_code == 404:
         raise CliError("node refused: this node has no audit endpoint (/v1/audit/bundle); upgrade it",
                        exitcodes.REJECTED)
-    raise CliError(f"node refused: {message}", exitcodes.REJECTED)
+    raise refusal(response)
 
 
 # --- verify --------------------------------------------------------------------------------------
@@ -154,10 +126,10 @@ def _refused(response: httpx.Response) -> None:
 @click.option("--processes", is_flag=True,
               help="Check signatures in worker processes instead of threads (no GIL hand-offs; "
                    "worth it for large bundles).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.pass_context
-def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bool, network: str | None,
-           threads: int | None, processes: bool, as_json: bool) -> None:
+@json_option
+@pass_ctx
+def verify(ctx: Ctx, file: str, bitcoin_rpc: str | None, check_pow: bool, network: str | None,
+           threads: int | None, processes: bool) -> None:
     """Recompute everything the bundle FILE claims, trusting no member: hash links, turns, every
     signature, every transaction (replaying the state machine), evidence and exclusions, fork
     choice and views, anchor proofs down to the Bitcoin headers.
@@ -174,7 +146,6 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
     from peerdb.audit.verify import AnchorChecker, VerifyOptions, verify_bundle
     from peerdb.core.errors import ConfigError
 
-    root = _root(ctx, as_json)
     rpc: AnchorChecker | None = None
     try:
         if bitcoin_rpc:
@@ -194,7 +165,7 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
             report = verify_bundle(f, VerifyOptions(check_pow=check_pow, pow_limit=limit, bitcoin=rpc,
                                                     threads=threads, processes=processes), progress=bar.update)
     except AuditFailure as exc:
-        if root.as_json:
+        if ctx.as_json:
             click.echo(json.dumps({"ok": False, "file": file, "where": exc.where, "reason": exc.reason}, indent=2))
             sys.exit(exitcodes.VERIFY_FAILED)
         raise CliError(f"verification FAILED: {exc}", exitcodes.VERIFY_FAILED) from None
@@ -204,7 +175,7 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
         raise CliError(f"cannot check anchors against the Bitcoin node: {exc}", exitcodes.UNREACHABLE) from None
     except OSError as exc:
         raise CliError(f"{file}: cannot read ({exc})") from None
-    _emit(root, {"file": file, **report.to_json()}, report.text())
+    ctx.emit({"file": file, **report.to_json()}, report.text())
 
 
 # --- diff ----------------------------------------------------------------------------------------
@@ -214,9 +185,9 @@ def verify(ctx: click.Context, file: str, bitcoin_rpc: str | None, check_pow: bo
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
 @click.option("--strict", is_flag=True, help="Also fail (exit 4) on differing signature sets, anchors, "
               "exclusions, evidence or side branches, not only on diverging blocks.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.pass_context
-def diff(ctx: click.Context, a: str, b: str, strict: bool, as_json: bool) -> None:
+@json_option
+@pass_ctx
+def diff(ctx: Ctx, a: str, b: str, strict: bool) -> None:
     """Compare two members' bundles A and B and report the first divergence ("two sets of books").
 
     Exit 0 when both best chains hold the same blocks up to the lower of the two tips (one
@@ -230,7 +201,6 @@ def diff(ctx: click.Context, a: str, b: str, strict: bool, as_json: bool) -> Non
     """
     from peerdb.audit.diff import diff_bundles
 
-    root = _root(ctx, as_json)
     try:
         with open(a, "rb") as fa, open(b, "rb") as fb:
             result = diff_bundles(fa, fb, a, b)
@@ -238,6 +208,6 @@ def diff(ctx: click.Context, a: str, b: str, strict: bool, as_json: bool) -> Non
         raise CliError(f"cannot compare: {exc}", exitcodes.VERIFY_FAILED) from None
     except OSError as exc:
         raise CliError(f"cannot read: {exc}") from None
-    _emit(root, result.to_json(), result.text())
+    ctx.emit(result.to_json(), result.text())
     if result.diverged or (strict and result.differences):
         sys.exit(exitcodes.VERIFY_FAILED)

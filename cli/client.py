@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import click
 import httpx
 
-from peerdb.core.errors import ConfigError
-
 from . import exitcodes
+from .errors import CliError, config_problems
 
 
-class CliError(click.ClickException):
-    """An error for a person: what went wrong and what to do next, with a documented exit code."""
-
-    def __init__(self, message: str, code: int = exitcodes.ERROR) -> None:
-        super().__init__(message)
-        self.code = code
-        vars(self)["exit_code"] = code  # click reads exit_code to choose the process exit status
+def refusal(response: httpx.Response) -> CliError:
+    """The error for a node's 4xx/5xx answer: its own message (from the API's error body, else the
+    raw text); a 401 is a config problem (the token), anything else a refusal (exit 6)."""
+    try:
+        message = str(response.json().get("error", {}).get("message", response.text))
+    except (ValueError, AttributeError):
+        message = response.text
+    if response.status_code == 401:
+        return CliError(f"node refused: {message} (check the token)", exitcodes.CONFIG)
+    return CliError(f"node refused: {message}", exitcodes.REJECTED)
 
 
 @dataclass
@@ -32,10 +34,8 @@ class ApiClient:
     def from_options(cls, api: str | None, token: str | None, config: str | None) -> "ApiClient":
         if config:
             from peerdb.node.config import load_node_config
-            try:
+            with config_problems():
                 cfg = load_node_config(config)
-            except ConfigError as exc:
-                raise CliError(str(exc), exitcodes.CONFIG) from None
             api = api or cfg.api_listen
             token = token or cfg.api_token
         if not api:
@@ -47,11 +47,14 @@ class ApiClient:
             api = f"http://{api}"
         return cls(api.rstrip("/"), token)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None) -> dict[str, Any]:
         try:
-            response = httpx.request(method, self.url + path, json=json, params=params,
-                                     headers={"Authorization": f"Bearer {self.token}"},
+            response = httpx.request(method, self.url + path, json=json, params=params, headers=self.headers,
                                      timeout=timeout or self.timeout)
         except httpx.TransportError as exc:
             raise CliError(f"cannot reach the node at {self.url} ({exc.__class__.__name__}: {exc}); "
@@ -61,13 +64,7 @@ class ApiClient:
         except ValueError:
             raise CliError(f"the node answered {response.status_code} with a body that is not JSON") from None
         if response.status_code >= 400:
-            error = body.get("error", {}) if isinstance(body, dict) else {}
-            message = error.get("message", response.text)
-            code = exitcodes.REJECTED
-            if response.status_code == 401:
-                message += " (check the token)"
-                code = exitcodes.CONFIG
-            raise CliError(f"node refused: {message}", code)
+            raise refusal(response)
         if not isinstance(body, dict):
             raise CliError("the node answered with an unexpected JSON shape")
         return body
@@ -78,3 +75,8 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         return self.request("POST", path, json=body, timeout=timeout)
 
+    def stream(self, path: str, *, read_timeout: float) -> AbstractContextManager[httpx.Response]:
+        """A streamed GET (the caller reads the body in chunks); ``read_timeout`` bounds the pause
+        between two chunks, the client's own timeout everything else."""
+        return httpx.stream("GET", self.url + path, headers=self.headers,
+                            timeout=httpx.Timeout(self.timeout, read=read_timeout))

@@ -7,14 +7,13 @@ node's client key; a vote is signed by the node's member key (only the firm itse
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Protocol
+from typing import Any
 
 import click
 
 from . import exitcodes
-from .client import ApiClient, CliError
-from .params import VIEW
+from .context import Ctx, json_option, pass_ctx, wait_options
+from .errors import CliError
 
 KIND_HELP = """\b
 KIND and its options:
@@ -28,38 +27,6 @@ KIND and its options:
 
 KINDS = {"remove": "remove_members", "add": "add_member", "rotate": "rotate_key", "update": "update_member",
          "params": "set_params", "namespace": "set_namespace"}
-
-
-class CtxLike(Protocol):
-    """The main group's context object (``cli.main.Ctx``), as far as these commands use it."""
-
-    as_json: bool
-
-    @property
-    def client(self) -> ApiClient: ...
-
-    def emit(self, data: Any, text: str | None = None) -> None: ...
-
-
-def _ctx() -> CtxLike:
-    obj = click.get_current_context().find_root().obj
-    if obj is None:
-        raise CliError("internal: the main command did not set up its context")
-    return obj  # type: ignore[no-any-return]
-
-
-def _json_flag(ctx: CtxLike, as_json: bool) -> None:
-    if as_json:
-        ctx.as_json = True
-
-
-def _finish(ctx: CtxLike, answer: dict[str, Any], text: str) -> None:
-    wait = answer.get("wait")
-    if wait:
-        text += f"; {wait['view']} {'reached' if wait['reached'] else 'NOT reached yet (still pending)'}"
-    ctx.emit(answer, text)
-    if wait and not wait["reached"]:
-        sys.exit(exitcodes.TIMEOUT)
 
 
 @click.group()
@@ -147,14 +114,14 @@ def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | N
 @click.option("--reader", "readers", multiple=True, help="namespace: a member that may read ('*': everyone).")
 @click.option("--private", is_flag=True, help="namespace: values are encrypted for the readers.")
 @click.option("--note", default="", help="Why: shown to the members asked to vote.")
-@click.option("--wait", type=VIEW, default=None, help="Return once the proposal is in this view.")
-@click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def propose_cmd(kind: str, members: tuple[str, ...], name: str | None, key: str | None, cert: str | None,
+@wait_options("proposal")
+@json_option
+@pass_ctx
+def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None, key: str | None, cert: str | None,
                 address: str | None,
                 clients: tuple[str, ...], api_address: str | None, settings: tuple[str, ...],
                 namespace: str | None, writers: tuple[str, ...], readers: tuple[str, ...], private: bool,
-                note: str, wait: str | None, timeout: float, as_json: bool) -> None:
+                note: str, wait: str | None, timeout: float) -> None:
     """Propose a change KIND (remove, add, rotate, update, params, namespace).
 
     \b
@@ -165,25 +132,21 @@ def propose_cmd(kind: str, members: tuple[str, ...], name: str | None, key: str 
           --address 10.0.0.5:7400 --client <firm-e client key hex> --note "firm-e joins"
       peerdb -c configs/firm-b.toml governance propose rotate --name firm-b --cert keys/firm-b.2027.crt
     """
-    ctx = _ctx()
-    _json_flag(ctx, as_json)
     body = body_for(kind, members, name, key, address, clients, api_address, settings, namespace, writers,
                     readers, private, cert)
     body["note"] = note
-    if wait:
-        body.update(wait=wait, timeout_s=timeout)
-    answer = ctx.client.post("/v1/governance/propose", body, timeout=timeout + 10)
-    _finish(ctx, answer, f"proposed {answer['kind']}: {answer['proposal']}\n"
+    answer = ctx.post_waiting("/v1/governance/propose", body, wait, timeout)
+    ctx.emit_waited(answer, f"proposed {answer['kind']}: {answer['proposal']}\n"
                          f"members vote with: peerdb governance vote {answer['proposal']} --yes|--no")
 
 
 @governance.command("vote")
 @click.argument("proposal")
 @click.option("--yes/--no", "approve", default=None, help="Approve or reject (required).")
-@click.option("--wait", type=VIEW, default=None, help="Return once the vote is in this view.")
-@click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def vote_cmd(proposal: str, approve: bool | None, wait: str | None, timeout: float, as_json: bool) -> None:
+@wait_options("vote")
+@json_option
+@pass_ctx
+def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, timeout: float) -> None:
     """Vote on PROPOSAL (its hex id) with this member's key.
 
     \b
@@ -192,13 +155,8 @@ def vote_cmd(proposal: str, approve: bool | None, wait: str | None, timeout: flo
     """
     if approve is None:
         raise CliError("say --yes or --no", exitcodes.USAGE)
-    ctx = _ctx()
-    _json_flag(ctx, as_json)
-    body: dict[str, Any] = {"proposal": proposal, "approve": approve}
-    if wait:
-        body.update(wait=wait, timeout_s=timeout)
-    answer = ctx.client.post("/v1/governance/vote", body, timeout=timeout + 10)
-    _finish(ctx, answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
+    answer = ctx.post_waiting("/v1/governance/vote", {"proposal": proposal, "approve": approve}, wait, timeout)
+    ctx.emit_waited(answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
 
 
 def _line(p: dict[str, Any]) -> str:
@@ -208,16 +166,15 @@ def _line(p: dict[str, Any]) -> str:
 
 
 @governance.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def list_cmd(as_json: bool) -> None:
+@json_option
+@pass_ctx
+def list_cmd(ctx: Ctx) -> None:
     """Pending proposals, then recently decided ones.
 
     \b
     Example:
       peerdb -c configs/firm-a.toml governance list
     """
-    ctx = _ctx()
-    _json_flag(ctx, as_json)
     answer = ctx.client.get("/v1/governance")
     lines = ["pending:"] + ([f"  {_line(p)}" for p in answer["pending"]] or ["  (none)"])
     lines += ["recent:"] + ([f"  {_line(p)}" for p in answer["recent"]] or ["  (none)"])
@@ -226,16 +183,15 @@ def list_cmd(as_json: bool) -> None:
 
 @governance.command("show")
 @click.argument("proposal")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def show_cmd(proposal: str, as_json: bool) -> None:
+@json_option
+@pass_ctx
+def show_cmd(ctx: Ctx, proposal: str) -> None:
     """One proposal: the change, its status and the votes.
 
     \b
     Example:
       peerdb -c configs/firm-a.toml governance show 3f2a...c1
     """
-    ctx = _ctx()
-    _json_flag(ctx, as_json)
     p = ctx.client.get(f"/v1/governance/{proposal}")
     lines = [_line(p), f"change: {p['change']}"]
     lines += [f"vote: {v['member']} {'yes' if v['approve'] else 'no'}" for v in p["votes"]]

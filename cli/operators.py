@@ -1,0 +1,164 @@
+"""``peerdb keygen | consortium init | node run | demo``: the operator's commands, which set up and
+run nodes rather than talk to one."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peerdb.core.errors import ConfigError, PeerDBError
+
+from . import exitcodes
+from .context import Ctx, json_option, pass_ctx
+from .errors import CliError, config_problems
+
+
+@click.command()
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Key file to write (mode 600).")
+@click.option("--kind", type=click.Choice(["member", "client"]), default="member", show_default=True,
+              help="A member key signs blocks; a client key signs transactions.")
+@click.option("--force", is_flag=True, help="Overwrite an existing key file.")
+@click.option("--name", "member_name", default=None,
+              help="Member keys: also write the member's TLS certificate for NAME next to the key "
+                   "(OUT with .crt), to hand to the members in an add or rotate proposal.")
+@json_option
+@pass_ctx
+def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) -> None:
+    """Create an Ed25519 key pair in a file readable only by you; print its public key.
+
+    \b
+    Example:
+      peerdb keygen --out keys/firm-a.key
+      peerdb keygen --kind client --out keys/firm-a-app.key
+      peerdb keygen --out keys/firm-e.key --name firm-e     # a firm joining: key + keys/firm-e.crt
+      peerdb keygen --out keys/firm-a.2027.key --name firm-a  # the next key of a rotation
+    """
+    import ssl
+
+    from peerdb.core.keys import SigningKey
+    from peerdb.keyfile import write_key
+    from peerdb.net.certs import member_certificate
+    if member_name is not None and kind != "member":
+        raise CliError("--name: only member keys have a certificate", exitcodes.USAGE)
+    key = SigningKey.generate()
+    info: dict[str, Any] = {"file": out, "kind": kind, "public": key.public.hex()}
+    with config_problems(ValueError):
+        cert_path = None
+        if member_name is not None:
+            cert = member_certificate(key.seed, member_name)
+            cert_path = Path(out).with_suffix(".crt")
+            if cert_path.exists() and not force:
+                raise ConfigError(f"{cert_path}: exists (use --force to overwrite)")
+            info["certificate"] = str(cert_path)
+        write_key(out, key, kind, overwrite=force)
+        if cert_path is not None:
+            cert_path.write_text(ssl.DER_cert_to_PEM_cert(cert), encoding="ascii")
+    ctx.emit(info, key.public.hex() + (f"\ncertificate: {cert_path}" if cert_path else ""))
+
+
+@click.group()
+def consortium() -> None:
+    """Found a consortium: keys, the shared consortium file, one node config per member."""
+
+
+@consortium.command("init")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Where to write everything.")
+@click.option("--name", default="example", show_default=True, help="Consortium name.")
+@click.option("--members", "count", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Number of members (named firm-a, firm-b, ... unless --names is given).")
+@click.option("--names", help="Comma-separated member names, e.g. bank-a,bank-b,regulator.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Host every member listens on.")
+@click.option("--base-port", type=click.IntRange(1, 65000), default=7100, show_default=True,
+              help="Member i listens on base-port + i for peers.")
+@click.option("--api-base-port", type=click.IntRange(1, 65000), default=8100, show_default=True,
+              help="Member i serves its client API on api-base-port + i.")
+@click.option("--bitcoin-rpc", metavar="URL", help="Bitcoin Core RPC URL for anchoring (http://user:pass@host:port).")
+@click.option("--heartbeat-ms", type=int, default=None, help="Override params.heartbeat_ms.")
+@click.option("--turn-timeout-ms", type=int, default=None, help="Override params.turn_timeout_ms.")
+@click.option("--anchor-interval-s", type=int, default=None, help="Override params.anchor_interval_s.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@json_option
+@pass_ctx
+def consortium_init(ctx: Ctx, directory: str, name: str, count: int, names: str | None, host: str,
+                    base_port: int, api_base_port: int, bitcoin_rpc: str | None, heartbeat_ms: int | None,
+                    turn_timeout_ms: int | None, anchor_interval_s: int | None, force: bool) -> None:
+    """Write keys, consortium.toml and one node config per member, ready for `peerdb node run`.
+
+    \b
+    Example:
+      peerdb consortium init --dir ./consortium --members 4
+      peerdb node run --config ./consortium/firm-a.toml
+    """
+    from peerdb.setup_files import init_consortium
+    member_names = [n.strip() for n in names.split(",")] if names else [f"firm-{chr(ord('a') + i)}" if i < 26
+                                                                         else f"firm-{i}" for i in range(count)]
+    overrides = {k: v for k, v in (("heartbeat_ms", heartbeat_ms), ("turn_timeout_ms", turn_timeout_ms),
+                                   ("anchor_interval_s", anchor_interval_s)) if v is not None}
+    with config_problems():
+        result = init_consortium(Path(directory), name, member_names, host=host, base_port=base_port,
+                                 api_base_port=api_base_port, bitcoin_rpc=bitcoin_rpc, params=overrides,
+                                 overwrite=force)
+    lines = [f"consortium {name} ({len(member_names)} members) written to {directory}",
+             f"  consortium file: {result['consortium_file']}"]
+    for member, cfg in result["configs"].items():
+        lines.append(f"  {member}: peerdb node run --config {cfg}")
+    ctx.emit(result, "\n".join(lines))
+
+
+@click.group()
+def node() -> None:
+    """Run this firm's node daemon."""
+
+
+@node.command("run")
+@click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="This member's node config (see `peerdb consortium init`).")
+@click.option("--accept-restored", is_flag=True,
+              help="Start from a data directory that was copied or restored from a backup (see docs/operations-restore.md).")
+def node_run(config_path: str, accept_restored: bool) -> None:
+    """Run the node daemon in the foreground; logs go to stderr; SIGINT/SIGTERM stop it cleanly.
+
+    \b
+    Example:
+      peerdb node run --config configs/firm-a.toml
+    """
+    from peerdb.node.daemon import run_daemon
+    try:
+        with config_problems():
+            run_daemon(config_path, accept_restored=accept_restored)
+    except PeerDBError as exc:
+        raise CliError(f"node stopped: {exc}") from None
+
+
+@click.command()
+@click.option("--members", type=click.IntRange(1, 26), default=4, show_default=True, help="Member firms to start.")
+@click.option("--txs", type=click.IntRange(1, 1_000_000), default=200, show_default=True,
+              help="Transactions in the workload.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where to put keys, configs, data, logs and the audit bundle (default: a new temp dir).")
+@click.option("--keep-running", is_flag=True, help="Leave the consortium running until Ctrl-C.")
+def demo(members: int, txs: int, workdir: str | None, keep_running: bool) -> None:
+    """The whole story in one command: a local consortium anchoring into a regtest Bitcoin node.
+
+    \b
+    Starts a regtest node and the member daemons on 127.0.0.1, submits a workload through the
+    API, waits until every block is signed by every member and anchored, exports an audit bundle
+    and verifies it, prints a summary, and stops everything it started. Exit 0 only if all held.
+    \b
+    Example:
+      peerdb demo --members 4 --txs 500 --workdir ./demo-work
+    """
+    from peerdb.demo import run_demo
+
+    def wait_forever() -> None:
+        import time
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopping ...")
+    code = run_demo(members, txs, workdir, keep_running, echo=click.echo, wait_forever=wait_forever)
+    sys.exit(code)
