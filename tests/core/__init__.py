@@ -1,0 +1,1 @@
+"""Tests of the consensus core (peerdb/core): codec, model, keys, state machine, validation, fork choice, governance rules."""

@@ -1,0 +1,1 @@
+"""Tests of the LMDB store (peerdb/store): round trips, reorgs, the startup check, the signing guard, crash atomicity."""

@@ -1,0 +1,1 @@
+"""End-to-end tests with real processes: node daemons over TLS, the regtest node, the demo, the examples, the benchmark harness."""
