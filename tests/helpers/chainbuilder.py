@@ -1,11 +1,12 @@
 """Build consortia, transactions and valid signed blocks for tests, without a node.
 
-    cb = ChainBuilder(n_members=4)              # members m0..m3, deterministic keys
+    cb = ChainBuilder(n_members=4)              # members m0..m3, keys from fixed seeds
     tx = cb.tx("m1", [cb.put("books", "k", b"v")])
     b1 = cb.block(cb.genesis, txs=[tx])         # right proposer, roots and state_root
     sigs = cb.sign_all(b1)                      # every member's BlockSignature
     cb.state_at(b1).get("books", "k")           # the oracle: replay from genesis on MemoryState
 
+The consortium is :func:`tests.helpers.consortium.seeded_consortium` with members m0, m1, ...
 Everything is deterministic for a given ``seed`` (keys, times, nonces), so two processes building
 the same sequence get byte-identical blocks. Blocks are built on any known parent, so forks are
 one call away; the builder remembers every block it built or was given (:meth:`adopt`) and can
@@ -15,13 +16,11 @@ tests compare against.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
-from peerdb.core.consortium import Consortium, Member, NamespaceRule, Params
-from peerdb.core.keys import SigningKey
+from peerdb.core.consortium import NamespaceRule, Params
 from peerdb.core.limits import MAX_TX_TTL_MS
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import (
@@ -33,18 +32,17 @@ from peerdb.core.model import (
     Header,
     Op,
     Tx,
-    consortium_id,
-    genesis_header,
 )
 from peerdb.core.state import Effects, MemoryState, Write, apply_txs, next_state_root
 from peerdb.core.validate import proposer_for
 
-GENESIS_TIME_MS = 1_700_000_000_000
+from tests.helpers.consortium import GENESIS_MS, SEED, seeded_consortium
+
 BLOCK_SPACING_MS = 1000
 """Default time between a block and its parent (plus the turn timeouts of skipped rounds)."""
 DEFAULT_PORT_BASE = 47100
-"""Placeholder member addresses (127.0.0.1:47100, :47101, ...); tests that open sockets pass
-``addresses``. (Port 0 would be nicer, but Member refuses it.)"""
+"""Placeholder member addresses 127.0.0.1:47100, :47101, ...; tests that open sockets pass
+``addresses``."""
 STATE_CACHE = 64
 """Replayed states kept, newest first; older ones are replayed again from a cached ancestor."""
 
@@ -64,34 +62,25 @@ def copy_state(state: MemoryState) -> MemoryState:
 
 
 class ChainBuilder:
-    def __init__(self, n_members: int = 4, *, seed: bytes = b"peerdb-test", name: str = "testnet",
+    def __init__(self, n_members: int = 4, *, seed: bytes = SEED, name: str = "testnet",
                  params: Params | None = None, namespaces: Sequence[NamespaceRule] = (),
-                 open_namespaces: bool = True, genesis_time_ms: int = GENESIS_TIME_MS,
+                 open_namespaces: bool = True, genesis_time_ms: int = GENESIS_MS,
                  addresses: Mapping[str, str] | None = None) -> None:
-        self.members: tuple[str, ...] = tuple(f"m{i}" for i in range(n_members))
-        self.keys = {m: self._derive(seed, "member", m) for m in self.members}
-        self.client_keys = {m: self._derive(seed, "client", m) for m in self.members}
-        addresses = addresses or {}
         self.params = params if params is not None else Params(tx_ttl_ms=MAX_TX_TTL_MS)
-        self.consortium = Consortium(
-            name=name,
-            genesis_time_ms=genesis_time_ms,
-            members=tuple(Member(m, self.keys[m].public, addresses.get(m, f"127.0.0.1:{DEFAULT_PORT_BASE + i}"),
-                                 (self.client_keys[m].public,)) for i, m in enumerate(self.members)),
-            params=self.params,
-            namespaces=tuple(namespaces),
-            open_namespaces=open_namespaces,
-        )
-        self.cid = consortium_id(self.consortium)
-        self.genesis = Block(genesis_header(self.consortium), ())
+        seeded = seeded_consortium(tuple(f"m{i}" for i in range(n_members)), seed=seed, name=name,
+                                   genesis_time_ms=genesis_time_ms, params=self.params,
+                                   namespaces=namespaces, open_namespaces=open_namespaces,
+                                   addresses=addresses, port_base=DEFAULT_PORT_BASE)
+        self.consortium = seeded.consortium
+        self.members: tuple[str, ...] = seeded.names
+        self.keys = seeded.keys
+        self.client_keys = seeded.client_keys
+        self.cid = seeded.cid
+        self.genesis = Block(seeded.genesis, ())
         self.blocks: dict[bytes, Block] = {self.genesis.hash: self.genesis}
         self._effects: dict[bytes, Effects] = {self.genesis.hash: Effects((), (), self.genesis.header.state_root)}
         self._states: OrderedDict[bytes, MemoryState] = OrderedDict({self.genesis.hash: MemoryState()})
         self._nonces = itertools.count(1)
-
-    @staticmethod
-    def _derive(seed: bytes, kind: str, name: str) -> SigningKey:
-        return SigningKey(hashlib.sha256(seed + b"/" + kind.encode() + b"/" + name.encode()).digest())
 
     # --- transactions ----------------------------------------------------------------------
 

@@ -1,16 +1,17 @@
-"""Small builders for the core tests: fixed keys, a four-member consortium, blocks on a parent.
+"""Small builders for the core tests: the seeded four-member consortium, transactions, blocks on
+a parent, signatures and evidence.
 
-Keys come from fixed seeds so failures reproduce; nothing here reads the clock.
+Keys come from :mod:`tests.helpers.consortium` (fixed seeds, so failures reproduce); nothing
+here reads the clock.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from peerdb.core.consortium import Consortium, Member, NamespaceRule, Params
+from peerdb.core.consortium import Consortium, NamespaceRule
 from peerdb.core.keys import SigningKey
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import (
@@ -29,51 +30,32 @@ from peerdb.core.model import (
 from peerdb.core.state import Effects, MemoryState, StateReader, apply_txs
 from peerdb.core.validate import proposer_for
 
-MEMBER_NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
-GENESIS_MS = 1_700_000_000_000
-
-
-def seed_key(label: str) -> SigningKey:
-    return SigningKey(hashlib.sha256(b"peerdb-tests/" + label.encode()).digest())
-
-
-MEMBER_KEYS = {name: seed_key("member/" + name) for name in MEMBER_NAMES}
-CLIENT_KEYS = {name: seed_key("client/" + name) for name in MEMBER_NAMES}
-OUTSIDER_KEY = seed_key("outsider")
+from tests.helpers.consortium import GENESIS_MS as GENESIS_MS
+from tests.helpers.consortium import MEMBER_NAMES as MEMBER_NAMES
+from tests.helpers.consortium import seed_key as seed_key
+from tests.helpers.consortium import seeded_consortium
 
 BOOKS_RULE = NamespaceRule("books", writers=("firm-a", "firm-b"), readers=("*",))
 PRIVATE_RULE = NamespaceRule("private", writers=("firm-a",), readers=("firm-a",))
 
 
 def make_consortium(names: Sequence[str] = MEMBER_NAMES, **overrides: Any) -> Consortium:
-    members = tuple(
-        Member(name, _member_key(name).public, f"127.0.0.1:{7000 + i}", (_client_key(name).public,))
-        for i, name in enumerate(names)
-    )
-    base = Consortium(
-        name="test-consortium",
-        genesis_time_ms=GENESIS_MS,
-        members=members,
-        params=Params(),
-        namespaces=(BOOKS_RULE, PRIVATE_RULE) if set(names) >= {"firm-a", "firm-b"} else (),
-    )
+    """The seeded test consortium with two namespace rules (``books``: firm-a and firm-b write;
+    ``private``: firm-a only), then any field replaced by ``overrides``."""
+    namespaces = (BOOKS_RULE, PRIVATE_RULE) if set(names) >= {"firm-a", "firm-b"} else ()
+    base = seeded_consortium(names, namespaces=namespaces).consortium
     return replace(base, **overrides) if overrides else base
 
 
-def _member_key(name: str) -> SigningKey:
-    return MEMBER_KEYS.get(name) or seed_key("member/" + name)
-
-
-def _client_key(name: str) -> SigningKey:
-    return CLIENT_KEYS.get(name) or seed_key("client/" + name)
-
-
 def member_key(name: str) -> SigningKey:
-    return _member_key(name)
+    return seed_key("member/" + name)
 
 
 def client_key(name: str) -> SigningKey:
-    return _client_key(name)
+    return seed_key("client/" + name)
+
+
+OUTSIDER_KEY = seed_key("outsider")
 
 
 CONSORTIUM = make_consortium()

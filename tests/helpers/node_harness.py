@@ -2,7 +2,9 @@
 
 Runs under trio's autojump MockClock: time moves only when every task waits, so turn timeouts,
 heartbeats and reconnect backoff happen instantly and in the same order on every run. Engine
-calls run inline (no worker threads), stores are real LMDB with sync off (tmp_path).
+calls run inline (no worker threads), stores are real LMDB with sync off (tmp_path). The
+consortium is :func:`tests.helpers.consortium.seeded_consortium` (fixed keys), founded at
+virtual time 0.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 import httpx
 import trio
 
-from peerdb.core.consortium import Consortium, Member, Params
+from peerdb.core.consortium import Member, NamespaceRule, Params
 from peerdb.core.keys import SigningKey
-from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
+from peerdb.core.model import OP_PUT, Op, Tx
 from peerdb.net.memory import MemoryHub
 from peerdb.net.peers import NetConfig, PeerNetwork
 from peerdb.node.api import Api
@@ -28,7 +30,8 @@ from peerdb.node.engine import Engine
 from peerdb.node.service import NodeService, trio_clock_ms
 from peerdb.store import Store
 
-NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
+from tests.helpers.consortium import MEMBER_NAMES, seeded_consortium
+
 FAST_PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000, anchor_interval_s=60)
 NET = NetConfig(backoff_initial=0.05, backoff_max=0.5, ping_interval=1.0, idle_timeout=4.0, stable_after=1.0)
 
@@ -44,16 +47,16 @@ class MemberNode:
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path, names: tuple[str, ...] = NAMES, params: Params = FAST_PARAMS,
-                 namespaces: tuple[Any, ...] = ()) -> None:
+    def __init__(self, tmp_path: Path, names: tuple[str, ...] = MEMBER_NAMES, params: Params = FAST_PARAMS,
+                 namespaces: tuple[NamespaceRule, ...] = ()) -> None:
         self.tmp_path = tmp_path
         self.names = names
-        self.keys = {n: SigningKey.generate() for n in names}
-        self.client_keys = {n: SigningKey.generate() for n in names}
-        self.consortium = Consortium("test", 0, tuple(
-            Member(n, self.keys[n].public, f"127.0.0.1:{7000 + i}", (self.client_keys[n].public,))
-            for i, n in enumerate(names)), params, namespaces)
-        self.cid = consortium_id(self.consortium)
+        self.seeded = seeded_consortium(names, name="test", genesis_time_ms=0, params=params,
+                                        namespaces=namespaces)
+        self.keys = self.seeded.keys
+        self.client_keys = self.seeded.client_keys
+        self.consortium = self.seeded.consortium
+        self.cid = self.seeded.cid
         self.hub = MemoryHub()
         self.nodes: dict[str, MemberNode] = {}
         self.nursery: trio.Nursery | None = None
@@ -63,8 +66,8 @@ class Cluster:
 
     def newcomer(self, name: str) -> Member:
         """Keys for a firm that is not a founding member; the Member to propose adding."""
-        self.keys[name] = SigningKey.generate()
-        self.client_keys[name] = SigningKey.generate()
+        self.keys[name] = self.seeded.member_key(name)
+        self.client_keys[name] = self.seeded.client_key(name)
         return Member(name, self.keys[name].public, f"127.0.0.1:{7000 + len(self.keys)}",
                       (self.client_keys[name].public,))
 

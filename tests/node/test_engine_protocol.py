@@ -11,27 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from peerdb.core.consortium import Consortium, Member, Params
-from peerdb.core.keys import SigningKey
+from peerdb.core.consortium import Params
 from peerdb.core.merkle import merkle_root
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, consortium_id
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx
 from peerdb.core.state import apply_txs
 from peerdb.node.engine import Engine, MempoolFull
 from peerdb.node.messages import EvidenceMsg, Proposal, Sigs, from_wire, to_wire
 from peerdb.store import Store
 
-NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
+from tests.helpers.consortium import MEMBER_NAMES, seeded_consortium
+
+NAMES = MEMBER_NAMES
 PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
 
 
 class Net:
     def __init__(self, tmp_path: Path, mempool_max: int = 1000, params: Params = PARAMS) -> None:
-        self.keys = {n: SigningKey.generate() for n in NAMES}
-        self.clients = {n: SigningKey.generate() for n in NAMES}
-        self.consortium = Consortium("test", 0, tuple(
-            Member(n, self.keys[n].public, f"127.0.0.1:{7000 + i}", (self.clients[n].public,))
-            for i, n in enumerate(NAMES)), params)
-        self.cid = consortium_id(self.consortium)
+        seeded = seeded_consortium(NAMES, name="test", genesis_time_ms=0, params=params)
+        self.keys = seeded.keys
+        self.clients = seeded.client_keys
+        self.consortium = seeded.consortium
+        self.cid = seeded.cid
         self.now = 1000
         self.stores = {n: Store.open(tmp_path / n, self.consortium, n, sync=False) for n in NAMES}
         self.engines = {n: Engine(self.consortium, n, self.keys[n], self.stores[n], self.now,
