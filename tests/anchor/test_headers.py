@@ -17,7 +17,6 @@ from peerdb.anchor.headers import (
 )
 from peerdb.anchor.regtest import RegtestNode
 from peerdb.core.errors import DecodeError
-from tests.helpers.bitcoin_node import regtest  # noqa: F401
 
 # Bitcoin mainnet blocks 0, 1, 2 (raw headers) and their well-known hashes.
 MAINNET = [
@@ -109,7 +108,7 @@ def test_empty_chain_is_refused() -> None:
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-def test_regtest_headers_link_like_the_node_says(regtest: RegtestNode) -> None:  # noqa: F811
+def test_regtest_headers_link_like_the_node_says(regtest: RegtestNode) -> None:
     rpc = regtest.rpc()
     tip = rpc.get_block_count()
     hashes = [rpc.get_block_hash(h) for h in range(tip - 5, tip + 1)]

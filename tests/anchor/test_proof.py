@@ -8,7 +8,6 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from bitcoin.core import COutPoint, CScript, CTransaction, CTxIn, CTxOut
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +15,6 @@ from peerdb.anchor.anchortx import (
     ANCHOR_PAYLOAD_LEN,
     MAX_STANDARD_OP_RETURN_DATA,
     anchor_payload,
-    anchor_script,
     parse_tx,
     txid,
 )
@@ -27,31 +25,11 @@ from peerdb.anchor.proof import AnchorProof, batch_paths, batch_root, build_anch
 from peerdb.core import codec
 from peerdb.core.errors import DecodeError, NonCanonicalError, TrailingBytesError
 from peerdb.core.merkle import merkle_path, merkle_root
+from tests.helpers.anchor_proofs import REGTEST_BITS, anchor_tx, mined_header
 from tests.helpers.bitcoin_node import bitcoin_merkle_root, build_txoutproof
-
-REGTEST_BITS = 0x207FFFFF
-
 
 def block_hashes(n: int, salt: bytes = b"blk") -> list[bytes]:
     return [hashlib.sha256(salt + i.to_bytes(4, "big")).digest() for i in range(n)]
-
-
-def anchor_tx(root: bytes, *, prevout: bytes = b"\x01" * 32, extra_anchor: bytes | None = None) -> bytes:
-    outs = [CTxOut(0, CScript(anchor_script(root))), CTxOut(90_000, CScript(b"\x51"))]
-    if extra_anchor is not None:
-        outs.append(CTxOut(0, CScript(anchor_script(extra_anchor))))
-    tx = CTransaction([CTxIn(COutPoint(prevout, 0), CScript(b"\x51"), 0xFFFFFFFF)], outs)
-    raw: bytes = tx.serialize()
-    return raw
-
-
-def mined_header(prev: bytes, root: bytes, time: int) -> bytes:
-    """A header meeting the regtest target (about two tries on average)."""
-    for nonce in range(1000):
-        raw = struct.pack("<i32s32sIII", 0x20000000, prev, root, time, REGTEST_BITS, nonce)
-        if int.from_bytes(sha256d(raw), "little") <= compact_to_target(REGTEST_BITS):
-            return raw
-    raise RuntimeError("no nonce found in 1000 tries")  # probability 2**-1000
 
 
 @dataclasses.dataclass

@@ -11,7 +11,6 @@ from peerdb.anchor.errors import BitcoinRPCError, BitcoinUnavailable, FeeOverBud
 from peerdb.anchor.regtest import RegtestNode, free_port
 from peerdb.anchor.rpc import BitcoinRPC, sats
 from peerdb.core.errors import ConfigError, DecodeError
-from tests.helpers.bitcoin_node import regtest  # noqa: F401
 
 ROOT = bytes(range(32))
 
@@ -39,7 +38,7 @@ def test_amounts_convert_to_exact_satoshis() -> None:
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-def test_wrong_password_is_unavailable_with_a_reason(regtest: RegtestNode) -> None:  # noqa: F811
+def test_wrong_password_is_unavailable_with_a_reason(regtest: RegtestNode) -> None:
     rpc = BitcoinRPC(f"http://{regtest.rpc_user}:wrong@127.0.0.1:{regtest.rpc_port}", timeout=5)
     with pytest.raises(BitcoinUnavailable, match="wrong credentials"):
         rpc.get_block_count()
@@ -47,7 +46,7 @@ def test_wrong_password_is_unavailable_with_a_reason(regtest: RegtestNode) -> No
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-def test_publish_at_a_fixed_fee_rate(regtest: RegtestNode) -> None:  # noqa: F811
+def test_publish_at_a_fixed_fee_rate(regtest: RegtestNode) -> None:
     rpc = regtest.rpc()
     published = rpc.publish_anchor(anchor_payload(ROOT), max_fee_sat=100_000, fee_rate_sat_vb=Decimal(7))
     tx = parse_tx(published.raw_tx)
@@ -67,7 +66,7 @@ def test_publish_at_a_fixed_fee_rate(regtest: RegtestNode) -> None:  # noqa: F81
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-def test_over_budget_anchor_never_leaves_the_node(regtest: RegtestNode) -> None:  # noqa: F811
+def test_over_budget_anchor_never_leaves_the_node(regtest: RegtestNode) -> None:
     rpc = regtest.rpc()
     before = rpc.call("getmempoolinfo")["size"]
     with pytest.raises(FeeOverBudget, match=r"^fee \d+ sat over budget 10$") as info:
@@ -78,7 +77,7 @@ def test_over_budget_anchor_never_leaves_the_node(regtest: RegtestNode) -> None:
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-def test_unknown_transaction_is_dropped_and_node_errors_carry_their_code(regtest: RegtestNode) -> None:  # noqa: F811
+def test_unknown_transaction_is_dropped_and_node_errors_carry_their_code(regtest: RegtestNode) -> None:
     rpc = regtest.rpc()
     assert rpc.tx_status("ab" * 32).dropped
     with pytest.raises(BitcoinRPCError, match=r"getblockhash: .*\(code -8\)") as info:

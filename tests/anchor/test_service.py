@@ -22,7 +22,7 @@ from peerdb.anchor.proof import AnchorProof, verify_anchor_proof
 from peerdb.anchor.regtest import RegtestNode
 from peerdb.anchor.rpc import AnchorMaterial, PublishedAnchor, TxStatus
 from peerdb.anchor.service import AnchorService, AnchorServiceConfig
-from tests.helpers.bitcoin_node import bitcoin_merkle_root, build_txoutproof, regtest  # noqa: F401
+from tests.helpers.bitcoin_node import bitcoin_merkle_root, build_txoutproof
 
 
 def items(lo: int, hi: int, salt: bytes = b"") -> list[AnchorItem]:
@@ -248,7 +248,7 @@ def tracked_txid(service: AnchorService) -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-async def test_real_anchor_confirms_and_verifies_offline_and_online(regtest: RegtestNode) -> None:  # noqa: F811
+async def test_real_anchor_confirms_and_verifies_offline_and_online(regtest: RegtestNode) -> None:
     host = Host()
     service = real_service(regtest, host)
     wanted = items(1, 7, b"real")
@@ -284,7 +284,7 @@ def conflict_in_new_block(node: RegtestNode, tx_id: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.bitcoin
-async def test_real_reorg_dropping_the_anchor_re_anchors(regtest: RegtestNode) -> None:  # noqa: F811
+async def test_real_reorg_dropping_the_anchor_re_anchors(regtest: RegtestNode) -> None:
     host = Host()
     service = real_service(regtest, host)
     wanted = items(1, 3, b"reorg")

@@ -19,7 +19,6 @@ from tests.helpers.bitcoin_node import (
     bitcoin_merkle_root,
     build_txoutproof,
     make_block,
-    regtest,  # noqa: F401
     txids_internal,
 )
 
@@ -222,7 +221,7 @@ def test_huge_hash_count_is_refused_before_allocating() -> None:
 # -- against the node ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def blocks(regtest: RegtestNode) -> dict[int, tuple[str, list[str]]]:  # noqa: F811
+def blocks(regtest: RegtestNode) -> dict[int, tuple[str, list[str]]]:
     """Blocks with 1, 2, 3 and 9 transactions (coinbase included), keyed by size."""
     return {n: make_block(regtest, n - 1) for n in (1, 2, 3, 9)}
 
@@ -237,7 +236,7 @@ def _subsets(n: int) -> list[list[int]]:
 @pytest.mark.bitcoin
 @pytest.mark.parametrize("size", [1, 2, 3, 9])
 def test_parser_agrees_with_verifytxoutproof(
-    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]], size: int  # noqa: F811
+    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]], size: int
 ) -> None:
     rpc = regtest.rpc()
     block_hash, txids = blocks[size]
@@ -294,7 +293,7 @@ MUTATIONS: dict[str, tuple[Callable[[bytes], bytes], bool, bool]] = {
 @pytest.mark.bitcoin
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_rejections_agree_with_the_node(
-    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]], mutation: str  # noqa: F811
+    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]], mutation: str
 ) -> None:
     block_hash, txids = blocks[9]
     mutate, ours, node = MUTATIONS[mutation]
@@ -306,7 +305,7 @@ def test_rejections_agree_with_the_node(
 @pytest.mark.slow
 @pytest.mark.bitcoin
 def test_nonzero_padding_is_a_documented_difference(
-    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]]  # noqa: F811
+    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]]
 ) -> None:
     block_hash, txids = blocks[9]
     proof = regtest.rpc().get_tx_out_proof([txids[4]], block_hash)
@@ -319,7 +318,7 @@ def test_nonzero_padding_is_a_documented_difference(
 @pytest.mark.slow
 @pytest.mark.bitcoin
 def test_duplicate_hash_forgery_agrees_with_the_node(
-    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]]  # noqa: F811
+    regtest: RegtestNode, blocks: dict[int, tuple[str, list[str]]]
 ) -> None:
     block_hash, txids_hex = blocks[3]
     txids = txids_internal(txids_hex)

@@ -15,7 +15,7 @@ from peerdb.audit.diff import diff_bundles
 from peerdb.audit.export import MemorySource
 from peerdb.core.model import Block
 from tests.helpers.chainbuilder import ChainBuilder
-from tests.audit.test_verify import make_anchor
+from tests.helpers.anchor_proofs import make_anchor
 
 
 def _books(cb: ChainBuilder, blocks: list[Block], signers: dict[bytes, list[str]] | None = None) -> MemorySource:

@@ -10,141 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import re
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 
-from peerdb.anchor.anchortx import parse_tx, txid
 from peerdb.anchor.errors import AnchorProofError
-from peerdb.anchor.hashes import sha256d
-from peerdb.anchor.headers import POW_LIMITS
-from peerdb.anchor.proof import AnchorProof, VerifiedAnchor, batch_root, build_anchor_proofs
+from peerdb.anchor.proof import VerifiedAnchor
 from peerdb.audit.bundle import (
     MAGIC,
     BlockEntry,
     BtcPart,
-    Counts,
     EvidenceEntry,
     Head,
     Item,
-    Trailer,
-    read_items,
 )
 from peerdb.audit.errors import AuditFailure
 from peerdb.audit.export import MemorySource
-from peerdb.audit.report import VerifyReport
-from peerdb.audit.verify import VerifyOptions, verify_bundle
 from peerdb.core import codec
 from peerdb.core.keys import SigningKey
-from peerdb.core.model import Block, Evidence, Objection
-from tests.helpers.bitcoin_node import bitcoin_merkle_root, build_txoutproof
+from peerdb.core.model import Block, Evidence
 from tests.helpers.chainbuilder import ChainBuilder
-from tests.anchor.test_proof import anchor_tx, mined_header
-
-OPTIONS = VerifyOptions(check_pow=True, pow_limit=POW_LIMITS["regtest"], threads=2)
-
-
-# --- building books --------------------------------------------------------------------------
-
-def make_anchor(block_hashes: list[bytes], depth: int = 3, height: int = 500,
-                prevout: bytes = b"\x01" * 32) -> list[AnchorProof]:
-    raw_tx = anchor_tx(batch_root(block_hashes), prevout=prevout)
-    txids = [sha256d(b"coinbase" + prevout), txid(parse_tx(raw_tx)), sha256d(b"other")]
-    headers = [mined_header(b"\x09" * 32, bitcoin_merkle_root(txids), 1_700_000_000)]
-    for i in range(1, depth):
-        headers.append(mined_header(sha256d(headers[-1]), sha256d(b"root%d" % i), 1_700_000_000 + i))
-    txoutproof = build_txoutproof(headers[0], txids, [False, True, False])
-    return build_anchor_proofs(block_hashes, bitcoin_tx=raw_tx, txoutproof=txoutproof, headers=headers,
-                               bitcoin_height=height, check_pow=True, pow_limit=POW_LIMITS["regtest"])
-
-
-@dataclass
-class Books:
-    cb: ChainBuilder
-    source: MemorySource
-    main: list[Block]
-    side: Block
-    evidence: Evidence
-
-    def bundle(self) -> bytes:
-        return self.source.bundle("m0", now_ms=1_700_000_100_000)
-
-
-def build_books() -> Books:
-    """Six best-chain blocks with transactions; a side block at height 3 (round 1, by m3) that
-    m0 objected to; gossiped evidence that m1 double-signed; blocks 1..4 anchored."""
-    cb = ChainBuilder(4)
-    src = MemorySource(cb.consortium)
-    b1 = cb.block(cb.genesis, [cb.tx("m0", [("books", "a", b"1")]), cb.tx("m1", [("books", "b", b"2")])])
-    b2 = cb.block(b1, [cb.tx("m2", [("books", "a", b"3"), ("books", "b", None)])])
-    b3 = cb.block(b2, [cb.tx("m3", [("books", "d", b"4")])])
-    side = cb.block(b2, [cb.tx("m1", [("books", "x", b"side")])], round=1)
-    rest = cb.chain(3, parent=b3, txs_per_block=3)
-    main = [b1, b2, b3, *rest]
-    proofs = {p.block_hash: p for p in make_anchor([b.hash for b in main[:4]])}
-    for block in main:
-        signers = ["m0", "m1", "m2"] if block is b3 else cb.members
-        src.add_block(block, cb.sign_all(block, signers), anchor=proofs.get(block.hash))
-    objection = Objection.create(cb.keys["m0"], cb.cid, "m0", side.hash, "tx 1: not what we agreed")
-    src.add_block(side, cb.sign_all(side, ["m3"]), objections=[objection])
-    _, _, evidence = cb.double_sign("m1", rest[1])
-    src.add_evidence(evidence)
-    return Books(cb, src, main, side, evidence)
-
+from tests.helpers.anchor_proofs import make_anchor
+from tests.helpers.bundles import OPTIONS, assemble, block_item, build_books, change_block, items_of, verify
 
 BOOKS = build_books()
 GOOD = BOOKS.bundle()
 
 
-def verify(data: bytes, options: VerifyOptions = OPTIONS) -> VerifyReport:
-    return verify_bundle(io.BytesIO(data), options)
-
-
 # --- rewriting bundles -----------------------------------------------------------------------
-
-def items_of(data: bytes) -> list[Item]:
-    return list(read_items(io.BytesIO(data)))
-
-
-def _frame(value: dict[str, object]) -> bytes:
-    data = codec.encode(value)
-    return struct.pack(">I", len(data)) + data
-
-
-def assemble(items: list[Item]) -> bytes:
-    """Frame items in the order given, with a trailer that matches them (as a forger would
-    write it), without the writer's own order checks."""
-    digest = hashlib.sha256(MAGIC)
-    out = [MAGIC]
-    counts = Counts()
-    for item in items:
-        if isinstance(item, Trailer):
-            continue
-        frame = _frame(item.to_cbor())
-        digest.update(frame)
-        out.append(frame)
-        counts.add(item)
-    out.append(_frame(Trailer(counts, digest.digest()).to_cbor()))
-    return b"".join(out)
-
-
-def block_item(items: list[Item], height: int, best: bool = True) -> int:
-    return next(i for i, it in enumerate(items) if isinstance(it, BlockEntry) and it.header.height == height
-                and it.best == best)
-
-
-def change_block(height: int, fn: Callable[[BlockEntry], BlockEntry], best: bool = True) -> Callable[[list[Item]], None]:
-    def apply(items: list[Item]) -> None:
-        i = block_item(items, height, best)
-        entry = items[i]
-        assert isinstance(entry, BlockEntry)
-        items[i] = fn(entry)
-    return apply
-
 
 def with_raw(entry: BlockEntry, raw: bytes) -> BlockEntry:
     return dataclasses.replace(entry, raw=raw, header=Block.peek_header(raw))

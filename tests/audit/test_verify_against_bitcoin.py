@@ -17,7 +17,6 @@ from peerdb.anchor.hashes import sha256d, to_display
 from peerdb.anchor.regtest import RegtestNode
 from peerdb.audit.bundle import BtcPart, read_items
 from peerdb.localnet import LocalConsortium
-from tests.helpers.bitcoin_node import regtest  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.bitcoin]
 
@@ -25,7 +24,7 @@ MINE_EVERY_S = 1.0
 
 
 def test_anchored_export_verifies_against_bitcoin_until_the_anchor_is_reorged_away(
-        tmp_path: Path, regtest: RegtestNode) -> None:  # noqa: F811
+        tmp_path: Path, regtest: RegtestNode) -> None:
     params = {"heartbeat_ms": 200, "turn_timeout_ms": 1000, "anchor_interval_s": 1}
     out = tmp_path / "anchored.pdbaudit"
     runner = CliRunner()

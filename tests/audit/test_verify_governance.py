@@ -36,7 +36,8 @@ from peerdb.core.validate import proposer_for
 
 from tests.helpers.core import CONSORTIUM, MEMBER_NAMES, client_key, make_consortium, member_key, put, seed_key
 from tests.helpers.governance import Chain
-from tests.audit.test_verify import assemble, block_item, items_of, make_anchor, verify
+from tests.helpers.anchor_proofs import make_anchor
+from tests.helpers.bundles import assemble, block_item, items_of, verify
 
 ALL = MEMBER_NAMES
 NEW_C = seed_key("member/firm-c/2")

@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from cli import exitcodes
 from cli.main import main
 from peerdb.audit.bundle import BlockEntry
-from tests.audit.test_verify import GOOD, assemble, change_block, items_of
+from tests.helpers.bundles import assemble, build_books, change_block, items_of
+
+GOOD = build_books().bundle()
 
 
 def test_verify_prints_a_summary_and_exits_0(tmp_path: Path) -> None:

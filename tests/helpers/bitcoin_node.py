@@ -1,8 +1,9 @@
 """Test support for anchoring: the session's regtest node and a reference txoutproof builder.
 
-Use the fixture with ``from tests.helpers.bitcoin_node import regtest  # noqa: F401`` at the top of a
-test module (and ``# noqa: F811`` where a test takes it as an argument). The node gets a fresh datadir under pytest's temporary directory, free ports on
-127.0.0.1, and is stopped (by RPC, then by PID if needed) when the session ends.
+``tests/conftest.py`` registers this module as a plugin, so any test may take the ``regtest``
+fixture as an argument. The node is started on first use only, gets a fresh datadir under pytest's
+temporary directory and free ports on 127.0.0.1, and is stopped (by RPC, then by PID if needed)
+when the session ends.
 
 :func:`build_txoutproof` is Bitcoin Core's ``CPartialMerkleTree`` constructor transcribed
 (``TraverseAndBuild``); tests check it byte for byte against the node's ``gettxoutproof`` and
@@ -21,30 +22,17 @@ from peerdb.anchor.hashes import from_display, sha256d
 from peerdb.anchor.regtest import LITECOIND, RegtestNode
 
 
-_shared: list[RegtestNode] = []
-_users = [0]
-
-
 @pytest.fixture(scope="session")
 def regtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegtestNode]:
-    """One regtest node for the whole session, wallet funded (101 blocks mined).
-
-    Each module that imports this fixture gets its own fixture definition in pytest's eyes, so
-    the node itself is shared here and stopped when the last user is torn down.
-    """
-    if not _shared:
-        if not os.access(LITECOIND, os.X_OK):
-            pytest.fail(f"{LITECOIND} is missing: run scripts/bootstrap (installs Debian's litecoind)")
-        node = RegtestNode(tmp_path_factory.mktemp("regtest"))
-        node.start()
-        _shared.append(node)
-    _users[0] += 1
+    """One regtest node for the whole session, wallet funded (101 blocks mined)."""
+    if not os.access(LITECOIND, os.X_OK):
+        pytest.fail(f"{LITECOIND} is missing: run scripts/bootstrap (installs Debian's litecoind)")
+    node = RegtestNode(tmp_path_factory.mktemp("regtest"))
+    node.start()
     try:
-        yield _shared[0]
+        yield node
     finally:
-        _users[0] -= 1
-        if _users[0] == 0:
-            _shared.pop().stop()
+        node.stop()
 
 
 def make_block(node: RegtestNode, extra_txs: int) -> tuple[str, list[str]]:

@@ -22,7 +22,10 @@ import trio
 
 from peerdb.core.consortium import Member, NamespaceRule, Params
 from peerdb.core.keys import SigningKey
+from peerdb.core.governance import PASSED, PENDING, propose_op, read_proposal, vote_op
+from peerdb.core.membership import GOVERNANCE_DELAY
 from peerdb.core.model import OP_PUT, Op, Tx
+from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.net.memory import MemoryHub
 from peerdb.net.peers import NetConfig, PeerNetwork
 from peerdb.node.api import Api
@@ -169,3 +172,45 @@ async def api_clients(cluster: Cluster) -> AsyncIterator[dict[str, httpx.AsyncCl
                 transport=httpx.ASGITransport(app=app), base_url="http://node",
                 headers={"Authorization": f"Bearer {API_TOKEN}"}))
         yield clients
+
+
+# --- governance on a running cluster -----------------------------------------------------------
+
+def gov_tx(cluster: Cluster, member: str, op: object) -> Tx:
+    """A transaction by ``member``'s client carrying one governance op (a proposal or a vote)."""
+    return Tx.create(cluster.client_keys[member], cluster.cid, member, next(cluster._nonce),
+                     trio_clock_ms() + 600_000, [op])  # type: ignore[list-item]
+
+
+def record_status(cluster: Cluster, member: str, proposal: Proposal | bytes) -> str | None:
+    """The proposal's status in ``member``'s state at its best tip (None: not recorded there)."""
+    engine = cluster.nodes[member].engine
+    with engine.store.state_reader_at(engine.tree.best_tip.hash) as reader:
+        record = read_proposal(reader, proposal if isinstance(proposal, bytes) else proposal.id)
+    return None if record is None else record.status
+
+
+async def propose(cluster: Cluster, proposer: str, change: Change, note: str = "") -> Proposal:
+    """Submit a proposal and wait until every live member has recorded it as pending."""
+    proposal = Proposal(change, note)
+    await cluster.submit(proposer, [gov_tx(cluster, proposer, propose_op(proposal))])
+    await cluster.wait_until(lambda: all(record_status(cluster, n.name, proposal) == PENDING for n in cluster.live()),
+                             what="proposal recorded everywhere")
+    return proposal
+
+
+async def vote(cluster: Cluster, voters: tuple[str, ...], proposal: Proposal, approve: bool = True) -> None:
+    """Each voter submits its signed vote through its own node."""
+    for voter in voters:
+        v = Vote.create(cluster.keys[voter], cluster.cid, proposal.id, voter, approve)
+        await cluster.submit(voter, [gov_tx(cluster, voter, vote_op(v))])
+
+
+def passed_height(cluster: Cluster, member: str, proposal: Proposal) -> int:
+    """The height from which a passed proposal applies, as ``member`` recorded it."""
+    engine = cluster.nodes[member].engine
+    with engine.store.state_reader_at(engine.tree.best_tip.hash) as reader:
+        record = read_proposal(reader, proposal.id)
+    assert record is not None and record.status == PASSED and record.effective_height is not None
+    assert record.decided_height is not None and record.effective_height == record.decided_height + GOVERNANCE_DELAY
+    return record.effective_height

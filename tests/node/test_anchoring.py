@@ -23,7 +23,7 @@ from peerdb.core.consortium import Params
 from peerdb.localnet import LocalConsortium, poll_until
 from peerdb.node.anchoring import AnchorBook
 from peerdb.node.messages import AnchorMsg
-from tests.audit.test_verify import make_anchor
+from tests.helpers.anchor_proofs import make_anchor
 from tests.node.test_engine_signing_guard import PARAMS, Four
 
 

@@ -8,49 +8,11 @@ from pathlib import Path
 
 import trio
 
-from peerdb.core.governance import PASSED, PENDING, REJECTED, propose_op, read_proposal, vote_op
-from peerdb.core.membership import GOVERNANCE_DELAY
-from peerdb.core.model import Tx
-from peerdb.core.proposals import Change, Proposal, RemoveMembers, SetParams, Vote
+from peerdb.core.governance import PASSED, PENDING, REJECTED
+from peerdb.core.proposals import RemoveMembers, SetParams
 from peerdb.core.keys import SigningKey
 from peerdb.net.certs import member_certificate
-from peerdb.node.service import trio_clock_ms
-from tests.helpers.node_harness import Cluster, api_clients
-
-
-def gov_tx(cluster: Cluster, member: str, op: object) -> Tx:
-    return Tx.create(cluster.client_keys[member], cluster.cid, member, next(cluster._nonce),
-                     trio_clock_ms() + 600_000, [op])  # type: ignore[list-item]
-
-
-def record_status(cluster: Cluster, member: str, proposal: Proposal | bytes) -> str | None:
-    engine = cluster.nodes[member].engine
-    with engine.store.state_reader_at(engine.tree.best_tip.hash) as reader:
-        record = read_proposal(reader, proposal if isinstance(proposal, bytes) else proposal.id)
-    return None if record is None else record.status
-
-
-async def propose(cluster: Cluster, proposer: str, change: Change, note: str = "") -> Proposal:
-    proposal = Proposal(change, note)
-    await cluster.submit(proposer, [gov_tx(cluster, proposer, propose_op(proposal))])
-    await cluster.wait_until(lambda: all(record_status(cluster, n.name, proposal) == PENDING for n in cluster.live()),
-                             what="proposal recorded everywhere")
-    return proposal
-
-
-async def vote(cluster: Cluster, voters: tuple[str, ...], proposal: Proposal, approve: bool = True) -> None:
-    for voter in voters:
-        v = Vote.create(cluster.keys[voter], cluster.cid, proposal.id, voter, approve)
-        await cluster.submit(voter, [gov_tx(cluster, voter, vote_op(v))])
-
-
-def passed_height(cluster: Cluster, member: str, proposal: Proposal) -> int:
-    engine = cluster.nodes[member].engine
-    with engine.store.state_reader_at(engine.tree.best_tip.hash) as reader:
-        record = read_proposal(reader, proposal.id)
-    assert record is not None and record.status == PASSED and record.effective_height is not None
-    assert record.decided_height is not None and record.effective_height == record.decided_height + GOVERNANCE_DELAY
-    return record.effective_height
+from tests.helpers.node_harness import Cluster, api_clients, passed_height, propose, record_status, vote
 
 
 async def test_removed_member_no_longer_takes_turns_or_blocks_unanimity(

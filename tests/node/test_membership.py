@@ -23,8 +23,7 @@ from peerdb.core.model import Tx
 from peerdb.core.governance import PENDING, propose_op
 from peerdb.core.proposals import AddMember, Proposal, RotateKey
 from peerdb.node.service import trio_clock_ms
-from tests.helpers.node_harness import Cluster
-from tests.node.test_governance import gov_tx, passed_height, propose, record_status, vote
+from tests.helpers.node_harness import Cluster, gov_tx, passed_height, propose, record_status, vote
 
 PASSED = "passed"
 

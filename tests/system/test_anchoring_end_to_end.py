@@ -24,7 +24,6 @@ from peerdb.anchor.regtest import RegtestNode
 from peerdb.audit.errors import AuditFailure
 from peerdb.audit.verify import VerifyOptions, verify_bundle
 from peerdb.localnet import LocalConsortium, poll_until
-from tests.helpers.bitcoin_node import regtest  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.bitcoin]
 
@@ -70,7 +69,7 @@ def mempool(node: RegtestNode) -> set[str]:
 
 
 def test_blocks_become_unanimous_only_after_the_anchor_confirms(
-        tmp_path: Path, regtest: RegtestNode) -> None:  # noqa: F811
+        tmp_path: Path, regtest: RegtestNode) -> None:
     regtest.mine(1)  # earlier tests' transactions out of the mempool: what appears there now is ours
     assert not mempool(regtest)
     with LocalConsortium(tmp_path / "c", params=PARAMS, bitcoin_rpc=regtest.wallet_url) as net:
