@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -266,7 +268,7 @@ def test_the_transaction_fields_built_directly_equal_the_constructors() -> None:
     lambda c: c.update(members=[]),
     lambda c: c["consortium"].update(genesis_time_ms=-5),
 ])
-def test_a_head_with_a_broken_consortium_file_is_refused(change) -> None:  # type: ignore[no-untyped-def]
+def test_a_head_with_a_broken_consortium_file_is_refused(change: Callable[[dict[str, Any]], None]) -> None:
     head_len = int.from_bytes(SMALL[8:12], "big")
     head = codec.decode(SMALL[12:12 + head_len])
     change(head["consortium"])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli import exitcodes
 from cli.main import main
-from peerdb.audit.diff import diff_bundles
+from peerdb.audit.diff import DiffResult, diff_bundles
 from peerdb.audit.export import MemorySource
 from peerdb.core.model import Block
 from tests.helpers.chainbuilder import ChainBuilder
@@ -25,7 +25,7 @@ def _books(cb: ChainBuilder, blocks: list[Block], signers: dict[bytes, list[str]
     return src
 
 
-def _diff(a: bytes, b: bytes):  # type: ignore[no-untyped-def]
+def _diff(a: bytes, b: bytes) -> DiffResult:
     return diff_bundles(io.BytesIO(a), io.BytesIO(b))
 
 

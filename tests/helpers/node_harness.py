@@ -24,7 +24,7 @@ from peerdb.core.consortium import Member, NamespaceRule, Params
 from peerdb.core.keys import SigningKey
 from peerdb.core.governance import PASSED, PENDING, propose_op, read_proposal, vote_op
 from peerdb.core.membership import GOVERNANCE_DELAY
-from peerdb.core.model import OP_PUT, Op, Tx
+from peerdb.core.model import OP_PUT, Header, Op, Tx
 from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.net.memory import MemoryHub
 from peerdb.net.peers import NetConfig, PeerNetwork
@@ -45,6 +45,8 @@ class MemberNode:
     store: Store
     engine: Engine
     service: NodeService
+    network: PeerNetwork
+    """The node's network, as built here (the service sees only its Network protocol)."""
     scope: trio.CancelScope | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -82,7 +84,7 @@ class Cluster:
         members = (*self.names, name) if joining else self.names
         network = PeerNetwork(name, members, self.cid, self.hub.transport(name), config=NET)
         service = NodeService(engine, network, clock_ms=trio_clock_ms, offload=False)
-        return MemberNode(name, store, engine, service)
+        return MemberNode(name, store, engine, service, network)
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -156,6 +158,13 @@ class Cluster:
         for node in self.nodes.values():
             if not node.stopped.is_set():
                 await self.crash(node.name)
+
+
+def best_chain_header(engine: Engine, height: int) -> Header:
+    """The header at ``height`` on ``engine``'s best chain (which must reach that height)."""
+    block_hash = engine.tree.best_chain_hash(height)
+    assert block_hash is not None, f"the best chain does not reach height {height}"
+    return engine.tree.header(block_hash)
 
 
 API_TOKEN = "t" * 32

@@ -27,7 +27,7 @@ cbor_values = st.recursive(
 
 
 def drain(decoder: FrameDecoder) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for _ in range(10_000):
         ready, message = decoder.next_message()
         if not ready:

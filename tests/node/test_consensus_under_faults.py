@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from tests.helpers.node_harness import Cluster
+from tests.helpers.node_harness import Cluster, best_chain_header
 
 
 async def test_normal_flow_reaches_unanimous_signed(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
@@ -39,7 +39,7 @@ async def test_crashed_proposer_turn_passes_and_majority_continues(tmp_path: Pat
         await cluster.wait_until(lambda: cluster.nodes["firm-a"].engine.heads().majority >= 6, what="majority >= 6")
         assert all(cluster.included(n, txs, "majority") for n in ("firm-a", "firm-c", "firm-d"))
         engine = cluster.nodes["firm-a"].engine
-        passed = [engine.tree.header(engine.tree.best_chain_hash(h)) for h in range(1, 7)]
+        passed = [best_chain_header(engine, h) for h in range(1, 7)]
         assert any(h.round >= 1 and h.proposer == "firm-c" for h in passed)
         assert all(h.proposer != "firm-b" for h in passed)
         # Nobody reaches unanimity without firm-b, and the alert names it.

@@ -7,6 +7,7 @@ malicious or malformed message it is about and check that nothing changed.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ class Net:
         if type(msg).__name__ == "GetBlocks":
             e.on_get_blocks(sender, msg)  # type: ignore[arg-type]
         elif handler is not None:
-            handler(sender, msg, self.now)  # type: ignore[arg-type]
+            handler(sender, msg, self.now)  # type: ignore[operator]
 
     def step(self, ms: int = 10) -> None:
         """Advance time; let whoever's turn it is propose; deliver everything."""
@@ -108,13 +109,13 @@ class Net:
 
 
 @pytest.fixture
-def net(tmp_path: Path):  # type: ignore[no-untyped-def]
+def net(tmp_path: Path) -> Iterator[Net]:
     n = Net(tmp_path)
     yield n
     n.close()
 
 
-def run_until(net: Net, predicate, steps: int = 500) -> None:  # type: ignore[no-untyped-def]
+def run_until(net: Net, predicate: Callable[[], bool], steps: int = 500) -> None:
     for _ in range(steps):
         if predicate():
             return

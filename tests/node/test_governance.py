@@ -30,8 +30,8 @@ async def test_removed_member_no_longer_takes_turns_or_blocks_unanimity(
                                              for n in stayers), what="chain past the effective height")
         # The network follows the member set: nobody dials firm-d, and its own dials are refused.
         for n in stayers:
-            assert "firm-d" not in cluster.nodes[n].service.network.peers
-        removed = cluster.nodes["firm-d"].service.network
+            assert "firm-d" not in cluster.nodes[n].network.peers
+        removed = cluster.nodes["firm-d"].network
         await cluster.wait_until(lambda: not any(removed.peer_state(p).connected for p in stayers),
                                  what="firm-d disconnected")
         assert removed.peer_state("firm-a").last_error is not None

@@ -83,7 +83,7 @@ async def test_member_added_while_transactions_flow(tmp_path: Path, autojump_clo
         await cluster.submit("firm-a", [gov_tx(cluster, "firm-a", propose_op(proposal))])
         await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PENDING for n in founders),
                                  what="proposal recorded at every founder")
-        assert not any(joiner.service.network.peer_state(p).connected for p in founders)  # type: ignore[attr-defined]
+        assert not any(joiner.network.peer_state(p).connected for p in founders)
         await vote(cluster, founders, proposal)
         await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PASSED for n in founders),
                                  what="admission passed at every founder")

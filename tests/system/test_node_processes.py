@@ -91,7 +91,8 @@ def test_four_processes_crash_alert_restart_and_refuse_outsiders(tmp_path: Path)
 
         # A clean SIGTERM stops every node with exit status 0.
     for name in net.nodes:
-        assert net.nodes[name].proc is not None and net.nodes[name].proc.returncode == 0, net.nodes[name].log_tail()
+        proc = net.nodes[name].proc
+        assert proc is not None and proc.returncode == 0, net.nodes[name].log_tail()
 
 
 def tomllib_member_address(net: LocalConsortium, name: str) -> tuple[str, int]:
