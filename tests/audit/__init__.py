@@ -1,1 +1,1 @@
-"""Tests of the auditor (peerdb/audit): the bundle format, export, verification, diff."""
+"""Tests of the auditor (peerdb/audit): the bundle format, export, verification and diff."""

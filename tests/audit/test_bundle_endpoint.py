@@ -1,4 +1,6 @@
-"""``GET /v1/audit/bundle`` in process: a two-member consortium on the memory hub, httpx via ASGI."""
+"""``GET /v1/audit/bundle`` in process (a two-member consortium on the memory hub, httpx via
+ASGI): the node streams its books as a bundle that the auditor's verifier accepts.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Bundles are built without a network from :mod:`tests.helpers.chainbuilder` blocks held by a
 :class:`~peerdb.audit.export.MemorySource` (a node's books without a node). Anchor proofs are
-made by hand as in ``tests/test_anchor_proof.py``: regtest-difficulty headers, a txoutproof and
+made by hand (:mod:`tests.helpers.anchor_proofs`): regtest-difficulty headers, a txoutproof and
 an anchor transaction, all valid, no Bitcoin node needed.
 """
 

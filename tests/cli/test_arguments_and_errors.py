@@ -2,7 +2,7 @@
 
 Every error must reach the user as one line on stderr that says what to do, with the exit code
 docs/cli.md documents for it: 2 usage, 3 node unreachable, 5 config or key problem. The commands
-that talk to a running node are in tests/test_cli_node.py.
+that talk to a running node are in tests/cli/test_node_commands.py.
 """
 
 from __future__ import annotations

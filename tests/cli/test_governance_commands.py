@@ -1,4 +1,6 @@
-"""`peerdb governance`: request bodies and usage errors (the node side is in test_node_governance)."""
+"""`peerdb governance`: request bodies and usage errors (the node side is in
+tests/node/test_governance.py).
+"""
 
 from __future__ import annotations
 

@@ -1,1 +1,3 @@
-"""Tests of the consensus core (peerdb/core): codec, model, keys, state machine, validation, fork choice, governance rules."""
+"""Tests of the consensus core (peerdb/core): codec, model, keys, state machine, validation, fork
+choice and the governance rules.
+"""

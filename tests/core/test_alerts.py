@@ -1,4 +1,6 @@
-"""Alerts (seed 001 steps 2 and 3): what the condition is and whom it names."""
+"""Alerts as pure functions of the block tree (peerdb/core/alerts.py): which condition raises
+which alert, and whom each alert names, so that a person reading it knows whom to call.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
-"""Issue 2's property "a chain endorsed by all members beats any fork without evidence", in full.
+"""The property "a chain endorsed by all members beats any fork without evidence", for forks of
+any length (expected to fail: a known limitation of the protocol).
 
-tests/test_core_chain.py tests it only for forks no longer than the endorsed chain. Without that
-restriction the weight rule (all counted signatures along the chain) lets members who signed the
-endorsed block outweigh it by signing *later* heights of a fork that leaves it out: no member
-signs two blocks at one height, so no evidence exists, yet the block every member signed (and
-that may already be anchored, i.e. "unanimous") is orphaned. docs/protocol.md §11.2 states the
-unrestricted claim.
+tests/core/test_block_tree.py tests the property for forks no longer than the endorsed chain,
+where it holds. Without that restriction the weight rule (all counted signatures along the
+chain) lets members who signed the endorsed block outweigh it by signing *later* heights of a
+fork that leaves it out: no member signs two blocks at one height, so no evidence exists, yet
+the block every member signed (and that may already be anchored, i.e. "unanimous") is orphaned.
+docs/protocol.md §11.2 states the claim and this limitation; the test is here so that a
+protocol change closing it shows up as an unexpected pass.
 """
 
 from __future__ import annotations

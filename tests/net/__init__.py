@@ -1,1 +1,3 @@
-"""Tests of the member network (peerdb/net): frames, hello, certificates, TLS, queues, PeerNetwork on the memory hub."""
+"""Tests of the member network (peerdb/net): frames, hello, certificates, TLS, queues and
+PeerNetwork on the memory hub.
+"""

@@ -1,6 +1,8 @@
-"""Issue 4, alerts "optionally sent to a configured webhook or command": nothing else tests the
-daemon's alert sink (peerdb/node/daemon.py ``alert_sink``) or how a slow hook interacts with the
-service's alert loop."""
+"""The daemon's alert sink (peerdb/node/daemon.py ``alert_sink``): a raised alert reaches the
+configured command (JSON on its stdin) and webhook (a JSON POST); an unreachable webhook is
+logged, never raised; and a hook that hangs does not hold up later alerts in the service's
+alert loop, because an operator relies on the next alert arriving.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Issue 4 behaviours of a running consortium that the other memory-hub tests leave unchecked:
-the alerts each raised by a running node, catch-up that needs several batches, and the mempool
-promises (forwarding to the proposer, exactly-once inclusion, a losing fork's transaction
-coming back).
+"""A running consortium's alerts, catch-up and mempool promises: each alert raised by the node
+that sees its condition, catch-up that needs several batches, a transaction given to a
+non-proposer forwarded and included exactly once, and a losing fork's transaction coming back
+and included.
 
 Four real engines and stores on the in-memory hub under the autojump clock
-(:mod:`tests.helpers.node_harness`). A member that "cannot sign" is made with the store's own guard
-floor (what an operator's restored data directory gets): it keeps following the chain but
-never endorses, which is exactly the situation the seed's alerts are for.
+(:mod:`tests.helpers.node_harness`). A member that "cannot sign" is made with the store's own
+guard floor (what an operator's restored data directory gets): it keeps following the chain but
+never endorses, which is exactly the situation the alerts exist to show.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def lock_signing(cluster: Cluster, name: str) -> None:
 
 
 def never_propose(node: MemberNode) -> None:
-    """Skip ``node``'s turns. A member whose guard refuses its own proposal leaves a phantom
-    block in its tree (see test_gaps_engine_guard.py); these alert tests are not about that."""
+    """Skip ``node``'s turns, so that these alert tests see only the signatures it withholds, not
+    its guard refusing its own proposals (tests/node/test_engine_signing_guard.py covers that)."""
     setattr(node.engine, "maybe_propose", lambda now_ms: None)
 
 

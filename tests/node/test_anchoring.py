@@ -1,11 +1,11 @@
-"""Anchoring as wired into the node (peerdb/node/anchoring.py), which no other test exercises:
+"""Anchoring as wired into the node (peerdb/node/anchoring.py):
 
 - the receiving side (:class:`~peerdb.node.anchoring.AnchorBook`) that every member runs on
   proofs gossiped by the duty member: a bad proof is refused with a logged reason and marks
   nothing anchored; a good one is stored and counted;
 - a daemon whose Bitcoin node cannot be reached keeps serving and shows the failed, pending
-  anchoring in its status and alerts (issue 5: "a stopped Bitcoin node gives a visible pending
-  state and no crash"; the service-level test in test_anchor_service.py has no daemon around it).
+  anchoring in its status and alerts: a stopped Bitcoin node is a visible state, never a crash
+  (tests/anchor/test_service.py tests the service alone, without a daemon around it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The client API in process: one-member consortium on the memory hub, httpx through ASGI."""
+"""The client API in process (a one-member consortium on the memory hub, httpx through ASGI):
+writes, reads, history and views; errors are JSON and change nothing; a write whose wait times
+out is still durable.
+"""
 
 from __future__ import annotations
 

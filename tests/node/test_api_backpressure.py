@@ -1,5 +1,7 @@
-"""Issue 4, mempool back-pressure as a client sees it: "a clear error to the client, never silent
-loss" (tests/test_engine.py checks the engine; nothing checked the HTTP answer)."""
+"""Mempool back-pressure as a client sees it: a full mempool is a clear HTTP error naming the
+limit, and no accepted transaction is silently lost (tests/node/test_engine_protocol.py checks
+the engine's side; this checks the answer that reaches the client).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Four members in one process over the in-memory hub, with the autojump clock."""
+"""Consensus among four members in one process (memory hub, autojump clock), in normal flow and
+under faults: writes reach unanimous-signed everywhere; a crashed proposer's turn passes and the
+majority keeps going; a restarted member catches up and signs again; a partitioned member
+heals and catches up; and a two-two partition, once healed, loses no transaction.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,14 @@
-"""The signing guard refusing a member's *own* proposal (issue 3 "signing guard", issue 4
-"no proposing while signing is locked").
+"""The engine when the signing guard refuses the member's *own* proposal.
 
-How it happens in production: after a restored data directory caught up, the guard floor is
-the member's tip height then (Engine.on_status); if fork choice later moves to a heavier
-branch with a lower tip, the member's next turn is at or below the floor and the guard refuses
-the proposal. The refusal itself is right. What it leaves behind is not:
-``Engine._store_new_block`` adds the header and the member's own signature to the block tree
-*before* ``store.add_block`` raises, and ``maybe_propose`` only catches the error. The tree then
-holds a block the store never stored and no peer ever received; it becomes the best tip (one
-more signature than its parent), the status message advertises its height (peers ask for it
-and get a short answer, again and again), and the next engine call raises StorageError in
-``_sync_head`` ("block ... is not in the store"), which stops the node.
+The guard floor can lie above the member's next turn: after a restored data directory caught
+up, the floor is the member's tip height then (``Engine.on_status``), and if fork choice later
+moves to a heavier branch with a lower tip, the member's next turn is at or below the floor. The
+guard must refuse that proposal (the member may have signed a block at that height before the
+restore), and the refusal must leave nothing behind: no block or signature leaves the node, the
+store is unchanged, and the block tree holds no block the store lacks. Such a phantom block would
+become the best tip (one more signature than its parent), be advertised in status messages that
+peers can never satisfy, and make the next engine call fail because the tree's head is not in
+the store, which stops the node.
 """
 
 from __future__ import annotations

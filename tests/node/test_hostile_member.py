@@ -1,11 +1,10 @@
 """Bad input and equivocation through the running node: real services, real network code, a
-hostile member played by the test on raw in-memory connections (issue 4, "Bad input" and
-"an equivocating proposer").
+hostile member played by the test on raw in-memory connections.
 
-``tests/test_engine.py`` drives engines directly and checks state only; ``tests/test_net_memory.py``
-checks framing on a bare network. Here each bad message travels the production path (hello,
-frames, :class:`~peerdb.net.peers.PeerNetwork`, the service's inbox, the engine) into a node of
-a running consortium, and each test asserts both halves of the promise: the logged reason on
+``tests/node/test_engine_protocol.py`` drives engines directly and checks state only;
+``tests/net/test_peer_network.py`` checks framing on a bare network. Here each bad message
+travels the production path (hello, frames, :class:`~peerdb.net.peers.PeerNetwork`, the
+service's inbox, the engine) into a node of a running consortium, and each test asserts both halves of the promise: the logged reason on
 ``peerdb.node`` / ``peerdb.net``, and no change to the chain state of any member.
 
 The consortium is firm-a, firm-b, firm-c (real nodes) and firm-d, whose identity the test
@@ -518,8 +517,8 @@ async def test_replayed_messages_leave_a_log_line(tmp_path: Path, caplog: pytest
 async def test_objection_to_an_invalid_block_is_visible_through_the_api(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
     """The block objected to was never accepted, so it is in no member's block tree; the
-    objection must still be listed (issue 4: "records and sends its objection ... visible to
-    the others")."""
+    objection must still be listed: the others must be able to see why a member refused a
+    signed proposal."""
     import httpx
 
     from peerdb.node.api import Api

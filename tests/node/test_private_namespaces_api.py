@@ -1,10 +1,10 @@
 """Private namespaces through the client API, on running members (memory hub, autojump clock).
 
-The issue's test: a member that is not a reader cannot read a private namespace through its
-API, and its store holds only ciphertext for it. Also: the node seals ``/v1/write`` puts
-itself, readers' nodes open them, a client that signs its own transactions learns whom to seal
-for, plaintext is refused, blocks show ciphertext only, and a namespace made private by a vote,
-a later change of its readers, and a member-key rotation all behave the same way.
+Above all: a member that is not a reader cannot read a private namespace through its API, and
+its store holds only ciphertext for it. Also: the node seals ``/v1/write`` puts itself, readers'
+nodes open them, a client that signs its own transactions learns whom to seal for, plaintext is
+refused, blocks show ciphertext only, and a namespace made private by a vote, a later change of
+its readers, and a member-key rotation all behave the same way.
 """
 
 from __future__ import annotations

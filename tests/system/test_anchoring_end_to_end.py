@@ -1,10 +1,10 @@
-"""Issue 5 end to end: four ``peerdb node run`` daemons anchoring into the session's regtest node.
+"""Anchoring end to end: four ``peerdb node run`` daemons anchoring into the session's regtest node.
 
-Seed 001: a block is unanimous only when every member signed it *and* it is anchored. Here the
-members sign a write at once (unanimous-signed), the anchor transaction goes out, and as long
-as no Bitcoin block confirms it the write stays short of unanimous on every member; one mined
-block later it is unanimous everywhere. The exported books then verify against the Bitcoin
-node, and stop verifying once the anchor's Bitcoin block leaves the node's best chain
+A block is unanimous only when every member signed it *and* it is anchored. Here the members
+sign a write at once (unanimous-signed), the anchor transaction goes out, and as long as no
+Bitcoin block confirms it the write stays short of unanimous on every member; one mined block
+later it is unanimous everywhere. The exported books then verify against the Bitcoin node, and
+stop verifying once the anchor's Bitcoin block leaves the node's best chain
 (``invalidateblock``; undone with ``reconsiderblock`` so the shared node is left as it was).
 """
 

@@ -1,6 +1,9 @@
-"""A fifth firm joins four running `peerdb node run` processes over TLS, through the CLI an
-operator would use: keygen with a certificate, a proposal, four votes, a node started with
-``joining = true`` from the founding consortium file. Writes keep flowing throughout."""
+"""Membership changes on four running `peerdb node run` processes over TLS, through the CLI an
+operator would use. A fifth firm joins (keygen with a certificate, a proposal, four votes, a node
+started with ``joining = true`` from the founding consortium file) while writes keep flowing; a
+member key is rotated and the exported books still verify; and a node that was offline across
+its own rotation gets back in.
+"""
 
 from __future__ import annotations
 

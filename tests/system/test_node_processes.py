@@ -1,4 +1,8 @@
-"""Four real `peerdb node run` processes on 127.0.0.1: TLS between them, LMDB on disk, HTTP in front."""
+"""Four real `peerdb node run` processes on 127.0.0.1 (TLS between them, LMDB on disk, HTTP in
+front): a write reaches every member; while one member is down the others keep a majority going
+and their alerts name it, and once restarted it catches up and signs again; an outsider is
+refused by TLS; a clean SIGTERM exits 0; and a bad API token is refused.
+"""
 
 from __future__ import annotations
 
