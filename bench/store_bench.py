@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:  # ``bench`` and ``tests`` are directories of the 
 
 from peerdb.core.model import Block, BlockSignature  # noqa: E402
 from peerdb.store import Store  # noqa: E402
-from tests.chainbuilder import ChainBuilder  # noqa: E402
+from tests.helpers.chainbuilder import ChainBuilder  # noqa: E402
 
 WARMUP_BLOCKS = 2
 """Applied before timing starts: the first commits create the tables' first pages."""

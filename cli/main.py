@@ -13,10 +13,8 @@ import click
 from .audit import audit
 from .context import Ctx, json_option, pass_ctx
 from .data import delete, get, history, propose, put
-from .data import shown_value as _shown_value  # noqa: F401  (re-exported: tests/test_node_privacy.py imports it)
 from .governance import governance
 from .inspection import anchors, blocks, evidence, status
-from .inspection import block_value as _block_value  # noqa: F401  (re-exported likewise)
 from .operators import consortium, demo, keygen, node
 from .params import AddressType
 

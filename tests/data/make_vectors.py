@@ -1,7 +1,7 @@
 """Generate tests/data/vectors.json: PeerDB protocol test vectors (valid and invalid objects).
 
 Deterministic: keys come from fixed seeds, Ed25519 signatures are deterministic, and every time
-is a constant, so running this twice gives byte-identical JSON (tests/test_core_vectors.py checks
+is a constant, so running this twice gives byte-identical JSON (tests/core/test_vectors.py checks
 that against the committed file). Only the consensus core is used, so the vectors say what the
 protocol is, not what some node happened to do.
 

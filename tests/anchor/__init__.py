@@ -1,0 +1,3 @@
+"""Tests of Bitcoin anchoring (peerdb/anchor): headers, txoutproofs, anchor proofs, the RPC client,
+the planner and the service.
+"""

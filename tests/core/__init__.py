@@ -1,0 +1,3 @@
+"""Tests of the consensus core (peerdb/core): codec, model, keys, state machine, validation, fork
+choice and the governance rules.
+"""

@@ -1,0 +1,3 @@
+"""Tests of the member network (peerdb/net): frames, hello, certificates, TLS, queues and
+PeerNetwork on the memory hub.
+"""

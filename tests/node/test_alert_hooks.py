@@ -1,0 +1,105 @@
+"""The daemon's alert sink (peerdb/node/daemon.py ``alert_sink``): a raised alert reaches the
+configured command (JSON on its stdin) and webhook (a JSON POST); an unreachable webhook is
+logged, never raised; and a hook that hangs does not hold up later alerts in the service's
+alert loop, because an operator relies on the next alert arriving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from peerdb.core.alerts import Alert
+from peerdb.node.config import NodeConfig, load_node_config
+from peerdb.node.daemon import alert_sink
+from peerdb.setup_files import init_consortium
+from tests.helpers.node_harness import Cluster
+
+ALERT = Alert("peer_down", "peer firm-b is not connected", subject="firm-b")
+PAYLOAD = {"member": "firm-a", "kind": "peer_down", "message": "peer firm-b is not connected", "subject": "firm-b"}
+
+
+def node_config(tmp_path: Path, **changes: Any) -> NodeConfig:
+    init_consortium(tmp_path / "c", "hooks", ["firm-a", "firm-b"], sync=False)
+    return dataclasses.replace(load_node_config(tmp_path / "c" / "firm-a.toml"), **changes)
+
+
+async def test_alert_command_gets_the_alert_as_json_on_stdin(tmp_path: Path) -> None:
+    out = tmp_path / "alert.json"
+    send = await alert_sink(node_config(tmp_path, alert_command=f"cat > '{out}'"))
+    with trio.fail_after(30):
+        await send(ALERT)
+    assert json.loads(out.read_text()) == PAYLOAD
+
+
+async def test_alert_webhook_gets_the_alert_as_json(tmp_path: Path) -> None:
+    received: list[bytes] = []
+    done = trio.Event()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        received.append(head.split(b"\r\n")[0] + b"\n" + body)
+        await stream.send_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        done.set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            send = await alert_sink(node_config(tmp_path, alert_webhook=f"http://127.0.0.1:{port}/hook"))
+            await send(ALERT)
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    request_line, body = received[0].split(b"\n", 1)
+    assert request_line.startswith(b"POST /hook ")
+    assert json.loads(body) == PAYLOAD
+
+
+async def test_unreachable_webhook_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from peerdb.anchor.regtest import free_port
+
+    caplog.set_level(logging.WARNING, logger="peerdb")
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    send = await alert_sink(node_config(tmp_path, alert_webhook=url))
+    with trio.fail_after(30):
+        await send(ALERT)
+    assert any(f"alert webhook {url} failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_hanging_alert_hook_does_not_stop_later_alerts(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = Cluster(tmp_path)
+    hooked: list[Alert] = []
+
+    async def hang(alert: Alert) -> None:
+        hooked.append(alert)
+        await trio.sleep_forever()  # a command that never exits
+
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        a = cluster.nodes["firm-a"].service
+        a.on_alert = hang
+        await cluster.crash("firm-d")
+        await cluster.wait_until(lambda: bool(hooked), what="the first alert reaches the hook")
+        assert hooked[0].kind == "peer_down" and hooked[0].subject == "firm-d"
+        await cluster.crash("firm-c")
+        with trio.move_on_after(60):
+            while not any(al["subject"] == "firm-c" for al in a.alerts.snapshot() if al["kind"] == "peer_down"):
+                await trio.sleep(0.1)
+        assert any(al["subject"] == "firm-c" for al in a.alerts.snapshot() if al["kind"] == "peer_down")
+        await cluster.close()
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,111 @@
+"""The client API in process (a one-member consortium on the memory hub, httpx through ASGI):
+writes, reads, history and views; errors are JSON and change nothing; a write whose wait times
+out is still durable.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from peerdb.core.consortium import NamespaceRule
+from peerdb.node.api import Api
+from tests.helpers.node_harness import Cluster
+
+TOKEN = "t" * 32
+
+
+@pytest.fixture
+async def api(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> AsyncIterator[tuple[httpx.AsyncClient, Cluster]]:
+    cluster = Cluster(tmp_path, names=("firm-a", "firm-b"),
+                      namespaces=(NamespaceRule("locked", writers=("firm-b",)),))
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        node = cluster.nodes["firm-a"]
+        app = Api(node.service, TOKEN, cluster.client_keys["firm-a"])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            yield client, cluster
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+def put(key: str, value: str, ns: str = "books") -> dict[str, object]:
+    return {"ops": [{"op": "put", "namespace": ns, "key": key, "value": value}], "wait": "unanimous_signed"}
+
+
+async def test_write_read_history_and_views(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, _ = api
+    r = await client.post("/v1/write", json=put("q3", "100"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["wait"]["reached"] is True and set(body["wait"]["levels_ms"]) >= {"majority", "unanimous_signed"}
+    txid = body["accepted"][0]
+    got = (await client.get("/v1/kv/books/q3", params={"view": "unanimous_signed"})).json()
+    assert got["value_text"] == "100" and got["view"] == "unanimous_signed" and got["height"] >= got["written_at"]
+    assert (await client.get("/v1/kv/books/q3")).json()["view"] == "majority"  # the documented default
+    await client.post("/v1/write", json=put("q3", "200"))
+    versions = (await client.get("/v1/history/books/q3")).json()["versions"]
+    assert [v["value_text"] for v in versions] == ["100", "200"]
+    old = (await client.get("/v1/kv/books/q3", params={"at": versions[0]["height"]})).json()
+    assert old["value_text"] == "100"
+    tx = (await client.get(f"/v1/tx/{txid}")).json()
+    assert tx["status"] in ("majority", "unanimous_signed") and tx["height"] == versions[0]["height"]
+    scan = (await client.get("/v1/kv/books", params={"prefix": "q"})).json()
+    assert [k["key"] for k in scan["keys"]] == ["q3"]
+    block = (await client.get(f"/v1/blocks/{tx['height']}")).json()
+    assert {s["member"] for s in block["signatures"] if s["signed"]} == {"firm-a", "firm-b"}
+    assert block["txs"][0]["txid"] == txid
+    status = (await client.get("/v1/status")).json()
+    assert status["heads"]["unanimous_signed"] >= tx["height"] and status["peers"] == {"firm-b": True}
+    anchor = (await client.get(f"/v1/anchors/{tx['height']}")).json()
+    assert anchor["anchored"] is False and anchor["proof"] is None
+    consortium = (await client.get("/v1/consortium")).json()
+    assert consortium["namespaces"] == [{"name": "locked", "writers": ["firm-b"], "readers": ["*"]}]
+
+
+async def test_errors_are_json_and_change_nothing(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, cluster = api
+    store = cluster.nodes["firm-a"].store
+    r = await client.get("/v1/status", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = await client.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await client.delete("/v1/status")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = await client.get("/v1/kv/books/x", params={"view": "sideways"})
+    assert r.status_code == 400 and "view" in r.json()["error"]["message"]
+    r = await client.get("/v1/kv/Bad NS/x")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_namespace"
+    # A bad wait option is refused before anything is written.
+    r = await client.post("/v1/write", json={**put("never", "x"), "timeout_s": 0})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_parameter"
+    assert not cluster.nodes["firm-a"].engine.mempool and store.get("books", "never") == (None, None)
+    r = await client.post("/v1/write", json=put("k", "v", ns="locked"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = await client.post("/v1/txs", json={"txs": [base64.b64encode(b"garbage").decode()]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "rejected"
+    r = await client.post("/v1/txs", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
+    r = await client.get("/v1/blocks/999999")
+    assert r.status_code == 404
+    assert not cluster.nodes["firm-a"].engine.mempool
+
+
+async def test_wait_timeout_still_leaves_the_write_durable(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, cluster = api
+    await cluster.crash("firm-b")  # two members: no majority without firm-b
+    r = await client.post("/v1/write", json={**put("pending", "1"), "wait": "majority", "timeout_s": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["wait"]["reached"] is False and "still pending" in body["wait"]["message"]
+    txid = bytes.fromhex(body["accepted"][0])
+    store = cluster.nodes["firm-a"].store
+    # Answered "accepted" only once durable: in a stored block, or in the persisted pool.
+    assert txid in store.included([txid]) or txid in {tx.txid for tx in store.mempool_items()}

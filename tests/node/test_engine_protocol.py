@@ -1,0 +1,287 @@
+"""Engine-level protocol tests: four engines, messages delivered synchronously, time passed in.
+
+No trio, no network: each test drives the engines step by step, so it can inject exactly the
+malicious or malformed message it is about and check that nothing changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from peerdb.core.consortium import Params
+from peerdb.core.merkle import merkle_root
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx
+from peerdb.core.state import apply_txs
+from peerdb.node.engine import Engine
+from peerdb.node.mempool import MempoolFull
+from peerdb.node.messages import EvidenceMsg, Message, ProposalMsg, SigsMsg, from_wire, to_wire
+from peerdb.store import Store
+
+from tests.helpers.consortium import MEMBER_NAMES, seeded_consortium
+
+NAMES = MEMBER_NAMES
+PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
+
+
+class Net:
+    def __init__(self, tmp_path: Path, mempool_max: int = 1000, params: Params = PARAMS) -> None:
+        seeded = seeded_consortium(NAMES, name="test", genesis_time_ms=0, params=params)
+        self.keys = seeded.keys
+        self.clients = seeded.client_keys
+        self.consortium = seeded.consortium
+        self.cid = seeded.cid
+        self.now = 1000
+        self.stores = {n: Store.open(tmp_path / n, self.consortium, n, sync=False) for n in NAMES}
+        self.engines = {n: Engine(self.consortium, n, self.keys[n], self.stores[n], self.now,
+                                  mempool_max=mempool_max) for n in NAMES}
+        self.cut: set[str] = set()
+        self.nonce = itertools.count(1)
+
+    def close(self) -> None:
+        for e in self.engines.values():
+            e.verifier.close()
+        for s in self.stores.values():
+            s.close()
+
+    def deliver(self) -> None:
+        """Deliver every queued message (through the wire encoding) until nothing moves."""
+        for _ in range(1000):
+            moved = False
+            for sender, engine in self.engines.items():
+                for out in engine.take_outbox():
+                    moved = True
+                    if sender in self.cut:
+                        continue
+                    targets = [out.to] if out.to else [n for n in NAMES if n != sender]
+                    for target in targets:
+                        if target in self.cut:
+                            continue
+                        msg = from_wire(to_wire(out.msg))
+                        self.dispatch(target, sender, msg)
+            if not moved:
+                return
+        raise AssertionError("messages never settled")
+
+    def dispatch(self, target: str, sender: str, msg: Message) -> None:
+        self.engines[target].handle(sender, msg, self.now)
+
+    def step(self, ms: int = 10) -> None:
+        """Advance time; let whoever's turn it is propose; deliver everything."""
+        self.now += ms
+        for name, engine in self.engines.items():
+            if name not in self.cut:
+                engine.maybe_propose(self.now)
+        self.deliver()
+
+    def tx(self, member: str, key: str) -> Tx:
+        return Tx.create(self.clients[member], self.cid, member, next(self.nonce), self.now + 600_000,
+                         [Op(OP_PUT, "ns", key, b"v")])
+
+    def craft(self, proposer: str, txs: list[Tx], *, height: int | None = None, round_: int = 0,
+              parent: Header | None = None, time_ms: int | None = None) -> tuple[Block, BlockSignature]:
+        """A block signed by ``proposer``'s key, valid unless the arguments make it otherwise."""
+        engine = self.engines[proposer]
+        parent = parent or engine.tree.best_tip
+        height = parent.height + 1 if height is None else height
+        time_ms = self.now if time_ms is None else time_ms
+        with self.stores[proposer].state_reader_at(parent.hash) as reader:
+            effects = apply_txs(reader, txs, self.consortium, self.cid, time_ms, parent.state_root,
+                                signature_ok=lambda tx: True)
+        header = Header(height, round_, parent.hash, proposer, time_ms, merkle_root([t.txid for t in txs]),
+                        len(txs), effects.state_root, merkle_root([]))
+        block = Block(header, tuple(txs))
+        return block, BlockSignature.create(self.keys[proposer], self.cid, proposer, block.hash)
+
+    def snapshot(self, name: str) -> tuple[bytes, int, int]:
+        e = self.engines[name]
+        return e.tree.best_tip.hash, sum(1 for _ in e.tree.headers()), len(e.mempool)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    n = Net(tmp_path)
+    yield n
+    n.close()
+
+
+def run_until(net: Net, predicate: Callable[[], bool], steps: int = 500) -> None:
+    for _ in range(steps):
+        if predicate():
+            return
+        net.step(50)
+    raise AssertionError("condition not reached")
+
+
+def test_signatures_on_a_descendant_endorse_its_ancestors(net: Net) -> None:
+    net.cut.add("firm-d")
+    txs = [net.tx("firm-a", f"k{i}") for i in range(5)]
+    net.engines["firm-a"].submit([t.raw for t in txs], None, net.now)
+    run_until(net, lambda: net.engines["firm-a"].heads().majority >= 3)
+    a = net.engines["firm-a"]
+    assert a.heads().unanimous_signed == 0
+    early = a.tree.best_chain_hash(1)
+    assert early is not None and "firm-d" not in a.tree.signers(early)
+    net.cut.clear()
+    run_until(net, lambda: net.engines["firm-d"].tree.best_tip.height >= a.tree.best_tip.height)
+    run_until(net, lambda: a.heads().unanimous_signed >= 3)
+    # firm-d never signed block 1 itself, yet block 1 is unanimous-signed through its descendants.
+    assert "firm-d" not in a.tree.signers(early)
+    assert a.tree.status(early).value == "unanimous_signed"
+
+
+def test_equivocating_proposer_is_excluded_everywhere(net: Net) -> None:
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 2)
+    tip = net.engines["firm-a"].tree.best_tip
+    height = tip.height + 1
+    proposer = net.engines["firm-a"].current_turn(net.now)[2]
+    x, sx = net.craft(proposer, [net.tx(proposer, "x")], parent=tip)
+    y, sy = net.craft(proposer, [net.tx(proposer, "y")], parent=tip)
+    assert x.hash != y.hash and x.height == y.height == height
+    others = [n for n in NAMES if n != proposer]
+    net.engines[others[0]].on_proposal(proposer, ProposalMsg(x.raw, sx), net.now)
+    net.engines[others[1]].on_proposal(proposer, ProposalMsg(y.raw, sy), net.now)
+    net.deliver()
+    run_until(net, lambda: all(proposer in e.tree.culprits for e in net.engines.values()))
+    # The evidence is written into the chain by a later proposer.
+    run_until(net, lambda: any(net.engines[others[2]].evidence_in_block.values()))
+    for e in net.engines.values():
+        assert e.evidence and all(ev.member == proposer for ev in e.evidence.values())
+        assert proposer not in e.tree.eligible()
+    # The consortium keeps going without the culprit's weight.
+    before = net.engines["firm-a"].heads().majority
+    run_until(net, lambda: net.engines["firm-a"].heads().majority >= before + 3)
+
+
+def test_invalid_block_from_the_right_proposer_gets_an_objection(net: Net) -> None:
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+    proposer = net.engines["firm-a"].current_turn(net.now)[2]
+    good = net.tx(proposer, "k")
+    forged = Tx(good.member, good.client, good.nonce, good.expires_ms, good.ops, bytes(64), good.body)
+    block, sig = net.craft(proposer, [forged])
+    victim = next(n for n in NAMES if n != proposer)
+    before = net.snapshot(victim)
+    net.engines[victim].on_proposal(proposer, ProposalMsg(block.raw, sig), net.now)
+    assert net.snapshot(victim) == before
+    objections = net.stores[victim].objections(block.hash)
+    assert len(objections) == 1 and "signature" in objections[0].reason
+    net.deliver()
+    # The objection travelled: the proposer's node recorded it too.
+    assert len(net.stores[proposer].objections(block.hash)) == 1
+
+
+def test_wrong_turn_forged_and_replayed_proposals_change_nothing(net: Net) -> None:
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+    target = "firm-b"
+    e = net.engines[target]
+    proposer = e.current_turn(net.now)[2]
+    wrong = next(n for n in NAMES if n not in (proposer, target))
+    before = net.snapshot(target)
+    # Wrong turn: a member that is not the proposer for this height and round.
+    block, sig = net.craft(wrong, [net.tx(wrong, "w")])
+    e.on_proposal(wrong, ProposalMsg(block.raw, sig), net.now)
+    assert net.snapshot(target) == before
+    assert net.stores[target].objections(block.hash)  # signed by its author: objected to, not accepted
+    # Forged: the right proposer's name, another member's signature bytes.
+    block, _ = net.craft(proposer, [net.tx(proposer, "f")])
+    forged = BlockSignature(block.hash, proposer, BlockSignature.create(net.keys[wrong], net.cid, wrong, block.hash).signature)
+    e.on_proposal(wrong, ProposalMsg(block.raw, forged), net.now)
+    assert net.snapshot(target) == before
+    assert not net.stores[target].objections(block.hash)  # unsigned garbage: logged, never objected to
+    # Malformed block bytes.
+    e.on_proposal(wrong, ProposalMsg(b"\xff\x00garbage", forged), net.now)
+    assert net.snapshot(target) == before
+    # Replay: an old, already stored proposal changes nothing.
+    old_hash = e.tree.best_chain_hash(1)
+    assert old_hash is not None
+    old = net.stores[target].block(old_hash)
+    assert old is not None
+    old_sig = next(s for s in net.stores[target].signatures(old_hash) if s.member == old.header.proposer)
+    e.on_proposal(old.header.proposer, ProposalMsg(old.raw, old_sig), net.now)
+    assert net.snapshot(target) == before
+
+
+def test_forged_signature_is_rejected(net: Net) -> None:
+    run_until(net, lambda: net.engines["firm-a"].heads().majority >= 1)
+    e = net.engines["firm-a"]
+    tip = e.tree.best_tip.hash
+    bad = BlockSignature(tip, "firm-c", bytes(64))
+    signers = e.tree.signers(tip)
+    e.on_sigs("firm-b", SigsMsg((bad,)), net.now)
+    if "firm-c" not in signers:
+        assert "firm-c" not in e.tree.signers(tip)
+    assert e.tree.signers(tip) == signers
+
+
+def test_replayed_and_invalid_transactions_are_refused(net: Net) -> None:
+    e = net.engines["firm-a"]
+    tx = net.tx("firm-a", "k")
+    first = e.submit([tx.raw], None, net.now)
+    assert first.accepted == [tx.txid]
+    again = e.submit([tx.raw], None, net.now)
+    assert again.duplicates == [tx.txid] and not again.accepted
+    run_until(net, lambda: net.stores["firm-a"].tx_location(tx.txid) is not None)
+    replay = e.submit([tx.raw], None, net.now)
+    assert replay.duplicates == [tx.txid] and tx.txid not in e.mempool
+    # Signed by firm-b's client key but claiming to be firm-a's.
+    wrong = Tx.create(net.clients["firm-b"], net.cid, "firm-a", 99, net.now + 1000, [Op(OP_PUT, "ns", "x", b"1")])
+    result = e.submit([wrong.raw, b"not a transaction"], None, net.now)
+    assert not result.accepted and len(result.rejected) == 2
+    assert "belongs to firm-b" in str(result.rejected[0][1])
+
+
+def test_full_mempool_pushes_back(tmp_path: Path) -> None:
+    net = Net(tmp_path, mempool_max=3)
+    try:
+        e = net.engines["firm-a"]
+        e.submit([net.tx("firm-a", f"k{i}").raw for i in range(3)], None, net.now)
+        with pytest.raises(MempoolFull, match="limit 3"):
+            e.submit([net.tx("firm-a", "k9").raw], None, net.now)
+        assert len(e.mempool) == 3
+    finally:
+        net.close()
+
+
+def test_evidence_with_bad_signature_is_ignored(net: Net) -> None:
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+    from peerdb.core.model import Evidence
+    tip = net.engines["firm-a"].tree.best_tip
+    x, sx = net.craft("firm-b", [], parent=net.engines["firm-a"].tree.header(tip.prev), height=tip.height,
+                      time_ms=tip.time_ms + 1)
+    ev = Evidence.from_signatures("firm-b", x.header, bytes(64), tip, bytes(64))
+    e = net.engines["firm-a"]
+    e.on_evidence("firm-c", EvidenceMsg(ev), net.now)
+    assert not e.tree.culprits and not e.evidence
+
+
+def test_body_not_matching_its_signed_header_gets_an_objection(net: Net) -> None:
+    from peerdb.core.codec import encode
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+    proposer = net.engines["firm-a"].current_turn(net.now)[2]
+    block, sig = net.craft(proposer, [net.tx(proposer, "honest")])
+    swapped = encode([block.header.raw, [net.tx(proposer, "swapped").raw], []])
+    victim = next(n for n in NAMES if n != proposer)
+    before = net.snapshot(victim)
+    net.engines[victim].on_proposal(proposer, ProposalMsg(swapped, sig), net.now)
+    assert net.snapshot(victim) == before
+    [objection] = net.stores[victim].objections(block.hash)
+    assert "tx_root" in objection.reason
+
+
+def test_block_over_the_agreed_limits_is_objected_to_not_a_crash(tmp_path: Path) -> None:
+    net = Net(tmp_path, params=Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000, max_block_txs=2))
+    try:
+        run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+        proposer = net.engines["firm-a"].current_turn(net.now)[2]
+        block, sig = net.craft(proposer, [net.tx(proposer, f"k{i}") for i in range(3)])
+        victim = next(n for n in NAMES if n != proposer)
+        before = net.snapshot(victim)
+        net.engines[victim].on_proposal(proposer, ProposalMsg(block.raw, sig), net.now)
+        assert net.snapshot(victim) == before
+        [objection] = net.stores[victim].objections(block.hash)
+        assert "max_block_txs" in objection.reason
+    finally:
+        net.close()
