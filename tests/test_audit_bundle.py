@@ -27,7 +27,7 @@ from peerdb.audit.errors import AuditFailure
 from peerdb.audit.export import MemorySource
 from peerdb.audit.fastdecode import FastBlock, decode_block
 from peerdb.audit.replay import ChainState
-from peerdb.audit.sigpool import SignaturePool, message_prefix
+from peerdb.audit.sigpool import SignaturePool
 from peerdb.core import codec
 from peerdb.core.errors import PeerDBError
 from peerdb.core.keys import SigningKey
@@ -204,7 +204,7 @@ def test_peek_header_names_a_broken_block() -> None:
 
 def test_the_pool_reports_exactly_the_bad_signatures_across_chunks() -> None:
     key = SigningKey(b"\x05" * 32)
-    prefix = message_prefix("block", CB.cid)
+    prefix = codec.signing_prefix("block", CB.cid)
     bad = {3, 4, 10, 11, 12, 29}
     with SignaturePool(threads=2, chunk=4) as pool:
         for i in range(31):

@@ -43,6 +43,7 @@ from peerdb.anchor.errors import AnchorProofError
 from peerdb.anchor.headers import POW_LIMITS
 from peerdb.anchor.proof import VerifiedAnchor, verify_anchor_proof
 from peerdb.core.chain import BlockTree
+from peerdb.core.codec import signing_prefix
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, ValidationError
 from peerdb.core.membership import ConsortiumState
@@ -55,7 +56,7 @@ from .errors import AuditFailure, block_where
 from .fastdecode import FastBlock, decode_block
 from .replay import ChainState
 from .report import Exclusion, Heads, VerifyReport
-from .sigpool import SignaturePool, message_prefix
+from .sigpool import SignaturePool
 
 WINDOW_SIGS = 16_384
 """Signatures decoded ahead of the replay: eight chunks, enough to keep every worker busy while
@@ -213,8 +214,8 @@ class Verifier:
         self.cid = head.cid
         self.genesis_keys: dict[str, bytes] = {m.name: m.key for m in c.members}
         self._key_maps: dict[int, tuple[Consortium, dict[str, bytes]]] = {}
-        self.tx_prefix = message_prefix(DOMAIN_TX, head.cid)
-        self.block_prefix = message_prefix(DOMAIN_BLOCK, head.cid)
+        self.tx_prefix = signing_prefix(DOMAIN_TX, head.cid)
+        self.block_prefix = signing_prefix(DOMAIN_BLOCK, head.cid)
         genesis = genesis_header(c)
         self.tree = BlockTree(genesis, c.member_names)
         self.state = ChainState(genesis)
