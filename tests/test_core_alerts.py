@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from peerdb.core.alerts import Alert, chain_alerts, waiting_for
 from peerdb.core.chain import BlockTree
+from peerdb.node.alerts import Alert, chain_alerts, waiting_for
 
 from .core_helpers import GENESIS, MEMBER_NAMES, bare_header
 

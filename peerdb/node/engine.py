@@ -19,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..core.alerts import Alert, chain_alerts, waiting_for
 from ..core.chain import BlockTree, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
@@ -36,6 +35,7 @@ from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx,
 from ..core.state import BlockRun, Effects, check_tx_envelopes, check_tx_static, check_tx_time
 from ..store import Store
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
+from .alerts import Alert, chain_alerts, waiting_for
 from .messages import (
     MAX_CATCHUP_BLOCKS,
     MAX_CATCHUP_BYTES,
