@@ -29,7 +29,7 @@ from ..core.errors import (
     ValidationError,
 )
 from ..core.keys import SigningKey
-from ..core.membership import GOVERNANCE_DELAY, ConsortiumState
+from ..core.membership import GOVERNANCE_DELAY, ConsortiumState, StateCache
 from ..core.merkle import merkle_root
 from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
 from ..core.state import BlockRun, Effects, check_tx_envelopes, check_tx_static, check_tx_time
@@ -103,6 +103,8 @@ class Engine:
         self.mempool_max = mempool_max
         self.verifier = verifier or Verifier(self.cid)
         self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
+        self.gov_states = StateCache(consortium)
+        """Governance states loaded from the store, by digest (used under the service's lock)."""
         self.gov = ConsortiumState(consortium)
         """The governance state after the best tip: members, keys and parameters at every height
         up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
@@ -133,7 +135,7 @@ class Engine:
         # The stored head's governance state names every member the best chain ever had, so
         # their stored signatures can be counted before the tree has chosen its best tip.
         with self.store.state_reader_at(self.store.head().hash) as reader:
-            self._set_gov(ConsortiumState.load(self.consortium, reader), self.store.head().hash)
+            self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), self.store.head().hash)
         for header in self.store.headers_iter():
             if header.height > 0:
                 self.tree.add_header(header)
@@ -189,7 +191,7 @@ class Engine:
             self._set_gov(self.gov.after_writes(effects.writes), tip.hash)
             return
         with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
-            self._set_gov(ConsortiumState.load(self.consortium, reader), tip.hash)
+            self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), tip.hash)
 
     def state_for(self, parent: bytes, height: int) -> ConsortiumState:
         """A governance state exact at ``height`` for a block whose parent is ``parent``.
@@ -211,7 +213,7 @@ class Engine:
                 and self._is_ancestor(g, parent):
             return self.gov
         with self.store.state_reader_at(parent, self.effects_cache) as reader:
-            return ConsortiumState.load(self.consortium, reader)
+            return ConsortiumState.load(self.consortium, reader, self.gov_states)
 
     @property
     def key(self) -> SigningKey:
