@@ -106,7 +106,11 @@ def _trusted(_tx: Tx) -> bool:
     return True
 
 
-class Verifier:
+class BundleVerifier:
+    """Verifies a bundle read from a stream (:func:`verify_bundle`): decodes blocks and queues
+    their signatures ahead (stage A), replays them in order (stage B), then judges the fork
+    choice and the claims."""
+
     def __init__(self, options: VerifyOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.options = options or VerifyOptions()
@@ -527,4 +531,4 @@ def verify_bundle(stream: BinaryIO, options: VerifyOptions | None = None,
                   progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify a bundle read from ``stream``; raises :class:`AuditFailure` at the first failure.
     Errors reaching a Bitcoin node (:class:`peerdb.anchor.errors.BitcoinUnavailable`) propagate."""
-    return Verifier(options, progress).verify(stream)
+    return BundleVerifier(options, progress).verify(stream)

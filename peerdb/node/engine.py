@@ -50,7 +50,7 @@ from .messages import (
     Status,
     Txs,
 )
-from .verify import Verifier
+from .verify import TxSignatureChecker
 
 log = logging.getLogger("peerdb.node")
 
@@ -86,7 +86,7 @@ class SubmitResult:
 
 class Engine:
     def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
-                 now_ms: int, *, mempool_max: int = 200_000, verifier: Verifier | None = None) -> None:
+                 now_ms: int, *, mempool_max: int = 200_000, verifier: TxSignatureChecker | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
@@ -101,7 +101,7 @@ class Engine:
         self._missing_key_logged: set[bytes] = set()
         self.store = store
         self.mempool_max = mempool_max
-        self.verifier = verifier or Verifier(self.cid)
+        self.verifier = verifier or TxSignatureChecker(self.cid)
         self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
         self.gov_states = StateCache(consortium)
         """Governance states loaded from the store, by digest (used under the service's lock)."""
