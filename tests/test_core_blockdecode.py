@@ -97,3 +97,10 @@ def test_known_transactions_are_used_as_they_are() -> None:
     fast = decode_block_fast(data, known)
     assert fast.txs[0] is t1 and fast.txs[1] == t2
     assert outcome(lambda d: decode_block_fast(d, known), data) == outcome(lambda d: Block.decode(d, known), data)
+
+
+def test_other_byte_types_are_judged_as_the_reference_judges_them() -> None:
+    tx = CB.tx("m0", [("books", "a", b"1")])
+    data = block_of([tx.raw], [tx.txid])
+    for other in (bytearray(data), memoryview(data)):
+        assert outcome(decode_block_fast, other) == outcome(Block.decode, other)  # type: ignore[arg-type]

@@ -193,13 +193,15 @@ def decode_block_fast(data: bytes, known_txs: Mapping[bytes, Tx] | None = None) 
     """Decode an encoded block: the same :class:`Block`, or the same error, as
     ``Block.decode(data, known_txs)``. ``known_txs`` maps encoded transactions already decoded
     (a mempool) to their objects, which are used as they are."""
+    if type(data) is not bytes:  # a bytearray or memoryview: the reference converts it
+        return Block.decode(data, known_txs)
     try:
         header_raw, txs_raw = _envelope(data)
         header = Header.decode(header_raw)
         if len(txs_raw) != header.tx_count or header.evidence_root != EMPTY_ROOT:
             raise _Deviation
         if known_txs:
-            txs = tuple([known_txs.get(t) or _tx(t) for t in txs_raw])
+            txs = tuple([known if (known := known_txs.get(t)) is not None else _tx(t) for t in txs_raw])
         else:
             txs = tuple([_tx(t) for t in txs_raw])
         block = Block(header, txs)
