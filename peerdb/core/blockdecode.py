@@ -3,8 +3,9 @@
 The reference decoder checks each transaction through the hardened decoder twice (the ``[body,
 signature]`` envelope, then the body), each time scanning, decoding, walking and re-encoding.
 Whoever replays every transaction of a chain pays that per transaction: the auditor (which
-uses this module), and a member receiving blocks from its peers (which could). A valid transaction has exactly one encoding, so this module reads that one
-layout directly from the bytes:
+uses this module), and a member receiving blocks from its peers (which could). A valid
+transaction has exactly one encoding, so this module reads that one layout directly from the
+bytes:
 
     block = 83 <bstr header> <array of bstr tx> 80
     tx    = 82 <bstr body> 58 40 <64-byte signature>
