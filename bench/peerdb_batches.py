@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from peerdb.core.consortium import load_consortium
+from peerdb.consortium_file import load_consortium
 from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
 from peerdb.keyfile import read_key
 from peerdb.localnet import LocalConsortium, poll_until

@@ -77,7 +77,7 @@ class PeerDBDriver:
         }
 
     def start(self, procs: ManagedProcesses, workdir: Path) -> ClientSpec:
-        from peerdb.core.consortium import load_consortium
+        from peerdb.consortium_file import load_consortium
         from peerdb.core.model import consortium_id
         from peerdb.keyfile import read_key
         from peerdb.setup_files import init_consortium
@@ -141,7 +141,7 @@ class PeerDBDriver:
     def _preload(self, api: str, token: str, count: int) -> int:
         """Submit ``count`` transactions in 500-transaction requests and wait until they are
         unanimous-signed; returns how many went in."""
-        from peerdb.core.consortium import load_consortium
+        from peerdb.consortium_file import load_consortium
         from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
         from peerdb.keyfile import read_key
         assert self._workdir is not None

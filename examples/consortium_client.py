@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from peerdb.core.consortium import Consortium, load_consortium
+from peerdb.consortium_file import load_consortium
+from peerdb.core.consortium import Consortium
 from peerdb.core.errors import ConfigError
 from peerdb.node.config import NodeConfig, load_node_config
 

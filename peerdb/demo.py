@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from .core.consortium import load_consortium
+from .consortium_file import load_consortium
 from .core.model import OP_PUT, Op, Tx, consortium_id
 from .keyfile import read_key
 from .localnet import LocalConsortium

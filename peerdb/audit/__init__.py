@@ -10,10 +10,10 @@ Modules:
 
 * :mod:`.bundle` — the file format (docs/auditor.md): framing, items, running hash, writer, parser;
 * :mod:`.export` — what a node writes: a consistent snapshot of its tree, then blocks in batches;
-* :mod:`.fastdecode` — block decoding that accepts exactly what :meth:`Block.decode` accepts, faster;
 * :mod:`.sigpool` — Ed25519 checks in worker threads (libsodium releases the GIL);
 * :mod:`.replay` — the claimed best chain's state, and views of it at any fork point;
-* :mod:`.verify` — the verifier and its report;
+* :mod:`.verify` — the verifier (:class:`~.verify.BundleVerifier`; blocks decoded by
+  :mod:`peerdb.core.blockdecode`) and its report;
 * :mod:`.diff` — "two sets of books": the first divergence between two bundles.
 
 Nothing here imports trio or lmdb: the node side hands the exporter plain objects.

@@ -21,7 +21,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 import nacl.bindings
 import nacl.exceptions
 
-from peerdb.core.codec import SIGNATURE_PREFIX
+from peerdb.core.codec import signing_prefix
 
 CHUNK = 2048
 """Signatures per task: ~0.1 s of one core, long enough that queueing and waking a thread are
@@ -30,10 +30,6 @@ noise, short enough that both cores get work early and the last chunk does not l
 _FAILURES = (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError)
 
 
-def message_prefix(domain: str, cid: bytes) -> bytes:
-    """The constant start of every signing message of ``domain`` in consortium ``cid``: the
-    message is this plus the 32-byte object hash (:func:`peerdb.core.codec.signing_message`)."""
-    return SIGNATURE_PREFIX + domain.encode("ascii") + b"/" + cid
 
 
 def _check_chunk(start: int, signed: list[bytes], keys: list[bytes]) -> list[int]:

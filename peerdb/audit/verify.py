@@ -26,7 +26,7 @@ on the block's own branch, and gives the block tree the best chain's member sche
 does.
 
 Speed: signatures are verified in worker threads (:mod:`.sigpool`) while the main thread decodes
-the next blocks (:mod:`.fastdecode`) and replays the previous ones; the pipeline holds about
+the next blocks (:mod:`peerdb.core.blockdecode`) and replays the previous ones; the pipeline holds about
 :data:`WINDOW_SIGS` signatures in flight.
 """
 
@@ -37,12 +37,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol
 
 from peerdb.anchor.errors import AnchorProofError
 from peerdb.anchor.headers import POW_LIMITS
 from peerdb.anchor.proof import VerifiedAnchor, verify_anchor_proof
 from peerdb.core.chain import BlockTree
+from peerdb.core.blockdecode import decode_block_fast
+from peerdb.core.codec import signing_prefix
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, ValidationError
 from peerdb.core.membership import ConsortiumState
@@ -52,10 +54,9 @@ from peerdb.core.validate import check_block
 
 from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
 from .errors import AuditFailure, block_where
-from .fastdecode import FastBlock, decode_block
 from .replay import ChainState
 from .report import Exclusion, Heads, VerifyReport
-from .sigpool import SignaturePool, message_prefix
+from .sigpool import SignaturePool
 
 WINDOW_SIGS = 16_384
 """Signatures decoded ahead of the replay: eight chunks, enough to keep every worker busy while
@@ -89,7 +90,7 @@ class VerifyOptions:
 class _Pending:
     item: Item
     index: int
-    block: Block | FastBlock | None = None
+    block: Block | None = None
     error: AuditFailure | None = None
     lo: int = 0
     hi: int = 0
@@ -105,7 +106,11 @@ def _trusted(_tx: Tx) -> bool:
     return True
 
 
-class Verifier:
+class BundleVerifier:
+    """Verifies a bundle read from a stream (:func:`verify_bundle`): decodes blocks and queues
+    their signatures ahead (stage A), replays them in order (stage B), then judges the fork
+    choice and the claims."""
+
     def __init__(self, options: VerifyOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.options = options or VerifyOptions()
@@ -170,7 +175,7 @@ class Verifier:
             return p
         where = block_where(item.header.height, item.hash, item.header.proposer)
         try:
-            block = decode_block(item.raw)
+            block = decode_block_fast(item.raw)
         except (DecodeError, ValidationError) as exc:
             p.error = AuditFailure(where, f"does not decode: {exc}")
             return p
@@ -213,8 +218,8 @@ class Verifier:
         self.cid = head.cid
         self.genesis_keys: dict[str, bytes] = {m.name: m.key for m in c.members}
         self._key_maps: dict[int, tuple[Consortium, dict[str, bytes]]] = {}
-        self.tx_prefix = message_prefix(DOMAIN_TX, head.cid)
-        self.block_prefix = message_prefix(DOMAIN_BLOCK, head.cid)
+        self.tx_prefix = signing_prefix(DOMAIN_TX, head.cid)
+        self.block_prefix = signing_prefix(DOMAIN_BLOCK, head.cid)
         genesis = genesis_header(c)
         self.tree = BlockTree(genesis, c.member_names)
         self.state = ChainState(genesis)
@@ -294,7 +299,7 @@ class Verifier:
         reader = self.state.reader_for(header.prev)
         try:
             effects = check_block(
-                cast(Block, block), parent, parent.state_root, reader, self.consortium, self.cid, header.time_ms,
+                block, parent, parent.state_root, reader, self.consortium, self.cid, header.time_ms,
                 evidence_known=reader.evidence_included,
                 signature_ok=(lambda tx: tx.txid not in bad_txids) if bad_txids else _trusted,
                 consortium_state=gov)
@@ -526,4 +531,4 @@ def verify_bundle(stream: BinaryIO, options: VerifyOptions | None = None,
                   progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify a bundle read from ``stream``; raises :class:`AuditFailure` at the first failure.
     Errors reaching a Bitcoin node (:class:`peerdb.anchor.errors.BitcoinUnavailable`) propagate."""
-    return Verifier(options, progress).verify(stream)
+    return BundleVerifier(options, progress).verify(stream)

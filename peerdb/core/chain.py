@@ -1,4 +1,4 @@
-"""The block tree, fork choice, views, block statuses and alerts.
+"""The block tree, fork choice, views and block statuses (the alerts built on them: :mod:`peerdb.node.alerts`).
 
 Fork rule (seed 001, step 3.1): the best chain is the one whose blocks carry the most
 signatures, not counting any signature from a member against whom valid double-sign evidence

@@ -161,6 +161,15 @@ def tagged_hash(tag: str, data: bytes) -> bytes:
     return hashlib.sha256(len(tag_bytes).to_bytes(1, "big") + tag_bytes + data).digest()
 
 
+def signing_prefix(domain: str, consortium_id: bytes) -> bytes:
+    """The constant start of every signing message of ``domain`` in one consortium: prefix,
+    domain, ``/``, consortium id. The whole message is this plus the 32-byte object hash
+    (:func:`signing_message`); checkers of many signatures build it once and append each hash."""
+    if len(consortium_id) != HASH_LEN:
+        raise ValueError("consortium id must be 32 bytes")
+    return SIGNATURE_PREFIX + domain.encode("ascii") + b"/" + consortium_id
+
+
 def signing_message(domain: str, consortium_id: bytes, object_hash: bytes) -> bytes:
     """The exact bytes an Ed25519 key signs: prefix, domain, consortium, object hash.
 
@@ -170,7 +179,7 @@ def signing_message(domain: str, consortium_id: bytes, object_hash: bytes) -> by
     """
     if len(consortium_id) != HASH_LEN or len(object_hash) != HASH_LEN:
         raise ValueError("consortium id and object hash must be 32 bytes")
-    return SIGNATURE_PREFIX + domain.encode("ascii") + b"/" + consortium_id + object_hash
+    return signing_prefix(domain, consortium_id) + object_hash
 
 
 # Type checks for decoded structures: each raises DecodeError naming the field.

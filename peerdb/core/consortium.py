@@ -16,7 +16,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from .codec import encode, tagged_hash
@@ -248,25 +247,20 @@ class Consortium:
         return True if rule is None else rule.may_read(member)
 
 
-# --- TOML loading ------------------------------------------------------------------------------
+# --- the consortium file -----------------------------------------------------------------------
 
-def load_consortium(path: str | Path) -> Consortium:
-    """Read and check a consortium file; every problem is a ConfigError naming the file and field."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: consortium file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read consortium file ({exc})") from None
+def parse_consortium_toml(text: str, source: str) -> Consortium:
+    """Check a consortium file's text (TOML); every problem is a ConfigError naming ``source``
+    (the file, for a reader) and the field. Reading the file is the caller's business
+    (:func:`peerdb.consortium_file.load_consortium`): the core touches no file system."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
     try:
         return parse_consortium(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _table(data: Mapping[str, Any], key: str, required: bool = True) -> Mapping[str, Any]:

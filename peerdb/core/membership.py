@@ -41,7 +41,7 @@ before it is asked to propose or sign."""
 CHANGES_KEY = "changes"
 ZERO_DIGEST = bytes(HASH_LEN)
 STATE_CACHE = 64
-"""Loaded states kept per process: one per branch tip in practice, a handful at a time."""
+"""Loaded states a :class:`StateCache` keeps: one per branch tip in practice, a handful at a time."""
 
 
 class GovReader(Protocol):
@@ -113,16 +113,20 @@ class ConsortiumState:
     # --- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, genesis: Consortium, reader: GovReader) -> "ConsortiumState":
-        """The state as ``reader`` (the state after some block) records it; cached by digest."""
+    def load(cls, genesis: Consortium, reader: GovReader, cache: StateCache | None = None) -> "ConsortiumState":
+        """The state as ``reader`` (the state after some block) records it.
+
+        With ``cache`` (made for this ``genesis``), a state whose digest was loaded before costs
+        one read and no fold, and a chain without governance always costs one read; without it,
+        every call folds the entries again (fine for a one-off, not per block)."""
+        if cache is not None and cache.genesis is not genesis:
+            raise ValueError("ConsortiumState.load: the state cache belongs to another consortium")
         count, digest = parse_counter(reader.get(GOV_NAMESPACE, CHANGES_KEY))
         if count == 0:
-            return _genesis_state(genesis)
-        cache_key = (id(genesis), digest)
-        with _CACHE_LOCK:
-            cached = _CACHE.get(cache_key)
-            if cached is not None and cached.genesis is genesis:
-                _CACHE.move_to_end(cache_key)
+            return cache.genesis_state if cache is not None else cls(genesis)
+        if cache is not None:
+            cached = cache.get(digest)
+            if cached is not None:
                 return cached
         changes = []
         check = ZERO_DIGEST
@@ -135,10 +139,8 @@ class ConsortiumState:
         if check != digest:
             raise DecodeError("governance state: the change entries do not match their digest")
         state = cls(genesis, changes, digest)
-        with _CACHE_LOCK:
-            _CACHE[cache_key] = state
-            while len(_CACHE) > STATE_CACHE:
-                _CACHE.popitem(last=False)
+        if cache is not None:
+            cache.put(state)
         return state
 
     def with_changes(self, new: Iterable[ScheduledChange]) -> "ConsortiumState":
@@ -220,22 +222,42 @@ class ConsortiumState:
         ev.check(cid, key)
 
 
-_CACHE: OrderedDict[tuple[int, bytes], ConsortiumState] = OrderedDict()
-"""Keyed by the genesis object's identity (checked on a hit, so a reused id cannot alias) and
-the running digest of the change entries. The node's engine runs in worker threads: a lock."""
-_CACHE_LOCK = threading.Lock()
+class StateCache:
+    """Governance states of one consortium's chains, by the running digest of their change
+    entries, so that :meth:`ConsortiumState.load` folds each set of entries once.
 
+    Its owner holds it for as long as it loads states from stored blocks: the engine (whose
+    calls the service serialises with one lock) and the store (which recomputes the effects of
+    side-branch blocks inside its writes and its snapshots, and those may run in different
+    worker threads) each hold one. The lock guards the dictionary only, so that an owner used
+    from several threads stays consistent; a miss folds outside it (two threads missing the same
+    digest at once both fold, to equal states). Bounded by :data:`STATE_CACHE`, least recently
+    used first out; the genesis state, which chains without governance use at every height, is
+    kept apart and never evicted.
+    """
 
-def _genesis_state(genesis: Consortium) -> ConsortiumState:
-    """Chains without governance (the common case) pay one read and no fold per block."""
-    key = (id(genesis), ZERO_DIGEST)
-    with _CACHE_LOCK:
-        state = _CACHE.get(key)
-        if state is not None and state.genesis is genesis:
+    def __init__(self, genesis: Consortium, size: int = STATE_CACHE) -> None:
+        self.genesis = genesis
+        self.size = size
+        self.genesis_state = ConsortiumState(genesis)
+        self._states: OrderedDict[bytes, ConsortiumState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> ConsortiumState | None:
+        with self._lock:
+            state = self._states.get(digest)
+            if state is not None:
+                self._states.move_to_end(digest)
             return state
-    state = ConsortiumState(genesis)
-    with _CACHE_LOCK:
-        _CACHE[key] = state
-        while len(_CACHE) > STATE_CACHE:
-            _CACHE.popitem(last=False)
-    return state
+
+    def put(self, state: ConsortiumState) -> None:
+        if state.genesis is not self.genesis:
+            raise ValueError("StateCache.put: a state of another consortium")
+        with self._lock:
+            self._states[state.digest] = state
+            self._states.move_to_end(state.digest)
+            while len(self._states) > self.size:
+                self._states.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._states)

@@ -28,9 +28,9 @@ from ..anchor.planner import AnchorItem, AnchorPolicy
 from ..anchor.proof import AnchorProof, verify_anchor_proof
 from ..anchor.rpc import BitcoinRPC
 from ..anchor.service import AnchorService, AnchorServiceConfig
-from ..core.alerts import Alert
 from ..core.consortium import Consortium, Params
 from ..core.errors import DecodeError, ValidationError
+from .alerts import Alert
 from .config import NodeConfig
 from .engine import Engine, Outgoing
 from .messages import AnchorMsg

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.consortium import Consortium, check_name, load_consortium, parse_address
+from ..consortium_file import load_consortium
+from ..core.consortium import Consortium, check_name, parse_address
 from ..core.errors import ConfigError
 from ..core.keys import SigningKey
 from ..keyfile import read_key

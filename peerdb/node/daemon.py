@@ -20,7 +20,6 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from ..core.alerts import Alert
 from ..core.consortium import Consortium, parse_address
 from ..core.errors import ConfigError, DecodeError
 from ..core.keys import SigningKey
@@ -29,6 +28,7 @@ from ..net.certs import certificate_public_key, member_certificate
 from ..net.peers import PeerNetwork
 from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
+from .alerts import Alert
 from .anchoring import AnchorBook, NodeAnchoring
 from .api import Api
 from .config import NodeConfig, load_node_config

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..core.alerts import Alert, chain_alerts, waiting_for
+from ..core.blockbody import Admit, header_template, select_body
 from ..core.chain import BlockTree, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
@@ -28,14 +28,14 @@ from ..core.errors import (
     SignatureError,
     ValidationError,
 )
-from ..core.blockbody import Admit, header_template, select_body
 from ..core.keys import SigningKey
-from ..core.membership import GOVERNANCE_DELAY, ConsortiumState
+from ..core.membership import GOVERNANCE_DELAY, ConsortiumState, StateCache
 from ..core.merkle import merkle_root
 from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
 from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from ..store import Store
+from .alerts import Alert, chain_alerts, waiting_for
 from .identity import Identity, network_members, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .messages import (
@@ -52,7 +52,7 @@ from .messages import (
     StatusMsg,
     TxsMsg,
 )
-from .verify import Verifier
+from .verify import TxSignatureChecker
 
 log = logging.getLogger("peerdb.node")
 
@@ -78,7 +78,7 @@ class Outgoing:
 
 class Engine:
     def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
-                 now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: Verifier | None = None) -> None:
+                 now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: TxSignatureChecker | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
@@ -86,8 +86,10 @@ class Engine:
         self.keyring = self.identity.keyring
         self.store = store
         self.mempool = Mempool(mempool_max)
-        self.verifier = verifier or Verifier(self.cid)
+        self.verifier = verifier or TxSignatureChecker(self.cid)
         self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
+        self.gov_states = StateCache(consortium)
+        """Governance states loaded from the store, by digest (used under the service's lock)."""
         self.gov = ConsortiumState(consortium)
         """The governance state after the best tip: members, keys and parameters at every height
         up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
@@ -144,7 +146,7 @@ class Engine:
         # The stored head's governance state names every member the best chain ever had, so
         # their stored signatures can be counted before the tree has chosen its best tip.
         with self.store.state_reader_at(self.store.head().hash) as reader:
-            self._set_gov(ConsortiumState.load(self.consortium, reader), self.store.head().hash)
+            self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), self.store.head().hash)
         for header in self.store.headers_iter():
             if header.height > 0:
                 self.tree.add_header(header)
@@ -200,7 +202,7 @@ class Engine:
             self._set_gov(self.gov.after_writes(effects.writes), tip.hash)
             return
         with self.store.state_reader_at(tip.hash, self.effects_cache) as reader:
-            self._set_gov(ConsortiumState.load(self.consortium, reader), tip.hash)
+            self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), tip.hash)
 
     def state_for(self, parent: bytes, height: int) -> ConsortiumState:
         """A governance state exact at ``height`` for a block whose parent is ``parent``.
@@ -222,7 +224,7 @@ class Engine:
                 and self._is_ancestor(g, parent):
             return self.gov
         with self.store.state_reader_at(parent, self.effects_cache) as reader:
-            return ConsortiumState.load(self.consortium, reader)
+            return ConsortiumState.load(self.consortium, reader, self.gov_states)
 
     # --- identity: the member keys this node holds, by height (peerdb.node.identity) ------------
 

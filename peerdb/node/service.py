@@ -17,9 +17,9 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ..core.alerts import Alert
 from ..core.chain import View
 from ..core.errors import LocalError, ProtocolError
+from .alerts import Alert, AlertBook
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
 from .messages import AnchorMsg, Message, from_wire, to_wire
@@ -33,10 +33,6 @@ INBOX_BATCH = 256
 
 ALERT_HOOK_TIMEOUT_S = 30
 """Longest an alert webhook or command may run before it is abandoned."""
-
-ALERT_REPEAT_MS = 60_000
-"""A standing alert is logged again this often, so it cannot scroll away unnoticed."""
-
 
 class Network(Protocol):
     """What the service needs from :mod:`peerdb.net` (real TLS or in-memory)."""
@@ -59,47 +55,6 @@ def wall_clock_ms() -> int:
 def trio_clock_ms() -> int:
     """For tests under trio's MockClock: 'wall' time is trio's virtual time."""
     return int(trio.current_time() * 1000)
-
-
-@dataclass
-class AlertBook:
-    """Debounces alert conditions into raised alerts, repeats and clears them, and logs each step."""
-
-    grace_ms: int
-    first_seen: dict[tuple[str, str], int] = field(default_factory=dict)
-    active: dict[tuple[str, str], tuple[Alert, int, int]] = field(default_factory=dict)  # alert, since, last log
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def update(self, conditions: list[Alert], now_ms: int) -> list[Alert]:
-        """Returns alerts newly raised (for webhooks/commands)."""
-        raised = []
-        keys = {a.key for a in conditions}
-        for key in list(self.first_seen):
-            if key not in keys:
-                del self.first_seen[key]
-        for key in list(self.active):
-            if key not in keys:
-                alert, since, _ = self.active.pop(key)
-                log.warning("alert cleared: %s (%s) after %.1f s", alert.kind, alert.subject, (now_ms - since) / 1000)
-                self.history.append({"kind": alert.kind, "subject": alert.subject, "cleared_ms": now_ms})
-        for alert in conditions:
-            since = self.first_seen.setdefault(alert.key, now_ms)
-            if alert.key in self.active:
-                _, since_raised, last = self.active[alert.key]
-                if now_ms - last >= ALERT_REPEAT_MS:
-                    log.warning("ALERT still active: %s: %s", alert.kind, alert.message)
-                    last = now_ms
-                self.active[alert.key] = (alert, since_raised, last)
-            elif now_ms - since >= self.grace_ms or alert.kind == "double_sign":
-                self.active[alert.key] = (alert, since, now_ms)
-                log.warning("ALERT %s: %s", alert.kind, alert.message)
-                raised.append(alert)
-        del self.history[:-100]
-        return raised
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [{"kind": a.kind, "message": a.message, "subject": a.subject, "since_ms": since,
-                 "details": a.details} for a, since, _ in self.active.values()]
 
 
 @dataclass

@@ -21,7 +21,11 @@ VERIFIED_CACHE = 500_000
 about 40 MB; a hit saves one 60 us verification per transaction."""
 
 
-class Verifier:
+class TxSignatureChecker:
+    """Checks client signatures of transactions in batches, across a thread pool, and remembers
+    the transaction ids that passed (mempool admission, then the block: each is checked once).
+    One per engine, called under the service's lock."""
+
     def __init__(self, cid: bytes, threads: int | None = None) -> None:
         self.cid = cid
         self.threads = threads or max(1, os.cpu_count() or 1)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import StorageError
+from peerdb.core.membership import StateCache
 from peerdb.core.model import Block, Header, Tx
 from peerdb.core.state import Effects
 
@@ -108,7 +109,7 @@ def branch_to(txn: Txn, t: Tables, tip: bytes) -> tuple[Header, list[Header]]:
 
 
 def move_head(txn: Txn, t: Tables, tip: bytes, consortium: Consortium, cid: bytes,
-              effects_cache: Mapping[bytes, Effects] | None = None) -> ReorgResult:
+              effects_cache: Mapping[bytes, Effects] | None = None, *, states: StateCache) -> ReorgResult:
     """Make ``tip`` the head: undo down to the fork point, then apply the branch up to ``tip``."""
     fork, branch = branch_to(txn, t, tip)
     head = need_header(txn, t, head_hash(txn, t))
@@ -124,7 +125,7 @@ def move_head(txn: Txn, t: Tables, tip: bytes, consortium: Consortium, cid: byte
         effects = effects_cache.get(header.hash) if effects_cache else None
         if effects is None:
             parent_root = need_header(txn, t, header.prev).state_root
-            effects = recompute_effects(reader, block, consortium, cid, parent_root)
+            effects = recompute_effects(reader, block, consortium, cid, parent_root, states=states)
         apply_block(txn, t, block, effects)
         applied_txids.update(effects.txids)
     returned: list[Tx] = []

@@ -19,6 +19,7 @@ import lmdb
 from peerdb.core.codec import decode
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, StorageError, ValidationError
+from peerdb.core.membership import StateCache
 from peerdb.core.limits import HASH_LEN
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx
 from peerdb.core.state import Effects
@@ -62,6 +63,7 @@ class StoreQueries:
     path: Path
     consortium: Consortium
     consortium_id: bytes
+    gov_states: StateCache
     member: str
     instance_id: bytes
     _env: lmdb.Environment | None
@@ -196,7 +198,8 @@ class StoreQueries:
         children. Close it promptly (use ``with``)."""
         with lmdb_errors(str(self.path)):
             return StateSnapshot(self._environment(), self._t, block_hash, self.consortium,
-                                 self.consortium_id, effects_cache, txn=self._batch_txn_here())
+                                 self.consortium_id, effects_cache, txn=self._batch_txn_here(),
+                                 states=self.gov_states)
 
     def get(self, namespace: str, key: str, at_height: int | None = None) -> tuple[bytes | None, int | None]:
         """(value, height of the write that set it) at the head, or as of best-chain height

@@ -20,6 +20,7 @@ import lmdb
 
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import PeerDBError, StorageError
+from peerdb.core.membership import ConsortiumState, StateCache
 from peerdb.core.model import Block, Tx
 from peerdb.core.state import Effects, StateReader, apply_txs
 
@@ -68,11 +69,13 @@ class TxnStateReader:
 
 
 def recompute_effects(reader: StateReader, block: Block, consortium: Consortium, cid: bytes,
-                      parent_state_root: bytes) -> Effects:
-    """Effects of a stored block on its parent's state (signatures were checked before storing)."""
+                      parent_state_root: bytes, *, states: StateCache) -> Effects:
+    """Effects of a stored block on its parent's state (signatures were checked before storing);
+    the parent's governance state is loaded through ``states``, the store's cache."""
     try:
+        state = ConsortiumState.load(consortium, reader, states)
         effects = apply_txs(reader, block.txs, consortium, cid, block.header.time_ms, parent_state_root,
-                            signature_ok=_trust_stored, height=block.height)
+                            signature_ok=_trust_stored, height=block.height, consortium_state=state)
     except PeerDBError as exc:
         raise StorageError(f"stored block {block.hash.hex()[:16]} at height {block.height} does not apply "
                            f"on its parent ({exc}); it should never have been stored") from None
@@ -99,7 +102,8 @@ def undo_overlay(txn: Txn, t: Tables, down_to_height: int) -> dict[bytes, bytes 
 
 def reader_at(txn: Txn, t: Tables, block_hash: bytes, consortium: Consortium, cid: bytes,
               effects_cache: Mapping[bytes, Effects] | None = None,
-              on_effects: Callable[[bytes, Effects], None] | None = None) -> TxnStateReader:
+              on_effects: Callable[[bytes, Effects], None] | None = None, *,
+              states: StateCache) -> TxnStateReader:
     """A reader of the state after ``block_hash`` (any stored block, on any branch)."""
     target = need_header(txn, t, block_hash)
     branch = []
@@ -112,7 +116,8 @@ def reader_at(txn: Txn, t: Tables, block_hash: bytes, consortium: Consortium, ci
     for header in reversed(branch):
         effects = effects_cache.get(header.hash) if effects_cache else None
         if effects is None:
-            effects = recompute_effects(reader, need_block(txn, t, header.hash), consortium, cid, parent_root)
+            effects = recompute_effects(reader, need_block(txn, t, header.hash), consortium, cid, parent_root,
+                                        states=states)
             if on_effects is not None:
                 on_effects(header.hash, effects)
         for namespace, key, value in effects.writes:
@@ -130,13 +135,13 @@ class StateSnapshot:
 
     def __init__(self, env: lmdb.Environment, t: Tables, block_hash: bytes, consortium: Consortium,
                  cid: bytes, effects_cache: Mapping[bytes, Effects] | None = None,
-                 txn: Txn | None = None) -> None:
+                 txn: Txn | None = None, *, states: StateCache) -> None:
         # ``txn``: read through an open write transaction (a store batch) instead of a snapshot
         # of its own; the snapshot then neither owns nor ends it.
         self._owned = txn is None
         self._txn: Txn | None = env.begin() if txn is None else txn
         try:
-            self._reader = reader_at(self._txn, t, block_hash, consortium, cid, effects_cache)
+            self._reader = reader_at(self._txn, t, block_hash, consortium, cid, effects_cache, states=states)
             self.header = need_header(self._txn, t, block_hash)
         except BaseException:
             self.close()

@@ -50,6 +50,7 @@ from peerdb.core.codec import encode
 from peerdb.core.consortium import NAME_RE, Consortium
 from peerdb.core.errors import DoubleSignRefused, StorageError
 from peerdb.core.limits import HASH_LEN, MAX_ROUND
+from peerdb.core.membership import StateCache
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, genesis_header
 from peerdb.core.state import Effects
 
@@ -81,6 +82,9 @@ class Store(StoreQueries):
         self._dir_lock = lock
         self.consortium = consortium
         self.consortium_id = genesis_header(consortium).hash
+        self.gov_states = StateCache(consortium)
+        """Governance states for recomputing the effects of stored blocks (side branches, reorgs);
+        its lock makes it safe for writes and snapshots in different worker threads."""
         self.member = member
         self.instance_id = instance_id
         self._head = head
@@ -248,11 +252,12 @@ class Store(StoreQueries):
                 if effects is None:
                     parent_root = need_header(txn, self._t, head).state_root
                     effects = recompute_effects(TxnStateReader(txn, self._t), block, self.consortium,
-                                                self.consortium_id, parent_root)
+                                                self.consortium_id, parent_root, states=self.gov_states)
                 apply_block(txn, self._t, block, effects)
                 return ReorgResult(applied=[block.hash])
             cache = {block.hash: effects} if effects is not None else None
-            return move_head(txn, self._t, block.hash, self.consortium, self.consortium_id, cache)
+            return move_head(txn, self._t, block.hash, self.consortium, self.consortium_id, cache,
+                             states=self.gov_states)
 
     def set_head(self, tip: bytes, effects_cache: Mapping[bytes, Effects] | None = None) -> ReorgResult:
         """Move the head state to stored block ``tip`` (any branch), atomically.
@@ -264,7 +269,8 @@ class Store(StoreQueries):
         with self._write() as txn:
             if head_hash(txn, self._t) == tip:
                 return ReorgResult()
-            return move_head(txn, self._t, tip, self.consortium, self.consortium_id, effects_cache)
+            return move_head(txn, self._t, tip, self.consortium, self.consortium_id, effects_cache,
+                             states=self.gov_states)
 
     def _put_block(self, txn: Txn, block: Block) -> bool:
         t = self._t

@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from cli import exitcodes
 from cli.main import main
 from cli.params import AddressType
-from peerdb.core.consortium import load_consortium
+from peerdb.consortium_file import load_consortium
 from peerdb.keyfile import read_key
 from peerdb.localnet import free_ports
 from peerdb.node.config import load_node_config

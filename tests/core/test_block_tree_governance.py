@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from peerdb.core.alerts import chain_alerts, waiting_for
 from peerdb.core.chain import BlockTree
 from peerdb.core.consortium import Member
 from peerdb.core.errors import SignatureError, ValidationError
@@ -14,6 +13,7 @@ from peerdb.core.membership import ConsortiumState
 from peerdb.core.model import BlockSignature, Evidence, Header
 from peerdb.core.proposals import AddMember, RemoveMembers, RotateKey
 from peerdb.core.validate import check_evidence, check_proposer_signature, proposer_for
+from peerdb.node.alerts import chain_alerts, waiting_for
 
 from tests.helpers.core import assert_names, bare_header, client_key, member_key, seed_key
 from tests.helpers.governance import Chain

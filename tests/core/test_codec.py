@@ -189,6 +189,7 @@ def test_signing_message_layout() -> None:
     cid, h = bytes(range(32)), bytes(32)
     assert signing_message("block", cid, h) == SIGNATURE_PREFIX + b"block/" + cid + h
     assert signing_message("tx", cid, h) != signing_message("block", cid, h)
+    assert codec.signing_prefix("block", cid) + h == signing_message("block", cid, h)
 
 
 @pytest.mark.parametrize("cid, h", [(b"x" * 31, bytes(32)), (bytes(32), b"x" * 33)])

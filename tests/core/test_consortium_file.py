@@ -14,14 +14,15 @@ import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peerdb.consortium_file import load_consortium
 from peerdb.core.consortium import (
     Consortium,
     Member,
     NamespaceRule,
     Params,
     consortium_to_toml_data,
-    load_consortium,
     parse_consortium,
+    parse_consortium_toml,
 )
 from peerdb.core.errors import ConfigError
 from peerdb.core.limits import MAX_MEMBERS
@@ -241,6 +242,18 @@ def test_params_bounds_are_inclusive(name: str, value: int) -> None:
         data["params"]["heartbeat_ms"] = 1
     c = parse_consortium(data)
     assert getattr(c.params, name) == value
+
+
+def test_the_core_checks_the_text_and_names_its_source() -> None:
+    assert parse_consortium_toml(tomli_w.dumps(valid_data()), "shared/c.toml") == CONSORTIUM
+    with pytest.raises(ConfigError) as info:
+        parse_consortium_toml("[consortium\nname = ", "shared/c.toml")
+    assert str(info.value).startswith("shared/c.toml: not valid TOML")
+    data = valid_data()
+    data["params"]["heartbeat_ms"] = 0
+    with pytest.raises(ConfigError) as info:
+        parse_consortium_toml(tomli_w.dumps(data), "shared/c.toml")
+    assert str(info.value).startswith("shared/c.toml: params.heartbeat_ms")
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +40,32 @@ def test_importing_the_core_imports_no_io_library() -> None:
     assert set(CORE_MODULES) <= loaded
     offending = sorted(m for m in loaded if m.split(".")[0] in FORBIDDEN)
     assert offending == []
+
+
+ALLOWED_IMPORTS = {
+    "__future__", "base64", "binascii", "bisect", "collections", "collections.abc", "dataclasses", "enum",
+    "hashlib", "re", "typing",
+    "io",  # in-memory streams only (io.BytesIO for cbor2's decoder)
+    "tomllib",  # parses consortium-file text; reading the file is peerdb.consortium_file's
+    "threading",  # the lock of membership.StateCache, whose owners may call it from worker threads
+    "cbor2", "nacl.bindings", "nacl.exceptions", "nacl.public", "nacl.secret", "nacl.signing", "nacl.utils",
+}
+"""Every module the core's own source imports: value and hashing modules, the CBOR and Ed25519
+libraries. No file system (os, pathlib), clock (time, datetime), logging or randomness of its own:
+anything new here is a deliberate decision."""
+
+FORBIDDEN_CALLS = {"open", "print", "input", "breakpoint"}
+
+
+def test_the_core_imports_only_value_modules_and_calls_no_io_builtin() -> None:
+    for name in CORE_MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module is not None}
+        assert imported <= ALLOWED_IMPORTS, (name, sorted(imported - ALLOWED_IMPORTS))
+        calls = {node.func.id for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+        assert not calls & FORBIDDEN_CALLS, (name, sorted(calls & FORBIDDEN_CALLS))

@@ -24,7 +24,7 @@ from peerdb.core.governance import (
     vote_key,
     vote_op,
 )
-from peerdb.core.membership import CHANGES_KEY, GOVERNANCE_DELAY, ConsortiumState, change_key
+from peerdb.core.membership import CHANGES_KEY, GOVERNANCE_DELAY, ConsortiumState, StateCache, change_key
 from peerdb.core.model import GOV_NAMESPACE, OP_PUT, ZERO_HASH, Block, Op, Tx, consortium_id
 from peerdb.core.proposals import AddMember, Proposal, RemoveMembers, RotateKey, SetNamespace, SetParams, Vote
 from peerdb.core.state import BlockRun, MemoryState, apply_txs, check_tx_static, next_state_root
@@ -442,7 +442,27 @@ def test_without_governance_nothing_changes() -> None:
     cs = chain.cs()
     assert cs.at(10**9) is chain.consortium and cs.changes == ()
     assert not any(ns == GOV_NAMESPACE for ns, _ in chain.state.values)
-    assert ConsortiumState.load(chain.consortium, chain.state) is cs
+    assert ConsortiumState.load(chain.consortium, chain.state, chain.gov_states) is cs
+
+
+def test_a_state_cache_folds_each_set_of_changes_once_and_belongs_to_one_consortium() -> None:
+    chain = Chain()
+    cache = StateCache(chain.consortium, size=1)
+    assert ConsortiumState.load(chain.consortium, chain.state, cache) is cache.genesis_state
+    proposal = chain.propose("firm-a", AddMember(FIRM_E), "firm-e joins the books")
+    chain.vote(ALL, proposal)
+    passed(chain, proposal)
+    loaded = ConsortiumState.load(chain.consortium, chain.state, cache)
+    assert loaded.changes and ConsortiumState.load(chain.consortium, chain.state, cache) is loaded
+    assert ConsortiumState.load(chain.consortium, chain.state) is not loaded  # no cache: a fresh fold
+    assert ConsortiumState.load(chain.consortium, chain.state).digest == loaded.digest
+    cache.put(ConsortiumState(chain.consortium, loaded.changes, b"\x01" * 32))  # size 1: evicts the other
+    assert len(cache) == 1 and cache.get(loaded.digest) is None and cache.get(b"\x01" * 32) is not None
+    other = Chain(make_consortium(ALL[:3]))
+    with pytest.raises(ValueError, match="another consortium"):
+        ConsortiumState.load(other.consortium, other.state, cache)
+    with pytest.raises(ValueError, match="another consortium"):
+        cache.put(ConsortiumState(other.consortium))
 
 
 def test_governance_block_reads_its_own_writes() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from peerdb.core.consortium import Consortium
 from peerdb.core.governance import ProposalRecord, propose_op, read_proposal, vote_op
 from peerdb.core.keys import SigningKey
-from peerdb.core.membership import ConsortiumState
+from peerdb.core.membership import ConsortiumState, StateCache
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import Block, Evidence, Header, Op, Tx, consortium_id, genesis_header
 from peerdb.core.proposals import Change, Proposal, Vote
@@ -31,6 +31,7 @@ class Chain:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.state = MemoryState()
+        self.gov_states = StateCache(consortium)
         self.headers: list[Header] = [genesis_header(consortium)]
         self.blocks: list[Block] = []
         self.effects: list[Effects] = []
@@ -47,7 +48,7 @@ class Chain:
         return self.tip.height
 
     def cs(self) -> ConsortiumState:
-        return ConsortiumState.load(self.consortium, self.state)
+        return ConsortiumState.load(self.consortium, self.state, self.gov_states)
 
     def member_key(self, name: str) -> SigningKey:
         return self.keys.get(name) or member_key(name)

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from peerdb.core.alerts import Alert
+from peerdb.node.alerts import Alert
 from peerdb.node.config import NodeConfig, load_node_config
 from peerdb.node.daemon import alert_sink
 from peerdb.setup_files import init_consortium

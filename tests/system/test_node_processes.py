@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from peerdb.core.consortium import load_consortium
+from peerdb.consortium_file import load_consortium
 from peerdb.core.keys import SigningKey
 from peerdb.localnet import LocalConsortium
 from peerdb.net.certs import member_certificate

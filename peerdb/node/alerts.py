@@ -1,16 +1,27 @@
-"""Alerts a member must raise (seed 001, protocol steps 2 and 3), as pure functions of the tree.
+"""Alerts a member must raise (seed 001, protocol steps 2 and 3): what the condition is, and when
+to shout about it.
 
-The node decides *when* a condition has lasted long enough to shout about (it owns the clock);
-this module decides *what* the condition is and names its cause, so that a person reading the
-alert knows whom to call.
+The conditions (:func:`chain_alerts`, :func:`waiting_for`) are pure functions of the block tree
+and the times passed in: they decide *what* is wrong and name its cause, so that a person reading
+the alert knows whom to call. :class:`AlertBook` decides *when* a condition has lasted long
+enough to raise, repeats standing alerts in the log and clears them; the service owns it and
+feeds it the conditions with its clock's time. Node-local policy, not consensus: members may
+alert differently without disagreeing on any block.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-from .chain import BlockTree
-from .validate import proposer_for, round_at
+from ..core.chain import BlockTree
+from ..core.validate import proposer_for, round_at
+
+log = logging.getLogger("peerdb.node")
+
+ALERT_REPEAT_MS = 60_000
+"""A standing alert is logged again this often, so it cannot scroll away unnoticed."""
 
 
 @dataclass(frozen=True)
@@ -79,3 +90,44 @@ def waiting_for(tree: BlockTree, tip_seen_ms: int, now_ms: int, turn_timeout_ms:
     return Alert("stalled", f"height {tip.height + 1}: waiting for {proposer}'s proposal, round {round_}",
                  subject=f"{tip.height + 1}", details={"height": tip.height + 1, "round": round_,
                                                        "proposer": proposer})
+
+
+@dataclass
+class AlertBook:
+    """Debounces alert conditions into raised alerts, repeats and clears them, and logs each step."""
+
+    grace_ms: int
+    first_seen: dict[tuple[str, str], int] = field(default_factory=dict)
+    active: dict[tuple[str, str], tuple[Alert, int, int]] = field(default_factory=dict)  # alert, since, last log
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, conditions: list[Alert], now_ms: int) -> list[Alert]:
+        """Returns alerts newly raised (for webhooks/commands)."""
+        raised = []
+        keys = {a.key for a in conditions}
+        for key in list(self.first_seen):
+            if key not in keys:
+                del self.first_seen[key]
+        for key in list(self.active):
+            if key not in keys:
+                alert, since, _ = self.active.pop(key)
+                log.warning("alert cleared: %s (%s) after %.1f s", alert.kind, alert.subject, (now_ms - since) / 1000)
+                self.history.append({"kind": alert.kind, "subject": alert.subject, "cleared_ms": now_ms})
+        for alert in conditions:
+            since = self.first_seen.setdefault(alert.key, now_ms)
+            if alert.key in self.active:
+                _, since_raised, last = self.active[alert.key]
+                if now_ms - last >= ALERT_REPEAT_MS:
+                    log.warning("ALERT still active: %s: %s", alert.kind, alert.message)
+                    last = now_ms
+                self.active[alert.key] = (alert, since_raised, last)
+            elif now_ms - since >= self.grace_ms or alert.kind == "double_sign":
+                self.active[alert.key] = (alert, since, now_ms)
+                log.warning("ALERT %s: %s", alert.kind, alert.message)
+                raised.append(alert)
+        del self.history[:-100]
+        return raised
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"kind": a.kind, "message": a.message, "subject": a.subject, "since_ms": since,
+                 "details": a.details} for a, since, _ in self.active.values()]

@@ -1,11 +1,11 @@
-"""Alerts as pure functions of the block tree (peerdb/core/alerts.py): which condition raises
+"""Alerts as pure functions of the block tree (peerdb/node/alerts.py): which condition raises
 which alert, and whom each alert names, so that a person reading it knows whom to call.
 """
 
 from __future__ import annotations
 
-from peerdb.core.alerts import Alert, chain_alerts, waiting_for
 from peerdb.core.chain import BlockTree
+from peerdb.node.alerts import Alert, chain_alerts, waiting_for
 
 from tests.helpers.core import GENESIS, MEMBER_NAMES, bare_header
 
