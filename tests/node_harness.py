@@ -23,7 +23,7 @@ from peerdb.core.keys import SigningKey
 from peerdb.core.model import OP_PUT, Op, Tx, consortium_id
 from peerdb.net.memory import MemoryHub
 from peerdb.net.peers import NetConfig, PeerNetwork
-from peerdb.node.api import Api
+from peerdb.node.http import Api
 from peerdb.node.engine import Engine
 from peerdb.node.service import NodeService, trio_clock_ms
 from peerdb.store import Store

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from peerdb.core.consortium import NamespaceRule
-from peerdb.node.api import Api
+from peerdb.node.http import Api
 from tests.node_harness import Cluster
 
 TOKEN = "t" * 32

@@ -10,7 +10,7 @@ import httpx
 import trio
 import trio.testing
 
-from peerdb.node.api import Api
+from peerdb.node.http import Api
 from tests.node_harness import Cluster
 
 TOKEN = "t" * 32
