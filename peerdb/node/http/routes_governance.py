@@ -190,7 +190,7 @@ class HeadReader:
         return self.store.get(namespace, key)[0]
 
 
-def waiting_for(record: ProposalRecord, members: Sequence[str], votes: Mapping[str, Any]) -> list[str]:
+def waiting_for(record: ProposalRecord, members: Sequence[str], votes: Mapping[str, Vote]) -> list[str]:
     """The members (of ``members``, in their order) whose vote a proposal still waits for:
     those it does not remove that have not voted."""
     excluded = record.proposal.excluded_voters()
