@@ -38,7 +38,7 @@ MAX_WAIT_S = 600.0
 DEFAULT_WAIT_S = 30.0
 """How long a request that asks to wait (``"wait": VIEW``) waits without ``timeout_s``."""
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
-"""Largest request body read: a transaction list of ``/v1/txs`` at its largest fits well."""
+"""Largest request body the API reads; a larger one is refused with 413 before it is parsed."""
 CLIENT_TX_TTL_MS = 10 * 60 * 1000
 """Expiry the node gives the transactions it signs for its clients (``/v1/write``, governance)."""
 
