@@ -30,7 +30,7 @@ from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
 from .alerts import Alert
 from .anchoring import AnchorBook, NodeAnchoring
-from .api import Api
+from .http import Api
 from .config import NodeConfig, load_node_config
 from .engine import Engine
 from .service import NodeService, wall_clock_ms

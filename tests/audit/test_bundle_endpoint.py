@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 from peerdb.audit.verify import VerifyOptions, verify_bundle
-from peerdb.node.api import Api
-from peerdb.node.api_audit import BLOCKS_HEADER
+from peerdb.node.http import Api
+from peerdb.node.http.routes_audit import BLOCKS_HEADER
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32

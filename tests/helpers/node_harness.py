@@ -28,7 +28,7 @@ from peerdb.core.model import OP_PUT, Header, Op, Tx
 from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.net.memory import MemoryHub
 from peerdb.net.peers import NetConfig, PeerNetwork
-from peerdb.node.api import Api
+from peerdb.node.http import Api
 from peerdb.node.engine import Engine
 from peerdb.node.service import NodeService, trio_clock_ms
 from peerdb.store import Store

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from peerdb.core.consortium import NamespaceRule
-from peerdb.node.api import Api
+from peerdb.node.http import Api
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32

@@ -12,7 +12,7 @@ import httpx
 import trio
 import trio.testing
 
-from peerdb.node.api import Api
+from peerdb.node.http import Api
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32

@@ -521,7 +521,7 @@ async def test_objection_to_an_invalid_block_is_visible_through_the_api(
     signed proposal."""
     import httpx
 
-    from peerdb.node.api import Api
+    from peerdb.node.http import Api
 
     async with quiet_world(tmp_path, caplog) as w:
         link = await w.connect()

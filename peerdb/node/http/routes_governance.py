@@ -13,14 +13,15 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..core.consortium import Consortium, Member, NamespaceRule
-from ..core.errors import ConfigError, DecodeError, ValidationError
-from ..core.governance import (
+from ...core.consortium import Consortium, Member, NamespaceRule
+from ...core.errors import ConfigError, DecodeError, ValidationError
+from ...core.governance import (
     PENDING,
     ProposalRecord,
     propose_op,
@@ -29,10 +30,11 @@ from ..core.governance import (
     read_votes,
     vote_op,
 )
-from ..core.model import GOV_NAMESPACE, Tx
-from ..net.certs import check_member_certificate
-from ..store.queries import SCAN_PAGE_MAX
-from ..core.proposals import (
+from ...core.model import GOV_NAMESPACE
+from ...net.certs import check_member_certificate
+from ...store import Store
+from ...store.queries import SCAN_PAGE_MAX
+from ...core.proposals import (
     ADD_MEMBER,
     KINDS,
     PARAM_NAMES,
@@ -52,15 +54,14 @@ from ..core.proposals import (
     Vote,
     apply_change,
 )
-
-if TYPE_CHECKING:
-    from .api import Api
+from ..engine import Engine
+from .context import ApiContext, json_body
+from .errors import ApiError, json_endpoint
 
 RECENT_PROPOSALS = 50
 """Decided proposals listed by ``GET /v1/governance`` (newest first): a consortium decides a
 few questions a month; older ones stay readable by id."""
-GOV_TX_TTL_MS = 10 * 60 * 1000
-"""Expiry of the transactions the node signs for governance requests (as for ``/v1/write``)."""
+GOVERNANCE_NEEDS_KEY = "governance requests travel in transactions signed by the node's client key"
 
 
 class BadProposal(ValidationError):
@@ -178,22 +179,50 @@ def change_from_json(data: dict[str, Any]) -> Change:
     raise BadProposal(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
 
 
-def governance_routes(api: "Api") -> list[Route]:
-    engine = api.engine
-    service = api.service
+class HeadReader:
+    """A :class:`peerdb.core.membership.GovReader` of the governance state at the store's head
+    (which is the best tip between engine calls): read it under ``service.read``."""
 
-    def sign(ops: list[Any]) -> Tx:
-        if api.client_key is None:
-            raise ConfigError("this node has no client_key_file configured; governance requests travel in "
-                              "transactions signed by the node's client key")
-        return Tx.create(api.client_key, engine.cid, engine.me, secrets.randbits(63),
-                         service.clock_ms() + GOV_TX_TTL_MS, ops)
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-    async def submit(tx: Tx, data: dict[str, Any]) -> dict[str, Any]:
-        answer, _error = await api._submit_and_wait([tx.raw], data)
-        if answer["rejected"]:
-            raise ValidationError(answer["rejected"][0]["reason"])
-        return answer
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self.store.get(namespace, key)[0]
+
+
+def waiting_for(record: ProposalRecord, members: Sequence[str], votes: Mapping[str, Vote]) -> list[str]:
+    """The members (of ``members``, in their order) whose vote a proposal still waits for:
+    those it does not remove that have not voted."""
+    excluded = record.proposal.excluded_voters()
+    return [m for m in members if m not in excluded and m not in votes]
+
+
+def pending_proposals(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
+    """Open proposals at the head, each with the members whose vote it still waits for
+    (``GET /v1/status``)."""
+    reader = HeadReader(engine.store)
+    members = engine.current.member_names
+    out = []
+    for pid in read_pending(reader):
+        record = read_proposal(reader, pid)
+        if record is None or record.status_at(now_ms) != PENDING:
+            continue
+        out.append({"id": pid.hex(), "kind": record.proposal.kind, "proposer": record.proposer,
+                    "note": record.proposal.note, "expires_ms": record.expires_ms,
+                    "waiting_for": waiting_for(record, members, read_votes(reader, pid, members))})
+    return out
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    engine = ctx.engine
+    service = ctx.service
+    head = HeadReader(engine.store)
+
+    async def submit(ops: list[Any], data: dict[str, Any]) -> dict[str, Any]:
+        submitted = await ctx.submit_and_wait([ctx.sign(ops, GOVERNANCE_NEEDS_KEY).raw], data)
+        if submitted.first_refusal is not None:
+            raise submitted.first_refusal  # the pool's error object: its type gives the status
+        return submitted.answer
 
     def check_new(proposal: Proposal) -> None:
         """The early check of protocol §20.4 (propose, rule 3), plus a fresh id."""
@@ -206,7 +235,7 @@ def governance_routes(api: "Api") -> list[Route]:
             raise BadProposal(f"proposal {proposal.id.hex()[:16]} was already made; give another nonce")
 
     async def propose(request: Request) -> Any:
-        data = await api._json_body(request)
+        data = await json_body(request)
         note = data.get("note", "")
         if not isinstance(note, str):
             raise BadProposal("note: expected text")
@@ -225,13 +254,12 @@ def governance_routes(api: "Api") -> list[Route]:
             # Once in force, this node could sign nothing: refuse before the others vote.
             raise BadProposal(f"rotate_key: this node does not hold {engine.me}'s new key {change.key.hex()[:16]}; "
                               "add its key file to node.extra_key_files and restart the node, then propose")
-        answer = await submit(sign([propose_op(proposal)]), data)
+        answer = await submit([propose_op(proposal)], data)
         return {"proposal": proposal.id.hex(), "kind": proposal.kind, **answer}
 
     def record_of(pid: bytes) -> ProposalRecord:
-        record = read_proposal(_HeadReader(api), pid)
+        record = read_proposal(head, pid)
         if record is None:
-            from .api import ApiError
             raise ApiError(404, "not_found", f"no proposal {pid.hex()} on the best chain")
         return record
 
@@ -245,25 +273,24 @@ def governance_routes(api: "Api") -> list[Route]:
         return pid
 
     async def vote(request: Request) -> Any:
-        data = await api._json_body(request)
+        data = await json_body(request)
         pid = parse_id(data.get("proposal"))
         approve = data.get("approve")
         if type(approve) is not bool:
             raise BadProposal("approve: expected true (yes) or false (no)")
         record = await service.read(record_of, pid)
-        status = record.status_at(service.clock_ms())
+        status = record.status_at(ctx.now_ms())
         if status != PENDING:
             raise BadProposal(f"proposal {pid.hex()[:16]} is {status}; votes are only taken on pending proposals")
         if engine.me in record.proposal.excluded_voters():
             raise BadProposal(f"{engine.me} does not vote on its own removal")
         ballot = Vote.create(engine.key, engine.cid, pid, engine.me, approve)
-        answer = await submit(sign([vote_op(ballot)]), data)
+        answer = await submit([vote_op(ballot)], data)
         return {"proposal": pid.hex(), "member": engine.me, "approve": approve, **answer}
 
     def listing() -> dict[str, Any]:
-        now = service.clock_ms()
-        reader = _HeadReader(api)
-        pending = [r for r in (read_proposal(reader, pid) for pid in read_pending(reader)) if r is not None]
+        now = ctx.now_ms()
+        pending = [r for r in (read_proposal(head, pid) for pid in read_pending(head)) if r is not None]
         everything = [ProposalRecord.decode(v) for _k, v, _h in
                       engine.store.scan(GOV_NAMESPACE, "proposal/", limit=SCAN_PAGE_MAX)]
         decided = sorted((r for r in everything if r.status != PENDING), key=lambda r: (r.decided_height or 0),
@@ -277,28 +304,16 @@ def governance_routes(api: "Api") -> list[Route]:
 
     def detail(pid: bytes) -> dict[str, Any]:
         record = record_of(pid)
-        height = engine.tree.best_tip.height
-        voters = engine.gov.used_names
-        votes = read_votes(_HeadReader(api), pid, tuple(sorted(voters)))
-        required = [m for m in engine.gov.members_at(height + 1) if m not in record.proposal.excluded_voters()]
-        return {**record.to_json(service.clock_ms()),
+        votes = read_votes(head, pid, tuple(sorted(engine.gov.used_names)))
+        return {**record.to_json(ctx.now_ms()),
                 "votes": [{"member": v.member, "approve": v.approve} for v in votes.values()],
-                "waiting_for": [m for m in required if m not in votes] if record.status == PENDING else []}
+                "waiting_for": waiting_for(record, engine.current.member_names, votes)
+                if record.status == PENDING else []}
 
     async def show(request: Request) -> Any:
         return await service.read(detail, parse_id(request.path_params["pid"]))
 
-    return [Route("/v1/governance", api._wrap_fn(list_all)),
-            Route("/v1/governance/propose", api._wrap_fn(propose), methods=["POST"]),
-            Route("/v1/governance/vote", api._wrap_fn(vote), methods=["POST"]),
-            Route("/v1/governance/{pid}", api._wrap_fn(show))]
-
-
-class _HeadReader:
-    """The governance state at the store's head (which is the best tip between engine calls)."""
-
-    def __init__(self, api: "Api") -> None:
-        self.store = api.engine.store
-
-    def get(self, namespace: str, key: str) -> bytes | None:
-        return self.store.get(namespace, key)[0]
+    return [Route("/v1/governance", json_endpoint(list_all)),
+            Route("/v1/governance/propose", json_endpoint(propose), methods=["POST"]),
+            Route("/v1/governance/vote", json_endpoint(vote), methods=["POST"]),
+            Route("/v1/governance/{pid}", json_endpoint(show))]

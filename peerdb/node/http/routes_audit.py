@@ -17,27 +17,25 @@ detects as a truncated bundle.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import trio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ..audit.bundle import BundleWriter
-from ..audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
-
-if TYPE_CHECKING:
-    from .api import Api
+from ...audit.bundle import BundleWriter
+from ...audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
+from .context import ApiContext
 
 BLOCKS_HEADER = "X-PeerDB-Audit-Blocks"
 MEDIA_TYPE = "application/vnd.peerdb.audit-bundle"
 
 
-def audit_routes(api: "Api") -> list[Route]:
+def routes(ctx: ApiContext) -> list[Route]:
+    engine = ctx.engine
+    service = ctx.service
+
     async def bundle(request: Request) -> Response:
-        engine = api.engine
-        service = api.service
         captured = await service.read(
             lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms(),
                             engine.unsaved_sigs))
@@ -59,4 +57,6 @@ def audit_routes(api: "Api") -> list[Route]:
                                  headers={BLOCKS_HEADER: str(len(snapshot.blocks)),
                                           "Content-Disposition": f'attachment; filename="{engine.me}.pdbaudit"'})
 
+    # Not behind the JSON error wrapper: nothing here is the client's input, so whatever fails
+    # is ours (the app's 500), and once streaming has begun the status is already sent.
     return [Route("/v1/audit/bundle", bundle)]

@@ -3,7 +3,7 @@
 Every member stores the envelopes of a private namespace, so the store can never be the place
 where the plaintext lives: the node seals a value on its way in (``POST /v1/write``) and opens
 it on its way out, for this firm's clients only, and only when this member is a reader in force
-(the read rule of ``Api._check_read``). Which consortium decides:
+(the read rule of :meth:`.context.ApiContext.check_read`). Which consortium decides:
 
 * **Writing**, the block height is not known yet: the value is sealed to the readers of the
   consortium in force at the next height *and* of the one after every passed change
@@ -20,26 +20,19 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from starlette.requests import Request
-from starlette.routing import Route
-
-from ..core.consortium import EVERYONE
-from ..core.errors import DecodeError, ValidationError
-from ..core.model import OP_PUT, Op
-from ..core.privacy import Envelope, open_value, readers_at, recipients_for_write, seal_value
-
-if TYPE_CHECKING:
-    from .api import Api
-    from .engine import Engine
+from ...core.errors import DecodeError, ValidationError
+from ...core.model import OP_PUT, Op
+from ...core.privacy import Envelope, open_value, recipients_for_write, seal_value
+from ..engine import Engine
 
 
 class PrivateValues:
     """Sealing and opening for one node; every method runs inside ``service.read`` (it reads the
     governance state and the keyring, and opening is CPU)."""
 
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def private_at(self, namespace: str, height: int) -> bool:
@@ -120,28 +113,3 @@ class PrivateValues:
             return None
         value = None if op.value is None else base64.b64encode(op.value).decode("ascii")
         return {"value": value, "value_text": None, "private": True}
-
-
-def private_routes(api: "Api") -> list[Route]:
-    async def readers(request: Request) -> Any:
-        """Who a client must seal a value for before signing it itself (``POST /v1/txs``)."""
-        ns = request.path_params["ns"]
-        api._check_name(ns)
-
-        def read() -> dict[str, Any]:
-            engine = api.engine
-            current, latest = engine.current, engine.gov.latest()
-            rule = current.rule(ns)
-            recipients = api.private.recipients(ns)
-            return {
-                "namespace": ns, "height": engine.tree.best_tip.height + 1,
-                "private": api.private.private_soon(ns),
-                "writers": [EVERYONE] if rule is None else list(rule.writers),
-                "readers": sorted(readers_at(current, ns)),
-                "readers_after_changes": sorted(readers_at(latest, ns)),
-                "recipients": [{"member": m, "keys": [k.hex() for k in keys]}
-                               for m, keys in sorted(recipients.items())],
-            }
-        return await api.service.read(read)
-
-    return [Route("/v1/namespaces/{ns}/readers", api._wrap_fn(readers))]

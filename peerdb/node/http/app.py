@@ -1,0 +1,74 @@
+"""The client API as one ASGI app: the bearer-token check, the routes of every route module,
+and the JSON answers for what no route answers (404, 405) and for our own failures (500).
+
+Bound to 127.0.0.1 by default and guarded by the bearer token of the node config: the API
+speaks for the firm (it can sign with the firm's client key), so it is as private as the key.
+Every read names the view it was answered from and the height of that view's head; every
+error is ``{"error": {"code": ..., "message": ...}}`` with a matching HTTP status (the table
+is :data:`.errors.ERRORS`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ...core.keys import SigningKey
+from ..service import NodeService
+from . import routes_audit, routes_chain, routes_governance, routes_private, routes_read, routes_write
+from .context import ApiContext
+from .errors import error_response
+from .private import PrivateValues
+
+log = logging.getLogger("peerdb.api")
+
+ROUTE_MODULES = (routes_write, routes_read, routes_chain, routes_audit, routes_governance, routes_private)
+"""Every route module, each with ``routes(ctx) -> list[Route]``."""
+
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+"""Codes of the router's own answers: no route has the path, or none takes the method."""
+
+
+class Api:
+    """The ASGI app hypercorn serves (``Api(service, token, client_key, extras)``).
+
+    ``extras`` are sections the daemon adds to ``GET /v1/status`` (name → function).
+    """
+
+    def __init__(self, service: NodeService, token: str, client_key: SigningKey | None,
+                 extras: dict[str, Callable[[], Any]] | None = None) -> None:
+        self.token = token
+        self.context = ApiContext(service, client_key, PrivateValues(service.engine), dict(extras or {}))
+        routes = [route for module in ROUTE_MODULES for route in module.routes(self.context)]
+        self.app = Starlette(routes=routes, exception_handlers={
+            HTTPException: self._http_error, Exception: self._server_error})
+
+    @staticmethod
+    async def _http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code = HTTP_ERROR_CODES.get(status, "http_error")
+        detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        return error_response(status, code, f"{request.method} {request.url.path}: {detail}")
+
+    @staticmethod
+    async def _server_error(request: Request, exc: Exception) -> Response:
+        log.exception("API error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}; see the node log")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            expected = f"Bearer {self.token}"
+            if not hmac.compare_digest(header.encode(), expected.encode()):
+                response = error_response(401, "unauthorized", "missing or wrong bearer token "
+                                          "(see api.token in the node config)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

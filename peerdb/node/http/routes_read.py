@@ -1,0 +1,99 @@
+"""Reads of the data: a transaction's status, a key's value in a view, a namespace's keys, a
+key's history. Every data read checks the read rule in force; in a private namespace the
+value is opened here, for this firm's clients (:class:`~.private.PrivateValues`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ...core.chain import View
+from .context import ApiContext, parse_int, parse_view
+from .errors import ApiError, json_endpoint
+from .render import value_json
+
+SCAN_DEFAULT_KEYS = 100
+"""Keys per page of ``GET /v1/kv/{ns}`` without ``limit``."""
+SCAN_MAX_KEYS = 1000
+"""Most keys per page, whatever ``limit`` asks: one read under the engine's lock."""
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    engine = ctx.engine
+
+    def shown(ns: str, key: str, value: bytes | None, written: int | None) -> dict[str, Any]:
+        """:func:`value_json`, for a private namespace of the plaintext (opened here, in the read
+        worker) plus ``private`` and, if this node cannot open it, ``unavailable``."""
+        value, extra = ctx.private.open(ns, key, value, written)
+        return {**value_json(value), **extra}
+
+    def tx_info(txid: bytes) -> dict[str, Any]:
+        height, level = ctx.service.tx_level(txid)
+        if height is None:
+            if txid in engine.mempool:
+                return {"txid": txid.hex(), "status": "pending"}
+            raise ApiError(404, "not_found", f"transaction {txid.hex()} is neither pending nor on the best chain")
+        location = engine.store.tx_location(txid)
+        assert location is not None
+        return {"txid": txid.hex(), "status": level or "tentative", "height": height,
+                "block": location.block_hash.hex()}
+
+    async def get_tx(request: Request) -> Any:
+        try:
+            txid = bytes.fromhex(request.path_params["txid"])
+        except ValueError:
+            raise ApiError(400, "bad_parameter", "txid: must be hex") from None
+        return await ctx.service.read(tx_info, txid)
+
+    def kv(ns: str, key: str, view: View, at: int | None) -> dict[str, Any]:
+        head_height = engine.heads().height(view)
+        height = head_height if at is None else at
+        if height > head_height:
+            raise ApiError(400, "beyond_view", f"height {height} is above the {view.value} head ({head_height})")
+        value, written = engine.store.get(ns, key, height)
+        return {"namespace": ns, "key": key, "found": value is not None, **shown(ns, key, value, written),
+                "written_at": written, "view": view.value, "height": height, "head_height": head_height}
+
+    async def get_kv(request: Request) -> Any:
+        ns, key = request.path_params["ns"], request.path_params["key"]
+        ctx.check_read(ns)
+        view = parse_view(request.query_params.get("view"))
+        at = parse_int(request.query_params.get("at"), "at")
+        return await ctx.service.read(kv, ns, key, view, at)
+
+    async def get_scan(request: Request) -> Any:
+        """Keys of a namespace at the head (the tentative view), paged."""
+        ns = request.path_params["ns"]
+        ctx.check_read(ns)
+        prefix = request.query_params.get("prefix", "")
+        after = request.query_params.get("after")
+        limit = min(parse_int(request.query_params.get("limit"), "limit") or SCAN_DEFAULT_KEYS, SCAN_MAX_KEYS)
+
+        def read() -> dict[str, Any]:
+            rows = engine.store.scan(ns, prefix, start_after=after, limit=limit)
+            return {"namespace": ns, "prefix": prefix, "view": View.TENTATIVE.value,
+                    "height": engine.tree.best_tip.height,
+                    "keys": [{"key": k, "written_at": h, **shown(ns, k, v, h)} for k, v, h in rows],
+                    "next_after": rows[-1][0] if len(rows) >= limit else None}
+        return await ctx.service.read(read)
+
+    async def get_history(request: Request) -> Any:
+        ns, key = request.path_params["ns"], request.path_params["key"]
+        ctx.check_read(ns)
+
+        def read() -> dict[str, Any]:
+            heads = engine.heads()
+            versions = []
+            for height, block_hash, value in engine.store.history(ns, key):
+                versions.append({"height": height, "block": block_hash.hex(), "deleted": value is None,
+                                 "status": engine.tree.status(block_hash, heads).value,
+                                 **shown(ns, key, value, height)})
+            return {"namespace": ns, "key": key, "versions": versions}
+        return await ctx.service.read(read)
+
+    return [Route("/v1/tx/{txid}", json_endpoint(get_tx)),
+            Route("/v1/kv/{ns}", json_endpoint(get_scan)),
+            Route("/v1/kv/{ns}/{key:path}", json_endpoint(get_kv)),
+            Route("/v1/history/{ns}/{key:path}", json_endpoint(get_history))]
