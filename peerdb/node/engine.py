@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..core.blockbody import Admit, header_template, select_body
-from ..core.chain import BlockTree, ViewHeads
+from ..core.chain import BlockTree, SettledConflict, TreeSnapshot, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
     DecodeError,
@@ -35,6 +35,8 @@ from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx,
 from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from ..store import Store
+from ..store.archive import SavedTree, StoreArchive, load_tree, tree_record
+from ..store.layout import META_TREE
 from .alerts import Alert, chain_alerts, waiting_for
 from .identity import Identity, network_members, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
@@ -66,6 +68,16 @@ CATCHUP_RETRY_MS = 2000
 """Do not ask the same peer for blocks again sooner than this while a request is outstanding."""
 UNSAVED_SIGS_MAX = 4096
 """Peers' signatures held in memory before a write of their own is forced (see _accept_sigs)."""
+TREE_KEEP = 4096
+"""Best-chain blocks below the tip the block tree keeps in memory while the final block lags
+further behind (a member down, Bitcoin slow, no anchoring at all): ~6 MB of headers and
+signatures. A fork deeper than this is still settled by the fork rule: the tree is re-rooted at
+the fork point from the store (:meth:`Engine._reroot`)."""
+TREE_PRUNE_STEP = 1024
+"""The root moves up in steps of at least this many blocks, so pruning (O(blocks held)) and the
+snapshot commit it writes cost O(1) per block."""
+MAX_CONFLICTS = 64
+"""Blocks leaving out our final block whose signers we remember for the finality alert."""
 
 __all__ = ["Engine", "Outgoing"]
 
@@ -87,7 +99,8 @@ class Engine:
         self.store = store
         self.mempool = Mempool(mempool_max)
         self.verifier = verifier or TxSignatureChecker(self.cid)
-        self.tree = BlockTree(genesis_header(consortium), consortium.member_names)
+        self.archive = StoreArchive(store)
+        self.tree = BlockTree(genesis_header(consortium), consortium.member_names, settle=True)
         self.gov_states = StateCache(consortium)
         """Governance states loaded from the store, by digest (used under the service's lock)."""
         self.gov = ConsortiumState(consortium)
@@ -102,6 +115,11 @@ class Engine:
         self.effects_cache: OrderedDict[bytes, Effects] = OrderedDict()
         self.evidence: dict[bytes, Evidence] = {}
         self.evidence_in_block: dict[bytes, list[bytes]] = {}
+        """Evidence id -> held blocks that include it."""
+        self.settled_evidence: set[bytes] = set()
+        """Evidence included in best-chain blocks below the tree's root (so in every chain we follow)."""
+        self.conflicts: OrderedDict[bytes, tuple[Header, set[str]]] = OrderedDict()
+        """Blocks refused for leaving out our final block: header, and who signed it."""
         self.proposed: set[tuple[int, int]] = set()
         self.catchup_asked: dict[str, int] = {}
         self.tip_seen_ms = now_ms
@@ -147,23 +165,12 @@ class Engine:
         # their stored signatures can be counted before the tree has chosen its best tip.
         with self.store.state_reader_at(self.store.head().hash) as reader:
             self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), self.store.head().hash)
-        for header in self.store.headers_iter():
-            if header.height > 0:
-                self.tree.add_header(header)
-        for sig in self.store.all_signatures_iter():
-            if sig.block_hash in self.tree:
-                self._tree_sign(sig.block_hash, sig.member)
+        saved = load_tree(self.store)
+        self.settled_evidence = set(saved.settled_evidence) if saved is not None else set()
+        self.tree = self._build_tree(saved.snapshot if saved is not None else None)
         for ev in self.store.evidence_list():
             self.evidence[ev.id] = ev
             self.tree.add_culprit(ev.member)
-        for header in self.tree.headers():
-            if header.height > 0 and header.evidence_root != merkle_root([]):
-                block = self.store.block(header.hash)
-                if block is not None:
-                    for ev in block.evidence:
-                        self.evidence_in_block.setdefault(ev.id, []).append(header.hash)
-        for block_hash, _proof in self.store.anchors():
-            self.tree.set_anchored(block_hash)
         for tx in self.store.mempool_items():
             self.mempool.put(tx)
         if self.mempool:
@@ -171,9 +178,81 @@ class Engine:
         self._sync_head(now_ms)
         self._follow_tip()
         self._last_tip = self.tree.best_tip.hash
-        log.info("engine loaded: %d blocks, tip height %d, %d pending txs, %d culprits",
-                 sum(1 for _ in self.tree.headers()) - 1, self.tree.best_tip.height, len(self.mempool),
-                 len(self.tree.culprits))
+        log.info("engine loaded: root height %d, %d blocks held, tip height %d, final height %d, %d pending txs, "
+                 "%d culprits", self.tree.root.height, sum(1 for _ in self.tree.headers()), self.tree.best_tip.height,
+                 self.tree.final.height, len(self.mempool), len(self.tree.culprits))
+
+    def _build_tree(self, snapshot: TreeSnapshot | None) -> BlockTree:
+        """The block tree from a snapshot of what lies below its root plus the stored blocks above
+        it: start-up reads O(blocks held), not O(chain)."""
+        tree = BlockTree(genesis_header(self.consortium), self.consortium.member_names, settle=True,
+                         archive=self.archive, snapshot=snapshot)
+        tree.set_schedule(self.gov if self.gov.changes else None)
+        for culprit in self.tree.culprits:
+            tree.add_culprit(culprit)
+        root = tree.root
+        for member in self.store.signers(root.hash):
+            self._tree_sign(root.hash, member, tree)
+        empty = merkle_root([])
+        for header in self.store.headers_iter(start_height=root.height + 1):
+            try:
+                tree.add_header(header)
+            except ValidationError:
+                continue  # a fork below the root or leaving out the final block: out of reach
+            for member in self.store.signers(header.hash):
+                self._tree_sign(header.hash, member, tree)
+            if self.store.anchor(header.hash) is not None:
+                tree.set_anchored(header.hash)
+            if header.evidence_root != empty:
+                block = self.store.block(header.hash)
+                if block is not None:
+                    for ev in block.evidence:
+                        self.evidence_in_block.setdefault(ev.id, []).append(header.hash)
+        return tree
+
+    def _reroot(self, height: int) -> None:
+        """Hold the tree from the best-chain block at ``height`` again (a fork from below the
+        root that fork choice must weigh): floors and counts carried over, blocks reloaded."""
+        current = self.tree.snapshot()
+        root_hash = self.tree.best_chain_hash(height)
+        if root_hash is None or height >= current.root.height:
+            return
+        reloaded = {m: 0 for m, _ in current.signed_below}
+        for h in range(height, current.root.height):
+            at = self.tree.best_chain_hash(h)
+            for member in self.store.signers(at) if at is not None else ():
+                reloaded[member] = reloaded.get(member, 0) + 1
+        snapshot = TreeSnapshot(
+            self.tree.header(root_hash), current.final,
+            tuple((m, min(f, height)) for m, f in current.endorse_floor),
+            tuple((m, max(0, n - reloaded.get(m, 0))) for m, n in current.signed_below),
+            min(current.anchored_floor, height))
+        log.warning("a fork from height %d (below the tree's root at %d): reloading the tree from there",
+                    height, current.root.height)
+        self.evidence_in_block = {}
+        self.tree = self._build_tree(snapshot)
+
+    def _maybe_prune(self) -> None:
+        tree = self.tree
+        if tree.best_tip.height - tree.root.height <= TREE_KEEP + TREE_PRUNE_STEP \
+                and tree.final.height - tree.root.height <= TREE_PRUNE_STEP:
+            return
+        snapshot = tree.prune(TREE_KEEP)
+        if snapshot is None:
+            return
+        for ev_id, blocks in list(self.evidence_in_block.items()):
+            kept = [b for b in blocks if tree.held(b)]
+            if len(kept) < len(blocks) and any(tree.on_best_chain(b) for b in blocks if not tree.held(b)):
+                self.settled_evidence.add(ev_id)
+            if kept:
+                self.evidence_in_block[ev_id] = kept
+            else:
+                del self.evidence_in_block[ev_id]
+        tip = tree.best_tip.height
+        self.proposed = {p for p in self.proposed if p[0] > tip - TREE_KEEP}
+        self.store.save_meta(META_TREE, tree_record(SavedTree(snapshot, frozenset(self.settled_evidence))))
+        log.info("block tree root moved to height %d (final %d, tip %d)", snapshot.root.height,
+                 snapshot.final.height, tip)
 
     # --- governance: the consortium in force by height ------------------------------------------
 
@@ -255,9 +334,9 @@ class Engine:
     def _signed_by_some_key(self, member: str, check: Callable[[bytes], bool]) -> bool:
         return signed_by_some_key(self.gov, member, check)
 
-    def _tree_sign(self, block_hash: bytes, member: str) -> bool:
+    def _tree_sign(self, block_hash: bytes, member: str, tree: BlockTree | None = None) -> bool:
         try:
-            return self.tree.add_signature(block_hash, member)
+            return (tree or self.tree).add_signature(block_hash, member)
         except ValidationError:  # a member only another branch's governance added
             log.debug("signature of %s on %s not counted: not a member on the best chain", member,
                       block_hash.hex()[:16])
@@ -287,6 +366,8 @@ class Engine:
             h = header.prev
 
     def _evidence_included(self, ev_id: bytes, parent: bytes) -> bool:
+        if ev_id in self.settled_evidence:
+            return True
         return any(self._is_ancestor(b, parent) for b in self.evidence_in_block.get(ev_id, ()))
 
     def _remember_effects(self, block_hash: bytes, effects: Effects) -> None:
@@ -334,6 +415,8 @@ class Engine:
         except (ValidationError, DecodeError) as exc:
             log.warning("rejected block %d from %s: %s", block.height, peer, exc)
             return False
+        if not self._within_reach(block.header, proposer_sig, peer):
+            return False
         if block.header.prev not in self.tree:
             self.orphans[block.hash] = (block, proposer_sig)
             while len(self.orphans) > MAX_ORPHANS:
@@ -371,6 +454,38 @@ class Engine:
             self.orphans.pop(child.hash, None)
             self._accept_block(child, (child_sig,), None, now_ms, object_on_failure)
         return True
+
+    def _within_reach(self, header: Header, proposer_sig: BlockSignature, peer: str | None) -> bool:
+        """False for a block that leaves out our final block (refused, remembered for the alert);
+        a block forking below the tree's root but above the final block re-roots the tree."""
+        if header.prev in self.tree and not self.tree.held(header.prev):
+            fork = self.tree.fork_point(header.prev).height
+            if fork >= self.tree.final.height:
+                self._reroot(fork)
+        try:
+            if header.prev in self.tree:
+                self.tree.check_settled(header)
+        except SettledConflict as exc:
+            self._conflict(exc, proposer_sig, peer)
+            return False
+        return True
+
+    def _conflict(self, exc: SettledConflict, sig: BlockSignature, peer: str | None) -> None:
+        header = exc.block
+        record = self.conflicts.get(header.hash)
+        if record is None:
+            record = self.conflicts[header.hash] = (header, set())
+            while len(self.conflicts) > MAX_CONFLICTS:
+                self.conflicts.popitem(last=False)
+            log.error("SETTLED HISTORY CONFLICT: refused block %d %s from %s, proposed by %s: %s",
+                      header.height, header.hash.hex()[:16], peer, header.proposer, exc)
+        if sig.member not in record[1]:
+            record[1].add(sig.member)
+            self._check_double_sign(header, sig)
+        for early in self.pending_sigs.pop(header.hash, {}).values():
+            if early.member not in record[1]:
+                record[1].add(early.member)
+                self._check_double_sign(header, early)
 
     def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects,
                          own: bool = False, cosign_now: bool = True) -> None:
@@ -461,6 +576,7 @@ class Engine:
         self._sync_head(now_ms)
         self._follow_tip()
         self._maybe_sign_tip(now_ms)
+        self._maybe_prune()
         tip = self.tree.best_tip.hash
         if tip != self._last_tip:
             self._last_tip = tip
@@ -532,6 +648,11 @@ class Engine:
             if not ok:
                 log.warning("rejected signature from %s: %s's signature on %s does not verify with its key "
                             "at that height", peer, sig.member, sig.block_hash.hex()[:16])
+                continue
+            conflict = self.conflicts.get(sig.block_hash)
+            if conflict is not None:
+                self._conflict(SettledConflict("signed a block that leaves out the settled block", self.tree.final,
+                                               conflict[0]), sig, peer)
                 continue
             if sig.block_hash not in self.tree:
                 waiting = self.pending_sigs.setdefault(sig.block_hash, {})

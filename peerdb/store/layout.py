@@ -10,9 +10,9 @@ Sub-databases (all in one LMDB environment, so one write transaction spans all o
 ==============  ==========================================  =========================================
 name            key                                         value
 ==============  ==========================================  =========================================
-``meta``        ``schema``, ``consortium``, ``member``,     scalars (see ``META_*``)
-                ``identity``, ``instance``, ``head``,
-                ``guard_floor``, ``guard_locked``
+``meta``        ``schema``, ``consortium``, ``member``,     scalars (see ``META_*``); ``tree``: the
+                ``identity``, ``instance``, ``head``,       block tree's snapshot (:func:`tree_record`)
+                ``guard_floor``, ``guard_locked``, ``tree``
 ``headers``     block hash                                  header raw (every branch)
 ``blocks``      block hash                                  block raw (every branch)
 ``heights``     be64(height) + block hash                   empty (every branch; headers in order)
@@ -85,6 +85,7 @@ META_INSTANCE = b"instance"
 META_HEAD = b"head"
 META_GUARD_FLOOR = b"guard_floor"
 META_GUARD_LOCKED = b"guard_locked"
+META_TREE = b"tree"
 
 INSTANCE_ID_LEN = 16
 """Random bytes naming one incarnation of a data directory (renewed when a restore is accepted)."""
@@ -267,3 +268,27 @@ def parse_int_record(data: bytes, what: str) -> int:
         raise StorageError(f"stored {what} is corrupt: not a non-negative integer")
     return value
 
+
+
+def tree_record(root: bytes, final: bytes, floors: dict[str, int], below: dict[str, int], anchored_floor: int,
+                settled_evidence: list[bytes]) -> bytes:
+    """The block tree's snapshot: root and final header bytes, per-member endorsement floors and
+    signature counts below the root, the anchored floor, and the ids of evidence included in
+    best-chain blocks below the root (see :class:`peerdb.core.chain.TreeSnapshot`)."""
+    return encode([root, final, [[m, h] for m, h in sorted(floors.items())],
+                   [[m, n] for m, n in sorted(below.items())], anchored_floor, sorted(settled_evidence)])
+
+
+def parse_tree_record(data: bytes) -> tuple[bytes, bytes, dict[str, int], dict[str, int], int, list[bytes]]:
+    items = _decoded(data, "block tree snapshot", 1 << 24)
+    try:
+        items = expect_list(items, "tree snapshot", 6)
+        pairs = []
+        for where, raw in (("floors", items[2]), ("below", items[3])):
+            pairs.append({expect_str(p[0], f"tree snapshot.{where}.member", 64): expect_int(p[1], f"tree snapshot.{where}")
+                          for p in (expect_list(e, f"tree snapshot.{where}", 2) for e in expect_list(raw, where))})
+        evidence = [expect_bytes(e, "tree snapshot.evidence", HASH_LEN) for e in expect_list(items[5], "evidence")]
+        return (expect_bytes(items[0], "tree snapshot.root"), expect_bytes(items[1], "tree snapshot.final"),
+                pairs[0], pairs[1], expect_int(items[4], "tree snapshot.anchored"), evidence)
+    except DecodeError as exc:
+        raise StorageError(f"stored {exc}") from None

@@ -134,10 +134,43 @@ class StoreQueries:
         header = self.header(block_hash)
         return None if header is None else header.state_root
 
-    def headers_iter(self) -> Iterator[Header]:
-        """Every stored header, all branches, by height (parents before children): the node
-        rebuilds its BlockTree from it at start."""
-        return self._iterate(self._t.heights, lambda txn, key, _v: need_header(txn, self._t, key[8:]))
+    def headers_iter(self, start_height: int = 0) -> Iterator[Header]:
+        """Every stored header at ``start_height`` and above, all branches, by height (parents
+        before children): the node rebuilds its block tree above its root from it at start."""
+        start = layout.be64(start_height) if start_height > 0 else None
+        return self._iterate(self._t.heights, lambda txn, key, _v: need_header(txn, self._t, key[8:]), start=start)
+
+    def signers(self, block_hash: bytes) -> list[str]:
+        """Names of the members whose signatures on a block are stored (keys only, no decoding)."""
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._t.signatures)
+            out = []
+            if cursor.set_range(block_hash):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(block_hash):
+                        break
+                    out.append(key[len(block_hash):].decode("utf-8", "replace"))
+            return out
+
+    def signed_at(self, member: str, height: int) -> list[bytes]:
+        """Stored blocks at ``height`` (any branch) that carry ``member``'s signature."""
+        prefix = layout.be64(height)
+        name = member.encode("utf-8")
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._t.heights)
+            out = []
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    block_hash = key[8:]
+                    if txn.get(block_hash + name, db=self._t.signatures) is not None:
+                        out.append(block_hash)
+            return out
+
+    def meta(self, key: bytes) -> bytes | None:
+        with self._read() as txn:
+            return txn.get(key, db=self._t.meta)
 
     def signatures(self, block_hash: bytes) -> list[BlockSignature]:
         with self._read() as txn:
@@ -345,15 +378,18 @@ class StoreQueries:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _iterate(self, db: Db, convert: Callable[[Txn, bytes, bytes], T]) -> Iterator[T]:
-        """Iterate a table in key order, ITER_BATCH entries per short read transaction (the
-        conversion runs inside it, so it may read other tables consistently)."""
+    def _iterate(self, db: Db, convert: Callable[[Txn, bytes, bytes], T], start: bytes | None = None) -> Iterator[T]:
+        """Iterate a table in key order (from ``start``, inclusive), ITER_BATCH entries per short
+        read transaction (the conversion runs inside it, so it may read other tables consistently)."""
         after: bytes | None = None
         while True:
             batch: list[T] = []
             with self._read() as txn:
                 cursor = txn.cursor(db=db)
-                positioned = cursor.first() if after is None else cursor.set_range(after)
+                if after is None:
+                    positioned = cursor.first() if start is None else cursor.set_range(start)
+                else:
+                    positioned = cursor.set_range(after)
                 if positioned and after is not None and cursor.key() == after:
                     positioned = cursor.next()
                 last = after

@@ -391,6 +391,11 @@ class Store(StoreQueries):
             txn.put(layout.META_GUARD_FLOOR, layout.int_record(height), db=self._t.meta)
             txn.delete(layout.META_GUARD_LOCKED, db=self._t.meta)
 
+    def save_meta(self, key: bytes, value: bytes) -> None:
+        """Record a node-local scalar (the block tree's snapshot): one small synced commit."""
+        with self._write() as txn:
+            txn.put(key, value, db=self._t.meta)
+
     # --- anchors and mempool -------------------------------------------------------------
 
     def record_anchor(self, block_hash: bytes, proof: bytes) -> None:
