@@ -169,9 +169,10 @@ def test_property_the_final_block_is_never_left(case: tuple[list[Header], list[t
                 refused.add(item.hash)
                 assert not descends(by_hash, item.hash, tree.final)
         elif kind == "sig":
-            block, member = item  # type: ignore[misc]
+            assert isinstance(item, tuple)
+            block: bytes = item[0]
             if block not in refused:
-                tree.add_signature(block, member)
+                tree.add_signature(block, item[1])
         elif kind == "anchor":
             if item not in refused:
                 tree.set_anchored(item)  # type: ignore[arg-type]
