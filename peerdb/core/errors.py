@@ -65,6 +65,24 @@ class StorageError(LocalError):
     """The durable store is corrupt, of an unknown format, or refused an operation."""
 
 
+class CorruptionError(StorageError):
+    """Bytes read from the store no longer match the hash or signature that commits to them:
+    the read is refused (never served as good), the item is named so it can be alerted on and
+    repaired from a peer."""
+
+    def __init__(self, message: str, item: str = "", key: bytes = b"") -> None:
+        super().__init__(message)
+        self.item = item
+        """What kind of item: ``block``, ``signature``, ``value``, ``header``."""
+        self.key = key
+        """Its identity (a block hash, a state key)."""
+
+
+class DiskFullError(StorageError):
+    """The disk holding the store has no space left: nothing was written, nothing is lost; the
+    node stops cleanly and can be restarted once space is freed."""
+
+
 class DoubleSignRefused(LocalError):
     """The signing guard stopped us from signing a second block at a height: never bypass it."""
 

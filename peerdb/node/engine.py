@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..core.blockbody import Admit, header_template, select_body
-from ..core.chain import BlockTree, SettledConflict, TreeSnapshot, ViewHeads
+from ..core.chain import BlockTree, SettledConflict, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
+    CorruptionError,
     DecodeError,
     DoubleSignRefused,
     SignatureError,
@@ -35,15 +36,12 @@ from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx,
 from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from ..store import Store
-from ..store.archive import SavedTree, StoreArchive, load_tree, tree_record
-from ..store.layout import META_TREE
 from .alerts import Alert, chain_alerts, waiting_for
+from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
+from .chainkeeper import ChainKeeper
 from .identity import Identity, network_members, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .messages import (
-    MAX_CATCHUP_BLOCKS,
-    MAX_CATCHUP_BYTES,
-    STATUS_RECENT,
     BlocksMsg,
     EvidenceMsg,
     GetBlocksMsg,
@@ -64,18 +62,10 @@ MAX_PENDING_SIG_BLOCKS = 4096
 """Unknown blocks for which we hold early signatures (signatures can overtake their block)."""
 EFFECTS_CACHE = 256
 """Effects of recently validated blocks, so applying them to the head does not recompute them."""
-CATCHUP_RETRY_MS = 2000
-"""Do not ask the same peer for blocks again sooner than this while a request is outstanding."""
+MAX_CORRUPT_ITEMS = 64
+"""Corrupt stored items remembered for the alert (more than that: the disk is failing anyway)."""
 UNSAVED_SIGS_MAX = 4096
 """Peers' signatures held in memory before a write of their own is forced (see _accept_sigs)."""
-TREE_KEEP = 4096
-"""Best-chain blocks below the tip the block tree keeps in memory while the final block lags
-further behind (a member down, Bitcoin slow, no anchoring at all): ~6 MB of headers and
-signatures. A fork deeper than this is still settled by the fork rule: the tree is re-rooted at
-the fork point from the store (:meth:`Engine._reroot`)."""
-TREE_PRUNE_STEP = 1024
-"""The root moves up in steps of at least this many blocks, so pruning (O(blocks held)) and the
-snapshot commit it writes cost O(1) per block."""
 MAX_CONFLICTS = 64
 """Blocks leaving out our final block whose signers we remember for the finality alert."""
 
@@ -99,8 +89,8 @@ class Engine:
         self.store = store
         self.mempool = Mempool(mempool_max)
         self.verifier = verifier or TxSignatureChecker(self.cid)
-        self.archive = StoreArchive(store)
-        self.tree = BlockTree(genesis_header(consortium), consortium.member_names, settle=True)
+        self.chain = ChainKeeper(consortium, store)
+        """The block tree with its snapshot, pruning and evidence bookkeeping (:attr:`tree`)."""
         self.gov_states = StateCache(consortium)
         """Governance states loaded from the store, by digest (used under the service's lock)."""
         self.gov = ConsortiumState(consortium)
@@ -114,14 +104,12 @@ class Engine:
         self.pending_sigs: OrderedDict[bytes, dict[str, BlockSignature]] = OrderedDict()
         self.effects_cache: OrderedDict[bytes, Effects] = OrderedDict()
         self.evidence: dict[bytes, Evidence] = {}
-        self.evidence_in_block: dict[bytes, list[bytes]] = {}
-        """Evidence id -> held blocks that include it."""
-        self.settled_evidence: set[bytes] = set()
-        """Evidence included in best-chain blocks below the tree's root (so in every chain we follow)."""
         self.conflicts: OrderedDict[bytes, tuple[Header, set[str]]] = OrderedDict()
         """Blocks refused for leaving out our final block: header, and who signed it."""
         self.proposed: set[tuple[int, int]] = set()
-        self.catchup_asked: dict[str, int] = {}
+        self.catchup = CatchupThrottle()
+        self.corrupt: OrderedDict[bytes, CorruptionError] = OrderedDict()
+        """Stored items found corrupt when read (for the alert), until a good copy replaces them."""
         self.tip_seen_ms = now_ms
         self.objection_count = 0
         self._last_tip = b""
@@ -165,9 +153,7 @@ class Engine:
         # their stored signatures can be counted before the tree has chosen its best tip.
         with self.store.state_reader_at(self.store.head().hash) as reader:
             self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), self.store.head().hash)
-        saved = load_tree(self.store)
-        self.settled_evidence = set(saved.settled_evidence) if saved is not None else set()
-        self.tree = self._build_tree(saved.snapshot if saved is not None else None)
+        self.chain.load(self.gov, ())
         for ev in self.store.evidence_list():
             self.evidence[ev.id] = ev
             self.tree.add_culprit(ev.member)
@@ -182,77 +168,14 @@ class Engine:
                  "%d culprits", self.tree.root.height, sum(1 for _ in self.tree.headers()), self.tree.best_tip.height,
                  self.tree.final.height, len(self.mempool), len(self.tree.culprits))
 
-    def _build_tree(self, snapshot: TreeSnapshot | None) -> BlockTree:
-        """The block tree from a snapshot of what lies below its root plus the stored blocks above
-        it: start-up reads O(blocks held), not O(chain)."""
-        tree = BlockTree(genesis_header(self.consortium), self.consortium.member_names, settle=True,
-                         archive=self.archive, snapshot=snapshot)
-        tree.set_schedule(self.gov if self.gov.changes else None)
-        for culprit in self.tree.culprits:
-            tree.add_culprit(culprit)
-        root = tree.root
-        for member in self.store.signers(root.hash):
-            self._tree_sign(root.hash, member, tree)
-        empty = merkle_root([])
-        for header in self.store.headers_iter(start_height=root.height + 1):
-            try:
-                tree.add_header(header)
-            except ValidationError:
-                continue  # a fork below the root or leaving out the final block: out of reach
-            for member in self.store.signers(header.hash):
-                self._tree_sign(header.hash, member, tree)
-            if self.store.anchor(header.hash) is not None:
-                tree.set_anchored(header.hash)
-            if header.evidence_root != empty:
-                block = self.store.block(header.hash)
-                if block is not None:
-                    for ev in block.evidence:
-                        self.evidence_in_block.setdefault(ev.id, []).append(header.hash)
-        return tree
-
-    def _reroot(self, height: int) -> None:
-        """Hold the tree from the best-chain block at ``height`` again (a fork from below the
-        root that fork choice must weigh): floors and counts carried over, blocks reloaded."""
-        current = self.tree.snapshot()
-        root_hash = self.tree.best_chain_hash(height)
-        if root_hash is None or height >= current.root.height:
-            return
-        reloaded = {m: 0 for m, _ in current.signed_below}
-        for h in range(height, current.root.height):
-            at = self.tree.best_chain_hash(h)
-            for member in self.store.signers(at) if at is not None else ():
-                reloaded[member] = reloaded.get(member, 0) + 1
-        snapshot = TreeSnapshot(
-            self.tree.header(root_hash), current.final,
-            tuple((m, min(f, height)) for m, f in current.endorse_floor),
-            tuple((m, max(0, n - reloaded.get(m, 0))) for m, n in current.signed_below),
-            min(current.anchored_floor, height))
-        log.warning("a fork from height %d (below the tree's root at %d): reloading the tree from there",
-                    height, current.root.height)
-        self.evidence_in_block = {}
-        self.tree = self._build_tree(snapshot)
+    @property
+    def tree(self) -> BlockTree:
+        return self.chain.tree
 
     def _maybe_prune(self) -> None:
-        tree = self.tree
-        if tree.best_tip.height - tree.root.height <= TREE_KEEP + TREE_PRUNE_STEP \
-                and tree.final.height - tree.root.height <= TREE_PRUNE_STEP:
-            return
-        snapshot = tree.prune(TREE_KEEP)
-        if snapshot is None:
-            return
-        for ev_id, blocks in list(self.evidence_in_block.items()):
-            kept = [b for b in blocks if tree.held(b)]
-            if len(kept) < len(blocks) and any(tree.on_best_chain(b) for b in blocks if not tree.held(b)):
-                self.settled_evidence.add(ev_id)
-            if kept:
-                self.evidence_in_block[ev_id] = kept
-            else:
-                del self.evidence_in_block[ev_id]
-        tip = tree.best_tip.height
-        self.proposed = {p for p in self.proposed if p[0] > tip - TREE_KEEP}
-        self.store.save_meta(META_TREE, tree_record(SavedTree(snapshot, frozenset(self.settled_evidence))))
-        log.info("block tree root moved to height %d (final %d, tip %d)", snapshot.root.height,
-                 snapshot.final.height, tip)
+        if self.chain.maybe_prune():
+            tip = self.tree.best_tip.height
+            self.proposed = {p for p in self.proposed if p[0] > tip - self.chain.keep}
 
     # --- governance: the consortium in force by height ------------------------------------------
 
@@ -334,13 +257,8 @@ class Engine:
     def _signed_by_some_key(self, member: str, check: Callable[[bytes], bool]) -> bool:
         return signed_by_some_key(self.gov, member, check)
 
-    def _tree_sign(self, block_hash: bytes, member: str, tree: BlockTree | None = None) -> bool:
-        try:
-            return (tree or self.tree).add_signature(block_hash, member)
-        except ValidationError:  # a member only another branch's governance added
-            log.debug("signature of %s on %s not counted: not a member on the best chain", member,
-                      block_hash.hex()[:16])
-            return False
+    def _tree_sign(self, block_hash: bytes, member: str) -> bool:
+        return self.chain.sign(block_hash, member)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -355,20 +273,10 @@ class Engine:
         return self.tree.heads()
 
     def _is_ancestor(self, ancestor: bytes, block_hash: bytes) -> bool:
-        if ancestor not in self.tree or block_hash not in self.tree:
-            return False
-        target = self.tree.header(ancestor).height
-        h = block_hash
-        while True:
-            header = self.tree.header(h)
-            if header.height <= target:
-                return h == ancestor
-            h = header.prev
+        return self.chain.is_ancestor(ancestor, block_hash)
 
     def _evidence_included(self, ev_id: bytes, parent: bytes) -> bool:
-        if ev_id in self.settled_evidence:
-            return True
-        return any(self._is_ancestor(b, parent) for b in self.evidence_in_block.get(ev_id, ()))
+        return self.chain.evidence_included(ev_id, parent)
 
     def _remember_effects(self, block_hash: bytes, effects: Effects) -> None:
         self.effects_cache[block_hash] = effects
@@ -395,6 +303,10 @@ class Engine:
                       object_on_failure: bool) -> bool:
         """Validate and store one block; returns True if it was new and valid."""
         if block.hash in self.tree:
+            if block.hash in self.corrupt and self.store.repair_block(block):
+                del self.corrupt[block.hash]
+                log.warning("repaired stored block %d %s with a good copy from %s", block.height,
+                            block.hash.hex()[:16], peer)
             log.debug("ignored block %d %s from %s: already known (duplicate or replay)", block.height,
                       block.hash.hex()[:16], peer)
             self._accept_sigs(sigs, peer, now_ms)
@@ -461,7 +373,7 @@ class Engine:
         if header.prev in self.tree and not self.tree.held(header.prev):
             fork = self.tree.fork_point(header.prev).height
             if fork >= self.tree.final.height:
-                self._reroot(fork)
+                self.chain.reroot(fork, self.gov)
         try:
             if header.prev in self.tree:
                 self.tree.check_settled(header)
@@ -536,7 +448,7 @@ class Engine:
 
     def _remember_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects) -> None:
         for ev in block.evidence:
-            self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
+            self.chain.record_evidence_in(block.hash, [ev.id])
         self.tree.add_header(block.header)
         self._tree_sign(block.hash, proposer_sig.member)
         self._remember_effects(block.hash, effects)
@@ -877,35 +789,33 @@ class Engine:
         self._remember_effects(block.hash, effects)
         return block
 
-    # --- catch-up and anti-entropy ---------------------------------------------------------------
+    # --- catch-up and anti-entropy (peerdb.node.catchup) -----------------------------------------
 
     def _request_catchup(self, peer: str, to_height: int, now_ms: int) -> None:
-        last = self.catchup_asked.get(peer)
-        if last is not None and now_ms - last < CATCHUP_RETRY_MS:
-            return
-        self.catchup_asked[peer] = now_ms
-        start = self.tree.heads().unanimous_signed + 1
-        self._send(GetBlocksMsg(start, max(start, to_height)), to=peer)
+        if self.catchup.may_ask(peer, now_ms):
+            start = self.tree.heads().unanimous_signed + 1
+            self._send(GetBlocksMsg(start, max(start, to_height)), to=peer)
 
     def on_get_blocks(self, peer: str | None, msg: GetBlocksMsg, now_ms: int) -> None:
         if peer is None:
             return  # an answer needs someone to go to
-        items: list[tuple[bytes, tuple[BlockSignature, ...]]] = []
-        size = 0
-        height = max(1, msg.from_height)
-        while height <= msg.to_height and len(items) < MAX_CATCHUP_BLOCKS:
-            block_hash = self.tree.best_chain_hash(height)
-            if block_hash is None:
-                break
-            block = self.store.block(block_hash)
-            if block is None:
-                break
-            if items and size + len(block.raw) > MAX_CATCHUP_BYTES:
-                break
-            size += len(block.raw)
-            items.append((block.raw, tuple(self._signatures(block_hash))))
-            height += 1
-        self._send(BlocksMsg(tuple(items), self.tree.best_tip.height), to=peer)
+        answer = blocks_answer(self.tree, self.store, self._signatures, msg)
+        if answer.corrupt is not None:
+            self.note_corruption(answer.corrupt)
+        self._send(answer.msg, to=peer)
+
+    def note_corruption(self, exc: CorruptionError) -> None:
+        """A stored item failed its check when read: remember it for the alert, and for a block
+        on our chain ask every peer for a good copy (it replaces ours when it arrives)."""
+        if exc.key in self.corrupt:
+            return
+        self.corrupt[exc.key] = exc
+        while len(self.corrupt) > MAX_CORRUPT_ITEMS:
+            self.corrupt.popitem(last=False)
+        log.error("CORRUPT STORE: %s; refusing to serve it, fetching a good copy from peers", exc)
+        if exc.item in ("block", "header") and exc.key in self.tree:
+            height = self.tree.header(exc.key).height
+            self._send(GetBlocksMsg(height, height))
 
     def on_blocks(self, peer: str | None, msg: BlocksMsg, now_ms: int) -> None:
         last_height = 0
@@ -929,19 +839,12 @@ class Engine:
         if progress and peer is not None:
             # Ask for the next batch at once only when this one moved us forward; otherwise the
             # retry interval applies (a peer advertising what it cannot deliver is not a loop).
-            self.catchup_asked.pop(peer, None)
+            self.catchup.answered(peer)
             if last_height and msg.peer_height > last_height:
                 self._request_catchup(peer, msg.peer_height, now_ms)
 
     def status_message(self) -> StatusMsg:
-        tip = self.tree.best_tip
-        recent = []
-        for height in range(tip.height, max(0, tip.height - STATUS_RECENT), -1):
-            block_hash = self.tree.best_chain_hash(height)
-            if block_hash is None:
-                break
-            recent.append((block_hash, tuple(sorted(self.tree.signers(block_hash)))))
-        return StatusMsg(tip.hash, tip.height, tuple(recent))
+        return status_message(self.tree)
 
     def on_status(self, peer: str | None, msg: StatusMsg, now_ms: int) -> None:
         if self.store.guard_locked() and msg.tip in self.tree and msg.height <= self.tree.best_tip.height:
@@ -954,13 +857,7 @@ class Engine:
             return  # catch-up and missing signatures are answers to a peer
         if msg.tip not in self.tree and msg.height >= self.tree.heads().unanimous_signed:
             self._request_catchup(peer, msg.height, now_ms)
-        missing: list[BlockSignature] = []
-        for block_hash, signers in msg.recent:
-            if block_hash not in self.tree:
-                continue
-            ours = self.tree.signers(block_hash) - set(signers)
-            if ours:
-                missing.extend(s for s in self._signatures(block_hash) if s.member in ours)
+        missing = missing_signatures(self.tree, msg, self._signatures)
         if missing:
             self._send(SigsMsg(tuple(missing)), to=peer)
 

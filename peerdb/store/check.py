@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from peerdb.core.codec import decode, expect_bytes, expect_list, tagged_hash
-from peerdb.core.errors import DecodeError, StorageError
-from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_TX_BYTES
+from peerdb.core.errors import CorruptionError, DecodeError, StorageError
+from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_HEADER_BYTES, MAX_TX_BYTES
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import Evidence, Header
 
@@ -110,7 +110,7 @@ def verify_block_bytes(block_hash: bytes, raw: bytes) -> tuple[Header, list[byte
     transaction is decoded once, to its body, whose tagged hash is its id (as in ``Tx``)."""
     try:
         items = expect_list(decode(raw, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
-        header = Header.decode(expect_bytes(items[0], "block.header", max_len=1024))
+        header = Header.decode(expect_bytes(items[0], "block.header", max_len=MAX_HEADER_BYTES))
         txids = []
         for i, tx_raw in enumerate(expect_list(items[1], "block.txs")):
             tx = expect_list(decode(expect_bytes(tx_raw, f"block.txs[{i}]"), max_size=MAX_TX_BYTES,
@@ -119,13 +119,16 @@ def verify_block_bytes(block_hash: bytes, raw: bytes) -> tuple[Header, list[byte
         evidence_ids = [Evidence.from_cbor(e, f"block.evidence[{i}]").id
                         for i, e in enumerate(expect_list(items[2], "block.evidence"))]
     except DecodeError as exc:
-        raise StorageError(f"stored block {block_hash.hex()[:16]} is corrupt: {exc}") from None
+        raise CorruptionError(f"stored block {block_hash.hex()[:16]} is corrupt: {exc}", "block", block_hash) from None
     if header.hash != block_hash:
-        raise StorageError(f"stored block {block_hash.hex()[:16]} hashes to {header.hash.hex()[:16]}")
+        raise CorruptionError(f"stored block {block_hash.hex()[:16]} hashes to {header.hash.hex()[:16]}", "block",
+                              block_hash)
     if len(txids) != header.tx_count or merkle_root(txids) != header.tx_root:
-        raise StorageError(f"stored block {block_hash.hex()[:16]}: transactions do not match the header's tx_root")
+        raise CorruptionError(f"stored block {block_hash.hex()[:16]}: transactions do not match the header's tx_root",
+                              "block", block_hash)
     if merkle_root(evidence_ids) != header.evidence_root:
-        raise StorageError(f"stored block {block_hash.hex()[:16]}: evidence does not match the header's evidence_root")
+        raise CorruptionError(f"stored block {block_hash.hex()[:16]}: evidence does not match the header's "
+                              "evidence_root", "block", block_hash)
     return header, txids
 
 

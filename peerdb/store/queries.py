@@ -26,6 +26,7 @@ from peerdb.core.state import Effects
 
 from . import layout
 from .identity import DATA_FILE
+from .check import verify_block_bytes
 from .readers import StateSnapshot
 from .tables import Tables, head_hash, lmdb_errors, need_header, read_block, read_header
 
@@ -119,9 +120,19 @@ class StoreQueries:
             return read_block(txn, self._t, block_hash)
 
     def block_raw(self, block_hash: bytes) -> bytes | None:
-        """The block's stored canonical bytes, undecoded (peers decode and check what they get)."""
+        """The block's stored canonical bytes, unchecked: use :meth:`block_raw_checked` for
+        anything served or sent."""
         with self._read() as txn:
             return txn.get(block_hash, db=self._t.blocks)
+
+    def block_raw_checked(self, block_hash: bytes) -> bytes | None:
+        """The block's stored bytes after checking they still hash to ``block_hash`` (header,
+        transaction and evidence roots; ~5 us per transaction, without building the objects).
+        Raises :class:`~peerdb.core.errors.CorruptionError` naming the block if they do not."""
+        raw = self.block_raw(block_hash)
+        if raw is not None:
+            verify_block_bytes(block_hash, raw)
+        return raw
 
     def block_hash_at(self, height: int) -> bytes | None:
         """The best chain's block at ``height``."""

@@ -391,6 +391,17 @@ class Store(StoreQueries):
             txn.put(layout.META_GUARD_FLOOR, layout.int_record(height), db=self._t.meta)
             txn.delete(layout.META_GUARD_LOCKED, db=self._t.meta)
 
+    def repair_block(self, block: Block) -> bool:
+        """Replace the stored bytes of a block whose copy is corrupt by a good copy (its hash is
+        the key, so a copy that hashes to it is the block). Returns True if a copy was replaced."""
+        with self._write() as txn:
+            stored = txn.get(block.hash, db=self._t.blocks)
+            if stored is None or stored == block.raw:
+                return False
+            txn.put(block.hash, block.raw, db=self._t.blocks)
+            txn.put(block.hash, block.header.raw, db=self._t.headers)
+            return True
+
     def save_meta(self, key: bytes, value: bytes) -> None:
         """Record a node-local scalar (the block tree's snapshot): one small synced commit."""
         with self._write() as txn:

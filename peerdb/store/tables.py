@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import lmdb
 
-from peerdb.core.errors import DecodeError, PeerDBError, StorageError
+from peerdb.core.errors import CorruptionError, DecodeError, PeerDBError, StorageError
 from peerdb.core.model import Block, Header
 
 from . import layout
@@ -53,10 +53,10 @@ def read_header(txn: Txn, t: Tables, block_hash: bytes) -> Header | None:
     try:
         header = Header.decode(raw)
     except DecodeError as exc:
-        raise StorageError(f"stored header {block_hash.hex()[:16]} is corrupt: {exc}") from None
+        raise CorruptionError(f"stored header {block_hash.hex()[:16]} is corrupt: {exc}", "header", block_hash) from None
     if header.hash != block_hash:
-        raise StorageError(f"stored header {block_hash.hex()[:16]} hashes to {header.hash.hex()[:16]}: "
-                           "the data file is corrupt")
+        raise CorruptionError(f"stored header {block_hash.hex()[:16]} hashes to {header.hash.hex()[:16]}: "
+                              "the data file is corrupt", "header", block_hash)
     return header
 
 
@@ -74,10 +74,10 @@ def read_block(txn: Txn, t: Tables, block_hash: bytes) -> Block | None:
     try:
         block = Block.decode(raw)
     except PeerDBError as exc:  # decode errors, and roots that do not match the body
-        raise StorageError(f"stored block {block_hash.hex()[:16]} is corrupt: {exc}") from None
+        raise CorruptionError(f"stored block {block_hash.hex()[:16]} is corrupt: {exc}", "block", block_hash) from None
     if block.hash != block_hash:
-        raise StorageError(f"stored block {block_hash.hex()[:16]} hashes to {block.hash.hex()[:16]}: "
-                           "the data file is corrupt")
+        raise CorruptionError(f"stored block {block_hash.hex()[:16]} hashes to {block.hash.hex()[:16]}: "
+                              "the data file is corrupt", "block", block_hash)
     return block
 
 

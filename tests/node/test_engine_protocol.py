@@ -147,7 +147,7 @@ def test_equivocating_proposer_is_excluded_everywhere(net: Net) -> None:
     net.deliver()
     run_until(net, lambda: all(proposer in e.tree.culprits for e in net.engines.values()))
     # The evidence is written into the chain by a later proposer.
-    run_until(net, lambda: any(net.engines[others[2]].evidence_in_block.values()))
+    run_until(net, lambda: any(net.engines[others[2]].chain.evidence_in_block.values()))
     for e in net.engines.values():
         assert e.evidence and all(ev.member == proposer for ev in e.evidence.values())
         assert proposer not in e.tree.eligible()

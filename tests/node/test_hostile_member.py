@@ -578,7 +578,7 @@ async def test_equivocating_member_is_convicted_everywhere_and_excluded(
             assert HOSTILE not in n.engine.tree.eligible()
 
         def carried_on_best_chain(n: MemberNode) -> bool:
-            return any(n.engine.tree.on_best_chain(h) for hs in n.engine.evidence_in_block.values() for h in hs)
+            return any(n.engine.tree.on_best_chain(h) for hs in n.engine.chain.evidence_in_block.values() for h in hs)
 
         await cluster.wait_until(lambda: all(carried_on_best_chain(n) for n in nodes), what="evidence in a block")
         await cluster.wait_until(lambda: all(any(al["kind"] == "double_sign" and al["subject"] == HOSTILE
@@ -605,7 +605,7 @@ async def test_equivocating_member_is_convicted_everywhere_and_excluded(
 
 async def test_catch_up_that_brings_nothing_new_is_not_repeated_at_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
-    from peerdb.node.engine import CATCHUP_RETRY_MS
+    from peerdb.node.catchup import CATCHUP_RETRY_MS
     from peerdb.node.messages import BlocksMsg, StatusMsg
 
     async with quiet_world(tmp_path, caplog) as w:
