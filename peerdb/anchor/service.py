@@ -62,8 +62,9 @@ class AnchorRPC(Protocol):
 class AnchorHost(Protocol):
     """What the node daemon provides to the service."""
 
-    def new_blocks(self) -> Sequence[AnchorItem]:
-        """Block hashes to anchor that were not handed over before (after a restart: all unanchored)."""
+    async def new_blocks(self) -> Sequence[AnchorItem]:
+        """Block hashes to anchor that were not handed over before (after a restart: all
+        unanchored). Async so that the host reads its chain under its own lock."""
         ...
 
     async def on_proof(self, proof: AnchorProof) -> None:
@@ -151,7 +152,7 @@ class AnchorService:
 
     async def step(self) -> None:
         """One round: take new blocks, watch transactions, deliver proofs, publish if due."""
-        items = self._host.new_blocks()
+        items = await self._host.new_blocks()
         if items:
             self.planner.add(items, self._clock())
         for batch in self.planner.tracked():

@@ -61,7 +61,8 @@ class AnchorBook:
 
     @property
     def min_depth(self) -> int:
-        """The depth every member requires, in force now (governance may change it)."""
+        """The depth every member requires, in force now (governance may change it); read under
+        the service lock (proofs are recorded through an engine call)."""
         return self.engine.params.anchor_confirmations
 
     def record(self, proofs: Sequence[AnchorProof], share: bool) -> int:
@@ -122,11 +123,11 @@ class NodeAnchoring:
     @property
     def params(self) -> Params:
         """The parameters in force at the next height (governance may change the interval)."""
-        return self.engine.params
+        return self.service.view.params
 
     @property
     def members(self) -> tuple[str, ...]:
-        return self.engine.current.member_names
+        return self.service.view.current.member_names
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -158,25 +159,33 @@ class NodeAnchoring:
 
     # --- AnchorHost ------------------------------------------------------------------------------
 
-    def new_blocks(self) -> Sequence[AnchorItem]:
+    async def new_blocks(self) -> Sequence[AnchorItem]:
         now = self.service.clock_ms()
         interval_ms = self.params.anchor_interval_s * 1000
         k = now // interval_ms
         if k == self.last_duty_interval or \
                 anchor_duty(self.members, now, self.params.anchor_interval_s) != self.engine.me:
             return []
-        tree = self.engine.tree
-        heads = tree.heads()
-        items = []
-        for height in range(heads.anchored + 1, heads.tentative + 1):
-            block_hash = tree.best_chain_hash(height)
-            if block_hash is not None and block_hash not in self.handed_over:
-                items.append(AnchorItem(height, block_hash))
+        items = await self.service.read(self._unanchored)  # the tree belongs to the engine: its lock
         if not items:
             return []
         self.last_duty_interval = k
         self.handed_over.update(i.block_hash for i in items)
         log.info("anchor duty: anchoring heights %d-%d", items[0].height, items[-1].height)
+        return items
+
+    def _unanchored(self) -> list[AnchorItem]:
+        """Best-chain blocks above the anchored height not handed over yet (under the lock).
+        Hand-overs below the anchored height are forgotten: the set stays as small as the
+        stretch still waiting for its anchor."""
+        tree = self.engine.tree
+        heads = tree.heads()
+        self.handed_over = {h for h in self.handed_over if tree.held(h) and tree.header(h).height > heads.anchored}
+        items = []
+        for height in range(heads.anchored + 1, heads.tentative + 1):
+            block_hash = tree.best_chain_hash(height)
+            if block_hash is not None and block_hash not in self.handed_over:
+                items.append(AnchorItem(height, block_hash))
         return items
 
     async def on_proof(self, proof: AnchorProof) -> None:
@@ -192,6 +201,8 @@ class NodeAnchoring:
                                     self.params.anchor_interval_s)}
 
     def alert_conditions(self) -> dict[str, Any]:
+        """Anchoring alerts; called by the service's alert loop under the service lock (it reads
+        the block tree)."""
         status = self.anchor_service.status()
         alerts = []
         if status.state == "failed":

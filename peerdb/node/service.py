@@ -1,10 +1,23 @@
 """The trio layer around the engine: timers, the inbox, the outbox, waiting clients, alerts.
 
-Every engine call goes through :meth:`NodeService.call`, which holds one lock (the engine is
-single-threaded by design) and, in production, runs the call in a worker thread because store
-writes fsync; tests on trio's memory streams and autojump clock run calls inline so time only
-moves when every task waits. After each call the outbox is flushed to the network and waiters
-are woken.
+Who owns what (the rule every task and thread of a node follows):
+
+* The **engine** and everything it holds — the block tree, the mempool, the governance state,
+  evidence, the store's write side, the anchoring layer's hand-over set — belong to whoever
+  holds the service lock. Mutations go through :meth:`NodeService.call` (which, in production,
+  runs the engine in a worker thread because store writes fsync); reads through
+  :meth:`NodeService.read` (inline on the trio thread, under the same lock). Nothing else touches
+  them: not the API's handlers, not the anchoring service, not the alert loop.
+* A task that only needs a recent picture (the heartbeat interval, the consortium in force, the
+  view heads) reads :attr:`NodeService.view`, an immutable :class:`EngineView` published under
+  the lock after every engine call; replacing one reference is atomic, so a reader never sees a
+  half-updated picture.
+* Network state (connections, queues) belongs to the trio thread; the alert book, waiters and
+  admissions too. Worker threads never touch them.
+
+Tests on trio's memory streams and autojump clock run engine calls inline so time only moves
+when every task waits. After each call the outbox is flushed to the network and waiters are
+woken.
 """
 
 from __future__ import annotations
@@ -17,8 +30,11 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ..core.chain import View
+from ..core.chain import View, ViewHeads
+from ..core.consortium import Consortium, Params
 from ..core.errors import LocalError, ProtocolError
+from ..core.membership import ConsortiumState
+from ..core.model import Header
 from .alerts import Alert, AlertBook
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
@@ -93,6 +109,27 @@ class _Waiter:
         return level
 
 
+@dataclass(frozen=True)
+class EngineView:
+    """An immutable picture of the engine for readers on the trio thread (see the module doc)."""
+
+    gov: ConsortiumState
+    current: Consortium
+    """The consortium in force at the next height."""
+    heads: ViewHeads
+    tip: Header
+    unsaved_signatures: bool
+
+    @property
+    def params(self) -> Params:
+        return self.current.params
+
+    @classmethod
+    def of(cls, engine: Engine) -> "EngineView":
+        """Build under the lock."""
+        return cls(engine.gov, engine.current, engine.heads(), engine.tree.best_tip, bool(engine.unsaved_sigs))
+
+
 class NodeService:
     def __init__(self, engine: Engine, network: Network, *, clock_ms: Callable[[], int] = wall_clock_ms,
                  offload: bool = True, on_alert: Callable[[Alert], Awaitable[None]] | None = None,
@@ -105,6 +142,7 @@ class NodeService:
         self.extra_status = extra_status
         self._lock = trio.Lock()
         self._changed = trio.Event()
+        self.view = EngineView.of(engine)  # before the service runs: nothing else touches the engine yet
         self.alerts = AlertBook(grace_ms=engine.params.turn_timeout_ms)
         self.started_ms = clock_ms()
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
@@ -170,6 +208,7 @@ class NodeService:
             else:
                 self.network.send(out.to, wire)
         self._update_waiters()
+        self.view = EngineView.of(self.engine)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -196,7 +235,7 @@ class NodeService:
             nursery.start_soon(self._status_loop)
             nursery.start_soon(self._alert_loop)
             nursery.start_soon(self._admission_loop)
-            log.info("node %s running: tip height %d", self.engine.me, self.engine.tree.best_tip.height)
+            log.info("node %s running: tip height %d", self.engine.me, self.view.tip.height)
             task_status.started()
 
     async def _inbox_loop(self) -> None:
@@ -243,28 +282,33 @@ class NodeService:
             now = self.clock_ms()
             if await self.read(self.engine.proposal_due, now):  # inline: no thread hop when idle
                 await self.call(self.engine.maybe_propose, now)
-            deadline = self.engine.next_deadline_ms(now)
+            deadline = await self.read(self.engine.next_deadline_ms, now)
             await self.wait_changed(self._trio_deadline(deadline, now))
 
     async def _status_loop(self) -> None:
         while True:
-            await trio.sleep(self.engine.params.heartbeat_ms / 1000)  # governance may change it
+            await trio.sleep(self.view.params.heartbeat_ms / 1000)  # governance may change it
             status = await self.read(self.engine.status_message)
             self.network.broadcast(to_wire(status))
-            if self.engine.unsaved_sigs:
+            if self.view.unsaved_signatures:
                 await self.call(self.engine.flush_signatures)
 
     async def _alert_loop(self) -> None:
         async with trio.open_nursery() as hooks:
             while True:
-                await trio.sleep(self.engine.params.heartbeat_ms / 1000)
+                await trio.sleep(self.view.params.heartbeat_ms / 1000)
                 now = self.clock_ms()
-                conditions = await self.read(self.engine.alert_conditions, now, self.is_up)
-                if self.extra_status is not None:
-                    conditions.extend(self.extra_status().get("alerts", []))
+                conditions = await self.read(self._alert_conditions, now)
                 for alert in self.alerts.update(conditions, now):
                     if self.on_alert is not None:
                         hooks.start_soon(self._deliver_alert, alert)
+
+    def _alert_conditions(self, now_ms: int) -> list[Alert]:
+        """Every alert condition, read under the lock (the anchoring part reads the tree too)."""
+        conditions = self.engine.alert_conditions(now_ms, self.is_up)
+        if self.extra_status is not None:
+            conditions.extend(self.extra_status().get("alerts", []))
+        return conditions
 
     async def _deliver_alert(self, alert: Alert) -> None:
         """A webhook or command that hangs must not hold up later alerts: each delivery runs on

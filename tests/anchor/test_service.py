@@ -39,7 +39,7 @@ class Host:
     def give(self, new: Sequence[AnchorItem]) -> None:
         self.waiting.extend(new)
 
-    def new_blocks(self) -> Sequence[AnchorItem]:
+    async def new_blocks(self) -> Sequence[AnchorItem]:
         out, self.waiting = self.waiting, []
         return out
 

@@ -53,8 +53,10 @@ class MemberNode:
 
 class Cluster:
     def __init__(self, tmp_path: Path, names: tuple[str, ...] = MEMBER_NAMES, params: Params = FAST_PARAMS,
-                 namespaces: tuple[NamespaceRule, ...] = ()) -> None:
+                 namespaces: tuple[NamespaceRule, ...] = (), offload: bool = False) -> None:
         self.tmp_path = tmp_path
+        self.offload = offload
+        """Run engine calls in worker threads, as a daemon does (use with the real clock)."""
         self.names = names
         self.seeded = seeded_consortium(names, name="test", genesis_time_ms=0, params=params,
                                         namespaces=namespaces)
@@ -83,7 +85,7 @@ class Cluster:
                         trio_clock_ms(), verifier=None)
         members = (*self.names, name) if joining else self.names
         network = PeerNetwork(name, members, self.cid, self.hub.transport(name), config=NET)
-        service = NodeService(engine, network, clock_ms=trio_clock_ms, offload=False)
+        service = NodeService(engine, network, clock_ms=trio_clock_ms, offload=self.offload)
         return MemberNode(name, store, engine, service, network)
 
     async def start(self, nursery: trio.Nursery) -> None:

@@ -128,7 +128,7 @@ class ApiContext:
     def check_read(self, ns: str) -> None:
         """A namespace this member may read under the rules in force at the next height."""
         check_name(ns)
-        if not self.engine.current.may_read(self.engine.me, ns):
+        if not self.service.view.current.may_read(self.engine.me, ns):
             raise ApiError(403, "forbidden", f"{self.engine.me} may not read namespace {ns!r}")
 
     # --- writes ---------------------------------------------------------------------------------

@@ -115,13 +115,16 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def get_peers(request: Request) -> Any:
         return {"peers": [{"member": m, "up": service.is_up(m)}
-                          for m in engine.current.member_names if m != engine.me]}
+                          for m in service.view.current.member_names if m != engine.me]}
 
-    async def get_evidence(request: Request) -> Any:
+    def evidence() -> dict[str, Any]:
         return {"evidence": [{"id": e.id.hex(), "member": e.member, "height": e.header_a.height,
                               "block_a": e.header_a.hash.hex(), "block_b": e.header_b.hash.hex(),
                               "encoded": base64.b64encode(e.encode()).decode()}
                              for e in engine.evidence.values()]}
+
+    async def get_evidence(request: Request) -> Any:
+        return await service.read(evidence)
 
     async def get_objections(request: Request) -> Any:
         def read() -> dict[str, Any]:
@@ -136,7 +139,7 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def get_anchors(request: Request) -> Any:
         fn = ctx.extras.get("anchoring")
         return {"anchoring": fn() if fn else None,
-                "anchored_height": engine.heads().anchored}
+                "anchored_height": service.view.heads.anchored}
 
     async def get_anchor(request: Request) -> Any:
         ref = request.path_params["ref"]
@@ -160,7 +163,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         return await service.read(read)
 
     async def get_consortium(request: Request) -> Any:
-        c = engine.current  # in force at the next height, after every change passed so far
+        c = service.view.current  # in force at the next height, after every change passed so far
         return {"name": c.name, "id": engine.cid.hex(), "genesis_time_ms": c.genesis_time_ms,
                 "members": [{"name": m.name, "key": m.key.hex(), "address": m.address, "api": m.api,
                              "clients": [k.hex() for k in m.clients]} for m in c.members],

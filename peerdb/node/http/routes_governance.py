@@ -249,7 +249,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise BadProposal(str(exc)) from None
         await service.read(check_new, proposal)
         change = proposal.change
-        check_certificate(change, engine.gov.latest())
+        check_certificate(change, service.view.gov.latest())
         if isinstance(change, RotateKey) and change.name == engine.me and change.key not in engine.keyring:
             # Once in force, this node could sign nothing: refuse before the others vote.
             raise BadProposal(f"rotate_key: this node does not hold {engine.me}'s new key {change.key.hex()[:16]}; "
@@ -284,7 +284,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise BadProposal(f"proposal {pid.hex()[:16]} is {status}; votes are only taken on pending proposals")
         if engine.me in record.proposal.excluded_voters():
             raise BadProposal(f"{engine.me} does not vote on its own removal")
-        ballot = Vote.create(engine.key, engine.cid, pid, engine.me, approve)
+        key = await service.read(lambda: engine.key)  # the key in force depends on the chain: its lock
+        ballot = Vote.create(key, engine.cid, pid, engine.me, approve)
         answer = await submit([vote_op(ballot)], data)
         return {"proposal": pid.hex(), "member": engine.me, "approve": approve, **answer}
 
