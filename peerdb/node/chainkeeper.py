@@ -77,7 +77,12 @@ class ChainKeeper:
         root = tree.root
         for member in self.store.signers(root.hash):
             self.sign(root.hash, member, tree)
+        pruned = False
         for header in self.store.headers_iter(start_height=root.height + 1):
+            if tree.best_tip.height - tree.root.height > self.keep + self.prune_step:
+                # A store without a recent snapshot (an upgrade, a crash before the first
+                # step): prune as we go, so that even this start holds O(keep) blocks.
+                pruned |= tree.prune(self.keep) is not None
             try:
                 tree.add_header(header)
             except ValidationError:
@@ -91,6 +96,9 @@ class ChainKeeper:
                 if block is not None:
                     for ev in block.evidence:
                         self.evidence_in_block.setdefault(ev.id, []).append(header.hash)
+        if pruned:
+            self._settle_evidence(tree)
+            self._save(tree)
         return tree
 
     def reroot(self, height: int, gov: ConsortiumState) -> None:
@@ -124,9 +132,14 @@ class ChainKeeper:
         if tree.best_tip.height - tree.root.height <= self.keep + self.prune_step \
                 and tree.final.height - tree.root.height <= self.prune_step:
             return False
-        snapshot = tree.prune(self.keep)
-        if snapshot is None:
+        if tree.prune(self.keep) is None:
             return False
+        self._settle_evidence(tree)
+        self._save(tree)
+        return True
+
+    def _settle_evidence(self, tree: BlockTree) -> None:
+        """Evidence whose including blocks were pruned: settled if one of them is on the best chain."""
         for ev_id, blocks in list(self.evidence_in_block.items()):
             kept = [b for b in blocks if tree.held(b)]
             if len(kept) < len(blocks) and any(tree.on_best_chain(b) for b in blocks if not tree.held(b)):
@@ -135,10 +148,12 @@ class ChainKeeper:
                 self.evidence_in_block[ev_id] = kept
             else:
                 del self.evidence_in_block[ev_id]
+
+    def _save(self, tree: BlockTree) -> None:
+        snapshot = tree.snapshot()
         self.store.save_meta(META_TREE, tree_record(SavedTree(snapshot, frozenset(self.settled_evidence))))
         log.info("block tree root moved to height %d (final %d, tip %d)", snapshot.root.height,
                  snapshot.final.height, tree.best_tip.height)
-        return True
 
     def record_evidence_in(self, block_hash: bytes, evidence_ids: Iterable[bytes]) -> None:
         for ev_id in evidence_ids:
