@@ -72,6 +72,11 @@ MAX_CONFLICTS = 64
 __all__ = ["Engine", "Outgoing"]
 
 
+def final_signers(engine: "Engine", final: Header) -> frozenset[str]:
+    """Members whose signatures are on the settled block itself (endorsers count too)."""
+    return engine.tree.signers(final.hash)
+
+
 @dataclass(frozen=True)
 class Outgoing:
     to: str | None  # None: every other member
@@ -876,6 +881,20 @@ class Engine:
         problem = self.key_problem()
         if problem is not None:
             alerts.append(Alert("key_missing", problem, subject=self.me))
+        for key, exc in self.corrupt.items():
+            alerts.append(Alert("corrupt_data", f"{exc}; refused to readers and peers, a good copy is being "
+                                f"fetched from peers (run `peerdb node check --deep` offline to check the whole store)",
+                                subject=key.hex(), details={"item": exc.item}))
+        for block_hash, (header, signers) in self.conflicts.items():
+            final = self.tree.final
+            both = sorted(s for s in signers if s in self.tree.endorsers(final.hash) or s in final_signers(self, final))
+            alerts.append(Alert(
+                "settled_conflict",
+                f"block {header.height} {block_hash.hex()[:16]} leaves out the settled block {final.height} "
+                f"{final.hash.hex()[:16]}; refused. Signed by {', '.join(sorted(signers))}"
+                + (f"; of them {', '.join(both)} also endorse the settled block (signatures on both sides)" if both else ""),
+                subject=block_hash.hex(), details={"height": header.height, "signers": sorted(signers),
+                                                   "both_sides": both, "final_height": final.height}))
         for member in self.current.member_names:
             if member != self.me and not peers_up(member):
                 alerts.append(Alert("peer_down", f"peer {member} is not connected", subject=member))

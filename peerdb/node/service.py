@@ -32,7 +32,7 @@ import trio
 
 from ..core.chain import View, ViewHeads
 from ..core.consortium import Consortium, Params
-from ..core.errors import LocalError, ProtocolError
+from ..core.errors import CorruptionError, LocalError, ProtocolError
 from ..core.membership import ConsortiumState
 from ..core.model import Header
 from .alerts import Alert, AlertBook
@@ -167,9 +167,15 @@ class NodeService:
         return result
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a short read inline (no thread) while no engine call is mutating state."""
+        """Run a short read inline (no thread) while no engine call is mutating state. A stored
+        item found corrupt is refused to the reader and reported to the engine (alert, refetch)."""
         async with self._lock:
-            return fn(*args)
+            try:
+                return fn(*args)
+            except CorruptionError as exc:
+                self.engine.note_corruption(exc)
+                self._flush()
+                raise
 
     def _follow_members(self) -> None:
         """Governance changed who may connect (a member added, removed, or a key rotated) or

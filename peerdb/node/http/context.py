@@ -52,11 +52,16 @@ def parse_view(text: str | None) -> View:
         raise ApiError(400, "bad_view", str(exc)) from None
 
 
+MAX_INT_PARAMETER = 2**63 - 1
+"""Largest integer a query parameter may carry (heights, limits): the store keys heights as
+unsigned 64-bit, and nothing a client asks for is larger."""
+
+
 def parse_int(text: str | None, name: str) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
-        raise ApiError(400, "bad_parameter", f"{name}: must be a non-negative integer, got {text!r}")
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_INT_PARAMETER:
+        raise ApiError(400, "bad_parameter", f"{name}: must be a non-negative integer below 2^63, got {text[:40]!r}")
     return int(text)
 
 
@@ -75,6 +80,8 @@ async def json_body(request: Request) -> dict[str, Any]:
         data = json.loads(raw or b"{}")
     except ValueError as exc:
         raise ApiError(400, "bad_json", f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "request body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
     return data
@@ -86,7 +93,7 @@ def wait_options(data: dict[str, Any]) -> tuple[View | None, float]:
     wait = data.get("wait")
     try:
         timeout = float(data.get("timeout_s", DEFAULT_WAIT_S))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ApiError(400, "bad_parameter", "timeout_s: must be a number of seconds") from None
     if not 0 < timeout <= MAX_WAIT_S:
         raise ApiError(400, "bad_parameter", f"timeout_s: must be in (0, {MAX_WAIT_S}]")

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ...core.errors import AccessError, ConfigError, RemoteError
+from ...core.errors import AccessError, ConfigError, CorruptionError, DiskFullError, RemoteError
 from ..mempool import MempoolFull
 
 
@@ -50,6 +50,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     ConfigError: (409, "not_configured"),    # the node lacks what the request needs (a client key)
     RemoteError: BAD_REQUEST,                # the request (or what it carries) breaks a rule
     ValueError: BAD_REQUEST,                 # a field the request gave that does not parse
+    CorruptionError: (503, "corrupt_data"),  # our stored copy failed its hash check: refused, alerted, refetched
+    DiskFullError: (507, "disk_full"),       # the node's disk is full: nothing was written
 }
 """Status and code per error type. The most specific class in an error's MRO that has a row
 decides (an :class:`AccessError` is a :class:`RemoteError`, and answers 403); a type with no

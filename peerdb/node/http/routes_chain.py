@@ -25,17 +25,22 @@ MAX_BLOCKS_PER_PAGE = 500
 
 
 def block_ref(tree: BlockTree, ref: str, hint: str) -> bytes:
-    """The hash of the block ``ref`` names: a height on the best chain or the hex hash of a
-    block in the tree; ``hint`` says what to give instead of neither."""
-    if ref.isdigit():
-        block_hash = tree.best_chain_hash(int(ref))
-    else:
+    """The hash of the block ``ref`` names: the hex hash of a known block (64 hex digits, even
+    if they are all decimal digits), or a height on the best chain; ``hint`` says what to give
+    instead of neither."""
+    if len(ref) == 64:
         try:
-            block_hash = bytes.fromhex(ref)
+            block_hash: bytes | None = bytes.fromhex(ref)
         except ValueError:
             raise ApiError(400, "bad_parameter", hint) from None
+    elif ref.isascii() and ref.isdigit():
+        height = parse_int(ref, "height")
+        assert height is not None
+        block_hash = tree.best_chain_hash(height)
+    else:
+        raise ApiError(400, "bad_parameter", hint)
     if block_hash is None or block_hash not in tree:
-        raise ApiError(404, "not_found", f"no block {ref}")
+        raise ApiError(404, "not_found", f"no block {ref[:80]}")
     return block_hash
 
 
@@ -66,6 +71,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             tree = engine.tree
             block_hash = block_ref(tree, ref, "block: give a height or a hex hash")
             block: Block | None = engine.store.block(block_hash)
+            if block is None and tree.header(block_hash).height == 0:
+                block = Block(tree.header(block_hash), ())  # genesis: a header that commits to the consortium
             if block is None:
                 raise ApiError(404, "not_found", f"block {ref} has no stored body")
             h = block.header
@@ -75,7 +82,8 @@ def routes(ctx: ApiContext) -> list[Route]:
                 "prev": h.prev.hex(), "tx_root": h.tx_root.hex(), "state_root": h.state_root.hex(),
                 "evidence_root": h.evidence_root.hex(),
                 "signatures": [{"member": m, "signed": m in signers, "excluded": m in tree.culprits}
-                               for m in engine.state_for(h.prev, h.height).members_at(h.height)],
+                               for m in (engine.gov if h.height == 0 else engine.state_for(h.prev, h.height))
+                               .members_at(h.height)],
                 "objections": [{"member": o.member, "reason": o.reason} for o in engine.store.objections(block_hash)],
                 "evidence": [{"id": e.id.hex(), "member": e.member, "height": e.header_a.height} for e in block.evidence],
                 "txs": [tx_json(tx, lambda op: ctx.private.op_fields(op, h.height)) for tx in block.txs],

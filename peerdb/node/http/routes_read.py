@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -13,6 +14,21 @@ from ...core.chain import View
 from .context import ApiContext, parse_int, parse_view
 from .errors import ApiError, json_endpoint
 from .render import value_json
+
+class KeyConvertor(Convertor[str]):
+    """A key is any UTF-8 text (``/`` and line breaks included): the path's rest, whatever it holds
+    (starlette's ``path`` convertor stops at a line break)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", KeyConvertor())
 
 SCAN_DEFAULT_KEYS = 100
 """Keys per page of ``GET /v1/kv/{ns}`` without ``limit``."""
@@ -95,5 +111,5 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     return [Route("/v1/tx/{txid}", json_endpoint(get_tx)),
             Route("/v1/kv/{ns}", json_endpoint(get_scan)),
-            Route("/v1/kv/{ns}/{key:path}", json_endpoint(get_kv)),
-            Route("/v1/history/{ns}/{key:path}", json_endpoint(get_history))]
+            Route("/v1/kv/{ns}/{key:anything}", json_endpoint(get_kv)),
+            Route("/v1/history/{ns}/{key:anything}", json_endpoint(get_history))]
