@@ -21,7 +21,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..core.consortium import Consortium, parse_address
-from ..core.errors import ConfigError, DecodeError
+from ..core.errors import ConfigError, DecodeError, PeerDBError
 from ..core.keys import SigningKey
 from ..core.model import consortium_id
 from ..net.certs import certificate_public_key, member_certificate
@@ -93,7 +93,27 @@ def run_daemon(config_path: str, *, accept_restored: bool = False) -> None:
     setup_logging(cfg.log_level, cfg.member)
     consortium = cfg.load_consortium()
     keys = cfg.load_keys(consortium)
-    trio.run(run_node, cfg, consortium, keys, accept_restored)
+    try:
+        trio.run(run_node, cfg, consortium, keys, accept_restored)
+    except BaseExceptionGroup as group:
+        # A component failed inside the nursery: report our own error (a full disk, a corrupt
+        # store, a bad config) by itself, not wrapped in the nursery's group.
+        cause = first_peerdb_error(group)
+        if cause is None:
+            raise
+        log.error("node %s stopping: %s", cfg.member, cause)
+        raise cause from None
+
+
+def first_peerdb_error(group: BaseExceptionGroup[BaseException]) -> PeerDBError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, PeerDBError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_peerdb_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def tls_members(consortium: Consortium) -> list[TlsMember]:

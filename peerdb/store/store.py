@@ -57,6 +57,7 @@ from peerdb.core.state import Effects
 from . import layout
 from .apply import ReorgResult, apply_block, move_head
 from .check import STARTUP_CHECK_BLOCKS, check_store, migrate
+from .datafile import check_data_file
 from .identity import DirLock
 from .opening import check_identity, initialise, is_empty
 from .queries import StoreQueries
@@ -122,6 +123,7 @@ class Store(StoreQueries):
         lock = DirLock.acquire(directory)
         env: lmdb.Environment | None = None
         try:
+            check_data_file(directory)  # before LMDB maps it: a file cut short would crash us with SIGBUS
             try:
                 env = lmdb.open(str(directory), map_size=map_size, subdir=True, max_dbs=layout.MAX_DBS,
                                 max_readers=layout.MAX_READERS, sync=sync, metasync=sync, writemap=False,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lmdb
 
-from peerdb.core.errors import CorruptionError, DecodeError, PeerDBError, StorageError
+from peerdb.core.errors import CorruptionError, DecodeError, DiskFullError, PeerDBError, StorageError
 from peerdb.core.model import Block, Header
 
 from . import layout
@@ -103,13 +106,35 @@ def on_best_chain(txn: Txn, t: Tables, header: Header) -> bool:
     return best_hash(txn, t, header.height) == header.hash
 
 
+DISK_FULL_MARGIN = 1024 * 1024
+"""Free bytes below which a failed write is reported as a full disk. LMDB reports a write that
+ran out of space as an I/O error (ENOSPC from the kernel becomes EIO in ``mdb_txn_commit``), so
+the free space is looked at to name the real cause."""
+
+
+def _disk_full(where: str) -> bool:
+    path = Path(where)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < DISK_FULL_MARGIN
+    except OSError:
+        return False
+
+
 @contextmanager
 def lmdb_errors(where: str) -> Iterator[None]:
-    """LMDB failures are storage failures: name the store and, for a full map, the fix."""
+    """LMDB failures are storage failures: name the store and the cause (a full map, a full
+    disk) with the fix. A failed write transaction is aborted whole: nothing half-written stays."""
     try:
         yield
     except lmdb.MapFullError:
         raise StorageError(f"{where}: the LMDB map is full; reopen with a larger map_size "
                            f"(now {layout.DEFAULT_MAP_SIZE} bytes by default)") from None
     except lmdb.Error as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC or _disk_full(where):
+            free = shutil.disk_usage(Path(where) if Path(where).exists() else Path(where).parent).free
+            raise DiskFullError(f"{where}: no space left on the disk ({free:,} bytes free; LMDB said: {exc}); "
+                                "nothing of the failed write was stored. Free some space and start the node "
+                                "again: it continues where it stopped") from None
         raise StorageError(f"{where}: LMDB error: {exc}") from None
