@@ -289,6 +289,15 @@ class StoreQueries:
                 out.append((height, block_hash, layout.parse_history_record(value)))
         return out
 
+    def state_items(self) -> Iterator[tuple[str, str, bytes, int]]:
+        """Every (namespace, key, value, height written) at the head, in key order (the deep
+        check compares them with a replay)."""
+        def convert(_txn: Txn, skey: bytes, raw: bytes) -> tuple[str, str, bytes, int]:
+            ns, key = layout.state_record_key(raw, skey)
+            height, value = layout.parse_state_record(raw)
+            return ns, key, value, height
+        return self._iterate(self._t.state, convert)
+
     def scan(self, namespace: str, prefix: str = "", *, start_after: str | None = None,
              limit: int = SCAN_PAGE_MAX) -> list[tuple[str, bytes, int]]:
         """Keys of ``namespace`` starting with ``prefix`` at the head: (key, value, height

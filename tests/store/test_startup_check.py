@@ -112,7 +112,7 @@ def test_not_an_lmdb_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s"
     path.mkdir()
     (path / "data.mdb").write_bytes(b"this is not a database" * 1000)
-    refused(path, ChainBuilder(), "cannot open the LMDB environment")
+    refused(path, ChainBuilder(), "not an LMDB data file")
 
 
 def test_migration_hook_upgrades_an_old_schema(built: tuple[Path, ChainBuilder, list[Block]],

@@ -1,0 +1,80 @@
+"""A corrupt stored block on a running node: never served as good, never a crash, repaired.
+
+A block below the start-up check's reach is damaged in firm-a's store while it runs. A peer's
+request for blocks then gets an answer that stops before it (firm-a keeps running: this once
+killed the daemon), the API answers 503 naming the block, an alert names it, and firm-a fetches a
+good copy from its peers, checks that it hashes to the block's id, and replaces its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import trio
+
+from peerdb.node.http import Api
+from peerdb.node.messages import BlocksMsg, GetBlocksMsg
+from tests.helpers.node_harness import Cluster
+
+TOKEN = "t" * 32
+
+
+async def test_a_corrupt_block_is_refused_alerted_and_repaired_from_peers(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = Cluster(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        a = cluster.nodes["firm-a"]
+        txs = [cluster.tx("firm-a", f"k{i}") for i in range(3)]
+        await cluster.submit("firm-a", txs)
+        await cluster.wait_until(lambda: cluster.included("firm-a", txs, "unanimous_signed")
+                                 and a.engine.tree.best_tip.height >= 6, what="a few blocks")
+        location = a.store.tx_location(txs[0].txid)
+        assert location is not None
+        victim, height = location.block_hash, location.height
+        good = a.store.block_raw(victim)
+        assert good is not None
+        # The disk flips a byte of the block's first transaction (the store is open: write in place).
+        damaged = bytearray(good)
+        damaged[good.index(txs[0].raw) + len(txs[0].raw) // 2] ^= 0x40
+
+        def damage() -> None:
+            with a.store._environment().begin(write=True) as txn:
+                txn.put(victim, bytes(damaged), db=a.store._t.blocks)
+
+        sent: list[tuple[str | None, object]] = []
+        original = a.engine._send
+
+        def spy(msg: object, to: str | None = None) -> None:
+            sent.append((to, msg))
+            original(msg, to)  # type: ignore[arg-type]
+        a.engine._send = spy  # type: ignore[method-assign]
+
+        # The API refuses it by name, and the node asks its peers for a good copy.
+        damage()
+        app = Api(a.service, TOKEN, None)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            r = await client.get(f"/v1/blocks/{height}")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "corrupt_data" and victim.hex()[:16] in r.json()["error"]["message"]
+            assert any(isinstance(m, GetBlocksMsg) and m.from_height == height and to is None for to, m in sent)
+            await cluster.wait_until(lambda: a.store.block_raw(victim) == good, what="the block repaired")
+            assert victim not in a.engine.corrupt
+            r = await client.get(f"/v1/blocks/{height}")
+            assert r.status_code == 200 and r.json()["hash"] == victim.hex()
+
+        # A peer asks for blocks: the answer stops before the damaged one; the node goes on,
+        # raises an alert naming it, and repairs it again.
+        damage()
+        sent.clear()
+        await a.service.call(a.engine.handle, "firm-b", GetBlocksMsg(1, height + 2), a.service.clock_ms())
+        answers = [m for to, m in sent if to == "firm-b" and isinstance(m, BlocksMsg)]
+        assert len(answers) == 1 and len(answers[0].items) == height - 1  # everything below it, nothing after
+        assert victim in a.engine.corrupt
+        alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
+        assert any(x.kind == "corrupt_data" and x.subject == victim.hex() for x in alerts)
+        await cluster.wait_until(lambda: a.store.block_raw(victim) == good, what="the block repaired again")
+        await cluster.close()
+        nursery.cancel_scope.cancel()
