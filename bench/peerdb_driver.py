@@ -15,6 +15,7 @@ import base64
 import importlib.metadata
 import itertools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -42,6 +43,9 @@ CATCHUP_TIMEOUT_S = 300.0
 CATCHUP_PRELOAD_TXS = 20_000
 """Transactions added in full batches before a member is wiped, so catch-up moves real blocks."""
 NAMESPACE = "bench"
+PRELOAD_ENV = "PEERDB_BENCH_PRELOAD_BLOCKS"
+"""Start every member on a store that already holds this many blocks (``bench/run.py
+--preload-blocks``): the same figures on an old consortium, to show they do not depend on age."""
 LEVELS = ("majority", "unanimous_signed")
 
 
@@ -85,8 +89,17 @@ class PeerDBDriver:
         self._workdir = workdir / "peerdb"
         names = [f"firm-{chr(ord('a') + i)}" for i in range(MEMBERS)]
         ports = free_ports(2 * MEMBERS)
+        preload = int(os.environ.get(PRELOAD_ENV, "0"))
+        # An aged consortium: its chain began `preload` seconds ago, one block a second.
+        genesis = int(time.time() * 1000) - (preload + 60) * 1000 if preload else None
         init_consortium(self._workdir, "bench", names, ports=ports[:MEMBERS], api_ports=ports[MEMBERS:],
-                        overwrite=True)
+                        overwrite=True, genesis_time_ms=genesis)
+        if preload:
+            from bench.chainfill import write_chain
+            consortium = load_consortium(self._workdir / "consortium.toml")
+            keys = {n: read_key(self._workdir / "keys" / f"{n}.key")[0] for n in names}
+            clients = {n: read_key(self._workdir / "keys" / f"{n}-client.key")[0] for n in names}
+            write_chain(self._workdir, consortium, keys, clients, preload, 0, members=names)
         started = []
         apis = []
         for name in names:

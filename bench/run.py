@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -39,6 +40,7 @@ from bench.errors import BenchError, SystemSkipped  # noqa: E402
 from bench.loadgen import LoadSpec, run_step  # noqa: E402
 from bench.machine import describe_machine, software_versions  # noqa: E402
 from bench.peerdb_driver import MEMBERS as CONSORTIUM_MEMBERS  # noqa: E402
+from bench.peerdb_driver import PRELOAD_ENV  # noqa: E402
 from bench.procs import ManagedProcesses  # noqa: E402
 from bench.stats import __doc__ as STATS_DEFINITIONS  # noqa: E402
 
@@ -276,6 +278,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="client connections in flight (default per mode)")
     parser.add_argument("--no-install", action="store_true", help="skip systems that are not installed")
     parser.add_argument("--keep-workdir", action="store_true", help="keep data dirs and logs after the run")
+    parser.add_argument("--preload-blocks", type=int, default=0,
+                        help="start PeerDB's members on stores already holding this many blocks (an old consortium)")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEM_NAMES]
@@ -300,6 +304,8 @@ def main(argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.preload_blocks:
+        os.environ[PRELOAD_ENV] = str(args.preload_blocks)  # read by the PeerDB driver
 
     started_at = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.monotonic()

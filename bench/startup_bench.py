@@ -42,54 +42,11 @@ import httpx  # noqa: E402
 from peerdb.consortium_file import load_consortium  # noqa: E402
 from peerdb.core.consortium import Consortium  # noqa: E402
 from peerdb.core.keys import SigningKey  # noqa: E402
-from peerdb.core.merkle import merkle_root  # noqa: E402
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, consortium_id, genesis_header  # noqa: E402
-from peerdb.core.state import MemoryState, apply_txs  # noqa: E402
-from peerdb.core.validate import proposer_for  # noqa: E402
 from peerdb.keyfile import read_key  # noqa: E402
 from peerdb.localnet import LocalConsortium, poll_until  # noqa: E402
 from peerdb.node.engine import Engine  # noqa: E402
+from bench.chainfill import write_chain  # noqa: E402
 from peerdb.store import Store  # noqa: E402
-
-BATCH = 2000
-"""Blocks per LMDB commit while writing the fixture chain."""
-
-
-def write_chain(directory: Path, consortium: Consortium, keys: dict[str, SigningKey], clients: dict[str, SigningKey],
-                blocks: int, txs_per_block: int) -> float:
-    cid = consortium_id(consortium)
-    names = consortium.member_names
-    start = time.perf_counter()
-    parent = genesis_header(consortium)
-    empty = merkle_root([])
-    nonce = 0
-    with Store.open(directory / "data" / "firm-a", consortium, "firm-a", sync=False) as store:
-        height = 1
-        while height <= blocks:
-            with store.batch():
-                for height in range(height, min(blocks, height + BATCH - 1) + 1):
-                    proposer = proposer_for(names, height, 0)
-                    time_ms = consortium.genesis_time_ms + height * 1000
-                    txs = []
-                    for i in range(txs_per_block):
-                        nonce += 1
-                        member = names[i % len(names)]
-                        txs.append(Tx.create(clients[member], cid, member, nonce, time_ms + 600_000,
-                                             [Op(OP_PUT, "bench", f"k{height}-{i}", b"v" * 32)]))
-                    # Every key is new, so an empty reader is the state each block reads.
-                    effects = apply_txs(MemoryState(), txs, consortium, cid, time_ms, parent.state_root,
-                                        signature_ok=lambda _tx: True)
-                    header = Header(height, 0, parent.hash, proposer, time_ms, merkle_root([t.txid for t in txs]),
-                                    len(txs), effects.state_root, empty)
-                    block = Block(header, tuple(txs))
-                    sigs = [BlockSignature.create(keys[m], cid, m, block.hash) for m in names]
-                    store.add_block(block, sigs, effects=effects, make_head=True)
-                    parent = header
-                height += 1
-            print(f"  wrote {min(height - 1, blocks):,} blocks ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
-                  flush=True)
-    return time.perf_counter() - start
-
 
 def rss_mb(pid: int | None = None, kind: str = "VmRSS") -> float:
     """Resident memory: ``VmRSS`` in all, ``RssAnon`` (the process's own heap) or ``RssFile``
