@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 
 from .setup_files import init_consortium
 
@@ -89,6 +90,8 @@ class LocalConsortium:
     params: dict[str, int] = field(default_factory=dict)
     bitcoin_rpc: str | None = None
     sync: bool = True
+    idle_block_s: int = 0
+    """Seconds an idle chain rests between empty blocks (0: one every heartbeat)."""
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
     def write_files(self) -> None:
@@ -100,6 +103,10 @@ class LocalConsortium:
         for name in names:
             config = self.directory / f"{name}.toml"
             data = tomllib.loads(config.read_text())
+            # A local consortium (demo, tests, benchmarks) shows liveness block by block: no resting.
+            data["node"]["idle_block_s"] = self.idle_block_s
+            header = "".join(line + "\n" for line in config.read_text().splitlines() if line.startswith("#"))
+            config.write_text(header + tomli_w.dumps(data))
             self.nodes[name] = NodeProcess(name, config, data["api"]["listen"], data["api"]["token"],
                                            self.directory / f"{name}.log")
 

@@ -207,7 +207,8 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
     store = Store.open(cfg.data_dir, consortium, cfg.member, sync=cfg.sync, accept_restored=accept_restored,
                        joining=cfg.joining)
     try:
-        engine = Engine(consortium, cfg.member, keys, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs)
+        engine = Engine(consortium, cfg.member, keys, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs,
+                        idle_block_ms=cfg.idle_block_s * 1000)
         check_keys(cfg, engine)
         other_seeds = [k.seed for k in keys]
 

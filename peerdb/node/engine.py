@@ -85,7 +85,8 @@ class Outgoing:
 
 class Engine:
     def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
-                 now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: TxSignatureChecker | None = None) -> None:
+                 now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: TxSignatureChecker | None = None,
+                 idle_block_ms: int | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
@@ -93,6 +94,9 @@ class Engine:
         self.keyring = self.identity.keyring
         self.store = store
         self.mempool = Mempool(mempool_max)
+        self.idle_block_ms = idle_block_ms
+        """With an empty pool, propose an empty block only after this long without a block (None:
+        every heartbeat). Node policy, not a validity rule: see docs/protocol.md §8.2."""
         self.verifier = verifier or TxSignatureChecker(self.cid)
         self.chain = ChainKeeper(consortium, store)
         """The block tree with its snapshot, pruning and evidence bookkeeping (:attr:`tree`)."""
@@ -707,13 +711,18 @@ class Engine:
         round_ = round_at(now_ms - self.tip_seen_ms, here.params.turn_timeout_ms)
         return tip.height + 1, round_, proposer_for(here.member_names, tip.height + 1, round_)
 
+    def _idle_ms(self, params: Params) -> int:
+        """How long the chain may rest without a block when nothing waits in the pool."""
+        return max(params.heartbeat_ms, self.idle_block_ms if self.idle_block_ms is not None else 0)
+
     def next_deadline_ms(self, now_ms: int) -> int:
-        """When the turn situation next changes by itself (heartbeat or round timeout)."""
+        """When the turn situation next changes by itself (an empty block due, or a round timeout)."""
         params = self.params
         _, round_, _ = self.current_turn(now_ms)
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
-        heartbeat = round_start + params.heartbeat_ms
-        return heartbeat if heartbeat > now_ms else round_start + params.turn_timeout_ms
+        empty_due = max(round_start + params.heartbeat_ms, self.tip_seen_ms + self._idle_ms(params))
+        round_end = round_start + params.turn_timeout_ms
+        return empty_due if now_ms < empty_due < round_end else round_end
 
     def proposal_due(self, now_ms: int) -> bool:
         """Cheap check (no writes) whether :meth:`maybe_propose` would propose now."""
@@ -726,7 +735,8 @@ class Engine:
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
         parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
-        if not ((self.mempool and parent_endorsed) or now_ms >= round_start + params.heartbeat_ms):
+        empty_due = now_ms >= round_start + params.heartbeat_ms and now_ms >= self.tip_seen_ms + self._idle_ms(params)
+        if not ((self.mempool and parent_endorsed) or empty_due):
             return False
         if tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms > now_ms:
             return False  # by the parent's clock this round has not begun: peers would refuse the block
@@ -876,7 +886,12 @@ class Engine:
             self._majority_height, self._majority_seen_ms = majority, now_ms
         # Heartbeat blocks keep the tip moving even when too few members sign; progress is the
         # majority head moving, so that is what "stalled" watches.
-        if now_ms - self._majority_seen_ms > params.turn_timeout_ms + params.heartbeat_ms:
+        waited = now_ms - self._majority_seen_ms
+        expected = params.turn_timeout_ms + params.heartbeat_ms
+        # With nothing in the pool and every block endorsed, the chain rests up to the idle
+        # interval: not a stall. Work waiting (a transaction, a block short of signatures) is.
+        work_waits = bool(self.mempool) or self.tree.best_tip.height > majority
+        if waited > expected and (work_waits or waited > expected + self._idle_ms(params)):
             alerts.append(waiting_for(self.tree, self.tip_seen_ms, now_ms, params.turn_timeout_ms))
         problem = self.key_problem()
         if problem is not None:

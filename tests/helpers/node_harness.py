@@ -53,9 +53,11 @@ class MemberNode:
 
 class Cluster:
     def __init__(self, tmp_path: Path, names: tuple[str, ...] = MEMBER_NAMES, params: Params = FAST_PARAMS,
-                 namespaces: tuple[NamespaceRule, ...] = (), offload: bool = False) -> None:
+                 namespaces: tuple[NamespaceRule, ...] = (), offload: bool = False,
+                 idle_block_ms: int | None = None) -> None:
         self.tmp_path = tmp_path
         self.offload = offload
+        self.idle_block_ms = idle_block_ms
         """Run engine calls in worker threads, as a daemon does (use with the real clock)."""
         self.names = names
         self.seeded = seeded_consortium(names, name="test", genesis_time_ms=0, params=params,
@@ -82,7 +84,7 @@ class Cluster:
         joining = name not in self.names
         store = Store.open(self.tmp_path / name, self.consortium, name, sync=False, joining=joining)
         engine = Engine(self.consortium, name, [self.keys[name], *self.more_keys.get(name, [])], store,
-                        trio_clock_ms(), verifier=None)
+                        trio_clock_ms(), verifier=None, idle_block_ms=self.idle_block_ms)
         members = (*self.names, name) if joining else self.names
         network = PeerNetwork(name, members, self.cid, self.hub.transport(name), config=NET)
         service = NodeService(engine, network, clock_ms=trio_clock_ms, offload=self.offload)
