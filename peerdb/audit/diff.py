@@ -14,7 +14,9 @@ Reported, first the divergence if any, then the first instance of each kind of d
 * ``missing`` — best-chain heights one bundle has and the other does not (one is ahead);
 * ``signatures`` — a common block with different signer sets;
 * ``anchor`` — a common block anchored in one bundle only, or by different Bitcoin transactions;
-* ``excluded`` — different excluded members; ``side`` — side-branch blocks only one holds.
+* ``excluded`` — different excluded members; ``side`` — side-branch blocks only one holds;
+* ``settled`` — a block one exporter held settled (its ``unanimous`` head) that the other's best
+  chain leaves out: settled history was rewritten.
 """
 
 from __future__ import annotations
@@ -161,6 +163,20 @@ def diff_books(a: Books, b: Books, name_a: str = "A", name_b: str = "B") -> Diff
         agreed = height
     result.agreed_height = agreed
     diffs = result.differences
+    for mine, theirs, me, other in ((a, b, "A", "B"), (b, a, "B", "A")):
+        # A block the exporter held settled (anchored, endorsed by every member) that the other
+        # best chain leaves out: settled history was rewritten (docs/protocol.md §11.3).
+        for height in range(1, min(mine.head.claims.unanimous, mine.height) + 1):
+            block, there = mine.best.get(height), theirs.best.get(height)
+            if block is not None and there is not None and there.hash != block.hash:
+                diffs.append(Difference(
+                    "settled", height, f"block {height} {_short(block.hash)} is settled in {me} (anchored"
+                    f"{' in Bitcoin tx ' + block.anchor_txid if block.anchor_txid else ''}, endorsed by every "
+                    f"member), but {other}'s best chain leaves it out for {_short(there.hash)}: settled history "
+                    "was rewritten"))
+                break
+            if there is None and height <= theirs.height:
+                break
     if result.divergence is None and a.height != b.height:
         ahead, behind, top = ("A", "B", a.height) if a.height > b.height else ("B", "A", b.height)
         diffs.append(Difference("missing", agreed + 1, f"{behind} lacks best-chain heights {agreed + 1}..{top} "

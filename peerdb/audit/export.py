@@ -20,7 +20,7 @@ from peerdb.anchor.proof import AnchorProof
 from peerdb.core.chain import BlockTree, MemberSchedule
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, StorageError, ValidationError
-from peerdb.core.model import Block, BlockSignature, Evidence, Objection, consortium_id, genesis_header
+from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, consortium_id, genesis_header
 
 from .bundle import FORMAT_VERSION, AnchorRef, BlockEntry, BtcPart, BundleWriter, Claims, Head
 
@@ -67,17 +67,29 @@ def claims_from_tree(tree: BlockTree) -> Claims:
 
 @dataclass(frozen=True)
 class Capture:
-    """The raw snapshot, taken under the engine's lock with as little work as possible (about a
-    microsecond per block: the signer sets are the only thing copied per block)."""
+    """The raw snapshot, taken under the engine's lock with as little work as possible: the
+    blocks the tree holds in memory (about a microsecond each: the signer sets are the only
+    thing copied), never the settled history below its root, which :func:`snapshot_from` reads
+    from the store outside the lock."""
 
     consortium: Consortium
     member: str
     now_ms: int
     rows: list[tuple[int, bytes, frozenset[str]]]
     chain: list[bytes | None]
+    """The best chain's hashes from the root up."""
     claims: Claims
     evidence: list[Evidence]
     unsaved: list[BlockSignature]
+    root_height: int = 0
+
+
+class ArchivedBlocks(Protocol):
+    """The store, for the blocks below the tree's root (and side branches it dropped)."""
+
+    def headers_iter(self, start_height: int = 0) -> Iterator[Header]: ...
+    def signers(self, block_hash: bytes) -> list[str]: ...
+    def block_hash_at(self, height: int) -> bytes | None: ...
 
 
 def capture(tree: BlockTree, consortium: Consortium, member: str, evidence: Iterable[Evidence],
@@ -86,19 +98,31 @@ def capture(tree: BlockTree, consortium: Consortium, member: str, evidence: Iter
     ``unsaved``: signatures in the tree that the store does not hold yet."""
     signers = tree.signers
     rows = [(h.height, h.hash, signers(h.hash)) for h in tree.headers() if h.height > 0]
-    chain = [tree.best_chain_hash(i) for i in range(tree.best_tip.height + 1)]
-    return Capture(consortium, member, now_ms, rows, chain, claims_from_tree(tree), list(evidence), list(unsaved))
+    root = tree.root.height
+    chain = [tree.best_chain_hash(i) for i in range(root, tree.best_tip.height + 1)]
+    return Capture(consortium, member, now_ms, rows, chain, claims_from_tree(tree), list(evidence), list(unsaved),
+                   root)
 
 
-def snapshot_from(cap: Capture) -> Snapshot:
-    """The snapshot, built from a capture outside the lock."""
+def snapshot_from(cap: Capture, archive: ArchivedBlocks | None = None) -> Snapshot:
+    """The snapshot, built from a capture outside the lock; with ``archive`` (the store), the
+    stored blocks the tree no longer holds too (O(chain) reads, in the caller's thread)."""
     on_chain = set(cap.chain)
+    rows = list(cap.rows)
+    if archive is not None and cap.root_height > 0:
+        held = {block_hash for _height, block_hash, _signers in cap.rows}
+        for header in archive.headers_iter():
+            if header.height == 0 or header.hash in held:
+                continue
+            rows.append((header.height, header.hash, frozenset(archive.signers(header.hash))))
+            if header.height < cap.root_height and archive.block_hash_at(header.height) == header.hash:
+                on_chain.add(header.hash)
     unsaved: dict[bytes, list[BlockSignature]] = {}
     for sig in cap.unsaved:
         unsaved.setdefault(sig.block_hash, []).append(sig)
     blocks = tuple(SnapshotBlock(height, block_hash, block_hash in on_chain, signers,
                                  tuple(unsaved.get(block_hash, ())))
-                   for height, block_hash, signers in sorted(cap.rows, key=lambda r: (r[0], r[1])))
+                   for height, block_hash, signers in sorted(rows, key=lambda r: (r[0], r[1])))
     head = Head(FORMAT_VERSION, cap.consortium, consortium_id(cap.consortium), cap.member, cap.now_ms, cap.claims)
     return Snapshot(head, blocks, tuple(sorted(cap.evidence, key=lambda e: e.id)))
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -49,12 +49,13 @@ from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, ValidationError
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.merkle import root_from_path
-from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, BlockSignature, Objection, Tx, genesis_header
+from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, BlockSignature, Header, Objection, Tx, genesis_header
 from peerdb.core.validate import check_block
 
 from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
 from .errors import AuditFailure, block_where
 from .replay import ChainState
+from .settled import check_settled
 from .report import Exclusion, Heads, VerifyReport
 from .sigpool import SignaturePool
 
@@ -244,6 +245,10 @@ class BundleVerifier:
         self.btc: list[BtcPart] = []
         self.anchor_cache: dict[tuple[int, bytes], VerifiedAnchor] = {}
         self.btc_checked: set[int] = set()
+        self.anchored: dict[bytes, str] = {}
+        """Blocks with a verified anchor proof -> how to name the anchor (for settled blocks)."""
+        self.signed_by: dict[str, list[bytes]] = {}
+        """Member -> blocks carrying its verified signature (for settled blocks off the best chain)."""
         self.report = VerifyReport(c.name, head.cid.hex(), head.member, head.exported_ms, list(c.member_names),
                                    signatures={m: 0 for m in c.member_names},
                                    pow_checked=self.options.check_pow,
@@ -352,6 +357,7 @@ class BundleVerifier:
             except ValidationError:  # a member only this side branch's governance knows, so far
                 self.uncounted.append((entry.hash, member))
             counts[member] = counts.get(member, 0) + 1
+            self.signed_by.setdefault(member, []).append(entry.hash)
         report.blocks += 1
         report.transactions += n_txs
         report.objections += len(entry.objections)
@@ -387,6 +393,7 @@ class BundleVerifier:
         if verified.depth < self._required_depth(height):
             self.shallow_anchors.append((where, verified.depth, height))
         self.tree.set_anchored(block_hash)
+        self.anchored[block_hash] = f"Bitcoin block {verified.bitcoin_height}, tx {verified.txid_hex}"
         assert self.report is not None
         self.report.anchored_blocks += 1
 
@@ -450,6 +457,8 @@ class BundleVerifier:
                 pass  # a member only a side branch's governance has: not counted, as by a node
         for member in self.culprits:
             self.tree.add_culprit(member)
+        self.tree = check_settled(self.tree, self.state.main, self.anchored, self.signed_by, self._eligible,
+                                  self._tree_of)
         self._check_fork_choice()
         tree_heads = self.tree.heads()
         claims = head.claims
@@ -478,6 +487,28 @@ class BundleVerifier:
         report.bytes = self.nbytes
         self._members(report)
         return report
+
+    def _eligible(self, header: Header) -> list[str]:
+        """Non-excluded members at a block's height on its own branch."""
+        gov = self.gov.get(header.prev, self.best_gov)
+        return [m for m in gov.members_at(header.height) if m not in self.culprits]
+
+    def _tree_of(self, keep: Iterable[bytes]) -> BlockTree:
+        """A block tree of only the ``keep`` blocks (the settled block's ancestors and
+        descendants), with their signatures, anchors and the exclusions: the fork choice a node
+        that holds the settled block final makes."""
+        kept = set(keep)
+        tree = BlockTree(self.tree.genesis, self.tree.members, self.tree.schedule)
+        for header in sorted((h for h in self.tree.headers() if h.hash in kept and h.height > 0),
+                             key=lambda h: h.height):
+            tree.add_header(header)
+            for member in self.tree.signers(header.hash):
+                tree.add_signature(header.hash, member)
+            if header.hash in self.anchored:
+                tree.set_anchored(header.hash)
+        for member in self.culprits:
+            tree.add_culprit(member)
+        return tree
 
     def _members(self, report: VerifyReport) -> None:
         """Everyone who was a member at any height of the best chain, in order of joining, then

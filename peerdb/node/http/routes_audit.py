@@ -16,6 +16,7 @@ detects as a truncated bundle.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import trio
@@ -24,8 +25,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ...audit.bundle import BundleWriter
+from ...core.errors import CorruptionError
 from ...audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
 from .context import ApiContext
+
+log = logging.getLogger("peerdb.api")
 
 BLOCKS_HEADER = "X-PeerDB-Audit-Blocks"
 MEDIA_TYPE = "application/vnd.peerdb.audit-bundle"
@@ -39,7 +43,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         captured = await service.read(
             lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms(),
                             engine.unsaved_sigs))
-        snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured)
+        snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured, engine.store)
 
         async def body() -> AsyncIterator[bytes]:
             writer = BundleWriter()
@@ -48,7 +52,15 @@ def routes(ctx: ApiContext) -> list[Route]:
             pending = list(snapshot.blocks)
             while pending:
                 batch = pending[:MAX_BATCH_BLOCKS]
-                data, done = await trio.to_thread.run_sync(encode_batch, engine.store, batch, writer, numbering)
+                try:
+                    data, done = await trio.to_thread.run_sync(encode_batch, engine.store, batch, writer, numbering)
+                except CorruptionError as exc:
+                    # Never export a damaged block as good: the bundle ends here, without its
+                    # trailer (every reader reports it truncated), and the node alerts and
+                    # fetches a good copy; export again once it is repaired.
+                    log.error("audit export stopped at a corrupt stored item: %s", exc)
+                    await service.call(engine.note_corruption, exc)
+                    return
                 del pending[:done]
                 yield data
             yield finish(writer, snapshot.evidence)
