@@ -299,9 +299,17 @@ class BlockTree:
         from the final block, and :class:`ValidationError` if the parent is unknown."""
         if header.hash in self._nodes:
             return False
+        if self.settle:
+            self.heads()  # moves the final block first (it may forget dead branches)
         parent = self._nodes.get(header.prev)
         if parent is None:
-            if header.prev in self:
+            known = self._archived(header.prev)
+            if known is not None:
+                final = self._final_header()
+                if self.settle and self._archive_fork_height(known) < final.height:
+                    raise SettledConflict(
+                        f"block at height {header.height} ({header.hash.hex()[:16]}) leaves out the settled block "
+                        f"{final.hash.hex()[:16]} at height {final.height}", final, header)
                 raise ValidationError(f"block at height {header.height}: parent {header.prev.hex()[:16]} lies "
                                       f"below the tree's root (height {self._root.header.height})")
             raise ValidationError(f"block at height {header.height}: parent {header.prev.hex()[:16]} is unknown")
@@ -333,8 +341,11 @@ class BlockTree:
     def check_settled(self, header: Header) -> None:
         """Raise :class:`SettledConflict` if a block on a held parent would leave out the final
         block (what :meth:`add_header` would refuse), before anyone spends work on it."""
+        if not self.settle:
+            return
+        self.heads()  # moves the final block first (it may forget dead branches)
         parent = self._nodes.get(header.prev)
-        if parent is not None and self.settle:
+        if parent is not None:
             self._check_settled(parent, header)
 
     def add_signature(self, block_hash: bytes, member: str) -> bool:
@@ -543,8 +554,7 @@ class BlockTree:
         return n.header.hash == final.hash
 
     def _check_settled(self, parent: _Node, header: Header) -> None:
-        self.heads()  # moves the final block up if the views say so
-        final = self.final
+        final = self._final_header()
         if final.height <= self._root.header.height:
             return
         if parent.index >= 0 and parent.header.height >= final.height:

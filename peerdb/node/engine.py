@@ -379,11 +379,15 @@ class Engine:
     def _within_reach(self, header: Header, proposer_sig: BlockSignature, peer: str | None) -> bool:
         """False for a block that leaves out our final block (refused, remembered for the alert);
         a block forking below the tree's root but above the final block re-roots the tree."""
-        if header.prev in self.tree and not self.tree.held(header.prev):
-            fork = self.tree.fork_point(header.prev).height
-            if fork >= self.tree.final.height:
-                self.chain.reroot(fork, self.gov)
         try:
+            if header.prev in self.tree and not self.tree.held(header.prev):
+                fork = self.tree.fork_point(header.prev).height
+                final = self.tree.final
+                if fork < final.height:
+                    raise SettledConflict(f"block at height {header.height} ({header.hash.hex()[:16]}) leaves out "
+                                          f"the settled block {final.hash.hex()[:16]} at height {final.height}",
+                                          final, header)
+                self.chain.reroot(fork, self.gov)
             if header.prev in self.tree:
                 self.tree.check_settled(header)
         except SettledConflict as exc:
