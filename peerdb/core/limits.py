@@ -20,7 +20,7 @@ The largest legitimate frame is a ``txs`` message of MAX_BLOCK_TXS transactions,
 (the envelope map and its key, the message map, its two keys and its type, the array, and one
 byte string per transaction); next come a ``blocks`` answer of 64 blocks with 64 signatures
 each (16,585), a full ``sigs`` message (16,391: four items per signature), an ``anchor`` message
-(4,101), a ``status`` (545); every other frame has fewer than 20. The limit is the next power
+(4,103), a ``status`` (547); every other frame has fewer than 20. The limit is the next power
 of two above 20,007. The pre-scan refuses a frame over it after at most this many steps; a frame
 within it decodes in tens of milliseconds whatever its shape (see docs/protocol.md §18)."""
 
