@@ -32,16 +32,17 @@ T = TypeVar("T")
 INBOX_BATCH = 256
 """Messages handled in one engine call at most, so one burst cannot hold the engine for long."""
 
-INBOX_BATCH_BYTES = 256 * 1024
+INBOX_BATCH_BYTES = 64 * 1024
 """Frame bytes of peer messages handled in one engine call (at least one message). The engine's
 work on a message grows with its size: every CBOR item, transaction and signature it carries
-takes at least a byte and costs the engine up to about a microsecond per byte (a signature of
-~110 bytes costs a ~60 us check, a transaction of ~200 bytes a decode and a check). So one call
-does a few tenths of a second of work at most, and that is how long the API and the other
-members' messages wait for the engine because of one member's traffic. A larger message whose
-items are independent (transactions, signatures, anchor proofs) is handled in slices of this
-size, the rest going back to its sender's queue for its next turn; a proposal or a catch-up
-answer is one unit (its cost is that of validating the blocks it carries)."""
+takes at least a byte, and costs up to about a microsecond per byte (a ~110-byte signature is a
+~60 us check plus, if forged, a log line; a ~200-byte transaction a decode and a check). So one
+call does about a tenth of a second of work at most, and that is how long the API and the other
+members' messages wait for the engine because of one member's traffic (a flood of forged
+signatures measured p99 124 ms at the API; docs/performance.md). Small messages still share a
+call. A larger message whose items are independent (transactions, signatures, anchor proofs) is
+handled in slices of this size, the rest going back to its sender's queue for its next turn; a
+proposal or a catch-up answer is one unit (its cost is that of validating the blocks it carries)."""
 
 _SLICEABLE = (TxsMsg, SigsMsg, AnchorMsg)
 """Messages whose items are independent, so that handling them in slices changes nothing."""
