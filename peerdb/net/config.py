@@ -71,14 +71,17 @@ CLOSE_TIMEOUT = 2.0
 
 BACKOFF_INITIAL = 0.5
 """First redial delay after a failure; also the stagger of the member that does not win ties,
-so that at start-up the preferred dialler usually connects first and no duplicate is made."""
+so that at start-up the preferred dialler usually connects first and no duplicate is made. Also
+the first bar on a peer that broke the protocol (see :mod:`.peers`)."""
 
 BACKOFF_MAX = 30.0
-"""Cap on the redial delay: a member back from an outage is reconnected within half a minute."""
+"""Cap on the redial delay: a member back from an outage is reconnected within half a minute.
+Also the longest bar: a peer that keeps sending bad frames gets one through every 30 s."""
 
 STABLE_AFTER = 10.0
-"""A connection that lasted this long resets the backoff; a peer that accepts and then drops us
-(or sends garbage) at once keeps backing off instead of being redialled in a tight loop."""
+"""A connection that lasted this long resets the backoff (and, if we did not close it for a
+fault, the bar); a peer that accepts and then drops us (or sends garbage) at once keeps backing
+off instead of being redialled in a tight loop."""
 
 
 @dataclass(frozen=True)
