@@ -303,10 +303,16 @@ class PeerNetwork:
 
     def disconnect(self, name: str, reason: str) -> None:
         """Drop the connection to ``name`` because it broke the protocol above the framing (a
-        malformed message); it is logged as the peer's fault and redialled with backoff."""
-        conn = self._peer(name).conn
-        if conn is not None:
-            conn.fail(reason, peer_fault=True)
+        malformed message); it is logged as the peer's fault and barred (see the module
+        docstring). If its connection is already gone (the message waited in the inbox), the
+        bar still applies; a member that has left is ignored."""
+        peer = self._peers.get(name)
+        if peer is None:
+            self._log(logging.INFO, "not_disconnected", peer=name, reason="no longer a member")
+        elif peer.conn is not None:
+            peer.conn.fail(reason, peer_fault=True)
+        else:
+            self._bar(peer, reason)
 
     def reconnect(self, name: str, reason: str) -> None:
         """Close the connection to ``name`` (not its fault) so that the next one is made under

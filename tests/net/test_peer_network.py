@@ -567,3 +567,16 @@ async def test_a_flooding_peer_does_not_hold_up_another_peers_messages(autojump_
         rest = [await receive(a) for _ in range(3 * CONFIG.incoming_buffer - 1)]
         assert [m for _, m in [x for x in first_two if x[0] == "firm-b"] + rest] == \
             [f"flood {i}" for i in range(3 * CONFIG.incoming_buffer)]
+
+
+async def test_malformed_message_from_a_peer_already_gone_still_bars_it_and_a_non_member_is_ignored(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster(NAMES[:2]) as c:
+        a = await c.start("firm-a")
+        a.disconnect("firm-b", "malformed message: late")  # firm-b is not connected (never started)
+        assert any("malformed message: late" in line for line in net_lines(caplog, "peer_barred"))
+        _stream, reader = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+        await expect_refusal(reader, "barred for")
+        a.disconnect("mallory", "malformed message: from a member that left")
+        assert any("peer=mallory" in line for line in net_lines(caplog, "not_disconnected"))
