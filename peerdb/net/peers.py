@@ -67,7 +67,6 @@ from peerdb.core.limits import HASH_LEN, MAX_MEMBERS
 
 from .config import NetConfig
 from .frames import FrameReader, encode_frame, frame_payload
-from .inbox import FairInbox
 from .hello import (
     DUPLICATE_CONNECTION,
     REPLACED,
@@ -78,6 +77,7 @@ from .hello import (
     send_hello,
     send_refusal,
 )
+from .inbox import FairInbox
 from .logs import describe_error, log_event
 from .queue import OutQueue
 from .transport import AuthenticatedStream, Transport
