@@ -22,8 +22,8 @@ What it guarantees the node:
 - A peer that breaks the framing or the hello is told why (``{"error": reason}``), logged, and
   disconnected; nothing it sent after the last good frame is delivered. Dialling resumes with
   exponential backoff and jitter.
-- A peer that broke the protocol on an established connection (a bad frame, or a malformed
-  message reported through :meth:`PeerNetwork.disconnect`) is *barred* for a while: we neither
+- A peer that broke the protocol (a bad hello or frame, or a malformed message reported
+  through :meth:`PeerNetwork.disconnect`) is *barred* for a while: we neither
   dial it nor accept its connections (they are refused with the reason) until the bar ends. The
   bar doubles with each consecutive fault, from ``backoff_initial`` up to ``backoff_max``, and is
   forgotten once a connection to it ends without a fault after ``stable_after``; so a member
@@ -596,6 +596,7 @@ class PeerNetwork:
         except RemoteError as exc:
             conn.peer.last_error = f"hello: {exc}"
             self._log(logging.WARNING, "refused", peer=name, remote=conn.remote, reason=str(exc))
+            self._bar(conn.peer, f"hello: {exc}")  # an authenticated member sent it: as costly as any bad frame
             await send_refusal(conn.stream, str(exc))
         except (trio.EndOfChannel, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"hello: {describe_error(exc)}"

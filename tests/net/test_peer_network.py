@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from peerdb.core.errors import LocalError
-from peerdb.core.limits import PROTOCOL_VERSION
+from peerdb.core.limits import MAX_FRAME_ITEMS, PROTOCOL_VERSION
 from peerdb.net.frames import FrameReader, send_frame
 from peerdb.net.hello import make_hello
 from peerdb.net.memory import MemoryHub
@@ -580,3 +580,16 @@ async def test_malformed_message_from_a_peer_already_gone_still_bars_it_and_a_no
         await expect_refusal(reader, "barred for")
         a.disconnect("mallory", "malformed message: from a member that left")
         assert any("peer=mallory" in line for line in net_lines(caplog, "not_disconnected"))
+
+
+async def test_a_member_whose_hello_breaks_the_frame_limits_is_barred_too(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster(NAMES[:2]) as c:
+        await c.start("firm-a")
+        stream = await c.hub.connect_raw("firm-b", "firm-a")
+        await send_frame(stream, {"v": [[]] * (MAX_FRAME_ITEMS + 1)})
+        await expect_refusal(FrameReader(stream), "CBOR items")
+        assert any("hello: frame: more than" in line for line in net_lines(caplog, "peer_barred"))
+        _stream, reader = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+        await expect_refusal(reader, "barred for")
