@@ -49,6 +49,13 @@ MAX_BITCOIN_HEIGHT = 2**31 - 1
 MAX_ANCHOR_PROOF_BYTES = 2 * MAX_ANCHOR_TX_BYTES + MAX_TXOUTPROOF_BYTES + MAX_PROOF_HEADERS * (HEADER_LEN + 2) + 4096
 """Upper bound of an encoded proof: its parts at their limits plus CBOR overhead, generously."""
 
+MAX_ANCHOR_PROOF_ITEMS = 4096
+"""CBOR items in an encoded proof. A valid proof has at most 17 + 3 * MAX_PATH_LEN +
+MAX_PROOF_HEADERS = 2,129 (the map with its eight keys and values, three items per path step,
+one byte string per header); this is the next power of two. Members decode every proof an
+``anchor`` message carries, so without it each could be 1.5 MB of one-byte items, about a
+second of decoding apiece."""
+
 INNER_NODE_LEN = 64
 """Bytes hashed for a Bitcoin Merkle inner node (two hashes)."""
 
@@ -87,7 +94,8 @@ class AnchorProof:
     @classmethod
     def decode(cls, data: bytes) -> AnchorProof:
         """Hardened decode; every error names the field at fault."""
-        value = codec.decode(data, max_size=MAX_ANCHOR_PROOF_BYTES, what="anchor_proof")
+        value = codec.decode(data, max_size=MAX_ANCHOR_PROOF_BYTES, what="anchor_proof",
+                             max_items=MAX_ANCHOR_PROOF_ITEMS)
         return cls.from_value(value)
 
     @classmethod

@@ -47,8 +47,15 @@ def item_head_size(n: int) -> int:
     return 9
 
 
-def decode(data: bytes, *, max_size: int = MAX_FRAME_BYTES, what: str = "object") -> Any:
-    """Hardened decode of one canonical CBOR item; raises a :class:`DecodeError` subclass."""
+def decode(data: bytes, *, max_size: int = MAX_FRAME_BYTES, what: str = "object", max_items: int | None = None) -> Any:
+    """Hardened decode of one canonical CBOR item; raises a :class:`DecodeError` subclass.
+
+    ``max_items`` bounds the CBOR items (every head: scalars, strings, arrays, map keys and
+    values) the input may hold. Decoding costs about a microsecond per item and an item can be a
+    single byte, so for large inputs the byte bound alone allows seconds of work; callers that
+    decode untrusted objects of a known shape pass the most items that shape can have
+    (``MAX_FRAME_ITEMS``, ``MAX_TX_ITEMS``, ...). None: bounded by ``max_size`` only.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"{what}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -56,7 +63,7 @@ def decode(data: bytes, *, max_size: int = MAX_FRAME_BYTES, what: str = "object"
         raise LimitError(f"{what}: {len(data)} bytes exceeds the limit of {max_size}")
     if not data:
         raise TruncatedError(f"{what}: empty input")
-    _scan_structure(data, what)
+    _scan_structure(data, what, max_items)
     stream = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(stream).decode()
@@ -74,16 +81,24 @@ def decode(data: bytes, *, max_size: int = MAX_FRAME_BYTES, what: str = "object"
     return value
 
 
-def _scan_structure(data: bytes, what: str) -> None:
-    """Walk the item heads before cbor2 builds anything: one item, definite lengths, no tags.
+def _scan_structure(data: bytes, what: str, max_items: int | None = None) -> None:
+    """Walk the item heads before cbor2 builds anything: one item, definite lengths, no tags,
+    at most ``max_items`` items.
 
     cbor2 resolves semantic tags while decoding, and two of them (shared references, 28/29, and
     string references, 256/25) let a few hundred bytes decode into a structure that points at
     itself thousands of times, which the later checks would walk, and re-encoding would expand,
     for hours. No PeerDB object uses any tag, so a tag is refused here, before decoding. Of major
     type 7 only false, true and null (20, 21, 22) are allowed: PeerDB uses no floats or undefined.
+
+    The item count is checked against what arrays and maps *announce*: every announced item must
+    follow (lengths are definite), so the input holds at least ``announced`` items, and the walk
+    never visits more heads than were announced. An input over the limit is refused at the first
+    head that takes the announced total past it, so refusing costs at most ``max_items`` steps
+    of this loop, whatever the input's size, and cbor2 never sees it.
     """
     pos, end = 0, len(data)
+    announced = 1  # items announced so far: the top-level item, plus each array's and map's count
     enclosing: list[int] = []  # items still to read in each enclosing array or map
     remaining = 1  # items still to read at the current level; the top level holds one
     while True:
@@ -124,6 +139,9 @@ def _scan_structure(data: bytes, what: str) -> None:
                     raise TruncatedError(f"{what}: truncated CBOR ({argument} items announced at byte {pos})")
                 if len(enclosing) >= MAX_CBOR_DEPTH:
                     raise LimitError(f"{what}: nesting deeper than {MAX_CBOR_DEPTH}")
+                announced += argument
+                if max_items is not None and announced > max_items:
+                    raise LimitError(f"{what}: more than {max_items} CBOR items (refused at byte {pos})")
                 enclosing.append(remaining)
                 remaining = argument
         elif major == 6:

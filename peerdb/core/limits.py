@@ -11,6 +11,19 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 """Largest network frame. Fits the largest block (MAX_BLOCK_BYTES) plus its envelope; anything
 bigger is an attack or a bug, and bounding it bounds the memory one peer can make us allocate."""
 
+MAX_FRAME_ITEMS = 32_768
+"""CBOR items in one frame (every head counts: strings, integers, arrays, map keys and values).
+
+The byte limit alone does not bound decoding: an item can be one byte and costs about a
+microsecond to decode, walk and re-encode, so 16 MiB of empty arrays took 13-21 s and 1.3 GB.
+The largest legitimate frame is a ``txs`` message of MAX_BLOCK_TXS transactions, 20,007 items
+(the envelope map and its key, the message map, its two keys and its type, the array, and one
+byte string per transaction); next come a ``blocks`` answer of 64 blocks with 64 signatures
+each (16,585), a full ``sigs`` message (16,391: four items per signature), an ``anchor`` message
+(4,103), a ``status`` (547); every other frame has fewer than 20. The limit is the next power
+of two above 20,007. The pre-scan refuses a frame over it after at most this many steps; a frame
+within it decodes in tens of milliseconds whatever its shape (see docs/protocol.md §18)."""
+
 MAX_CBOR_DEPTH = 12
 """Deepest nesting any PeerDB object uses is 6 (block > txs > tx > ops > op > value); 12 leaves
 room for extensions while keeping recursive decoding far from Python's recursion limit."""
@@ -19,6 +32,13 @@ MAX_BLOCK_TXS = 20_000
 """Hard ceiling on transactions per block; the consortium's max_block_txs must be at most this.
 At ~64 us per Ed25519 verification a full block costs each member ~1.3 s of one core to check,
 which stays well under the default turn timeout."""
+
+MAX_BLOCK_ITEMS = 32_768
+"""CBOR items at a block's own level: a valid block ``[header, [tx, ...], [evidence, ...]]`` has
+at most 4 + MAX_BLOCK_TXS + 6 * MAX_EVIDENCE_PER_BLOCK = 20,388 (each transaction is one byte
+string there, decoded on its own under MAX_TX_ITEMS; each evidence is an array of five). Bounds
+the decoding of a block's envelope the way MAX_FRAME_ITEMS bounds a frame's; a block with more
+items is invalid whatever they are, so the bound refuses nothing valid."""
 
 MAX_BLOCK_BYTES = 12 * 1024 * 1024
 """Hard ceiling on a block's encoded size (consortium's max_block_bytes must be at most this)."""
@@ -29,6 +49,13 @@ MAX_TX_BYTES = 256 * 1024
 MAX_OPS_PER_TX = 64
 """Operations in one atomic transaction; enough for a multi-key update, small enough that one
 transaction cannot monopolise a block."""
+
+MAX_TX_ITEMS = 1024
+"""CBOR items in an encoded transaction or its body. A valid body has at most 7 + 5 *
+MAX_OPS_PER_TX = 327 (the body array, its six fields, and per op an array head and four
+fields); twice that, rounded up to a power of two, still lets a body a few operations over the
+limit be refused with the precise error, and keeps refusing any one transaction to about a
+millisecond, however many of them a block or a ``txs`` message carries."""
 
 MAX_NAMESPACE_LEN = 64
 """Namespace names are identifiers (``books``, ``exposures.bank-a``), not data."""

@@ -24,6 +24,7 @@ from .limits import (
     HASH_LEN,
     KEY_LEN,
     MAX_BLOCK_BYTES,
+    MAX_BLOCK_ITEMS,
     MAX_BLOCK_TXS,
     MAX_EVIDENCE_BYTES,
     MAX_EVIDENCE_PER_BLOCK,
@@ -35,6 +36,7 @@ from .limits import (
     MAX_REASON_LEN,
     MAX_ROUND,
     MAX_TX_BYTES,
+    MAX_TX_ITEMS,
     MAX_VALUE_BYTES,
     PROTOCOL_VERSION,
     SIG_LEN,
@@ -147,14 +149,14 @@ class Tx:
 
     @classmethod
     def decode(cls, data: bytes) -> "Tx":
-        outer = expect_list(decode(data, max_size=MAX_TX_BYTES, what="tx"), "tx", 2)
+        outer = expect_list(decode(data, max_size=MAX_TX_BYTES, what="tx", max_items=MAX_TX_ITEMS), "tx", 2)
         body = expect_bytes(outer[0], "tx.body", max_len=MAX_TX_BYTES)
         signature = expect_bytes(outer[1], "tx.signature", SIG_LEN)
         return cls.from_parts(body, signature)
 
     @classmethod
     def from_parts(cls, body: bytes, signature: bytes) -> "Tx":
-        items = expect_list(decode(body, max_size=MAX_TX_BYTES, what="tx.body"), "tx.body", 6)
+        items = expect_list(decode(body, max_size=MAX_TX_BYTES, what="tx.body", max_items=MAX_TX_ITEMS), "tx.body", 6)
         version = expect_int(items[0], "tx.version")
         if version != PROTOCOL_VERSION:
             raise DecodeError(f"tx.version: {version} is not {PROTOCOL_VERSION}")
@@ -390,14 +392,14 @@ class Block:
     @staticmethod
     def peek_header(data: bytes) -> Header:
         """Only the header of an encoded block: enough to attribute a block whose body is bad."""
-        items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
+        items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block", max_items=MAX_BLOCK_ITEMS), "block", 3)
         return Header.decode(expect_bytes(items[0], "block.header", max_len=MAX_HEADER_BYTES))
 
     @classmethod
     def decode(cls, data: bytes, known: Mapping[bytes, Tx] | None = None) -> "Block":
         """Decode a block; ``known`` maps encoded transactions already decoded (the mempool) to
         their objects, so a member does not parse the same transaction twice."""
-        items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block"), "block", 3)
+        items = expect_list(decode(data, max_size=MAX_BLOCK_BYTES, what="block", max_items=MAX_BLOCK_ITEMS), "block", 3)
         header = Header.decode(expect_bytes(items[0], "block.header", max_len=MAX_HEADER_BYTES))
         txs_raw = expect_list(items[1], "block.txs")
         if len(txs_raw) > MAX_BLOCK_TXS:
@@ -409,7 +411,8 @@ class Block:
                 txs.append(cached)
                 continue
             outer = expect_list(decode(expect_bytes(t, f"block.txs[{i}]", max_len=MAX_TX_BYTES),
-                                       max_size=MAX_TX_BYTES, what=f"block.txs[{i}]"), f"block.txs[{i}]", 2)
+                                       max_size=MAX_TX_BYTES, what=f"block.txs[{i}]", max_items=MAX_TX_ITEMS),
+                                f"block.txs[{i}]", 2)
             txs.append(Tx.from_parts(expect_bytes(outer[0], f"block.txs[{i}].body", max_len=MAX_TX_BYTES),
                                      expect_bytes(outer[1], f"block.txs[{i}].signature", SIG_LEN)))
         ev_raw = expect_list(items[2], "block.evidence")

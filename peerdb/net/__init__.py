@@ -4,12 +4,14 @@ per member pair, reconnect with backoff.
 Modules: :mod:`.certs` (certificates that are member keys), :mod:`.tls` (SSL contexts and the
 TLS-over-TCP transport), :mod:`.memory` (the in-process transport for deterministic tests),
 :mod:`.frames` (length-prefixed frames), :mod:`.hello` (version / consortium / identity check),
-:mod:`.queue` (bounded outgoing queue), :mod:`.peers` (the :class:`PeerNetwork` service).
+:mod:`.queue` (bounded outgoing queue), :mod:`.inbox` (incoming messages, bounded per peer and
+served round-robin), :mod:`.peers` (the :class:`PeerNetwork` service).
 """
 
 from .certs import certificate_public_key, check_member_certificate, member_certificate, verify_self_signed
 from .frames import FrameDecoder, FrameReader, encode_frame, send_frame
 from .hello import check_hello
+from .inbox import FairInbox
 from .memory import MemoryHub, MemoryTransport
 from .config import NetConfig
 from .peers import PeerEvent, PeerNetwork, PeerState
@@ -18,6 +20,7 @@ from .transport import AuthenticatedStream, Transport
 
 __all__ = [
     "AuthenticatedStream",
+    "FairInbox",
     "FrameDecoder",
     "FrameReader",
     "MemoryHub",

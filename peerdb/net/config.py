@@ -20,8 +20,26 @@ memory at a few GiB in the absolute worst case, and at almost nothing in practic
 broadcast shares one bytes object between all queues."""
 
 INCOMING_BUFFER = 256
-"""Decoded messages waiting for the node. Small, so that a node that falls behind pushes back on
-its peers through TCP rather than buffering without bound."""
+"""Decoded messages waiting for the node, per peer (:class:`~peerdb.net.inbox.FairInbox`). Small,
+so that a node that falls behind pushes back on that peer through TCP rather than buffering
+without bound; per peer, so that one peer's backlog never holds up another's messages."""
+
+INCOMING_BYTES = MAX_FRAME_BYTES
+"""Bytes (frame sizes) of decoded messages waiting for the node, per peer: one maximal frame or
+many small ones. With the frame being received and the one being decoded, one peer holds at
+most about three maximal frames of our memory, whatever it sends."""
+
+DECODE_OFFLOAD_BYTES = 4096
+"""Frames with a larger payload are decoded in a worker thread, smaller ones on the event loop.
+A 4 KiB payload has at most 4,096 items and decodes in a few milliseconds at worst; most
+frames (signatures, statuses, pings, small proposals) are smaller, and a thread hop for them
+would cost more than decoding them."""
+
+DECODE_THREADS = 1
+"""Frames decoded at once, across all connections. Decoding holds the GIL most of the time, so a
+second thread would not decode faster; with one, frames are decoded first come first served
+(trio's CapacityLimiter is fair), so a member's frame waits for at most one decode per other
+member with a frame in flight."""
 
 EVENTS_BUFFER = 1024
 """Up/down events waiting to be read. If nobody reads them they are dropped (logged at debug);
@@ -53,26 +71,34 @@ CLOSE_TIMEOUT = 2.0
 
 BACKOFF_INITIAL = 0.5
 """First redial delay after a failure; also the stagger of the member that does not win ties,
-so that at start-up the preferred dialler usually connects first and no duplicate is made."""
+so that at start-up the preferred dialler usually connects first and no duplicate is made. Also
+the first bar on a peer that broke the protocol (see :mod:`.peers`)."""
 
 BACKOFF_MAX = 30.0
-"""Cap on the redial delay: a member back from an outage is reconnected within half a minute."""
+"""Cap on the redial delay: a member back from an outage is reconnected within half a minute.
+Also the longest bar: a peer that keeps sending bad frames gets one through every 30 s."""
 
 STABLE_AFTER = 10.0
-"""A connection that lasted this long resets the backoff; a peer that accepts and then drops us
-(or sends garbage) at once keeps backing off instead of being redialled in a tight loop."""
+"""A connection that lasted this long resets the backoff (and, if we did not close it for a
+fault, the bar); a peer that accepts and then drops us (or sends garbage) at once keeps backing
+off instead of being redialled in a tight loop."""
 
 
 @dataclass(frozen=True)
 class NetConfig:
     """Tunables of a ``PeerNetwork``; the defaults are the named constants of this module.
 
-    ``stagger_dial=False`` makes both members of a pair dial at once (tests of the tie rule).
+    ``stagger_dial=False`` makes both members of a pair dial at once (tests of the tie rule);
+    ``decode_offload_bytes=None`` decodes every frame on the event loop (tests on the autojump
+    clock, where time would jump ahead while a task waits for a thread).
     """
 
     queue_frames: int = OUTGOING_QUEUE_FRAMES
     queue_bytes: int = OUTGOING_QUEUE_BYTES
     incoming_buffer: int = INCOMING_BUFFER
+    incoming_bytes: int = INCOMING_BYTES
+    decode_offload_bytes: int | None = DECODE_OFFLOAD_BYTES
+    decode_threads: int = DECODE_THREADS
     events_buffer: int = EVENTS_BUFFER
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     ping_interval: float = PING_INTERVAL
@@ -88,7 +114,8 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         for field in (
-            "queue_frames", "queue_bytes", "incoming_buffer", "events_buffer", "max_frame_bytes", "write_batch_bytes",
+            "queue_frames", "queue_bytes", "incoming_buffer", "incoming_bytes", "events_buffer", "max_frame_bytes",
+            "write_batch_bytes", "decode_threads",
         ):
             if getattr(self, field) < 1:
                 raise LocalError(f"net.{field}: must be at least 1")
@@ -99,6 +126,8 @@ class NetConfig:
                 raise LocalError(f"net.{field}: must be positive")
         if self.idle_timeout <= self.ping_interval:
             raise LocalError("net.idle_timeout: must exceed ping_interval, or idle peers would be dropped")
+        if self.decode_offload_bytes is not None and self.decode_offload_bytes < 0:
+            raise LocalError("net.decode_offload_bytes: must not be negative")
         if self.backoff_max < self.backoff_initial:
             raise LocalError("net.backoff_max: must be at least backoff_initial")
         if self.max_frame_bytes > MAX_FRAME_BYTES:

@@ -4,7 +4,14 @@ The decoder is sans-I/O (:class:`FrameDecoder`), so the fuzz tests drive it with
 and no streams. Everything a peer can get wrong surfaces as a :class:`RemoteError` subclass:
 an oversized or empty length is refused from the 4 header bytes alone, before any body is
 awaited or buffered, and payloads go through :func:`peerdb.core.codec.decode`, the one hardened
-entry point for untrusted bytes. The connection owner closes the connection on any of these.
+entry point for untrusted bytes, with at most MAX_FRAME_ITEMS items. The connection owner
+closes the connection on any of these.
+
+Decoding a frame costs up to tens of milliseconds (MAX_FRAME_ITEMS items, or MAX_FRAME_BYTES of
+strings), which the event loop must not pay: :class:`FrameReader` decodes a payload larger than
+``offload_bytes`` in a worker thread, so the loop keeps serving the API and the other peers
+while it runs (it still competes for the GIL, but only in slices: cbor2's C calls on a bounded
+frame hold it for at most a few tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import trio
 
 from peerdb.core.codec import decode, encode
 from peerdb.core.errors import DecodeError, LimitError, LocalError, TruncatedError
-from peerdb.core.limits import MAX_FRAME_BYTES
+from peerdb.core.limits import MAX_FRAME_BYTES, MAX_FRAME_ITEMS
 
 HEADER_LEN = 4
 """A u32 length covers every legal frame (MAX_FRAME_BYTES is 16 MiB) with room to refuse more."""
@@ -68,6 +75,14 @@ class FrameDecoder:
 
     def next_message(self) -> tuple[bool, Any]:
         """``(True, message)`` for the next complete frame, ``(False, None)`` if more bytes are needed."""
+        payload = self.next_payload()
+        if payload is None:
+            return False, None
+        return True, self.decode_payload(payload)
+
+    def next_payload(self) -> bytes | None:
+        """The next complete frame's payload, not decoded yet; None if more bytes are needed.
+        Pass it to :meth:`decode_payload` before asking for the next one."""
         self._raise_if_broken()
         try:
             return self._next()
@@ -75,10 +90,20 @@ class FrameDecoder:
             self._error = exc
             raise
 
-    def _next(self) -> tuple[bool, Any]:
+    def decode_payload(self, payload: bytes) -> Any:
+        """Decode a payload from :meth:`next_payload`; a bad one breaks the decoder. Touches no
+        buffer, so it may run in a worker thread while the owner awaits it."""
+        self._raise_if_broken()
+        try:
+            return decode(payload, max_size=self._max, what="frame", max_items=MAX_FRAME_ITEMS)
+        except DecodeError as exc:
+            self._error = exc
+            raise
+
+    def _next(self) -> bytes | None:
         if self._body_len is None:
             if len(self._buffer) < HEADER_LEN:
-                return False, None
+                return None
             length = int.from_bytes(self._buffer[:HEADER_LEN], "big")
             if length == 0:
                 raise DecodeError("frame: zero length")
@@ -87,11 +112,11 @@ class FrameDecoder:
             del self._buffer[:HEADER_LEN]
             self._body_len = length
         if len(self._buffer) < self._body_len:
-            return False, None
+            return None
         payload = bytes(self._buffer[: self._body_len])
         del self._buffer[: self._body_len]
         self._body_len = None
-        return True, decode(payload, max_size=self._max, what="frame")
+        return payload
 
     def _raise_if_broken(self) -> None:
         if self._error is not None:
@@ -105,6 +130,11 @@ class FrameReader:
     :class:`TruncatedError` when the stream ends inside a frame, and :class:`trio.TooSlowError`
     when no byte at all arrived for ``idle_timeout`` seconds (a dead or silent peer). The idle
     clock is per read, not per frame, so a large frame on a slow link is not mistaken for silence.
+
+    A payload of more than ``offload_bytes`` (None: never) is decoded in a worker thread under
+    ``limiter`` (None: trio's default); smaller ones inline, where the thread hop would cost more
+    than the decoding. Tests on the autojump clock keep everything inline: while a task waits for
+    a thread, the clock would jump ahead.
     """
 
     def __init__(
@@ -113,17 +143,26 @@ class FrameReader:
         *,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         idle_timeout: float | None = None,
+        offload_bytes: int | None = None,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self._stream = stream
         self._decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
         self._idle_timeout = idle_timeout
+        self._offload_bytes = offload_bytes
+        self._limiter = limiter
         self._eof = False
 
     async def receive(self) -> Any:
+        message, _size = await self.receive_sized()
+        return message
+
+    async def receive_sized(self) -> tuple[Any, int]:
+        """The next message and its frame's payload size in bytes (what it cost to carry)."""
         while True:
-            ready, message = self._decoder.next_message()
-            if ready:
-                return message
+            payload = self._decoder.next_payload()
+            if payload is not None:
+                return await self._decode(payload), len(payload)
             if self._eof:
                 raise trio.EndOfChannel
             data = await self._read()
@@ -133,6 +172,13 @@ class FrameReader:
                     raise TruncatedError("frame: stream ended inside a frame")
                 raise trio.EndOfChannel
             self._decoder.feed(data)
+
+    async def _decode(self, payload: bytes) -> Any:
+        if self._offload_bytes is None or len(payload) <= self._offload_bytes:
+            return self._decoder.decode_payload(payload)
+        # Not abandoned on cancellation: the thread finishes within the decode bound anyway, and
+        # the decoder must not be used again while it runs.
+        return await trio.to_thread.run_sync(self._decoder.decode_payload, payload, limiter=self._limiter)
 
     async def _read(self) -> bytes | bytearray:
         if self._idle_timeout is None:

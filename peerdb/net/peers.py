@@ -8,8 +8,12 @@ What it guarantees the node:
   lost when a connection breaks, and frames can overtake each other across a reconnect. The
   consensus protocol above copes with both.
 - Messages from peers arrive as ``(peer_name, message)`` on :attr:`PeerNetwork.incoming`, a
-  bounded channel: a node that stops reading stops the readers, which stalls the TCP flow from
-  those peers, which fills *their* queues, which drop their oldest frames.
+  :class:`~peerdb.net.inbox.FairInbox`: bounded per peer and served round-robin over the
+  peers, so one peer's backlog never delays another's messages by more than one message per
+  turn. A node that stops reading stops the readers, which stalls the TCP flow from those
+  peers, which fills *their* queues, which drop their oldest frames.
+- Frames are decoded with bounded work (MAX_FRAME_ITEMS); large ones in a worker thread (see
+  :mod:`.frames`), one at a time across all connections.
 - ``peer_name`` is always the member the transport proved (certificate key or hub), checked
   against the name in the hello; a message never arrives under a name its sender only claimed.
 - A dead or silent peer is noticed by the idle timeout: each side sends a ping after
@@ -18,6 +22,12 @@ What it guarantees the node:
 - A peer that breaks the framing or the hello is told why (``{"error": reason}``), logged, and
   disconnected; nothing it sent after the last good frame is delivered. Dialling resumes with
   exponential backoff and jitter.
+- A peer that broke the protocol (a bad hello or frame, or a malformed message reported
+  through :meth:`PeerNetwork.disconnect`) is *barred* for a while: we neither
+  dial it nor accept its connections (they are refused with the reason) until the bar ends. The
+  bar doubles with each consecutive fault, from ``backoff_initial`` up to ``backoff_max``, and is
+  forgotten once a connection to it ends without a fault after ``stable_after``; so a member
+  that keeps sending bad frames costs us one frame per ``backoff_max`` at most.
 
 One connection per pair, without losing frames while duplicates are sorted out:
 
@@ -43,6 +53,7 @@ Frames after the hello are maps with exactly one key: ``{"msg": m}`` (delivered)
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,6 +77,7 @@ from .hello import (
     send_hello,
     send_refusal,
 )
+from .inbox import FairInbox
 from .logs import describe_error, log_event
 from .queue import OutQueue
 from .transport import AuthenticatedStream, Transport
@@ -175,6 +187,10 @@ class _Peer:
         self.last_error: str | None = None
         self.connects = 0
         self.failures = 0
+        self.faults = 0
+        """Consecutive connections we closed for a protocol violation (see :meth:`PeerNetwork._bar`)."""
+        self.barred_until = -math.inf
+        self.barred_for = ""
         self._changed = trio.Event()
         self.dial_scope = trio.CancelScope()
         """Cancelled when the member leaves the consortium (see :meth:`PeerNetwork.set_members`)."""
@@ -221,7 +237,8 @@ class PeerNetwork:
         self._transport = transport
         self._rng = rng if rng is not None else random.Random()
         self._peers = {name: _Peer(name, self.config) for name in names if name != own_name}
-        self._incoming_send, self.incoming = trio.open_memory_channel[tuple[str, Any]](self.config.incoming_buffer)
+        self.incoming = FairInbox(self.config.incoming_buffer, self.config.incoming_bytes)
+        self._decode_limiter = trio.CapacityLimiter(self.config.decode_threads)
         self._events_send, self.events = trio.open_memory_channel[PeerEvent](self.config.events_buffer)
         self._started = False
         self._nursery: trio.Nursery | None = None
@@ -286,10 +303,16 @@ class PeerNetwork:
 
     def disconnect(self, name: str, reason: str) -> None:
         """Drop the connection to ``name`` because it broke the protocol above the framing (a
-        malformed message); it is logged as the peer's fault and redialled with backoff."""
-        conn = self._peer(name).conn
-        if conn is not None:
-            conn.fail(reason, peer_fault=True)
+        malformed message); it is logged as the peer's fault and barred (see the module
+        docstring). If its connection is already gone (the message waited in the inbox), the
+        bar still applies; a member that has left is ignored."""
+        peer = self._peers.get(name)
+        if peer is None:
+            self._log(logging.INFO, "not_disconnected", peer=name, reason="no longer a member")
+        elif peer.conn is not None:
+            peer.conn.fail(reason, peer_fault=True)
+        else:
+            self._bar(peer, reason)
 
     def reconnect(self, name: str, reason: str) -> None:
         """Close the connection to ``name`` (not its fault) so that the next one is made under
@@ -321,7 +344,7 @@ class PeerNetwork:
                 self._log(logging.INFO, "network_started", peers=len(self._peers))
                 task_status.started()
         finally:
-            self._incoming_send.close()
+            self.incoming.close()
             self._events_send.close()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -401,8 +424,9 @@ class PeerNetwork:
         peer.conn = None
         peer.since = now
         peer.last_error = reason
-        if lasted >= self.config.stable_after:
+        if lasted >= self.config.stable_after and not conn.peer_fault:
             peer.failures = 0
+            peer.faults = 0
         self._log(logging.WARNING if conn.peer_fault else logging.INFO, "peer_down",
                   peer=peer.name, direction=conn.direction, reason=reason)
         self._emit(PeerEvent(peer.name, False, reason, None, now))
@@ -411,6 +435,20 @@ class PeerNetwork:
 
     def _retire(self, conn: _Connection, reason: str) -> None:
         conn.retire(reason, trio.current_time() + self.config.handshake_timeout)
+
+    def _bar(self, peer: _Peer, reason: str) -> None:
+        """``peer`` broke the protocol on a connection: neither dial it nor accept it for a
+        while, doubling with each consecutive fault (no jitter: only we decide when it ends)."""
+        peer.faults += 1
+        delay = min(self.config.backoff_max, self.config.backoff_initial * 2.0 ** min(peer.faults - 1, 32))
+        peer.barred_until = max(peer.barred_until, trio.current_time() + delay)
+        peer.barred_for = reason
+        self._log(logging.WARNING, "peer_barred", peer=peer.name, seconds=round(delay, 3), faults=peer.faults,
+                  reason=reason)
+
+    def _barred(self, peer: _Peer) -> float:
+        """Seconds left until ``peer`` may connect again (0: it may now)."""
+        return max(0.0, peer.barred_until - trio.current_time())
 
     # -- dialling and accepting ----------------------------------------------------------------
 
@@ -440,8 +478,10 @@ class PeerNetwork:
             delay = self._delay(peer)
             if delay:
                 await trio.sleep(delay)
-                if peer.is_connected():
-                    continue
+            while self._barred(peer):  # also when the peer was barred while we slept
+                await trio.sleep(self._barred(peer))
+            if peer.is_connected():
+                continue
             lasted = await self._dial(peer)
             if lasted is None or lasted < self.config.stable_after:
                 peer.failures += 1
@@ -478,12 +518,17 @@ class PeerNetwork:
             elif peer is None:
                 what = "ourselves" if auth.peer == self.own_name else "not a member"
                 await self._refuse(auth, f"identity {auth.peer!r} is {what}")
+            elif self._barred(peer):
+                reason = f"barred for {self._barred(peer):.1f} s more after: {peer.barred_for}"
+                self._log(logging.INFO, "refused_barred", peer=auth.peer, remote=auth.remote, reason=reason)
+                await send_refusal(auth.stream, reason)
             else:
                 scope = trio.CancelScope()
                 conn = _Connection(peer, auth, self.own_name if dialled else peer.name, scope)
                 with scope:
                     reader = FrameReader(
-                        auth.stream, max_frame_bytes=self.config.max_frame_bytes, idle_timeout=self.config.idle_timeout
+                        auth.stream, max_frame_bytes=self.config.max_frame_bytes, idle_timeout=self.config.idle_timeout,
+                        offload_bytes=self.config.decode_offload_bytes, limiter=self._decode_limiter,
                     )
                     pending = await self._handshake(conn, reader, dialled)
                     if pending is not None:
@@ -496,6 +541,8 @@ class PeerNetwork:
             if conn is not None:
                 # Also runs when the whole network is cancelled: the peer is reported down.
                 lasted = self._uninstall(conn)
+                if conn.peer_fault:
+                    self._bar(conn.peer, conn.close_reason or "protocol violation")
             with trio.move_on_after(self.config.close_timeout):
                 try:
                     await auth.stream.aclose()
@@ -507,11 +554,13 @@ class PeerNetwork:
         self._log(logging.WARNING, "refused", peer=auth.peer, remote=auth.remote, reason=reason)
         await send_refusal(auth.stream, reason)
 
-    async def _handshake(self, conn: _Connection, reader: FrameReader, dialled: bool) -> tuple[Any, ...] | None:
+    async def _handshake(self, conn: _Connection, reader: FrameReader,
+                         dialled: bool) -> tuple[tuple[Any, int], ...] | None:
         """Exchange hellos and install ``conn``.
 
-        Returns the frames already read that the reader must still handle (the acceptor reads
-        the dialler's first frame as its confirmation), or None (after logging) if it must close.
+        Returns the frames already read, with their sizes, that the reader must still handle (the
+        acceptor reads the dialler's first frame as its confirmation), or None (after logging) if
+        it must close.
         """
         name = conn.peer.name
         try:
@@ -530,7 +579,7 @@ class PeerNetwork:
                     await send_refusal(conn.stream, DUPLICATE_CONNECTION)
                     return None
                 await send_hello(conn.stream, self.consortium_id, self.own_name)
-                first = await reader.receive()
+                first, first_size = await reader.receive_sized()
                 reason = refusal_reason(first)
                 if reason is not None:
                     raise RefusedByPeer(name, reason)
@@ -539,7 +588,7 @@ class PeerNetwork:
                     await send_refusal(conn.stream, NOT_A_MEMBER)  # removed during the handshake
                     return None
                 self._retire(conn, REPLACED)  # lost the tie while waiting: read what it carries, then close
-            return (first,)
+            return ((first, first_size),)
         except RefusedByPeer as exc:
             conn.peer.last_error = str(exc)
             level = logging.INFO if exc.reason == DUPLICATE_CONNECTION else logging.WARNING
@@ -547,7 +596,8 @@ class PeerNetwork:
         except RemoteError as exc:
             conn.peer.last_error = f"hello: {exc}"
             self._log(logging.WARNING, "refused", peer=name, remote=conn.remote, reason=str(exc))
-            await send_refusal(conn.stream, str(exc))
+            await send_refusal(conn.stream, str(exc))  # first: barring closes what the peer has open
+            self._bar(conn.peer, f"hello: {exc}")  # an authenticated member sent it: as costly as any bad frame
         except (trio.EndOfChannel, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"hello: {describe_error(exc)}"
             conn.peer.last_error = reason
@@ -563,17 +613,18 @@ class PeerNetwork:
             while peer.conn is conn:
                 await peer.wait_change()
 
-    async def _pump(self, conn: _Connection, reader: FrameReader, pending: tuple[Any, ...]) -> None:
+    async def _pump(self, conn: _Connection, reader: FrameReader, pending: tuple[tuple[Any, int], ...]) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_task, conn, reader, pending)
             nursery.start_soon(self._write_task, conn)
 
-    async def _read_task(self, conn: _Connection, reader: FrameReader, pending: tuple[Any, ...]) -> None:
+    async def _read_task(self, conn: _Connection, reader: FrameReader,
+                         pending: tuple[tuple[Any, int], ...]) -> None:
         try:
-            for message in pending:
-                if not await self._dispatch(conn, message):
+            for message, size in pending:
+                if not await self._dispatch(conn, message, size):
                     return
-            while await self._dispatch(conn, await reader.receive()):
+            while await self._dispatch(conn, *await reader.receive_sized()):
                 pass
         except RemoteError as exc:
             conn.fail(str(exc), peer_fault=True)
@@ -582,12 +633,13 @@ class PeerNetwork:
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             conn.fail(describe_error(exc))
 
-    async def _dispatch(self, conn: _Connection, message: Any) -> bool:
-        """Handle one frame; False when the peer said goodbye on this connection."""
+    async def _dispatch(self, conn: _Connection, message: Any, size: int) -> bool:
+        """Handle one frame of ``size`` payload bytes; False when the peer said goodbye on this
+        connection."""
         if type(message) is not dict or len(message) != 1:
             raise ProtocolError("frame: expected a map with one key")
         if MSG_KEY in message:
-            await self._incoming_send.send((conn.peer.name, message[MSG_KEY]))
+            await self.incoming.put(conn.peer.name, message[MSG_KEY], size)
             return True
         if PING_KEY in message:
             return True

@@ -35,10 +35,11 @@ from ..core.consortium import Consortium, Params
 from ..core.errors import CorruptionError, LocalError, ProtocolError
 from ..core.membership import ConsortiumState
 from ..core.model import Header
+from ..net.inbox import FairInbox
 from .alerts import Alert, AlertBook
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, from_wire, to_wire
+from .messages import AnchorMsg, Message, SigsMsg, TxsMsg, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
@@ -46,6 +47,21 @@ T = TypeVar("T")
 
 INBOX_BATCH = 256
 """Messages handled in one engine call at most, so one burst cannot hold the engine for long."""
+
+INBOX_BATCH_BYTES = 64 * 1024
+"""Frame bytes of peer messages handled in one engine call (at least one message). The engine's
+work on a message grows with its size: every CBOR item, transaction and signature it carries
+takes at least a byte, and costs up to about a microsecond per byte (a ~110-byte signature is a
+~60 us check plus, if forged, a log line; a ~200-byte transaction a decode and a check). So one
+call does about a tenth of a second of work at most, and that is how long the API and the other
+members' messages wait for the engine because of one member's traffic (a flood of forged
+signatures measured p99 124 ms at the API; docs/performance.md). Small messages still share a
+call. A larger message whose items are independent (transactions, signatures, anchor proofs) is
+handled in slices of this size, the rest going back to its sender's queue for its next turn; a
+proposal or a catch-up answer is one unit (its cost is that of validating the blocks it carries)."""
+
+_SLICEABLE = (TxsMsg, SigsMsg, AnchorMsg)
+"""Messages whose items are independent, so that handling them in slices changes nothing."""
 
 ALERT_HOOK_TIMEOUT_S = 30
 """Longest an alert webhook or command may run before it is abandoned."""
@@ -61,7 +77,7 @@ class Network(Protocol):
     def set_members(self, members: Iterable[str]) -> None: ...
     def reconnect(self, name: str, reason: str) -> None: ...
     @property
-    def incoming(self) -> trio.MemoryReceiveChannel[tuple[str, Any]]: ...
+    def incoming(self) -> FairInbox: ...
 
 
 def wall_clock_ms() -> int:
@@ -245,28 +261,32 @@ class NodeService:
             task_status.started()
 
     async def _inbox_loop(self) -> None:
-        """Take every message already waiting and hand them to the engine in one call: one
-        thread hop and one lock acquisition for a burst instead of one per message."""
+        """Take the messages already waiting, round-robin over the peers and within
+        INBOX_BATCH / INBOX_BATCH_BYTES, and hand them to the engine in one call: one thread hop
+        and one lock acquisition for a burst instead of one per message, and a bounded wait for
+        everyone else. Parsing runs on the event loop one message at a time (each is bounded by
+        MAX_FRAME_ITEMS: a few milliseconds at most), with a checkpoint after each."""
         incoming = self.network.incoming
         while True:
             try:
-                first = await incoming.receive()
+                batch = await incoming.take_batch(INBOX_BATCH, INBOX_BATCH_BYTES)
             except trio.EndOfChannel:
                 return
-            batch = [first]
-            while len(batch) < INBOX_BATCH:
-                try:
-                    batch.append(incoming.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
             work: list[tuple[Callable[[str, Any, int], None], str, Message]] = []
-            for peer, raw in batch:
-                try:
-                    msg = from_wire(raw)
-                except ProtocolError as exc:
-                    log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
-                    self.network.disconnect(peer, f"malformed message: {exc}")
-                    continue
+            for peer, raw, size in batch:
+                if isinstance(raw, _SLICEABLE):
+                    msg: Message = raw  # the rest of a message sliced on an earlier turn
+                else:
+                    try:
+                        msg = from_wire(raw)
+                    except ProtocolError as exc:
+                        log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
+                        self.network.disconnect(peer, f"malformed message: {exc}")
+                        continue
+                    finally:
+                        await trio.lowlevel.checkpoint()
+                if size > INBOX_BATCH_BYTES and isinstance(msg, _SLICEABLE):
+                    msg = self._slice(peer, msg, size)
                 if isinstance(msg, AnchorMsg):
                     if self.anchor_handler is not None:
                         work.append((self.anchor_handler, peer, msg))
@@ -274,6 +294,18 @@ class NodeService:
                 work.append((self.engine.handle, peer, msg))
             if work:
                 await self.call(self._dispatch, work, self.clock_ms())
+
+    def _slice(self, peer: str, msg: TxsMsg | SigsMsg | AnchorMsg, size: int) -> Message:
+        """The first INBOX_BATCH_BYTES (pro rata) of ``msg``'s items; the rest goes back to the
+        front of ``peer``'s queue, to be handled in its next turn."""
+        items: tuple[Any, ...] = msg.txs if isinstance(msg, TxsMsg) else \
+            msg.sigs if isinstance(msg, SigsMsg) else msg.proofs
+        take = max(1, len(items) * INBOX_BATCH_BYTES // size)
+        if take >= len(items):
+            return msg
+        rest_size = size - size * take // len(items)
+        self.network.incoming.put_back(peer, type(msg)(items[take:]), rest_size)
+        return type(msg)(items[:take])
 
     @staticmethod
     def _dispatch(work: list[tuple[Callable[[str, Any, int], None], str, Message]], now_ms: int) -> None:

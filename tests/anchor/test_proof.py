@@ -21,7 +21,14 @@ from peerdb.anchor.anchortx import (
 from peerdb.anchor.errors import AnchorProofError
 from peerdb.anchor.hashes import sha256d
 from peerdb.anchor.headers import POW_LIMITS, compact_to_target
-from peerdb.anchor.proof import AnchorProof, batch_paths, batch_root, build_anchor_proofs, verify_anchor_proof
+from peerdb.anchor.proof import (
+    MAX_ANCHOR_PROOF_ITEMS,
+    AnchorProof,
+    batch_paths,
+    batch_root,
+    build_anchor_proofs,
+    verify_anchor_proof,
+)
 from peerdb.core import codec
 from peerdb.core.errors import DecodeError, NonCanonicalError, TrailingBytesError
 from peerdb.core.merkle import merkle_path, merkle_root
@@ -248,6 +255,7 @@ def _value() -> dict[str, object]:
         (lambda v: v.update(bitcoin_height=-1), r"anchor_proof\.bitcoin_height"),
         (lambda v: v.update(bitcoin_tx="00"), r"anchor_proof\.bitcoin_tx: expected a byte string"),
         (lambda v: v.update(txoutproof=b""), r"anchor_proof\.txoutproof"),
+        (lambda v: v.update(headers=[b""] * MAX_ANCHOR_PROOF_ITEMS), r"anchor_proof: more than 4096 CBOR items"),
     ],
 )
 def test_decode_rejects_malformed_fields(change: Callable[[dict[str, object]], object], reason: str) -> None:

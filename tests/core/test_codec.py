@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
+from unittest import mock
 
 import cbor2
 import pytest
@@ -32,7 +34,7 @@ from peerdb.core.errors import (
     TrailingBytesError,
     TruncatedError,
 )
-from peerdb.core.limits import MAX_CBOR_DEPTH
+from peerdb.core.limits import MAX_CBOR_DEPTH, MAX_FRAME_ITEMS
 
 from tests.helpers.core import assert_names
 
@@ -162,6 +164,68 @@ def test_shared_reference_bomb_is_refused_before_it_is_expanded() -> None:
     with pytest.raises(DecodeError) as info:
         decode(bomb)
     assert_names(info.value, "tag")
+
+
+# --- the item limit: decoding work bounded by items, not only bytes --------------------------------
+
+def items_in(value: Any) -> int:
+    """CBOR items in the encoding of ``value``: one per head, map keys included."""
+    if isinstance(value, list):
+        return 1 + sum(items_in(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(items_in(k) + items_in(v) for k, v in value.items())
+    return 1
+
+
+@given(values)
+def test_property_item_limit_is_exactly_the_number_of_heads(value: Any) -> None:
+    data, n = encode(value), items_in(value)
+    assert decode(data, max_items=n) == value
+    if n > 1:  # a scalar is one item whatever the limit; containers announce their items
+        with pytest.raises(LimitError) as info:
+            decode(data, max_items=n - 1, what="thing")
+        assert_names(info.value, "thing", f"more than {n - 1} CBOR items")
+
+
+def _refused_at(error: LimitError) -> int:
+    match = re.search(r"refused at byte (\d+)", str(error))
+    assert match, error
+    return int(match.group(1))
+
+
+TINY_ITEMS = 16 * 1024 * 1024 - 16
+"""A frame-sized run of one-byte items (empty arrays): what cost a node 13-21 s and 1.3 GB."""
+
+
+def test_a_frame_of_tiny_items_is_refused_at_its_first_head_without_decoding() -> None:
+    flat = b"\xa1\x63msg" + b"\x9a" + TINY_ITEMS.to_bytes(4, "big") + b"\x80" * TINY_ITEMS  # {"msg": [[], [], ...]}
+    with mock.patch.object(cbor2, "CBORDecoder", side_effect=AssertionError("cbor2 was reached")):
+        with pytest.raises(LimitError) as info:
+            decode(flat, max_items=MAX_FRAME_ITEMS, what="frame")
+    assert_names(info.value, "frame", f"more than {MAX_FRAME_ITEMS} CBOR items")
+    assert _refused_at(info.value) == 10  # the array's head announced too many: nothing after it was read
+
+
+def test_tiny_items_in_small_arrays_are_refused_after_at_most_the_limit_of_heads() -> None:
+    # No array announces more than 23 items, so the scan must count them as it goes: a tree of
+    # fan-out 23 holding millions of empty arrays.
+    level = b"\x80"
+    while len(level) * 23 + 1 < TINY_ITEMS:
+        level = b"\x97" + level * 23
+    assert len(level) > 6_000_000  # 6.7 million one-byte items
+    with mock.patch.object(cbor2, "CBORDecoder", side_effect=AssertionError("cbor2 was reached")):
+        with pytest.raises(LimitError) as info:
+            decode(level, max_items=MAX_FRAME_ITEMS, what="frame")
+    # Every item here is one byte, so the byte where the scan stopped counts the heads it read.
+    assert _refused_at(info.value) <= MAX_FRAME_ITEMS + 1
+
+
+def test_item_limit_is_checked_after_truncation_and_depth() -> None:
+    with pytest.raises(TruncatedError):
+        decode(bytes.fromhex("9bffffffffffffffff"), max_items=4)  # announces more than there is
+    with pytest.raises(LimitError) as info:
+        decode(bytes.fromhex("81" * (MAX_CBOR_DEPTH + 1) + "00"), max_items=MAX_CBOR_DEPTH + 1)
+    assert_names(info.value, "deeper")
 
 
 def test_tags_are_refused_even_where_they_would_decode_to_an_allowed_value() -> None:

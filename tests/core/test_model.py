@@ -20,12 +20,14 @@ from peerdb.core.errors import (
     ValidationError,
 )
 from peerdb.core.limits import (
+    MAX_BLOCK_ITEMS,
     MAX_BLOCK_TXS,
     MAX_EVIDENCE_PER_BLOCK,
     MAX_KEY_BYTES,
     MAX_OPS_PER_TX,
     MAX_REASON_LEN,
     MAX_ROUND,
+    MAX_TX_ITEMS,
     MAX_VALUE_BYTES,
     PROTOCOL_VERSION,
 )
@@ -194,6 +196,10 @@ BAD_TXS: list[tuple[str, bytes, type[Exception], tuple[str, ...]]] = [
      LimitError, ("tx", "exceeds the limit")),
     ("trailing bytes", tx_bytes(body()) + b"\x00", TrailingBytesError, ("tx", "trailing")),
     ("outer non-canonical", b"\x98\x02" + tx_bytes(body())[1:], NonCanonicalError, ("tx", "canonical")),
+    ("body of tiny items", tx_bytes(body(ops=[[]] * (MAX_TX_ITEMS - 6))), LimitError,
+     ("tx.body", f"more than {MAX_TX_ITEMS} CBOR items")),
+    ("envelope of tiny items", encode([body(), SIG, [[]] * MAX_TX_ITEMS]), LimitError,
+     ("tx", f"more than {MAX_TX_ITEMS} CBOR items")),
 ]
 
 
@@ -441,7 +447,19 @@ BAD_BLOCKS: list[tuple[str, bytes, type[Exception], tuple[str, ...]]] = [
     ("evidence root mismatch", encode(_block_items(evidence=[])), ValidationError, ("evidence_root does not match",)),
     ("trailing bytes", _GOOD_BLOCK.raw + b"\x00", TrailingBytesError, ("block", "trailing")),
     ("truncated", _GOOD_BLOCK.raw[:-1], TruncatedError, ("block", "truncated")),
+    ("envelope of tiny items", encode(_block_items(evidence=[[]] * MAX_BLOCK_ITEMS)), LimitError,
+     ("block", f"more than {MAX_BLOCK_ITEMS} CBOR items")),
+    ("transaction of tiny items", encode(_block_items(txs=[tx_bytes(body(ops=[[]] * MAX_TX_ITEMS))])), LimitError,
+     ("tx.body", f"more than {MAX_TX_ITEMS} CBOR items")),
 ]
+
+
+def test_the_largest_valid_body_and_block_envelope_are_within_the_item_limits() -> None:
+    """The reasons given for MAX_TX_ITEMS and MAX_BLOCK_ITEMS: 327 and 20,388 items at most."""
+    tx = make_tx(ops=[put("books", f"k{i}", b"") for i in range(MAX_OPS_PER_TX)])
+    assert decode(tx.body, max_items=327) and 327 <= MAX_TX_ITEMS
+    envelope = [b"h", [b"t"] * MAX_BLOCK_TXS, [[b"m", b"a", b"s", b"b", b"s"]] * MAX_EVIDENCE_PER_BLOCK]
+    assert decode(encode(envelope), max_items=20_388) and 20_388 <= MAX_BLOCK_ITEMS
 
 
 @pytest.mark.parametrize("name, data, error, fragments", BAD_BLOCKS, ids=[c[0] for c in BAD_BLOCKS])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+from unittest import mock
 
 import pytest
 import trio
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from peerdb.core.codec import encode
 from peerdb.core.errors import DecodeError, LimitError, LocalError, NonCanonicalError, RemoteError, TruncatedError
-from peerdb.core.limits import MAX_FRAME_BYTES
+from peerdb.core.limits import MAX_FRAME_BYTES, MAX_FRAME_ITEMS
 from peerdb.net.frames import HEADER_LEN, FrameDecoder, FrameReader, encode_frame, send_frame
 
 cbor_values = st.recursive(
@@ -103,6 +105,17 @@ def test_decoder_stays_broken_after_an_error() -> None:
         decoder.feed(encode_frame(1))
 
 
+def test_frame_of_tiny_items_is_refused_by_count_and_breaks_the_decoder() -> None:
+    count = MAX_FRAME_BYTES - 16
+    payload = b"\xa1\x63msg" + b"\x9a" + count.to_bytes(4, "big") + b"\x80" * count  # {"msg": [[], [], ...]}
+    decoder = FrameDecoder()
+    decoder.feed(len(payload).to_bytes(HEADER_LEN, "big") + payload)
+    with pytest.raises(LimitError, match=f"frame: more than {MAX_FRAME_ITEMS} CBOR items"):
+        decoder.next_message()
+    with pytest.raises(DecodeError, match="unusable"):
+        decoder.next_message()
+
+
 def test_sending_an_oversized_message_is_our_bug() -> None:
     with pytest.raises(LocalError):
         encode_frame(b"x" * 100, max_frame_bytes=50)
@@ -144,6 +157,31 @@ async def test_reader_refuses_oversize_before_the_body_arrives() -> None:
     await left.send_all((1001).to_bytes(HEADER_LEN, "big"))  # no body will ever follow
     with trio.fail_after(5), pytest.raises(LimitError):
         await reader.receive()
+
+
+async def test_reader_decodes_large_payloads_in_a_worker_thread_small_ones_inline() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    threads: list[int] = []
+    decode_payload = FrameDecoder.decode_payload
+
+    def recording(self: FrameDecoder, payload: bytes) -> Any:
+        threads.append(threading.get_ident())
+        return decode_payload(self, payload)
+
+    big, small = [b"x" * 100] * 10, [1, 2]
+    await send_frame(left, big)
+    await send_frame(left, small)
+    await send_frame(left, {"msg": [[]] * (MAX_FRAME_ITEMS + 1)})
+    reader = FrameReader(right, offload_bytes=len(encode(small)), limiter=trio.CapacityLimiter(1))
+    with mock.patch.object(FrameDecoder, "decode_payload", recording), trio.fail_after(30):
+        assert await reader.receive_sized() == (big, len(encode(big)))
+        assert await reader.receive_sized() == (small, len(encode(small)))
+        with pytest.raises(LimitError, match="CBOR items"):  # refused in the thread, raised here
+            await reader.receive()
+        with pytest.raises(DecodeError, match="unusable"):
+            await reader.receive()
+    loop = threading.get_ident()
+    assert threads[0] != loop and threads[1] == loop and threads[2] != loop
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from peerdb.core.errors import LocalError
-from peerdb.core.limits import PROTOCOL_VERSION
+from peerdb.core.limits import MAX_FRAME_ITEMS, PROTOCOL_VERSION
 from peerdb.net.frames import FrameReader, send_frame
 from peerdb.net.hello import make_hello
 from peerdb.net.memory import MemoryHub
@@ -30,7 +30,8 @@ from peerdb.net.transport import AuthenticatedStream, Transport
 CID = hashlib.sha256(b"consortium").digest()
 OTHER_CID = hashlib.sha256(b"another consortium").digest()
 NAMES = ["firm-a", "firm-b", "firm-c", "firm-d"]
-CONFIG = NetConfig(backoff_initial=0.5, backoff_max=8.0, idle_timeout=20.0, ping_interval=5.0)
+CONFIG = NetConfig(backoff_initial=0.5, backoff_max=8.0, idle_timeout=20.0, ping_interval=5.0,
+                   decode_offload_bytes=None)  # the autojump clock: decode inline, never wait on a thread
 
 
 @pytest.fixture(autouse=True)
@@ -498,3 +499,98 @@ async def test_events_are_peer_events(autojump_clock: trio.testing.MockClock) ->
         with trio.fail_after(60):
             event = await a.events.receive()
         assert isinstance(event, PeerEvent) and event.at == pytest.approx(trio.current_time(), abs=60)
+
+
+# -- a peer that breaks the protocol is barred, in both directions ---------------------------------
+
+
+async def test_peer_that_sends_a_bad_frame_is_barred_and_its_connections_refused_meanwhile(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster(NAMES[:2]) as c:
+        recorder = RecordingTransport(c.hub.transport("firm-a"))
+        a = await c.start("firm-a", transport=recorder)
+        for fault, bar in enumerate((CONFIG.backoff_initial, 2 * CONFIG.backoff_initial), start=1):
+            stream, reader = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+            with trio.fail_after(30):
+                assert await reader.receive() == make_hello(CID, "firm-a")
+            await send_frame(stream, {"ping": 0})
+            await wait_until(lambda: a.peer_state("firm-b").connected)
+            await stream.send_all(b"\x00\x00\x00\x03\xff\xff\xff")
+            await expect_refusal(reader, "malformed CBOR")
+            barred_at = trio.current_time()
+            [line] = [line for line in net_lines(caplog, "peer_barred")][fault - 1:]
+            assert f"seconds={bar}" in line and f"faults={fault}" in line and "malformed CBOR" in line
+            # Coming straight back is refused, with the reason, for as long as the bar lasts.
+            _stream, again = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+            await expect_refusal(again, "barred for")
+            assert any("malformed CBOR" in line for line in net_lines(caplog, "refused_barred"))
+            await trio.sleep(bar)
+        # Nor does firm-a dial firm-b while it is barred.
+        assert not [t for t in recorder.dials if barred_at < t < barred_at + bar]
+        # Once the bar is over, firm-b is welcome again.
+        stream, reader = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+        with trio.fail_after(30):
+            assert await reader.receive() == make_hello(CID, "firm-a")
+
+
+async def test_member_disconnected_for_a_malformed_message_reconnects_only_after_the_bar(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster(NAMES[:2]) as c:
+        a = await c.start("firm-a")
+        await c.start("firm-b")
+        await wait_until(c.fully_connected)
+        a.disconnect("firm-b", "malformed message: sigs: expected an array")
+        await wait_until(lambda: not a.peer_state("firm-b").connected)
+        down = trio.current_time()
+        assert any("malformed message" in line for line in net_lines(caplog, "peer_barred"))
+        await wait_until(c.fully_connected)
+        assert trio.current_time() - down >= CONFIG.backoff_initial
+        a.send("firm-b", "welcome back")
+        assert await receive(c.nets["firm-b"]) == ("firm-a", "welcome back")
+
+
+async def test_a_flooding_peer_does_not_hold_up_another_peers_messages(autojump_clock: trio.testing.MockClock) -> None:
+    async with cluster(NAMES[:3]) as c:
+        a = await c.start("firm-a")
+        b = await c.start("firm-b")
+        quiet = await c.start("firm-c")
+        await wait_until(c.fully_connected)
+        for i in range(3 * CONFIG.incoming_buffer):
+            b.send("firm-a", f"flood {i}")
+        await wait_until(lambda: a.incoming.statistics().current_buffer_used == CONFIG.incoming_buffer)
+        quiet.send("firm-a", "urgent")
+        await wait_until(lambda: a.incoming.statistics().peers_waiting == 2)
+        # firm-b's queue is full and its reader waits; firm-c's message is next but one.
+        first_two = [await receive(a), await receive(a)]
+        assert ("firm-c", "urgent") in first_two
+        rest = [await receive(a) for _ in range(3 * CONFIG.incoming_buffer - 1)]
+        assert [m for _, m in [x for x in first_two if x[0] == "firm-b"] + rest] == \
+            [f"flood {i}" for i in range(3 * CONFIG.incoming_buffer)]
+
+
+async def test_malformed_message_from_a_peer_already_gone_still_bars_it_and_a_non_member_is_ignored(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster(NAMES[:2]) as c:
+        a = await c.start("firm-a")
+        a.disconnect("firm-b", "malformed message: late")  # firm-b is not connected (never started)
+        assert any("malformed message: late" in line for line in net_lines(caplog, "peer_barred"))
+        _stream, reader = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+        await expect_refusal(reader, "barred for")
+        a.disconnect("mallory", "malformed message: from a member that left")
+        assert any("peer=mallory" in line for line in net_lines(caplog, "not_disconnected"))
+
+
+async def test_a_member_whose_hello_breaks_the_frame_limits_is_barred_too(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster(NAMES[:2]) as c:
+        await c.start("firm-a")
+        stream = await c.hub.connect_raw("firm-b", "firm-a")
+        await send_frame(stream, {"v": [[]] * (MAX_FRAME_ITEMS + 1)})
+        await expect_refusal(FrameReader(stream), "CBOR items")
+        assert any("hello: frame: more than" in line for line in net_lines(caplog, "peer_barred"))
+        _stream, reader = await raw_hello(c.hub, "firm-b", "firm-a", make_hello(CID, "firm-b"))
+        await expect_refusal(reader, "barred for")

@@ -31,7 +31,7 @@ import trio.testing
 from peerdb.core.codec import encode
 from peerdb.core.consortium import Params
 from peerdb.core.keys import SigningKey
-from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_FRAME_BYTES
+from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_FRAME_BYTES, MAX_FRAME_ITEMS
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Objection, Op, Tx
 from peerdb.core.state import apply_txs
@@ -48,8 +48,8 @@ from peerdb.node.messages import (
     TxsMsg,
     to_wire,
 )
-from peerdb.node.service import trio_clock_ms
-from tests.helpers.node_harness import FAST_PARAMS, MemberNode, Cluster
+from peerdb.node.service import INBOX_BATCH_BYTES, trio_clock_ms
+from tests.helpers.node_harness import FAST_PARAMS, NET, MemberNode, Cluster
 
 HOSTILE = "firm-d"
 LIVE = ("firm-a", "firm-b", "firm-c")
@@ -275,6 +275,13 @@ async def _oversized_frame(w: World, link: HostileLink) -> bytes | None:
     return None
 
 
+async def _tiny_items_frame(w: World, link: HostileLink) -> bytes | None:
+    count = MAX_FRAME_BYTES - 16
+    body = b"\xa1\x63msg" + b"\x9a" + count.to_bytes(4, "big") + b"\x80" * count  # {"msg": [[], [], ...]}
+    await link.send_raw(len(body).to_bytes(4, "big") + body)
+    return None
+
+
 async def _non_canonical_frame(w: World, link: HostileLink) -> bytes | None:
     body = b"\xa1\x63msg\x18\x05"  # {"msg": 5} with 5 encoded in two bytes: not canonical
     await link.send_raw(len(body).to_bytes(4, "big") + body)
@@ -389,6 +396,9 @@ CASES: dict[str, Case] = {
     "malformed frame (not CBOR)": Case(_garbage_frame, "peerdb.net", r"peer_down .*peer=firm-d .*malformed CBOR",
                                        closes=True),
     "oversized frame": Case(_oversized_frame, "peerdb.net", r"peer_down .*peer=firm-d .*exceeds the limit", closes=True),
+    "frame of sixteen million tiny items": Case(
+        _tiny_items_frame, "peerdb.net", rf"peer_down .*peer=firm-d .*more than {MAX_FRAME_ITEMS} CBOR items",
+        closes=True),
     "non-canonical frame": Case(_non_canonical_frame, "peerdb.net", r"peer_down .*peer=firm-d .*canonical",
                                 closes=True),
     "unknown message type": Case(_unknown_message, "peerdb.node", MALFORMED + r".*unknown type 'take_over'",
@@ -469,6 +479,50 @@ async def test_bad_input_is_rejected_with_a_logged_reason_and_changes_no_state(
         assert states(w.cluster) == before, f"{name}: chain state changed"
         errors = [r.getMessage() for r in caplog.records[sent_at:] if r.levelno >= logging.ERROR]
         assert not errors, errors
+
+
+# --- bounded work: a barred member, sliced messages -------------------------------------------------
+
+async def test_member_closed_for_a_bad_frame_is_refused_until_its_bar_ends(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
+    async with quiet_world(tmp_path, caplog) as w:
+        link = await w.connect()
+        await _tiny_items_frame(w, link)
+        with trio.fail_after(30):
+            await link.closed.wait()
+        barred = await w.expect_log("peerdb.net", r"peer_barred node=firm-a peer=firm-d .*CBOR items")
+        assert f"seconds={NET.backoff_initial}" in barred
+        # Straight back, with a correct hello: refused, and told why.
+        stream = await w.cluster.hub.connect_raw(HOSTILE, "firm-a")
+        await send_frame(stream, make_hello(w.cluster.cid, HOSTILE))
+        with trio.fail_after(30):
+            answer = await FrameReader(stream).receive()
+        assert "barred for" in answer["error"] and "CBOR items" in answer["error"]
+        await trio.sleep(NET.backoff_initial)  # the bar is over: firm-d is a member like any other
+        again = await w.connect()
+        await again.barrier()
+
+
+async def test_a_large_txs_message_is_handled_in_slices(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
+    """Each slice is one engine call of at most INBOX_BATCH_BYTES of the message, so the engine
+    lock is released between them (for the API, and for other members' messages in their turn)."""
+    async with quiet_world(tmp_path, caplog) as w:
+        link = await w.connect()
+        before = states(w.cluster)
+        junk = tuple(i.to_bytes(4, "big") * 50 for i in range(6000))  # 200 bytes each, none a transaction
+        size = len(encode(to_wire(TxsMsg(junk))))
+        assert size > 4 * INBOX_BATCH_BYTES
+        sent_at = len(caplog.records)
+        await link.send(TxsMsg(junk))
+        await link.barrier()
+        counts = [int(m.group(1)) for r in caplog.records[sent_at:]
+                  if (m := re.match(r"rejected (\d+) transactions from firm-d", r.getMessage()))]
+        assert sum(counts) == len(junk)
+        assert len(counts) >= size // INBOX_BATCH_BYTES
+        assert max(counts) <= len(junk) * INBOX_BATCH_BYTES // size + 1
+        assert not link.closed.is_set()
+        assert states(w.cluster) == before
 
 
 # --- replays --------------------------------------------------------------------------------------
