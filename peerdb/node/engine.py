@@ -295,6 +295,19 @@ class Engine:
     # --- blocks --------------------------------------------------------------------------------
 
     def on_proposal(self, peer: str | None, proposal: ProposalMsg, now_ms: int) -> None:
+        sig = proposal.signature
+        try:
+            # The header first (a few hundred bytes): a proposal its proposer did not sign costs
+            # us no decoding of its body.
+            header = Block.peek_header(proposal.block)
+            if sig.member != header.proposer or sig.block_hash != header.hash \
+                    or not self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k)):
+                log.warning("rejected proposal %d %s from %s: not signed by its proposer %s", header.height,
+                            header.hash.hex()[:16], peer, header.proposer)
+                return
+        except (DecodeError, ValidationError) as exc:
+            log.warning("rejected proposal from %s: %s", peer, exc)
+            return
         try:
             block = Block.decode(proposal.block, self.mempool.by_raw)
         except (DecodeError, ValidationError) as exc:
@@ -557,6 +570,8 @@ class Engine:
 
     def _accept_sigs(self, sigs: Iterable[BlockSignature], peer: str | None, now_ms: int) -> None:
         fresh = []
+        forged = 0
+        first_forged: BlockSignature | None = None
         for sig in sigs:
             if sig.member not in self.gov.used_names:
                 log.warning("rejected signature from %s: %s is not a member", peer, sig.member)
@@ -571,8 +586,9 @@ class Engine:
             else:
                 ok = self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k))
             if not ok:
-                log.warning("rejected signature from %s: %s's signature on %s does not verify with its key "
-                            "at that height", peer, sig.member, sig.block_hash.hex()[:16])
+                forged += 1
+                if forged == 1:
+                    first_forged = sig
                 continue
             conflict = self.conflicts.get(sig.block_hash)
             if conflict is not None:
@@ -588,6 +604,9 @@ class Engine:
             self._check_double_sign(self.tree.header(sig.block_hash), sig)
             self._tree_sign(sig.block_hash, sig.member)
             fresh.append(sig)
+        if first_forged is not None:  # one line per message, however many it carries
+            log.warning("rejected %d signature(s) from %s that do not verify with the signer's key at that height "
+                        "(first: %s's on %s)", forged, peer, first_forged.member, first_forged.block_hash.hex()[:16])
         if fresh:
             # Peers' signatures are durable at their signers (each persisted its own before
             # releasing it) and anti-entropy re-sends any we lose, so they ride along with our

@@ -407,13 +407,14 @@ CASES: dict[str, Case] = {
     "oversized block in a proposal": Case(_oversized_block, "peerdb.node", MALFORMED + r".*proposal\.block",
                                           closes=True),
     "forged block signature": Case(_forged_signature, "peerdb.node",
-                                   r"rejected signature from firm-d: firm-d's signature on [0-9a-f]{16} does not verify"),
+                                   r"rejected 1 signature\(s\) from firm-d that do not verify .*first: firm-d's on "
+                                   r"[0-9a-f]{16}"),
     "block signature made with another member's key": Case(
-        _signature_by_another_key, "peerdb.node", r"rejected signature from firm-d: firm-d's signature .* does not verify"),
+        _signature_by_another_key, "peerdb.node", r"rejected 1 signature\(s\) from firm-d that do not verify"),
     "block signature by a non-member": Case(_non_member_signature, "peerdb.node",
                                             r"rejected signature from firm-d: mallory is not a member"),
     "forged proposer signature": Case(_forged_proposer_signature, "peerdb.node",
-                                      r"rejected block 4 from firm-d: .*proposer signature of firm-d does not verify"),
+                                      r"rejected proposal 4 [0-9a-f]{16} from firm-d: not signed by its proposer firm-d"),
     "wrong-turn proposal": Case(_wrong_turn, "peerdb.node", PROPOSAL.format(round=1) + "turn belongs to firm-a",
                                 objection="turn belongs to firm-a"),
     "block with a forged client signature": Case(
