@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -45,9 +46,23 @@ def status(ctx: Ctx) -> None:
         lines.append(f"proposal {p['id'][:16]} {p['kind']} by {p['proposer']}: waiting for {waiting}")
     if s.get("anchoring"):
         lines.append(f"anchoring: {s['anchoring'].get('summary', s['anchoring'])}")
+    now_ms = time.time() * 1000
     for alert in s["alerts"]:
-        lines.append(f"ALERT {alert['kind']}: {alert['message']}")
+        lines.append(f"ALERT {alert['kind']}: {alert['message']} (for {ago(now_ms - alert['since_ms'])})")
+    for past in s.get("alert_history", []):
+        lines.append(f"cleared {ago(now_ms - past['cleared_ms'])} ago: {past['kind']} ({past['subject']}), "
+                     f"lasted {ago(past['duration_s'] * 1000)}: {past['message']}")
     ctx.emit(s, "\n".join(lines))
+
+
+def ago(ms: float) -> str:
+    """A duration for people: 45 s, 12 min, 3 h."""
+    seconds = max(0, int(ms // 1000))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
 
 
 @click.group()

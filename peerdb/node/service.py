@@ -19,10 +19,10 @@ import trio
 
 from ..core.chain import View
 from ..core.errors import LocalError, ProtocolError
-from .alerts import Alert, AlertBook
+from .alerts import AlertBook, AlertEvent
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, from_wire, to_wire
+from .messages import AnchorMsg, Message, StatusMsg, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
@@ -95,7 +95,7 @@ class _Waiter:
 
 class NodeService:
     def __init__(self, engine: Engine, network: Network, *, clock_ms: Callable[[], int] = wall_clock_ms,
-                 offload: bool = True, on_alert: Callable[[Alert], Awaitable[None]] | None = None,
+                 offload: bool = True, on_alert: Callable[[AlertEvent], Awaitable[None]] | None = None,
                  extra_status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.engine = engine
         self.network = network
@@ -118,6 +118,10 @@ class NodeService:
         self._current_seen: object = None
         self._members_seen: tuple[tuple[str, bytes], ...] = ()
         self._key_problem_seen: str | None = None
+        self.loop_turned: dict[str, float] = {}
+        """Periodic loop -> trio time it last went round (``/healthz``: the loops turn)."""
+        self.peer_heights: dict[str, int] = {}
+        """Member -> the tip height its latest status message advertised (``/readyz``: caught up)."""
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -222,6 +226,8 @@ class NodeService:
                     log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
                     self.network.disconnect(peer, f"malformed message: {exc}")
                     continue
+                if isinstance(msg, StatusMsg):
+                    self.peer_heights[peer] = msg.height
                 if isinstance(msg, AnchorMsg):
                     if self.anchor_handler is not None:
                         work.append((self.anchor_handler, peer, msg))
@@ -240,6 +246,7 @@ class NodeService:
 
     async def _turn_loop(self) -> None:
         while True:
+            self.loop_turned["turn"] = trio.current_time()
             now = self.clock_ms()
             if await self.read(self.engine.proposal_due, now):  # inline: no thread hop when idle
                 await self.call(self.engine.maybe_propose, now)
@@ -248,6 +255,7 @@ class NodeService:
 
     async def _status_loop(self) -> None:
         while True:
+            self.loop_turned["status"] = trio.current_time()
             await trio.sleep(self.engine.params.heartbeat_ms / 1000)  # governance may change it
             status = await self.read(self.engine.status_message)
             self.network.broadcast(to_wire(status))
@@ -257,24 +265,25 @@ class NodeService:
     async def _alert_loop(self) -> None:
         async with trio.open_nursery() as hooks:
             while True:
+                self.loop_turned["alert"] = trio.current_time()
                 await trio.sleep(self.engine.params.heartbeat_ms / 1000)
                 now = self.clock_ms()
                 conditions = await self.read(self.engine.alert_conditions, now, self.is_up)
                 if self.extra_status is not None:
                     conditions.extend(self.extra_status().get("alerts", []))
-                for alert in self.alerts.update(conditions, now):
+                for event in self.alerts.update(conditions, now):
                     if self.on_alert is not None:
-                        hooks.start_soon(self._deliver_alert, alert)
+                        hooks.start_soon(self._deliver_alert, event)
 
-    async def _deliver_alert(self, alert: Alert) -> None:
+    async def _deliver_alert(self, event: AlertEvent) -> None:
         """A webhook or command that hangs must not hold up later alerts: each delivery runs on
         its own and is abandoned after ALERT_HOOK_TIMEOUT_S."""
         assert self.on_alert is not None
         with trio.move_on_after(ALERT_HOOK_TIMEOUT_S) as scope:
-            await self.on_alert(alert)
+            await self.on_alert(event)
         if scope.cancelled_caught:
-            log.warning("alert hook for %s (%s) did not finish within %d s; abandoned", alert.kind,
-                        alert.subject, ALERT_HOOK_TIMEOUT_S)
+            log.warning("alert hook for %s %s (%s) did not finish within %d s; abandoned", event.kind,
+                        event.event, event.subject, ALERT_HOOK_TIMEOUT_S)
 
     # --- client operations ---------------------------------------------------------------------
 
