@@ -63,6 +63,8 @@ class NodeProcess:
     token: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    metrics: str | None = None
+    """``host:port`` of the node's metrics and health endpoints, when the consortium has them."""
 
     @property
     def pid(self) -> int | None:
@@ -89,19 +91,24 @@ class LocalConsortium:
     params: dict[str, int] = field(default_factory=dict)
     bitcoin_rpc: str | None = None
     sync: bool = True
+    metrics: bool = False
+    """Give every node a ``[metrics] listen`` address (Prometheus metrics, /healthz, /readyz)."""
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
     def write_files(self) -> None:
         names = [f"firm-{chr(ord('a') + i)}" for i in range(self.members)]
-        ports = free_ports(2 * self.members)
+        ports = free_ports(3 * self.members)
         init_consortium(self.directory, "local", names, base_port=0, api_base_port=0,
                         bitcoin_rpc=self.bitcoin_rpc, params=self.params, overwrite=True, sync=self.sync,
-                        ports=ports[:self.members], api_ports=ports[self.members:])
-        for name in names:
+                        ports=ports[:self.members], api_ports=ports[self.members:2 * self.members])
+        for i, name in enumerate(names):
             config = self.directory / f"{name}.toml"
+            metrics = f"127.0.0.1:{ports[2 * self.members + i]}" if self.metrics else None
+            if metrics is not None:
+                config.write_text(config.read_text() + f'\n[metrics]\nlisten = "{metrics}"\n')
             data = tomllib.loads(config.read_text())
             self.nodes[name] = NodeProcess(name, config, data["api"]["listen"], data["api"]["token"],
-                                           self.directory / f"{name}.log")
+                                           self.directory / f"{name}.log", metrics=metrics)
 
     def start(self, name: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
         node = self.nodes[name]

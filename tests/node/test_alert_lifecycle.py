@@ -33,7 +33,7 @@ PEER_D = Alert("peer_down", "peer firm-d is not connected", subject="firm-d")
 
 def steps(book: AlertBook, timeline: list[tuple[int, list[Alert]]]) -> list[tuple[int, str, str, str]]:
     """Feed (time, conditions) steps; (time, event, kind, subject) of every event."""
-    out = []
+    out: list[tuple[int, str, str, str]] = []
     for now, conditions in timeline:
         out.extend((now, e.event, e.kind, e.subject) for e in book.update(conditions, now))
     return out
@@ -107,7 +107,7 @@ def test_a_double_sign_is_raised_at_once() -> None:
 
 def test_a_new_outage_after_the_clear_is_a_new_alert() -> None:
     book = AlertBook(grace_ms=GRACE)
-    quiet = [(t, []) for t in range(2000, 2000 + ALERT_CLEAR_HOLD_MS + 1, 1000)]
+    quiet: list[tuple[int, list[Alert]]] = [(t, []) for t in range(2000, 2000 + ALERT_CLEAR_HOLD_MS + 1, 1000)]
     again = [(t, [PEER_D]) for t in range(40_000, 42_000, 500)]
     events = steps(book, [(0, [PEER_D]), (1000, [PEER_D]), *quiet, *again])
     assert [e[1] for e in events] == [RAISED, CLEARED, RAISED]
