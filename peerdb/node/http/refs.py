@@ -49,8 +49,8 @@ def block_ref(engine: Engine, ref: str, hint: str) -> bytes:
     else:
         try:
             prefix = _prefix(ref, "block")
-        except ApiError:
-            raise ApiError(400, "bad_parameter", hint) from None
+        except ApiError as exc:
+            raise ApiError(400, "bad_parameter", f"{exc.message} ({hint})") from None
         if len(prefix) == ID_HEX:
             block_hash = bytes.fromhex(prefix)
         else:
