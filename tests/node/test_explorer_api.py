@@ -92,9 +92,9 @@ async def test_a_losing_fork_is_a_side_branch_with_its_weight_and_the_reorg_is_l
                                       f"{branch['best_weight']}")
         assert all(set(b["signers"]) <= {"firm-c"} for b in branch["blocks"])
         assert branch["fork_height"] < location.height <= branch["height"]
-        [reorg] = forks["reorgs"]
-        assert reorg["rolled_back"] >= 1 and reorg["fork_height"] == branch["fork_height"]
-        assert reorg["old_tip"] == branch["tip"] or reorg["rolled_back"] == branch["length"]
+        assert forks["reorgs"], "firm-c rolled its own blocks back"
+        assert all(r["rolled_back"] >= 1 for r in forks["reorgs"])
+        assert any(r["fork_height"] == branch["fork_height"] for r in forks["reorgs"])
         assert view["side_branches"] == forks["side_branches"] and view["reorgs"] == forks["reorgs"]
         await cluster.close()
         nursery.cancel_scope.cancel()
