@@ -248,8 +248,10 @@ def forks(ctx: Ctx) -> None:
     lines = [f"best chain: tip {f['height']} {f['tip'][:16]}, weight {f['best_weight']} signatures; "
              f"final (settled) height {f['final_height']}"]
     for s in f["side_branches"]:
+        against = "" if s["best_weight"] is None else f" against the best chain's {s['best_weight']}"
         lines.append(f"side branch {s['tip'][:16]} at height {s['height']}: {s['length']} block(s) from the fork at "
-                     f"{s['fork_height']}, weight {s['weight']} against {s['best_weight']}")
+                     f"{s['fork_height']}, {s['weight']} counted signature(s) above the fork{against}"
+                     f"{'' if s['held'] else ' (forgotten by the block tree; read from the store)'}")
         lines.append(f"  why it lost: {s['why_lost']}")
         if s["excluded_signatures"]:
             lines.append(f"  {s['excluded_signatures']} signature(s) on it are by excluded members and do not count")

@@ -88,8 +88,10 @@ async def test_a_losing_fork_is_a_side_branch_with_its_weight_and_the_reorg_is_l
             view = (await client.get("/v1/explorer")).json()
         [branch] = [s for s in forks["side_branches"] if fork_block.hex() in {b["hash"] for b in s["blocks"]}]
         assert branch["weight"] < branch["best_weight"]
-        assert branch["why_lost"] == (f"lighter: {branch['weight']} counted signatures against the best chain's "
-                                      f"{branch['best_weight']}")
+        assert branch["held"] is True and branch["why_lost"] == (
+            f"lighter: {branch['weight']} counted signatures above the fork against the best chain's "
+            f"{branch['best_weight']}")
+        assert branch["weight"] == sum(len(b["signers"]) for b in branch["blocks"])
         assert all(set(b["signers"]) <= {"firm-c"} for b in branch["blocks"])
         assert branch["fork_height"] < location.height <= branch["height"]
         assert forks["reorgs"], "firm-c rolled its own blocks back"

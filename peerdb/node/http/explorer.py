@@ -64,9 +64,10 @@ def cell(tree: BlockTree, block_hash: bytes, height: int, member: str) -> str:
 
 def why_lost(tree: BlockTree, tip: Header, weight: int, best: Header, best_weight: int) -> str:
     """The fork rule's verdict on a side branch, in words (docs/protocol.md: most counted
-    signatures; ties to the lower tip height, then the lower tip hash)."""
+    signatures; ties to the lower tip height, then the lower tip hash). ``weight`` and
+    ``best_weight`` count from the fork point up, where the two chains differ."""
     if weight < best_weight:
-        return f"lighter: {weight} counted signatures against the best chain's {best_weight}"
+        return f"lighter: {weight} counted signatures above the fork against the best chain's {best_weight}"
     if weight == best_weight and tip.height > best.height:
         return f"tie at {weight} signatures, lost on height: the best tip is lower ({best.height} < {tip.height})"
     if weight == best_weight and tip.height == best.height:
@@ -76,13 +77,16 @@ def why_lost(tree: BlockTree, tip: Header, weight: int, best: Header, best_weigh
 
 
 def side_branches(engine: Engine) -> list[dict[str, Any]]:
-    """Side branches held in the block tree, highest tip first."""
+    """Side branches held in the block tree, highest tip first (``held``: fork choice may still
+    move onto them), then the branches recent reorgs left behind that the tree has forgotten
+    because they fork below the settled block (read back from the store)."""
     tree = engine.tree
     best = tree.best_tip
-    best_weight = tree.weight(best.hash)
-    out = []
+    total = tree.weight(best.hash)
+    out: list[dict[str, Any]] = []
     for tip in sorted(tree.side_tips(), key=lambda h: (-h.height, h.hash)):
         fork = tree.fork_point(tip.hash)
+        above = tree.weight(fork.hash)
         blocks: list[dict[str, Any]] = []
         excluded_sigs, h = 0, tip
         while not tree.on_best_chain(h.hash) and len(blocks) < MAX_BRANCH_BLOCKS:
@@ -93,12 +97,45 @@ def side_branches(engine: Engine) -> list[dict[str, Any]]:
             if not tree.held(h.prev):
                 break
             h = tree.header(h.prev)
-        weight = tree.weight(tip.hash)
+        weight, best_weight = tree.weight(tip.hash) - above, total - above
         out.append({"tip": tip.hash.hex(), "height": tip.height, "fork_height": fork.height,
-                    "fork_block": fork.hash.hex(), "length": tip.height - fork.height, "weight": weight,
+                    "fork_block": fork.hash.hex(), "length": tip.height - fork.height, "held": True, "weight": weight,
                     "best_weight": best_weight, "excluded_signatures": excluded_sigs,
                     "why_lost": why_lost(tree, tip, weight, best, best_weight), "blocks": blocks})
+    shown = {b["hash"] for branch in out for b in branch["blocks"]}
+    for reorg in reversed(engine.counters.recent_reorgs):
+        if reorg.old_tip.hex() in shown or tree.held(reorg.old_tip) or tree.on_best_chain(reorg.old_tip):
+            continue
+        branch = _forgotten_branch(engine, reorg.old_tip, reorg.rolled_back)
+        if branch is not None:
+            shown.update(b["hash"] for b in branch["blocks"])
+            out.append(branch)
     return out
+
+
+def _forgotten_branch(engine: Engine, tip_hash: bytes, rolled_back: int) -> dict[str, Any] | None:
+    """A branch a reorg left and the tree has since forgotten, from the store."""
+    tree, store = engine.tree, engine.store
+    header = store.header(tip_hash)
+    if header is None:
+        return None
+    blocks: list[dict[str, Any]] = []
+    weight = excluded_sigs = 0
+    h: Header | None = header
+    while h is not None and not tree.on_best_chain(h.hash) and len(blocks) < MAX_BRANCH_BLOCKS:
+        signers = set(store.signers(h.hash))
+        weight += len(signers - tree.culprits)
+        excluded_sigs += len(signers & tree.culprits)
+        blocks.append({"height": h.height, "hash": h.hash.hex(), "round": h.round, "proposer": h.proposer,
+                       "tx_count": h.tx_count, "signers": sorted(signers)})
+        h = store.header(h.prev)
+    fork_height = h.height if h is not None and tree.on_best_chain(h.hash) else header.height - len(blocks)
+    return {"tip": tip_hash.hex(), "height": header.height, "fork_height": fork_height,
+            "fork_block": h.hash.hex() if h is not None else None, "length": header.height - fork_height,
+            "held": False, "weight": weight, "best_weight": None, "excluded_signatures": excluded_sigs,
+            "why_lost": f"lost at a reorg ({rolled_back} block(s) rolled back) to a heavier chain; it forks below the "
+                        f"settled block at height {tree.final.height}, so it can never be best again",
+            "blocks": blocks}
 
 
 def forks(engine: Engine) -> dict[str, Any]:
