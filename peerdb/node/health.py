@@ -10,15 +10,19 @@ locked by a restored data directory, it is connected to enough members that it a
 majority, and it is not behind the tips its peers advertise by more than
 :data:`READY_MAX_LAG_BLOCKS`. Each reason it is not is named in the answer.
 
-Pure functions of values the caller gathers (the service's loop times, peer states and heights,
-the engine's tip): tested without a node.
+:func:`health` and :func:`readiness` are pure functions of values the caller gathers (the
+service's loop times, peer states and heights, the engine's tip), tested without a node;
+:func:`read_readiness` gathers them from a running node (``/readyz`` and the metrics).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .service import NodeService
 
 LOOP_STALE_HEARTBEATS = 10
 """A periodic loop goes round once per heartbeat (the turn loop at least once per turn); ten
@@ -75,3 +79,14 @@ def readiness(*, locked: bool, members: int, peers_up: list[str], peers_down: li
         reasons.append(key_problem)
     return Verdict(not reasons, reasons, {"tip_height": tip_height, "peers_up": peers_up, "peers_down": peers_down,
                                           "locked": locked})
+
+
+def read_readiness(service: NodeService) -> Verdict:
+    """Readiness from the node's state; call through ``service.read`` (under the lock)."""
+    engine = service.engine
+    members = engine.current.member_names
+    others = [m for m in members if m != engine.me]
+    up = [m for m in others if service.is_up(m)]
+    return readiness(locked=engine.store.guard_locked(), members=len(members), peers_up=up,
+                     peers_down=[m for m in others if m not in up], tip_height=engine.tree.best_tip.height,
+                     peer_heights=dict(service.peer_heights), key_problem=engine.key_problem())

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..anchor.planner import AnchorStatus, BatchState
+from .health import read_readiness
 
 if TYPE_CHECKING:
     from .service import NodeService
@@ -80,6 +81,7 @@ class Snapshot:
     store_file_bytes: int
     store_used_bytes: int
     anchor_pending_age_s: float
+    ready: bool = False
     anchor_batches: dict[str, int] = field(default_factory=dict)
     anchor_confirmations: int | None = None
 
@@ -119,6 +121,7 @@ def read_snapshot(service: NodeService, anchor_status: Callable[[], AnchorStatus
         alerts_cleared=dict(service.alerts.cleared_total),
         store_file_bytes=stats["file_bytes"], store_used_bytes=stats["used_bytes"],
         anchor_pending_age_s=pending_age)
+    snap.ready = read_readiness(service).ok
     if anchor_status is not None:
         status = anchor_status()
         for batch in status.batches:
@@ -149,6 +152,7 @@ def snapshot_metrics(s: Snapshot) -> Iterator[Metric]:
         heads.add_metric([view], s.heads[view])
     heads.add_metric(["final"], s.final_height)
     yield heads
+    yield _gauge("peerdb_ready", "1 when /readyz would answer ready (its reasons are in /readyz).", 1 if s.ready else 0)
     yield _gauge("peerdb_up_to_date", "1 when the newest block is unanimous (signed by all and anchored).",
                  1 if s.up_to_date else 0)
     endorsed = _gauge("peerdb_member_endorsed_height",

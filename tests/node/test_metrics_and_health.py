@@ -81,7 +81,7 @@ async def test_metrics_move_when_blocks_are_made(tmp_path: Path, autojump_clock:
         for member in cluster.names:
             assert value(after, "peerdb_signatures_total", member=member) > 0
         assert [value(after, "peerdb_peer_up", peer=m) for m in ("firm-b", "firm-c", "firm-d")] == [1, 1, 1]
-        assert value(after, "peerdb_peers_up") == 3
+        assert value(after, "peerdb_peers_up") == 3 and value(after, "peerdb_ready") == 1
         assert value(after, "peerdb_store_commit_seconds_count") > value(before, "peerdb_store_commit_seconds_count")
         assert value(after, "peerdb_mempool_transactions") == 0
         assert value(after, "peerdb_store_file_bytes") > 0
@@ -110,6 +110,7 @@ async def test_a_stopped_members_missing_signatures_and_alert_show(
         assert value(samples, "peerdb_missing_signatures", member="firm-b") < value(
             samples, "peerdb_missing_signatures", member="firm-d")
         assert value(samples, "peerdb_peer_up", peer="firm-d") == 0 and value(samples, "peerdb_peers_up") == 2
+        assert value(samples, "peerdb_ready") == 1  # three of four still make a majority
         assert value(samples, "peerdb_alerts_active", kind="peer_down") == 1
         assert value(samples, "peerdb_alerts_raised_total", kind="peer_down") == 1
         await cluster.close()

@@ -19,20 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ...core.consortium import Params
-from ..health import Verdict, health, readiness
+from ..health import health, read_readiness
 from ..metrics import NodeMetrics
 from ..service import NodeService
-
-
-def read_readiness(service: NodeService) -> Verdict:
-    """Readiness from the engine's state; call through ``service.read``."""
-    engine = service.engine
-    members = engine.current.member_names
-    others = [m for m in members if m != engine.me]
-    up = [m for m in others if service.is_up(m)]
-    return readiness(locked=engine.store.guard_locked(), members=len(members), peers_up=up,
-                     peers_down=[m for m in others if m not in up], tip_height=engine.tree.best_tip.height,
-                     peer_heights=dict(service.peer_heights), key_problem=engine.key_problem())
 
 
 HEALTH_LOCK_WAIT_S = 1.0
