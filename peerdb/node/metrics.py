@@ -24,6 +24,7 @@ fast-path trace's histograms (propose, validate, commit, co-sign, ...), one labe
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 1000)
 VIEWS = ("tentative", "majority", "unanimous_signed", "unanimous", "anchored")
 
 
+@functools.cache
 def _version() -> str:
+    """PeerDB's version, looked up once (the package metadata lookup costs ~1 ms of CPU)."""
     try:
         return importlib.metadata.version("peerdb")
     except importlib.metadata.PackageNotFoundError:
