@@ -143,6 +143,10 @@ async def test_ids_resolve_from_prefixes_and_an_ambiguous_one_names_the_candidat
             assert r.status_code == 400 and "at least 4 hex digits" in r.json()["error"]["message"]
             r = await client.get("/v1/tx/12")
             assert r.status_code == 400 and "at least 4 hex digits" in r.json()["error"]["message"]
+            for bad in ("\u00b2\u00b3\u2074\u2075", "9" * 5000, "f" * 65):  # unicode digits, a huge number, too long
+                r = await client.get(f"/v1/blocks/{bad}")
+                assert r.status_code in (400, 404) and len(r.json()["error"]["message"]) < 300, (bad[:10], r.text[:200])
+            assert (await client.get(f"/v1/blocks/{'0' * 64}")).status_code == 404  # 64 digits: a hash, not a height
         await cluster.close()
         nursery.cancel_scope.cancel()
 

@@ -21,12 +21,17 @@ SHOWN_CANDIDATES = 5
 ID_HEX = 64
 
 
+SHOWN_REF_CHARS = 80
+"""Characters of a request's id quoted back in an error (a request may carry a huge one)."""
+
+
 def _prefix(ref: str, what: str) -> str:
     text = ref.strip().lower()
-    if not text or any(c not in string.hexdigits for c in text) or len(text) > ID_HEX:
-        raise ApiError(400, "bad_parameter", f"{what}: {ref!r} is not a hex id or id prefix")
+    shown = ref[:SHOWN_REF_CHARS]
+    if not text or len(text) > ID_HEX or any(c not in string.hexdigits for c in text):
+        raise ApiError(400, "bad_parameter", f"{what}: {shown!r} is not a hex id or id prefix")
     if len(text) < MIN_ID_PREFIX:
-        raise ApiError(400, "bad_parameter", f"{what}: give at least {MIN_ID_PREFIX} hex digits of the id, got {ref!r}")
+        raise ApiError(400, "bad_parameter", f"{what}: give at least {MIN_ID_PREFIX} hex digits of the id, got {shown!r}")
     return text
 
 
@@ -34,7 +39,8 @@ def _one(ref: str, what: str, found: list[bytes]) -> bytes | None:
     if len(found) > 1:
         shown = ", ".join(f.hex()[:16] for f in found[:SHOWN_CANDIDATES])
         more = "" if len(found) <= SHOWN_CANDIDATES else ", ..."
-        raise ApiError(400, "ambiguous_id", f"{what} {ref!r} matches several: {shown}{more}; give more digits")
+        raise ApiError(400, "ambiguous_id", f"{what} {ref[:SHOWN_REF_CHARS]!r} matches several: {shown}{more}; "
+                       "give more digits")
     return found[0] if found else None
 
 
@@ -42,9 +48,10 @@ def block_ref(engine: Engine, ref: str, hint: str) -> bytes:
     """The block ``ref`` names: a height on the best chain (digits, up to the tip), else the hex
     hash of a known block or a prefix of one; ``hint`` says what to give instead."""
     tree = engine.tree
-    if ref.isdigit() and int(ref) <= tree.best_tip.height:
+    decimal = ref.isascii() and ref.isdigit() and len(ref) < ID_HEX  # 64 digits are always a hash
+    if decimal and int(ref) <= tree.best_tip.height:
         block_hash = tree.best_chain_hash(int(ref))
-    elif ref.isdigit() and len(ref) < MIN_ID_PREFIX:
+    elif decimal and len(ref) < MIN_ID_PREFIX:
         raise ApiError(404, "not_found", f"no block {ref} (the tip is at height {tree.best_tip.height})")
     else:
         try:
@@ -57,7 +64,7 @@ def block_ref(engine: Engine, ref: str, hint: str) -> bytes:
             found = [h for h in engine.store.ids_with_prefix("block", prefix, SHOWN_CANDIDATES + 1) if h in tree]
             block_hash = _one(ref, "block", found)
     if block_hash is None or block_hash not in tree:
-        raise ApiError(404, "not_found", f"no block {ref}")
+        raise ApiError(404, "not_found", f"no block {ref[:SHOWN_REF_CHARS]}")
     return block_hash
 
 
@@ -71,7 +78,7 @@ def tx_ref(engine: Engine, ref: str) -> bytes:
     found += [t for t in engine.mempool if t.hex().startswith(prefix) and t not in found][:SHOWN_CANDIDATES + 1]
     txid = _one(ref, "transaction", found)
     if txid is None:
-        raise ApiError(404, "not_found", f"no transaction {ref} is pending or on the best chain")
+        raise ApiError(404, "not_found", f"no transaction {ref[:SHOWN_REF_CHARS]} is pending or on the best chain")
     return txid
 
 
@@ -84,6 +91,6 @@ def proposal_ref(engine: Engine, ref: str) -> bytes:
     found = [bytes.fromhex(k.removeprefix("proposal/")) for k in keys]
     pid = _one(ref, "proposal", found)
     if pid is None:
-        raise ApiError(404, "not_found", f"no proposal {ref} on the best chain")
+        raise ApiError(404, "not_found", f"no proposal {ref[:SHOWN_REF_CHARS]} on the best chain")
     return pid
 
