@@ -147,7 +147,7 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
 @json_option
 @pass_ctx
 def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, timeout: float) -> None:
-    """Vote on PROPOSAL (its hex id) with this member's key.
+    """Vote on PROPOSAL (its hex id, or a prefix of it) with this member's key.
 
     \b
     Example:
@@ -157,6 +157,41 @@ def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, ti
         raise CliError("say --yes or --no", exitcodes.USAGE)
     answer = ctx.post_waiting("/v1/governance/vote", {"proposal": proposal, "approve": approve}, wait, timeout)
     ctx.emit_waited(answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
+
+
+def _short(key: str | None) -> str:
+    return f"{key[:16]}..." if key else "-"
+
+
+def _who(names: list[str]) -> str:
+    return "everyone" if "*" in names else ", ".join(names) or "nobody"
+
+
+def describe_change(kind: str, change: Any) -> str:
+    """A proposal's change in words (the API gives it as the proposal's positional body)."""
+    try:
+        if kind == "add_member":
+            name, key, address, clients, cert, api = change
+            return (f"add member {name} (key {_short(key)}, address {address}, {len(clients)} client key(s)"
+                    f"{f', API {api}' if api else ''}{', certificate given' if cert else ', NO certificate'})")
+        if kind == "remove_members":
+            return "remove " + ", ".join(change)
+        if kind == "rotate_key":
+            name, key, cert = change
+            return f"rotate {name}'s member key to {_short(key)}{'' if cert else ' (NO certificate)'}"
+        if kind == "update_member":
+            name, address, clients, cert, api = change
+            return (f"update {name}: address {address}, {len(clients)} client key(s)"
+                    f"{f', API {api}' if api else ''}{', new certificate' if cert else ''}")
+        if kind == "set_params":
+            return "set " + ", ".join(f"{name} = {value}" for name, value in change)
+        if kind == "set_namespace":
+            name, writers, readers, private = change
+            return (f"namespace {name}: writers {_who(writers)}; readers {_who(readers)}"
+                    f"{'; private (encrypted for its readers)' if private else ''}")
+    except (TypeError, ValueError):
+        pass
+    return str(change)  # a kind this CLI does not know (a newer node): as the node gave it
 
 
 def _line(p: dict[str, Any]) -> str:
@@ -186,14 +221,14 @@ def list_cmd(ctx: Ctx) -> None:
 @json_option
 @pass_ctx
 def show_cmd(ctx: Ctx, proposal: str) -> None:
-    """One proposal: the change, its status and the votes.
+    """One proposal: the change, its status and the votes. PROPOSAL is its id or a prefix of it.
 
     \b
     Example:
       peerdb -c configs/firm-a.toml governance show 3f2a...c1
     """
     p = ctx.client.get(f"/v1/governance/{proposal}")
-    lines = [_line(p), f"change: {p['change']}"]
+    lines = [_line(p), f"proposal {p['id']}", f"change: {describe_change(p['kind'], p['change'])}"]
     lines += [f"vote: {v['member']} {'yes' if v['approve'] else 'no'}" for v in p["votes"]]
     if p.get("waiting_for"):
         lines.append("waiting for: " + ", ".join(p["waiting_for"]))

@@ -14,12 +14,12 @@ from .audit import audit
 from .context import Ctx, json_option, pass_ctx
 from .data import delete, get, history, propose, put
 from .governance import governance
-from .inspection import anchors, blocks, evidence, status
+from .inspection import anchors, blocks, evidence, forks, objections, status, tx_cmd
 from .operators import consortium, demo, keygen, node
 from .params import AddressType
 
 COMMANDS = (keygen, consortium, node, demo, put, delete, get, history, propose, status, blocks, evidence, anchors,
-            audit, governance)
+            forks, objections, tx_cmd, audit, governance)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -40,6 +40,7 @@ def main(ctx: Ctx, config: str | None, api: str | None, token: str | None) -> No
     Operators:   peerdb keygen | consortium init | node run | status
     Data:        peerdb put | delete | get | history | propose
     Inspection:  peerdb blocks list|show | evidence list|show | anchors list|show
+                 | forks | objections | tx TXID
     Auditors:    peerdb audit export|verify|diff
     Governance:  peerdb governance propose|vote|list|show
     Try it:      peerdb demo

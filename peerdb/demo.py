@@ -80,7 +80,7 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         if (work / "consortium").exists():
             shutil.rmtree(work / "consortium")
         net = LocalConsortium(work / "consortium", members=members, params=dict(DEMO_PARAMS),
-                              bitcoin_rpc=regtest.wallet_url)
+                              bitcoin_rpc=regtest.wallet_url, metrics=True)
         net.write_files()
         echo(f"2/7 wrote keys and configs for {members} members in {net.directory}")
         net.start_all()
@@ -159,6 +159,9 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
                  f"  peerdb -c {cfg} status\n"
                  f"  peerdb -c {cfg} put books 2026-Q4 '{{\"cash\": 1}}' --wait majority\n"
                  f"  peerdb -c {cfg} blocks list\n"
+                 f"Explorer (in a browser): http://{net.nodes[names[0]].api}/explorer#token={net.nodes[names[0]].token}\n"
+                 "Metrics (Prometheus, no token): "
+                 + ", ".join(f"http://{n.metrics}/metrics" for n in net.nodes.values()) + "\n"
                  "Press Ctrl-C to stop everything.")
             stop_mining.clear()
             miner = threading.Thread(target=_miner, args=(regtest, stop_mining), daemon=True)

@@ -64,6 +64,8 @@ class NodeProcess:
     token: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    metrics: str | None = None
+    """``host:port`` of the node's metrics and health endpoints, when the consortium has them."""
 
     @property
     def pid(self) -> int | None:
@@ -92,23 +94,28 @@ class LocalConsortium:
     sync: bool = True
     idle_block_s: int = 0
     """Seconds an idle chain rests between empty blocks (0: one every heartbeat)."""
+    metrics: bool = False
+    """Give every node a ``[metrics] listen`` address (Prometheus metrics, /healthz, /readyz)."""
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
     def write_files(self) -> None:
         names = [f"firm-{chr(ord('a') + i)}" for i in range(self.members)]
-        ports = free_ports(2 * self.members)
+        ports = free_ports(3 * self.members)
         init_consortium(self.directory, "local", names, base_port=0, api_base_port=0,
                         bitcoin_rpc=self.bitcoin_rpc, params=self.params, overwrite=True, sync=self.sync,
-                        ports=ports[:self.members], api_ports=ports[self.members:])
-        for name in names:
+                        ports=ports[:self.members], api_ports=ports[self.members:2 * self.members])
+        for i, name in enumerate(names):
             config = self.directory / f"{name}.toml"
+            metrics = f"127.0.0.1:{ports[2 * self.members + i]}" if self.metrics else None
+            if metrics is not None:
+                config.write_text(config.read_text() + f'\n[metrics]\nlisten = "{metrics}"\n')
             data = tomllib.loads(config.read_text())
             # A local consortium (demo, tests, benchmarks) shows liveness block by block: no resting.
             data["node"]["idle_block_s"] = self.idle_block_s
             header = "".join(line + "\n" for line in config.read_text().splitlines() if line.startswith("#"))
             config.write_text(header + tomli_w.dumps(data))
             self.nodes[name] = NodeProcess(name, config, data["api"]["listen"], data["api"]["token"],
-                                           self.directory / f"{name}.log")
+                                           self.directory / f"{name}.log", metrics=metrics)
 
     def start(self, name: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
         node = self.nodes[name]

@@ -5,8 +5,9 @@ The conditions (:func:`chain_alerts`, :func:`waiting_for`) are pure functions of
 and the times passed in: they decide *what* is wrong and name its cause, so that a person reading
 the alert knows whom to call. :class:`AlertBook` decides *when* a condition has lasted long
 enough to raise, repeats standing alerts in the log and clears them; the service owns it and
-feeds it the conditions with its clock's time. Node-local policy, not consensus: members may
-alert differently without disagreeing on any block.
+feeds it the conditions with its clock's time, and hands the events it returns
+(:class:`AlertEvent`: raised, cleared) to the hooks. Node-local policy, not consensus: members may alert
+differently without disagreeing on any block.
 """
 
 from __future__ import annotations
@@ -92,42 +93,160 @@ def waiting_for(tree: BlockTree, tip_seen_ms: int, now_ms: int, turn_timeout_ms:
                                                        "proposer": proposer})
 
 
+ALERT_CLEAR_HOLD_MS = 30_000
+"""An active alert clears only once its condition has been absent this long; a condition that
+comes back within it is the same incident (the alert stays active, nothing is sent again), so
+the same cause is never raised twice within 30 s. Why 30 s: it outlasts the network's longest
+reconnect backoff (``peerdb.net.config.BACKOFF_MAX``, 30 s), so a peer that drops again before
+its redial is one ``peer_down``; it spans ten default turns (3 s), so a chain that moves one
+block and stalls again (a lone proposer's heartbeat turn) is one ``stalled``; and a person
+hears "cleared" half a minute after the fact, which is soon enough to stop calling a firm."""
+
+ALERT_HISTORY = 100
+"""Cleared alerts the book remembers (``GET /v1/alerts``; ``peerdb status`` shows the newest)."""
+
+MOVING_SUBJECT = frozenset({"stalled", "minority_chain"})
+"""Kinds whose subject moves while one cause lasts: a stalled chain's awaited height advances
+with every heartbeat block, and a member on a losing fork keeps signing new blocks of it. The
+book follows these by kind alone, so a moving subject neither clears the alert nor raises a new
+one; the alert's message and subject follow the latest condition."""
+
+
+def incident_key(alert: Alert) -> tuple[str, str]:
+    """What one incident of ``alert`` is tracked by: its :attr:`Alert.key`, or its kind alone
+    for :data:`MOVING_SUBJECT` kinds."""
+    return (alert.kind, "") if alert.kind in MOVING_SUBJECT else alert.key
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """A step in an alert's life, as hooks (webhook, command) and the log receive it."""
+
+    event: str
+    """``raised`` or ``cleared``."""
+    alert: Alert
+    """The alert (for ``cleared``: as last seen)."""
+    since_ms: int
+    """When its condition was first seen."""
+    at_ms: int
+    """When it was raised, or cleared."""
+    ended_ms: int | None = None
+    """``cleared``: when the condition was last seen (it cleared :data:`ALERT_CLEAR_HOLD_MS` later)."""
+
+    @property
+    def kind(self) -> str:
+        return self.alert.kind
+
+    @property
+    def subject(self) -> str:
+        return self.alert.subject
+
+    @property
+    def duration_s(self) -> float | None:
+        """``cleared``: how long the condition lasted, first seen to last seen."""
+        return None if self.ended_ms is None else (self.ended_ms - self.since_ms) / 1000
+
+    def fields(self) -> dict[str, Any]:
+        """The event as JSON fields (hooks, JSON log lines)."""
+        out: dict[str, Any] = {"event": self.event, "kind": self.kind, "message": self.alert.message,
+                               "subject": self.subject, "since_ms": self.since_ms, "at_ms": self.at_ms}
+        if self.event == CLEARED:
+            out["ended_ms"] = self.ended_ms
+            out["duration_s"] = self.duration_s
+        return out
+
+
+RAISED = "raised"
+CLEARED = "cleared"
+
+
+@dataclass
+class _Incident:
+    alert: Alert
+    since_ms: int
+    """The condition was first seen."""
+    last_seen_ms: int
+    raised_ms: int | None = None
+    last_logged_ms: int = 0
+
+
 @dataclass
 class AlertBook:
-    """Debounces alert conditions into raised alerts, repeats and clears them, and logs each step."""
+    """Turns alert conditions into raised and cleared alerts, with damping, and logs each step.
+
+    A condition is *raised* once it has lasted ``grace_ms`` (``double_sign`` at once). A raised
+    alert is logged again every :data:`ALERT_REPEAT_MS` while it lasts, and *cleared* only once
+    its condition has been absent for ``clear_hold_ms`` (:data:`ALERT_CLEAR_HOLD_MS`): a
+    condition that flaps stays one alert, raised once and cleared once. Time is passed in.
+    """
 
     grace_ms: int
-    first_seen: dict[tuple[str, str], int] = field(default_factory=dict)
-    active: dict[tuple[str, str], tuple[Alert, int, int]] = field(default_factory=dict)  # alert, since, last log
+    clear_hold_ms: int = ALERT_CLEAR_HOLD_MS
+    incidents: dict[tuple[str, str], _Incident] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    """Cleared alerts, oldest first, at most :data:`ALERT_HISTORY`."""
+    raised_total: dict[str, int] = field(default_factory=dict)
+    cleared_total: dict[str, int] = field(default_factory=dict)
 
-    def update(self, conditions: list[Alert], now_ms: int) -> list[Alert]:
-        """Returns alerts newly raised (for webhooks/commands)."""
-        raised = []
-        keys = {a.key for a in conditions}
-        for key in list(self.first_seen):
-            if key not in keys:
-                del self.first_seen[key]
-        for key in list(self.active):
-            if key not in keys:
-                alert, since, _ = self.active.pop(key)
-                log.warning("alert cleared: %s (%s) after %.1f s", alert.kind, alert.subject, (now_ms - since) / 1000)
-                self.history.append({"kind": alert.kind, "subject": alert.subject, "cleared_ms": now_ms})
+    def update(self, conditions: list[Alert], now_ms: int) -> list[AlertEvent]:
+        """Feed the conditions seen now; returns the alerts raised and cleared by this step (for
+        the hooks), raised ones first in the order of ``conditions``."""
+        raised: list[AlertEvent] = []
+        seen: set[tuple[str, str]] = set()
         for alert in conditions:
-            since = self.first_seen.setdefault(alert.key, now_ms)
-            if alert.key in self.active:
-                _, since_raised, last = self.active[alert.key]
-                if now_ms - last >= ALERT_REPEAT_MS:
-                    log.warning("ALERT still active: %s: %s", alert.kind, alert.message)
-                    last = now_ms
-                self.active[alert.key] = (alert, since_raised, last)
-            elif now_ms - since >= self.grace_ms or alert.kind == "double_sign":
-                self.active[alert.key] = (alert, since, now_ms)
-                log.warning("ALERT %s: %s", alert.kind, alert.message)
-                raised.append(alert)
-        del self.history[:-100]
-        return raised
+            key = incident_key(alert)
+            if key in seen:
+                continue  # one incident per key; the first condition describes it
+            seen.add(key)
+            incident = self.incidents.get(key)
+            if incident is None:
+                incident = self.incidents[key] = _Incident(alert, now_ms, now_ms)
+            incident.alert, incident.last_seen_ms = alert, now_ms
+            if incident.raised_ms is None:
+                if now_ms - incident.since_ms >= self.grace_ms or alert.kind == "double_sign":
+                    incident.raised_ms = incident.last_logged_ms = now_ms
+                    event = AlertEvent(RAISED, alert, incident.since_ms, now_ms)
+                    self.raised_total[alert.kind] = self.raised_total.get(alert.kind, 0) + 1
+                    log.warning("ALERT %s: %s", alert.kind, alert.message, extra={"fields": event.fields()})
+                    raised.append(event)
+            elif now_ms - incident.last_logged_ms >= ALERT_REPEAT_MS:
+                log.warning("ALERT still active: %s: %s", alert.kind, alert.message)
+                incident.last_logged_ms = now_ms
+        cleared: list[AlertEvent] = []
+        for key, incident in list(self.incidents.items()):
+            if key in seen:
+                continue
+            if incident.raised_ms is None:
+                del self.incidents[key]  # gone before it lasted the grace: never raised
+            elif now_ms - incident.last_seen_ms >= self.clear_hold_ms:
+                del self.incidents[key]
+                cleared.append(self._clear(incident, now_ms))
+        return raised + cleared
+
+    def _clear(self, incident: _Incident, now_ms: int) -> AlertEvent:
+        alert = incident.alert
+        event = AlertEvent(CLEARED, alert, incident.since_ms, now_ms, ended_ms=incident.last_seen_ms)
+        self.cleared_total[alert.kind] = self.cleared_total.get(alert.kind, 0) + 1
+        log.warning("alert cleared: %s (%s) after %.1f s", alert.kind, alert.subject, event.duration_s or 0.0,
+                    extra={"fields": event.fields()})
+        self.history.append({"kind": alert.kind, "subject": alert.subject, "message": alert.message,
+                             "since_ms": incident.since_ms, "raised_ms": incident.raised_ms,
+                             "ended_ms": incident.last_seen_ms, "cleared_ms": now_ms,
+                             "duration_s": event.duration_s})
+        del self.history[:-ALERT_HISTORY]
+        return event
+
+    def active(self) -> list[_Incident]:
+        return [i for i in self.incidents.values() if i.raised_ms is not None]
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [{"kind": a.kind, "message": a.message, "subject": a.subject, "since_ms": since,
-                 "details": a.details} for a, since, _ in self.active.values()]
+        """The active (raised, not yet cleared) alerts: ``since_ms`` when the condition was first
+        seen, ``raised_ms`` when it was raised, ``last_seen_ms`` when it was last seen (older
+        than now while the clear hold runs)."""
+        return [{"kind": i.alert.kind, "message": i.alert.message, "subject": i.alert.subject,
+                 "since_ms": i.since_ms, "raised_ms": i.raised_ms, "last_seen_ms": i.last_seen_ms,
+                 "details": i.alert.details} for i in self.active()]
+
+    def recent(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` most recently cleared alerts, newest first."""
+        return self.history[::-1][:n]

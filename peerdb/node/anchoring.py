@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -26,8 +27,8 @@ import trio
 from ..anchor.errors import AnchorProofError, BitcoinRPCError, BitcoinUnavailable
 from ..anchor.planner import AnchorItem, AnchorPolicy
 from ..anchor.proof import AnchorProof, verify_anchor_proof
-from ..anchor.rpc import BitcoinRPC
-from ..anchor.service import AnchorService, AnchorServiceConfig
+from ..anchor.rpc import AnchorMaterial, BitcoinRPC, PublishedAnchor, TxStatus
+from ..anchor.service import AnchorRPC, AnchorService, AnchorServiceConfig
 from ..core.consortium import Consortium, Params
 from ..core.errors import DecodeError, ValidationError
 from .alerts import Alert
@@ -101,8 +102,33 @@ class AnchorBook:
         self.record(good, share=False)
 
 
+class CostedRPC:
+    """The Bitcoin RPC as the anchor service uses it, telling ``on_published`` the fee of each
+    anchor transaction published (the metrics' fee spent). Runs in the service's worker thread."""
+
+    def __init__(self, rpc: AnchorRPC, on_published: Callable[[int], None]) -> None:
+        self.rpc = rpc
+        self.on_published = on_published
+
+    def publish_anchor(self, payload: bytes, *, max_fee_sat: int,
+                       fee_rate_sat_vb: Decimal | None = None) -> PublishedAnchor:
+        published = self.rpc.publish_anchor(payload, max_fee_sat=max_fee_sat, fee_rate_sat_vb=fee_rate_sat_vb)
+        self.on_published(published.fee_sat)
+        return published
+
+    def tx_status(self, tx_id: str) -> TxStatus:
+        return self.rpc.tx_status(tx_id)
+
+    def abandon_transaction(self, tx_id: str) -> None:
+        self.rpc.abandon_transaction(tx_id)
+
+    def anchor_material(self, tx_id: str, depth: int) -> AnchorMaterial:
+        return self.rpc.anchor_material(tx_id, depth)
+
+
 class NodeAnchoring:
-    def __init__(self, service: NodeService, cfg: NodeConfig, consortium: Consortium) -> None:
+    def __init__(self, service: NodeService, cfg: NodeConfig, consortium: Consortium,
+                 on_published: Callable[[int], None] | None = None) -> None:
         assert cfg.bitcoin is not None  # the daemon builds this only with a [bitcoin] section
         self.service = service
         self.engine = service.engine
@@ -115,8 +141,8 @@ class NodeAnchoring:
         self.book = AnchorBook(self.engine, check_pow=cfg.bitcoin.check_pow, rpc=self.rpc)
         policy = AnchorPolicy(interval_ms=0, interval_blocks=None, confirmations=self.confirmations,
                               max_fee_sat=cfg.bitcoin.fee_budget_sat)
-        self.anchor_service = AnchorService(self.rpc, self, AnchorServiceConfig(policy=policy),
-                                            clock=service.clock_ms)
+        rpc: AnchorRPC = self.rpc if on_published is None else CostedRPC(self.rpc, on_published)
+        self.anchor_service = AnchorService(rpc, self, AnchorServiceConfig(policy=policy), clock=service.clock_ms)
         self.handed_over: set[bytes] = set()
         self.last_duty_interval = -1
 

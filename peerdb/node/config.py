@@ -62,6 +62,12 @@ class NodeConfig:
     idle_block_s: int = 60
     """With nothing to propose, an empty block only after this many seconds without a block
     (0: every heartbeat). Liveness shows in the status gossip and connections meanwhile."""
+    log_format: str = "text"
+    """``text`` (one line per event) or ``json`` (one JSON object per line, the same fields)."""
+    metrics_listen: str | None = None
+    """``host:port`` of the Prometheus metrics and health endpoints (no token); None: off."""
+    api_read_token: str | None = None
+    """A second API token that may only read (GET): for the explorer page and dashboards."""
 
     def load_consortium(self) -> Consortium:
         consortium = load_consortium(self.consortium_file)
@@ -130,7 +136,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read node config ({exc})") from None
     base = path.parent
-    allowed = {"node", "api", "bitcoin", "alerts"}
+    allowed = {"node", "api", "bitcoin", "alerts", "metrics", "log"}
     if set(data) - allowed:
         raise ConfigError(f"{path}: unknown section(s) {sorted(set(data) - allowed)}")
     node = data.get("node")
@@ -145,8 +151,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
     if listen is not None:
         parse_address(listen, "node.listen")
     api = data.get("api", {})
-    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file"}:
-        raise ConfigError(f"{path}: [api] must have only listen, token or token_file")
+    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file", "read_token", "read_token_file"}:
+        raise ConfigError(f"{path}: [api] must have only listen, token, token_file, read_token or read_token_file")
     api_listen = _get(api, "listen", str, "api", "127.0.0.1:0")
     parse_address(api_listen, "api.listen")
     token = _get(api, "token", str, "api", None)
@@ -158,6 +164,28 @@ def load_node_config(path: str | Path) -> NodeConfig:
             raise ConfigError(f"{path}: api.token_file: {exc}") from None
     if not token or len(token) < 16:
         raise ConfigError(f"{path}: api.token (or api.token_file) must give a bearer token of at least 16 characters")
+    read_token = _get(api, "read_token", str, "api", None)
+    read_token_file = _get(api, "read_token_file", str, "api", None)
+    if read_token is None and read_token_file is not None:
+        try:
+            read_token = (base / read_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: api.read_token_file: {exc}") from None
+    if read_token is not None and (len(read_token) < 16 or read_token == token):
+        raise ConfigError(f"{path}: api.read_token (or api.read_token_file) must be at least 16 characters and "
+                          "differ from api.token")
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict) or set(metrics) - {"listen"}:
+        raise ConfigError(f"{path}: [metrics] must have only listen")
+    metrics_listen = _get(metrics, "listen", str, "metrics", None)
+    if metrics_listen is not None:
+        parse_address(metrics_listen, "metrics.listen")
+    log_table = data.get("log", {})
+    if not isinstance(log_table, dict) or set(log_table) - {"format"}:
+        raise ConfigError(f"{path}: [log] must have only format")
+    log_format = _get(log_table, "format", str, "log", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"{path}: log.format must be \"text\" or \"json\", got {log_format!r}")
     bitcoin = None
     btc = data.get("bitcoin")
     if btc is not None:
@@ -201,4 +229,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         sync=_get(node, "sync", bool, "node", True),
         log_level=level,
         idle_block_s=idle_block_s,
+        log_format=log_format,
+        metrics_listen=metrics_listen,
+        api_read_token=read_token,
     )

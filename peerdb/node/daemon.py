@@ -28,9 +28,11 @@ from ..net.certs import certificate_public_key, member_certificate
 from ..net.peers import PeerNetwork
 from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
-from .alerts import Alert
+from .alerts import AlertEvent
 from .anchoring import AnchorBook, NodeAnchoring
 from .http import Api
+from .http.monitor import MonitorApp
+from .metrics import NodeMetrics
 from .config import NodeConfig, load_node_config
 from .engine import Engine
 from .service import NodeService, wall_clock_ms
@@ -52,9 +54,32 @@ class _JsonishFormatter(logging.Formatter):
         return text.replace("\n", " | ")
 
 
-def setup_logging(level: str, member: str) -> None:
+class JsonLogFormatter(logging.Formatter):
+    """``[log] format = "json"``: one JSON object per line with the text line's fields (``time``,
+    ``level``, ``member``, ``component``, ``message``), plus the ``fields`` a log call passes in
+    ``extra`` (an alert's event, kind, subject, duration) and ``error`` with a traceback."""
+
+    def __init__(self, member: str) -> None:
+        super().__init__()
+        self.member = member
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname, "member": self.member,
+                                "component": record.name, "message": record.getMessage()}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update({k: v for k, v in fields.items() if k not in line})
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup_logging(level: str, member: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonishFormatter(f"%(asctime)s %(levelname)s {member} %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter(member))
+    else:
+        handler.setFormatter(_JsonishFormatter(f"%(asctime)s %(levelname)s {member} %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -88,9 +113,20 @@ async def _dump_on_usr1() -> None:
                 log.warning("task: %s", line)
 
 
+def http_config(listen: str) -> HypercornConfig:
+    """Hypercorn's settings for one of the node's HTTP listeners (the API, the metrics)."""
+    hconfig = HypercornConfig()
+    hconfig.bind = [listen]
+    hconfig.accesslog = None
+    hconfig.backlog = API_BACKLOG
+    hconfig.keep_alive_timeout = API_KEEP_ALIVE_S
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    return hconfig
+
+
 def run_daemon(config_path: str, *, accept_restored: bool = False) -> None:
     cfg = load_node_config(config_path)
-    setup_logging(cfg.log_level, cfg.member)
+    setup_logging(cfg.log_level, cfg.member, cfg.log_format)
     consortium = cfg.load_consortium()
     keys = cfg.load_keys(consortium)
     try:
@@ -182,9 +218,15 @@ def check_keys(cfg: NodeConfig, engine: Engine) -> None:
         log.error("%s", problem)
 
 
-async def alert_sink(cfg: NodeConfig) -> Callable[[Alert], Any]:
-    async def send(alert: Alert) -> None:
-        payload = {"member": cfg.member, "kind": alert.kind, "message": alert.message, "subject": alert.subject}
+def alert_payload(member: str, event: AlertEvent) -> dict[str, Any]:
+    """What the webhook and the command receive: the member, the alert (kind, message, subject)
+    and the event (``raised`` or ``cleared``, when, and for ``cleared`` how long it lasted)."""
+    return {"member": member, **event.fields()}
+
+
+async def alert_sink(cfg: NodeConfig) -> Callable[[AlertEvent], Any]:
+    async def send(event: AlertEvent) -> None:
+        payload = alert_payload(cfg.member, event)
         if cfg.alert_webhook:
             import httpx
             try:
@@ -227,26 +269,29 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
         network = PeerNetwork(cfg.member, {m.name for m in trusted} | {cfg.member}, cid, transport)
         extras: dict[str, Callable[[], Any]] = {}
         service = NodeService(engine, network, offload=True, on_alert=await alert_sink(cfg))
+        metrics = NodeMetrics() if cfg.metrics_listen else None
+        if metrics is not None:
+            store.on_commit = metrics.observe_commit
 
         def follow_members(pairs: tuple[tuple[str, bytes], ...]) -> None:
             transport.set_members(trust_list(pairs), engine.transport_key().seed, other_seeds)
         service.on_members = follow_members
         anchoring = None
         if cfg.bitcoin is not None:
-            anchoring = NodeAnchoring(service, cfg, consortium)
+            anchoring = NodeAnchoring(service, cfg, consortium,
+                                      on_published=metrics.published if metrics is not None else None)
             extras["anchoring"] = anchoring.status_dict
             service.anchor_handler = anchoring.book.on_anchor_message
             service.extra_status = anchoring.alert_conditions
         else:
             log.warning("no [bitcoin] section: this member verifies anchor proofs offline and anchors nothing")
             service.anchor_handler = AnchorBook(engine, check_pow=False, rpc=None).on_anchor_message
-        api = Api(service, cfg.api_token, cfg.load_client_key(), extras)
-        hconfig = HypercornConfig()
-        hconfig.bind = [cfg.api_listen]
-        hconfig.accesslog = None
-        hconfig.backlog = API_BACKLOG
-        hconfig.keep_alive_timeout = API_KEEP_ALIVE_S
-        hconfig.errorlog = logging.getLogger("hypercorn.error")
+        anchor_status = anchoring.anchor_service.status if anchoring is not None else None
+        if metrics is not None:
+            metrics.anchor_status = anchor_status
+        api = Api(service, cfg.api_token, cfg.load_client_key(), extras, read_token=cfg.api_read_token,
+                  anchor_status=anchor_status)
+        hconfig = http_config(cfg.api_listen)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_dump_on_usr1)
@@ -255,7 +300,14 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
                 await nursery.start(anchoring.run)
             serve_api = functools.partial(hypercorn_serve, api, hconfig, shutdown_trigger=stop.wait)
             bound = await nursery.start(serve_api)
-            log.info("client API listening on %s", bound if bound else cfg.api_listen)
+            log.info("client API listening on %s (explorer: http://%s/explorer)", bound if bound else cfg.api_listen,
+                     cfg.api_listen)
+            if metrics is not None and cfg.metrics_listen is not None:
+                monitor = MonitorApp(service, metrics, engine.params)
+                serve_monitor = functools.partial(hypercorn_serve, monitor, http_config(cfg.metrics_listen),
+                                                  shutdown_trigger=stop.wait)
+                await nursery.start(serve_monitor)
+                log.info("metrics on http://%s/metrics, health on /healthz and /readyz", cfg.metrics_listen)
             task_status.started(service)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

@@ -39,6 +39,7 @@ from ..store import Store
 from .alerts import Alert, chain_alerts, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
 from .chainkeeper import ChainKeeper
+from .counters import EngineCounters, Reorg
 from .identity import Identity, network_members, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .messages import (
@@ -121,6 +122,8 @@ class Engine:
         """Stored items found corrupt when read (for the alert), until a good copy replaces them."""
         self.tip_seen_ms = now_ms
         self.objection_count = 0
+        self.counters = EngineCounters()
+        """Events counted for the metrics (read under the service's lock at scrape time)."""
         self._last_tip = b""
         self._majority_height = -1
         self._guard_refusal_logged = False
@@ -267,7 +270,10 @@ class Engine:
         return signed_by_some_key(self.gov, member, check)
 
     def _tree_sign(self, block_hash: bytes, member: str) -> bool:
-        return self.chain.sign(block_hash, member)
+        added = self.chain.sign(block_hash, member)
+        if added:
+            self.counters.signed(member)
+        return added
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -468,6 +474,7 @@ class Engine:
             self._applied([block.hash], [], result.returned_txs if result else [])
         if cosign is not None:
             self.tree.add_signature(block.hash, self.me)
+            self.counters.signed(self.me)
             self._send(SigsMsg((cosign,)))
         log.debug("stored block %d round %d by %s (%d txs) %s", block.height, block.header.round,
                   block.header.proposer, len(block.txs), block.hash.hex()[:16])
@@ -490,10 +497,13 @@ class Engine:
     def _sync_head(self, now_ms: int) -> None:
         """Make the store's head follow the tree's best tip (reorg if needed)."""
         tip = self.tree.best_tip
-        if self.store.head().hash == tip.hash:
+        old_tip = self.store.head().hash
+        if old_tip == tip.hash:
             return
         result = self.store.set_head(tip.hash, self.effects_cache)
         if result.rolled_back:
+            self.counters.reorganised(Reorg(now_ms, tip.height - len(result.applied), len(result.rolled_back),
+                                            len(result.applied), old_tip, tip.hash, len(result.returned_txs)))
             log.warning("reorg: rolled back %d blocks, applied %d; new tip %d %s; %d txs back to the pool",
                         len(result.rolled_back), len(result.applied), tip.height, tip.hash.hex()[:16],
                         len(result.returned_txs))
@@ -501,9 +511,11 @@ class Engine:
         self._follow_tip()
 
     def _applied(self, applied: Sequence[bytes], rolled_back: Sequence[bytes], returned: Sequence[Tx]) -> None:
+        self.counters.blocks_applied += len(applied)
         for block_hash in applied:
             block = self.recent_blocks.get(block_hash) or self.store.block(block_hash)
             if block is not None:
+                self.counters.txs_applied += len(block.txs)
                 for tx in block.txs:
                     self.mempool.drop(tx.txid)
         for tx in returned:
@@ -539,6 +551,7 @@ class Engine:
             return
         self._guard_refusal_logged = False
         self.tree.add_signature(tip.hash, self.me)
+        self.counters.signed(self.me)
         self._send(SigsMsg((sig,)))
         self._sync_head(now_ms)
 
@@ -560,6 +573,7 @@ class Engine:
         objection = Objection.create(key, self.cid, self.me, block_hash, reason)
         self.store.add_objection(objection)
         self.objection_count += 1
+        self.counters.objected(self.me)
         self._send(ObjectionMsg(objection))
 
     # --- signatures and evidence ----------------------------------------------------------------
@@ -671,6 +685,7 @@ class Engine:
             log.warning("rejected objection from %s: bad signature or unknown member %s", peer, obj.member)
             return
         if self.store.add_objection(obj):
+            self.counters.objected(obj.member)
             log.warning("objection by %s to block %s: %s", obj.member, obj.block_hash.hex()[:16], obj.reason)
 
     # --- transactions (admission rules: peerdb.node.mempool) -------------------------------------

@@ -15,6 +15,7 @@ as a whole with :class:`MempoolFull` rather than take part of it.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +44,12 @@ class SubmitResult:
 class Mempool:
     """Pending transactions in arrival order (the order a proposer offers them to a block)."""
 
-    def __init__(self, max_txs: int = DEFAULT_MEMPOOL_TXS) -> None:
+    def __init__(self, max_txs: int = DEFAULT_MEMPOOL_TXS, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_txs = max_txs
         self._txs: OrderedDict[bytes, Tx] = OrderedDict()
+        self._clock = clock
+        self._arrived: dict[bytes, float] = {}
+        """Txid -> when it entered the pool (``clock`` seconds), for :meth:`oldest_age`."""
         self.by_raw: dict[bytes, Tx] = {}
         """Encoded transaction -> object, so a block body carrying pool transactions is not parsed again."""
 
@@ -71,11 +75,20 @@ class Mempool:
         if tx.txid not in self._txs:
             self._txs[tx.txid] = tx
             self.by_raw[tx.raw] = tx
+            self._arrived[tx.txid] = self._clock()
 
     def drop(self, txid: bytes) -> None:
         tx = self._txs.pop(txid, None)
         if tx is not None:
             self.by_raw.pop(tx.raw, None)
+            self._arrived.pop(txid, None)
+
+    def oldest_age(self) -> float:
+        """Seconds the longest-waiting transaction has been in the pool (0 when it is empty).
+        Transactions leave in blocks roughly in arrival order, so this is how far the pool lags."""
+        for txid in self._txs:
+            return max(0.0, self._clock() - self._arrived[txid])
+        return 0.0
 
     @property
     def room(self) -> int:

@@ -36,10 +36,10 @@ from ..core.errors import CorruptionError, LocalError, ProtocolError
 from ..core.membership import ConsortiumState
 from ..core.model import Header
 from ..net.inbox import FairInbox
-from .alerts import Alert, AlertBook
+from .alerts import Alert, AlertBook, AlertEvent
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, SigsMsg, TxsMsg, from_wire, to_wire
+from .messages import AnchorMsg, Message, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
@@ -148,7 +148,7 @@ class EngineView:
 
 class NodeService:
     def __init__(self, engine: Engine, network: Network, *, clock_ms: Callable[[], int] = wall_clock_ms,
-                 offload: bool = True, on_alert: Callable[[Alert], Awaitable[None]] | None = None,
+                 offload: bool = True, on_alert: Callable[[AlertEvent], Awaitable[None]] | None = None,
                  extra_status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.engine = engine
         self.network = network
@@ -172,6 +172,10 @@ class NodeService:
         self._current_seen: object = None
         self._members_seen: tuple[tuple[str, bytes], ...] = ()
         self._key_problem_seen: str | None = None
+        self.loop_turned: dict[str, float] = {}
+        """Periodic loop -> trio time it last went round (``/healthz``: the loops turn)."""
+        self.peer_heights: dict[str, int] = {}
+        """Member -> the tip height its latest status message advertised (``/readyz``: caught up)."""
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -285,6 +289,8 @@ class NodeService:
                         continue
                     finally:
                         await trio.lowlevel.checkpoint()
+                if isinstance(msg, StatusMsg):
+                    self.peer_heights[peer] = msg.height
                 if size > INBOX_BATCH_BYTES and isinstance(msg, _SLICEABLE):
                     msg = self._slice(peer, msg, size)
                 if isinstance(msg, AnchorMsg):
@@ -317,6 +323,7 @@ class NodeService:
 
     async def _turn_loop(self) -> None:
         while True:
+            self.loop_turned["turn"] = trio.current_time()
             now = self.clock_ms()
             if await self.read(self.engine.proposal_due, now):  # inline: no thread hop when idle
                 await self.call(self.engine.maybe_propose, now)
@@ -325,6 +332,7 @@ class NodeService:
 
     async def _status_loop(self) -> None:
         while True:
+            self.loop_turned["status"] = trio.current_time()
             await trio.sleep(self.view.params.heartbeat_ms / 1000)  # governance may change it
             status = await self.read(self.engine.status_message)
             self.network.broadcast(to_wire(status))
@@ -334,12 +342,13 @@ class NodeService:
     async def _alert_loop(self) -> None:
         async with trio.open_nursery() as hooks:
             while True:
+                self.loop_turned["alert"] = trio.current_time()
                 await trio.sleep(self.view.params.heartbeat_ms / 1000)
                 now = self.clock_ms()
                 conditions = await self.read(self._alert_conditions, now)
-                for alert in self.alerts.update(conditions, now):
+                for event in self.alerts.update(conditions, now):
                     if self.on_alert is not None:
-                        hooks.start_soon(self._deliver_alert, alert)
+                        hooks.start_soon(self._deliver_alert, event)
 
     def _alert_conditions(self, now_ms: int) -> list[Alert]:
         """Every alert condition, read under the lock (the anchoring part reads the tree too)."""
@@ -348,15 +357,15 @@ class NodeService:
             conditions.extend(self.extra_status().get("alerts", []))
         return conditions
 
-    async def _deliver_alert(self, alert: Alert) -> None:
+    async def _deliver_alert(self, event: AlertEvent) -> None:
         """A webhook or command that hangs must not hold up later alerts: each delivery runs on
         its own and is abandoned after ALERT_HOOK_TIMEOUT_S."""
         assert self.on_alert is not None
         with trio.move_on_after(ALERT_HOOK_TIMEOUT_S) as scope:
-            await self.on_alert(alert)
+            await self.on_alert(event)
         if scope.cancelled_caught:
-            log.warning("alert hook for %s (%s) did not finish within %d s; abandoned", alert.kind,
-                        alert.subject, ALERT_HOOK_TIMEOUT_S)
+            log.warning("alert hook for %s %s (%s) did not finish within %d s; abandoned", event.kind,
+                        event.event, event.subject, ALERT_HOOK_TIMEOUT_S)
 
     # --- client operations ---------------------------------------------------------------------
 

@@ -222,6 +222,25 @@ class StoreQueries:
         with self._read() as txn:
             return {txid for txid in txids if txn.get(txid, db=self._t.txindex) is not None}
 
+    def ids_with_prefix(self, kind: str, prefix: str, limit: int) -> list[bytes]:
+        """Up to ``limit`` ids whose hex starts with ``prefix`` (lowercase hex): ``kind`` is
+        ``block`` (every stored block, of any branch) or ``tx`` (transactions on the best
+        chain). One short read; the API resolves id prefixes with it."""
+        db = {"block": self._t.headers, "tx": self._t.txindex}[kind]
+        start = bytes.fromhex(prefix[:len(prefix) // 2 * 2])
+        out: list[bytes] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=db)
+            positioned = cursor.set_range(start)
+            while positioned and len(out) < limit:
+                key = cursor.key()
+                if not key.startswith(start):
+                    break
+                if key.hex().startswith(prefix):
+                    out.append(key)
+                positioned = cursor.next()
+        return out
+
     def tx_location(self, txid: bytes) -> TxLocation | None:
         """Where a transaction is on the best chain (None if it is not)."""
         with self._read() as txn:

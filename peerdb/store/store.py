@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,17 @@ class Store(StoreQueries):
         self._head = head
         self._write_lock = threading.Lock()
         self._batch: tuple[int, Txn] | None = None
+        self.on_commit: Callable[[float], None] | None = None
+        """Called with the seconds each durable commit took (its fsync, with ``sync``): the
+        node's metrics set it; it runs in the writing thread, so it must be thread-safe."""
+
+    def _commit(self, txn: Txn) -> None:
+        if self.on_commit is None:
+            txn.commit()
+            return
+        start = time.perf_counter()
+        txn.commit()
+        self.on_commit(time.perf_counter() - start)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], consortium: Consortium, member: str, *, sync: bool = True,
@@ -184,7 +196,7 @@ class Store(StoreQueries):
                 txn.abort()
                 raise
             self._batch = None
-            txn.commit()
+            self._commit(txn)
 
     def _batch_txn_here(self) -> Txn | None:
         batch = self._batch
@@ -219,7 +231,7 @@ class Store(StoreQueries):
             except BaseException:
                 txn.abort()
                 raise
-            txn.commit()
+            self._commit(txn)
             self._head = head
 
     # --- blocks --------------------------------------------------------------------------

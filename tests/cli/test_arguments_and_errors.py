@@ -88,6 +88,7 @@ def test_the_command_list_is_the_documented_one() -> None:
     assert {" ".join(p) for p in LEAVES} == {
         "demo", "keygen", "consortium init", "node run", "node check", "put", "delete", "get", "history", "propose", "status",
         "blocks list", "blocks show", "evidence list", "evidence show", "anchors list", "anchors show",
+        "forks", "objections", "tx",
         "audit export", "audit verify", "audit diff",
         "governance propose", "governance vote", "governance list", "governance show"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.governance import body_for, read_certificate
+from cli.governance import body_for, describe_change, read_certificate
 from cli.main import main
 from peerdb.net.certs import certificate_name, certificate_public_key
 
@@ -63,3 +63,19 @@ def test_keygen_with_a_name_writes_the_certificate_that_add_and_rotate_need(tmp_
     assert again.exit_code == 5  # never overwrites a key (or its certificate) without --force
     client = runner.invoke(main, ["keygen", "--kind", "client", "--out", str(tmp_path / "c.key"), "--name", "x"])
     assert client.exit_code == 2 and "only member keys" in client.output
+
+
+def test_governance_show_describes_each_kind_of_change_in_words() -> None:
+    key = "ab" * 32
+    assert describe_change("add_member", ["firm-e", key, "10.0.0.5:7400", ["cd" * 32], "3082", None]) == \
+        "add member firm-e (key abababababababab..., address 10.0.0.5:7400, 1 client key(s), certificate given)"
+    assert describe_change("remove_members", ["firm-c", "firm-d"]) == "remove firm-c, firm-d"
+    assert describe_change("rotate_key", ["firm-b", key, None]) == \
+        "rotate firm-b's member key to abababababababab... (NO certificate)"
+    assert describe_change("update_member", ["firm-b", "10.0.0.6:7400", [], None, "10.0.0.6:8400"]) == \
+        "update firm-b: address 10.0.0.6:7400, 0 client key(s), API 10.0.0.6:8400"
+    assert describe_change("set_params", [["heartbeat_ms", 2000], ["max_block_txs", 5]]) == \
+        "set heartbeat_ms = 2000, max_block_txs = 5"
+    assert describe_change("set_namespace", ["deals", ["firm-a"], ["firm-a", "firm-b"], True]) == \
+        "namespace deals: writers firm-a; readers firm-a, firm-b; private (encrypted for its readers)"
+    assert describe_change("future_kind", [1, 2]) == "[1, 2]"  # a newer node's kind: shown as given

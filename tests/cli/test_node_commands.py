@@ -255,6 +255,7 @@ def test_blocks_list_text_and_json(node: NodeProcess) -> None:
         fields = line.split()
         assert fields[:3] == [str(b["height"]), b["hash"][:16], "firm-a"]
         assert fields[3:6] == [str(b["tx_count"]), "txs", b["status"]] and fields[6] == "firm-a"
+        assert fields[7:9] == ["round", str(b["round"])]
     default = ok_json(cli(node, "blocks", "list", "--json"))
     assert default["blocks"][-1]["height"] == default["tip"] and len(default["blocks"]) <= 20
 
@@ -294,7 +295,9 @@ def test_evidence_list_and_show(node: NodeProcess) -> None:
 def test_anchors_list(node: NodeProcess) -> None:
     answer = ok_json(cli(node, "anchors", "list", "--json"))
     assert answer == {"anchoring": None, "anchored_height": 0}  # no [bitcoin] section in this config
-    assert '"anchored_height": 0' in ok(cli(node, "anchors", "list"))
+    assert ok(cli(node, "anchors", "list")) == (
+        "anchored height: 0\nthis node does not anchor (no [bitcoin] section); it verifies the anchor proofs "
+        "other members send\n")
 
 
 def test_anchors_show(node: NodeProcess) -> None:
@@ -306,8 +309,63 @@ def test_anchors_show(node: NodeProcess) -> None:
     assert answer["anchored"] is False and answer["proof"] is None
     assert ok_json(cli(node, "anchors", "show", block["hash"], "--json")) == answer
     assert block["hash"] in ok(cli(node, "anchors", "show", "1"))
+    text = ok(cli(node, "anchors", "show", block["hash"][:10]))
+    assert text == f"block 1 {block['hash']}\n  not anchored yet: no Bitcoin transaction covers it (see `peerdb " \
+                   "anchors list`)\n"
+    assert not text.lstrip().startswith("{")
     bad = cli(node, "anchors", "show", "not-a-block")
     assert bad.exit_code == exitcodes.REJECTED and "node refused" in bad.stderr
+
+
+# --- forks, objections, transactions, id prefixes ------------------------------------------------------
+
+def test_blocks_show_by_hash_prefix(node: NodeProcess) -> None:
+    block = ok_json(cli(node, "blocks", "show", "2", "--json"))
+    assert ok_json(cli(node, "blocks", "show", block["hash"][:8], "--json")) == block
+    short = cli(node, "blocks", "show", "abc")
+    assert short.exit_code == exitcodes.REJECTED and "at least 4 hex digits" in short.stderr
+
+
+def test_tx_by_prefix_says_where_it_is_and_which_views_it_reached(node: NodeProcess) -> None:
+    txid = put(node, "books", "tx-probe", "x")["accepted"][0]
+    full = ok_json(cli(node, "tx", txid, "--json"))
+    assert full["txid"] == txid and full["status"] in ("majority", "unanimous_signed")
+    assert full["views"]["tentative"] is True and full["views"]["majority"] is True
+    assert full["views"]["unanimous"] is False and full["anchored"] is False
+    block = ok_json(cli(node, "blocks", "show", str(full["height"]), "--json"))
+    assert full["block"] == block["hash"] and full["round"] == block["round"]
+    assert [t["txid"] for t in block["txs"]][full["index"]] == txid
+    assert ok_json(cli(node, "tx", txid[:8], "--json")) == full
+    text = ok(cli(node, "tx", txid[:8]))
+    assert text.startswith(f"transaction {txid}\n  in block {full['height']} {full['block']} (round {full['round']}, "
+                           "proposed by firm-a)")
+    assert "views reached: tentative, majority" in text and "not anchored yet" in text
+    unknown = cli(node, "tx", "00" * 32)
+    assert unknown.exit_code == exitcodes.REJECTED and "neither pending nor on the best chain" in unknown.stderr
+    bad = cli(node, "tx", "xyz1")
+    assert bad.exit_code == exitcodes.REJECTED and "not a hex id" in bad.stderr
+
+
+def test_forks_and_objections_on_a_quiet_chain(node: NodeProcess) -> None:
+    forks = ok_json(cli(node, "forks", "--json"))
+    assert forks["side_branches"] == [] and forks["refused"] == [] and forks["reorgs"] == []
+    assert forks["height"] >= 1 and HEX64.match(forks["tip"])
+    text = ok(cli(node, "forks"))
+    assert re.match(r"best chain: tip \d+ [0-9a-f]{16}, weight \d+ signatures; final \(settled\) height \d+\n", text)
+    assert "no side branch: every block this node holds is on its best chain" in text
+    assert ok(cli(node, "objections")) == "(no objections)\n"
+    assert ok_json(cli(node, "objections", "--json")) == {"objections": []}
+
+
+def test_governance_show_by_prefix_in_words(node: NodeProcess) -> None:
+    answer = ok_json(cli(node, "governance", "propose", "namespace", "--namespace", "cli-probe", "--writer", "*", "--reader", "*",
+                         "--note", "a probe", "--wait", "majority", "--json"))
+    pid = answer["proposal"]
+    shown = ok_json(cli(node, "governance", "show", pid[:8], "--json"))
+    assert shown["id"] == pid and shown["kind"] == "set_namespace"
+    text = ok(cli(node, "governance", "show", pid[:8]))
+    assert f"proposal {pid}\n" in text
+    assert "change: namespace cli-probe: writers everyone; readers everyone\n" in text
 
 
 # --- audit -----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""The daemon's alert sink (peerdb/node/daemon.py ``alert_sink``): a raised alert reaches the
-configured command (JSON on its stdin) and webhook (a JSON POST); an unreachable webhook is
-logged, never raised; and a hook that hangs does not hold up later alerts in the service's
-alert loop, because an operator relies on the next alert arriving.
+"""The daemon's alert sink (peerdb/node/daemon.py ``alert_sink``): a raised or cleared alert
+reaches the configured command (JSON on its stdin) and webhook (a JSON POST); an unreachable
+webhook is logged, never raised; and a hook that hangs does not hold up later alerts in the
+service's alert loop, because an operator relies on the next alert arriving.
 """
 
 from __future__ import annotations
@@ -17,14 +17,17 @@ import pytest
 import trio
 import trio.testing
 
-from peerdb.node.alerts import Alert
+from peerdb.node.alerts import Alert, AlertEvent
 from peerdb.node.config import NodeConfig, load_node_config
 from peerdb.node.daemon import alert_sink
 from peerdb.setup_files import init_consortium
 from tests.helpers.node_harness import Cluster
 
-ALERT = Alert("peer_down", "peer firm-b is not connected", subject="firm-b")
-PAYLOAD = {"member": "firm-a", "kind": "peer_down", "message": "peer firm-b is not connected", "subject": "firm-b"}
+ALERT = AlertEvent("raised", Alert("peer_down", "peer firm-b is not connected", subject="firm-b"),
+                   since_ms=1_000, at_ms=4_000)
+PAYLOAD = {"member": "firm-a", "kind": "peer_down", "message": "peer firm-b is not connected", "subject": "firm-b",
+           "event": "raised", "since_ms": 1_000, "at_ms": 4_000}
+CLEARED = AlertEvent("cleared", ALERT.alert, since_ms=1_000, at_ms=70_000, ended_ms=40_000)
 
 
 def node_config(tmp_path: Path, **changes: Any) -> NodeConfig:
@@ -38,6 +41,15 @@ async def test_alert_command_gets_the_alert_as_json_on_stdin(tmp_path: Path) -> 
     with trio.fail_after(30):
         await send(ALERT)
     assert json.loads(out.read_text()) == PAYLOAD
+
+
+async def test_alert_command_hears_the_clearing_with_its_duration(tmp_path: Path) -> None:
+    out = tmp_path / "alert.json"
+    send = await alert_sink(node_config(tmp_path, alert_command=f"cat > '{out}'"))
+    with trio.fail_after(30):
+        await send(CLEARED)
+    assert json.loads(out.read_text()) == {**PAYLOAD, "event": "cleared", "at_ms": 70_000, "ended_ms": 40_000,
+                                           "duration_s": 39.0}
 
 
 async def test_alert_webhook_gets_the_alert_as_json(tmp_path: Path) -> None:
@@ -83,9 +95,9 @@ async def test_unreachable_webhook_is_logged_not_raised(tmp_path: Path, caplog: 
 async def test_a_hanging_alert_hook_does_not_stop_later_alerts(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     cluster = Cluster(tmp_path)
-    hooked: list[Alert] = []
+    hooked: list[AlertEvent] = []
 
-    async def hang(alert: Alert) -> None:
+    async def hang(alert: AlertEvent) -> None:
         hooked.append(alert)
         await trio.sleep_forever()  # a command that never exits
 

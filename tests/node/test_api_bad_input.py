@@ -49,8 +49,9 @@ async def test_the_genesis_block_is_a_block(api: tuple[httpx.AsyncClient, Cluste
 
 @pytest.mark.parametrize("path, code", [
     ("/v1/blocks/" + "1" * 64, 404),             # 64 digits: a hash (of no block), not a height
-    ("/v1/blocks/" + "9" * 30, 400),             # a height beyond any 64-bit height
-    ("/v1/anchors/" + "9" * 30, 400),
+    ("/v1/blocks/" + "9" * 30, 404),             # beyond the tip: read as a hash prefix, of no block
+    ("/v1/anchors/" + "9" * 30, 404),
+    ("/v1/blocks/" + "9" * 65, 400),             # longer than a hash
     ("/v1/blocks?from=" + "9" * 400, 400),
     ("/v1/kv/books/x?at=" + "9" * 400, 400),
     ("/v1/kv/books?limit=-1", 400),

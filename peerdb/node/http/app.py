@@ -22,30 +22,43 @@ from starlette.responses import Response
 
 from ...core.keys import SigningKey
 from ..service import NodeService
-from . import routes_audit, routes_chain, routes_governance, routes_private, routes_read, routes_write
+from ...anchor.planner import AnchorStatus
+from . import explorer, routes_audit, routes_chain, routes_governance, routes_private, routes_read, routes_write
 from .context import ApiContext
 from .errors import error_response
 from .private import PrivateValues
 
 log = logging.getLogger("peerdb.api")
 
-ROUTE_MODULES = (routes_write, routes_read, routes_chain, routes_audit, routes_governance, routes_private)
+ROUTE_MODULES = (routes_write, routes_read, routes_chain, routes_audit, routes_governance, routes_private, explorer)
 """Every route module, each with ``routes(ctx) -> list[Route]``."""
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 """Codes of the router's own answers: no route has the path, or none takes the method."""
 
 
+PUBLIC_PATHS = frozenset({explorer.PAGE_PATH})
+"""Answered without a token: the explorer page holds no data (its script asks for the token and
+reads everything through the API with it)."""
+READ_METHODS = frozenset({"GET", "HEAD"})
+"""What the read token may do."""
+
+
 class Api:
     """The ASGI app hypercorn serves (``Api(service, token, client_key, extras)``).
 
-    ``extras`` are sections the daemon adds to ``GET /v1/status`` (name → function).
+    ``extras`` are sections the daemon adds to ``GET /v1/status`` (name → function);
+    ``read_token`` is a second token that may only read (GET); ``anchor_status`` gives the
+    node's own anchoring state (the explorer shows its anchor transactions in flight).
     """
 
     def __init__(self, service: NodeService, token: str, client_key: SigningKey | None,
-                 extras: dict[str, Callable[[], Any]] | None = None) -> None:
+                 extras: dict[str, Callable[[], Any]] | None = None, *, read_token: str | None = None,
+                 anchor_status: Callable[[], AnchorStatus] | None = None) -> None:
         self.token = token
-        self.context = ApiContext(service, client_key, PrivateValues(service.engine), dict(extras or {}))
+        self.read_token = read_token
+        self.context = ApiContext(service, client_key, PrivateValues(service.engine), dict(extras or {}),
+                                  anchor_status)
         routes = [route for module in ROUTE_MODULES for route in module.routes(self.context)]
         self.app = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_error, Exception: self._server_error})
@@ -62,13 +75,23 @@ class Api:
         log.exception("API error on %s %s", request.method, request.url.path)
         return error_response(500, "internal", f"internal error: {type(exc).__name__}; see the node log")
 
+    def _refusal(self, scope: Any) -> Response | None:
+        """The 401 for a request without the API token (or the read token, for a read)."""
+        if scope.get("path") in PUBLIC_PATHS:
+            return None
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1").encode()
+        if hmac.compare_digest(header, f"Bearer {self.token}".encode()):
+            return None
+        if self.read_token is not None and hmac.compare_digest(header, f"Bearer {self.read_token}".encode()):
+            if scope.get("method") in READ_METHODS:
+                return None
+            return error_response(401, "unauthorized", "the read token only reads (GET); writes need api.token")
+        return error_response(401, "unauthorized", "missing or wrong bearer token (see api.token in the node config)")
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(header.encode(), expected.encode()):
-                response = error_response(401, "unauthorized", "missing or wrong bearer token "
-                                          "(see api.token in the node config)")
+            response = self._refusal(scope)
+            if response is not None:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 from starlette.requests import Request
 
+from ...anchor.planner import AnchorStatus
 from ...core.chain import View
 from ...core.consortium import NAME_RE
 from ...core.errors import ConfigError, RemoteError, ValidationError
@@ -122,6 +123,8 @@ class ApiContext:
     private: PrivateValues
     extras: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
     """Sections the daemon adds to ``GET /v1/status`` (``anchoring``: also ``GET /v1/anchors``)."""
+    anchor_status: Callable[[], AnchorStatus] | None = None
+    """This node's own anchoring state (its anchor transactions in flight), when it anchors."""
 
     @property
     def engine(self) -> Engine:

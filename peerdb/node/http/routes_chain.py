@@ -11,10 +11,10 @@ from starlette.routing import Route
 
 from ...anchor.hashes import sha256d, to_display
 from ...anchor.proof import AnchorProof
-from ...core.chain import BlockTree
 from ...core.model import Block
 from .context import ApiContext, parse_int
 from .errors import ApiError, json_endpoint
+from .refs import block_ref
 from .render import block_summary, tx_json
 from .routes_governance import pending_proposals
 
@@ -22,26 +22,8 @@ BLOCKS_PER_PAGE = 20
 """Blocks ``GET /v1/blocks`` lists without ``from``: the newest screenful."""
 MAX_BLOCKS_PER_PAGE = 500
 """Most blocks one ``GET /v1/blocks`` lists, whatever ``from`` and ``to`` ask."""
-
-
-def block_ref(tree: BlockTree, ref: str, hint: str) -> bytes:
-    """The hash of the block ``ref`` names: the hex hash of a known block (64 hex digits, even
-    if they are all decimal digits), or a height on the best chain; ``hint`` says what to give
-    instead of neither."""
-    if len(ref) == 64:
-        try:
-            block_hash: bytes | None = bytes.fromhex(ref)
-        except ValueError:
-            raise ApiError(400, "bad_parameter", hint) from None
-    elif ref.isascii() and ref.isdigit():
-        height = parse_int(ref, "height")
-        assert height is not None
-        block_hash = tree.best_chain_hash(height)
-    else:
-        raise ApiError(400, "bad_parameter", hint)
-    if block_hash is None or block_hash not in tree:
-        raise ApiError(404, "not_found", f"no block {ref[:80]}")
-    return block_hash
+STATUS_ALERT_HISTORY = 10
+"""Recently cleared alerts ``GET /v1/status`` shows (``GET /v1/alerts`` has the whole history)."""
 
 
 def routes(ctx: ApiContext) -> list[Route]:
@@ -69,7 +51,7 @@ def routes(ctx: ApiContext) -> list[Route]:
 
         def read() -> dict[str, Any]:
             tree = engine.tree
-            block_hash = block_ref(tree, ref, "block: give a height or a hex hash")
+            block_hash = block_ref(engine, ref, "block: give a height, a hex hash or a hash prefix")
             block: Block | None = engine.store.block(block_hash)
             if block is None and tree.header(block_hash).height == 0:
                 block = Block(tree.header(block_hash), ())  # genesis: a header that commits to the consortium
@@ -109,6 +91,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             "governance": {"pending": pending_proposals(engine, now)},
             "peers": {m: service.is_up(m) for m in engine.current.member_names if m != engine.me},
             "alerts": service.alerts.snapshot(),
+            "alert_history": service.alerts.recent(STATUS_ALERT_HISTORY),
             "uptime_s": (now - service.started_ms) / 1000,
         }
         for name, fn in ctx.extras.items():
@@ -119,7 +102,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         return await service.read(status)
 
     async def get_alerts(request: Request) -> Any:
-        return {"active": service.alerts.snapshot(), "cleared": service.alerts.history}
+        return {"active": service.alerts.snapshot(), "cleared": list(service.alerts.history)}
 
     async def get_peers(request: Request) -> Any:
         return {"peers": [{"member": m, "up": service.is_up(m)}
@@ -154,7 +137,7 @@ def routes(ctx: ApiContext) -> list[Route]:
 
         def read() -> dict[str, Any]:
             tree = engine.tree
-            block_hash = block_ref(tree, ref, "anchor: give a block height or hash")
+            block_hash = block_ref(engine, ref, "anchor: give a block height, hash or hash prefix")
             raw = engine.store.anchor(block_hash)
             height = tree.header(block_hash).height
             if raw is None:

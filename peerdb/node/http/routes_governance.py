@@ -57,6 +57,7 @@ from ...core.proposals import (
 from ..engine import Engine
 from .context import ApiContext, json_body
 from .errors import ApiError, json_endpoint
+from .refs import proposal_ref
 
 RECENT_PROPOSALS = 50
 """Decided proposals listed by ``GET /v1/governance`` (newest first): a consortium decides a
@@ -263,18 +264,9 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(404, "not_found", f"no proposal {pid.hex()} on the best chain")
         return record
 
-    def parse_id(text: Any) -> bytes:
-        try:
-            pid = bytes.fromhex(str(text))
-        except ValueError:
-            pid = b""
-        if len(pid) != 32:
-            raise BadProposal("proposal: expected a 64-digit hex proposal id")
-        return pid
-
     async def vote(request: Request) -> Any:
         data = await json_body(request)
-        pid = parse_id(data.get("proposal"))
+        pid = await service.read(proposal_ref, engine, str(data.get("proposal", "")))
         approve = data.get("approve")
         if type(approve) is not bool:
             raise BadProposal("approve: expected true (yes) or false (no)")
@@ -303,7 +295,8 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def list_all(request: Request) -> Any:
         return await service.read(listing)
 
-    def detail(pid: bytes) -> dict[str, Any]:
+    def detail(ref: str) -> dict[str, Any]:
+        pid = proposal_ref(engine, ref)
         record = record_of(pid)
         votes = read_votes(head, pid, tuple(sorted(engine.gov.used_names)))
         return {**record.to_json(ctx.now_ms()),
@@ -312,7 +305,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                 if record.status == PENDING else []}
 
     async def show(request: Request) -> Any:
-        return await service.read(detail, parse_id(request.path_params["pid"]))
+        return await service.read(detail, request.path_params["pid"])
 
     return [Route("/v1/governance", json_endpoint(list_all)),
             Route("/v1/governance/propose", json_endpoint(propose), methods=["POST"]),

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from ...core.chain import View
 from .context import ApiContext, parse_int, parse_view
 from .errors import ApiError, json_endpoint
+from .refs import tx_ref
 from .render import value_json
 
 class KeyConvertor(Convertor[str]):
@@ -45,7 +46,8 @@ def routes(ctx: ApiContext) -> list[Route]:
         value, extra = ctx.private.open(ns, key, value, written)
         return {**value_json(value), **extra}
 
-    def tx_info(txid: bytes) -> dict[str, Any]:
+    def tx_info(ref: str) -> dict[str, Any]:
+        txid = tx_ref(engine, ref)
         height, level = ctx.service.tx_level(txid)
         if height is None:
             if txid in engine.mempool:
@@ -53,15 +55,16 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(404, "not_found", f"transaction {txid.hex()} is neither pending nor on the best chain")
         location = engine.store.tx_location(txid)
         assert location is not None
+        header = engine.tree.header(location.block_hash)
+        heads = engine.heads()
         return {"txid": txid.hex(), "status": level or "tentative", "height": height,
-                "block": location.block_hash.hex()}
+                "block": location.block_hash.hex(), "index": location.index, "round": header.round,
+                "proposer": header.proposer, "time_ms": header.time_ms,
+                "views": {view.value: heads.height(view) >= height for view in View},
+                "anchored": heads.anchored >= height}
 
     async def get_tx(request: Request) -> Any:
-        try:
-            txid = bytes.fromhex(request.path_params["txid"])
-        except ValueError:
-            raise ApiError(400, "bad_parameter", "txid: must be hex") from None
-        return await ctx.service.read(tx_info, txid)
+        return await ctx.service.read(tx_info, request.path_params["txid"])
 
     def kv(ns: str, key: str, view: View, at: int | None) -> dict[str, Any]:
         head_height = engine.heads().height(view)
