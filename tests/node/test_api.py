@@ -13,8 +13,11 @@ import httpx
 import pytest
 import trio
 
+from peerdb.anchor.anchortx import parse_tx, txid
+from peerdb.anchor.hashes import sha256d, to_display
 from peerdb.core.consortium import NamespaceRule
 from peerdb.node.http import Api
+from tests.helpers.anchor_proofs import make_anchor
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32
@@ -109,3 +112,21 @@ async def test_wait_timeout_still_leaves_the_write_durable(api: tuple[httpx.Asyn
     store = cluster.nodes["firm-a"].store
     # Answered "accepted" only once durable: in a stored block, or in the persisted pool.
     assert txid in store.included([txid]) or txid in {tx.txid for tx in store.mempool_items()}
+
+
+async def test_an_anchor_shows_the_bitcoin_txid_not_the_wtxid(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """``getrawtransaction`` finds a transaction by its txid (the hash without witness data); an
+    anchor spending a segwit output has a different wtxid, which must not be shown."""
+    client, cluster = api
+    r = await client.post("/v1/write", json=put("anchored", "1"))
+    height = (await client.get(f"/v1/tx/{r.json()['accepted'][0]}")).json()["height"]
+    node = cluster.nodes["firm-a"]
+    block_hash = node.engine.tree.best_chain_hash(height)
+    assert block_hash is not None
+    proof = make_anchor([block_hash], witness=True)[0]
+    await node.service.call(node.store.record_anchor, block_hash, proof.encode())
+    tx = parse_tx(proof.bitcoin_tx)
+    txid_hex, wtxid_hex = to_display(txid(tx)), to_display(sha256d(proof.bitcoin_tx))
+    assert txid_hex != wtxid_hex
+    anchor = (await client.get(f"/v1/anchors/{height}")).json()
+    assert anchor["bitcoin_txid"] == txid_hex

@@ -9,7 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ...anchor.hashes import sha256d, to_display
+from ...anchor.anchortx import parse_tx, txid
+from ...anchor.hashes import to_display
 from ...anchor.proof import AnchorProof
 from ...core.chain import BlockTree
 from ...core.model import Block
@@ -153,7 +154,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                         height <= tree.heads().anchored else None}
             proof = AnchorProof.decode(raw)
             return {"block": block_hash.hex(), "height": height, "anchored": True,
-                    "bitcoin_txid": to_display(sha256d(proof.bitcoin_tx)),
+                    "bitcoin_txid": to_display(txid(parse_tx(proof.bitcoin_tx))),
                     "bitcoin_height": proof.bitcoin_height, "depth": len(proof.headers),
                     "merkle_root": proof.root.hex(), "path_length": len(proof.path),
                     "proof": base64.b64encode(raw).decode()}
