@@ -36,6 +36,10 @@ class ApiClient:
             from peerdb.node.config import load_node_config
             with config_problems():
                 cfg = load_node_config(config)
+            if api is None and cfg.api_listen.endswith(":0"):
+                raise CliError(f"{config}: api.listen is {cfg.api_listen} (any free port): the node logs the port "
+                               "it got ('client API listening on ...'); pass --api HOST:PORT, or set a fixed port "
+                               "in api.listen", exitcodes.CONFIG)
             api = api or cfg.api_listen
             token = token or cfg.api_token
         if not api:

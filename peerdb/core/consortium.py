@@ -61,12 +61,15 @@ def parse_key(value: Any, field_name: str) -> bytes:
     return raw
 
 
-def parse_address(value: Any, field_name: str) -> tuple[str, int]:
+def parse_address(value: Any, field_name: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``host:port``; with ``any_port`` port 0 is allowed too ("any free port", for a socket
+    this process binds itself, never for an address others dial)."""
     if type(value) is not str or value.count(":") != 1:
         raise ConfigError(f"{field_name}: must be 'host:port', got {value!r}")
     host, port_text = value.split(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{field_name}: must be 'host:port' with a port in 1..65535, got {value!r}")
+    low = 0 if any_port else 1
+    if not host or not port_text.isdigit() or not low <= int(port_text) < 65536:
+        raise ConfigError(f"{field_name}: must be 'host:port' with a port in {low}..65535, got {value!r}")
     return host, int(port_text)
 
 

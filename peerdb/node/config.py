@@ -17,6 +17,10 @@ from ..core.keys import SigningKey
 from ..keyfile import read_key
 from .mempool import DEFAULT_MEMPOOL_TXS
 
+DEFAULT_API_LISTEN = "127.0.0.1:0"
+"""Loopback, any free port (the node logs the one it got): the API is reachable only from this
+machine unless the operator says otherwise."""
+
 
 @dataclass(frozen=True)
 class BitcoinConfig:
@@ -136,8 +140,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
     api = data.get("api", {})
     if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file"}:
         raise ConfigError(f"{path}: [api] must have only listen, token or token_file")
-    api_listen = _get(api, "listen", str, "api", "127.0.0.1:0")
-    parse_address(api_listen, "api.listen")
+    api_listen = _get(api, "listen", str, "api", DEFAULT_API_LISTEN)
+    parse_address(api_listen, "api.listen", any_port=True)
     token = _get(api, "token", str, "api", None)
     token_file = _get(api, "token_file", str, "api", None)
     if token is None and token_file is not None:
