@@ -33,7 +33,6 @@ Rules, at a block of height ``h`` and time ``t``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -183,6 +182,19 @@ def read_votes(reader: GovReader, proposal_id: bytes, members: tuple[str, ...]) 
     return votes
 
 
+def parse_request(op: Op, where: str) -> Proposal | Vote:
+    """The proposal or vote a governance op carries, whatever the chain's state: a
+    ValidationError names why it is not one (a key other than ``propose``/``vote``, no value,
+    bytes that do not decode). Such an op is refused in every block, so a pool refuses it too."""
+    if op.key not in (PROPOSE, VOTE) or op.value is None:
+        raise ValidationError(f"{where}: {GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
+                              f"not {op.key[:40]!r}")
+    try:
+        return Proposal.decode(op.value) if op.key == PROPOSE else Vote.decode(op.value)
+    except DecodeError as exc:
+        raise ValidationError(f"{where}: {op.key}: {exc}") from None
+
+
 class GovernanceBlock:
     """Governance requests of one block, applied in order on top of the parent's state.
 
@@ -232,13 +244,12 @@ class GovernanceBlock:
 
     def apply(self, member: str, op: Op, where: str) -> None:
         """One request of ``member``'s transaction; raises a ValidationError naming the rule."""
-        handlers: dict[str, Callable[[str, bytes], None]] = {PROPOSE: self._propose, VOTE: self._vote}
-        handler = handlers.get(op.key)
-        if handler is None or op.value is None:
-            raise ValidationError(f"{where}: {GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
-                                  f"not {op.key[:40]!r}")
+        request = parse_request(op, where)
         try:
-            handler(member, op.value)
+            if isinstance(request, Proposal):
+                self._propose(member, request)
+            else:
+                self._vote(member, request)
         except DecodeError as exc:
             raise ValidationError(f"{where}: {op.key}: {exc}") from None
         except ValidationError as exc:
@@ -257,8 +268,7 @@ class GovernanceBlock:
     def _set_open(self, records: list[ProposalRecord]) -> None:
         self._put(PENDING_KEY, encode([r.proposal.id for r in records]))
 
-    def _propose(self, member: str, data: bytes) -> None:
-        proposal = Proposal.decode(data)
+    def _propose(self, member: str, proposal: Proposal) -> None:
         pid = proposal.id
         if self.get(proposal_key(pid)) is not None:
             raise ValidationError(f"proposal {pid.hex()[:16]} was already made (change the nonce to ask again)")
@@ -272,8 +282,7 @@ class GovernanceBlock:
         self._put(proposal_key(pid), record.encode())
         self._set_open(still_open + [record])
 
-    def _vote(self, _carrier: str, data: bytes) -> None:
-        vote = Vote.decode(data)
+    def _vote(self, _carrier: str, vote: Vote) -> None:
         pid = vote.proposal_id
         record = self._record(pid)
         if record is None:

@@ -130,3 +130,12 @@ async def test_an_anchor_shows_the_bitcoin_txid_not_the_wtxid(api: tuple[httpx.A
     assert txid_hex != wtxid_hex
     anchor = (await client.get(f"/v1/anchors/{height}")).json()
     assert anchor["bitcoin_txid"] == txid_hex
+
+
+async def test_a_put_into_gov_is_refused_at_once_with_the_reason(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """Not "accepted" and then dropped by every proposer while the client's wait runs out."""
+    client, cluster = api
+    r = await client.post("/v1/write", json={**put("books", "x", ns="_gov"), "timeout_s": 5})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "rejected"
+    assert "_gov takes only 'propose' and 'vote' requests" in r.json()["error"]["message"]
+    assert not cluster.nodes["firm-a"].engine.mempool
