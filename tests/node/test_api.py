@@ -139,3 +139,45 @@ async def test_a_put_into_gov_is_refused_at_once_with_the_reason(api: tuple[http
     assert r.status_code == 400 and r.json()["error"]["code"] == "rejected"
     assert "_gov takes only 'propose' and 'vote' requests" in r.json()["error"]["message"]
     assert not cluster.nodes["firm-a"].engine.mempool
+
+
+async def test_listing_keys_answers_the_view_asked_for(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """A namespace listing in the majority view does not show what only the tentative view has
+    (a key created, deleted or overwritten in blocks the majority has not signed yet)."""
+    client, cluster = api
+    for key in ("a", "b"):
+        assert (await client.post("/v1/write", json=put(key, "1", ns="ledger"))).status_code == 200
+    await cluster.crash("firm-b")  # two members: nothing new reaches the majority view
+    changes = [{"op": "delete", "namespace": "ledger", "key": "a"},
+               {"op": "put", "namespace": "ledger", "key": "b", "value": "2"},
+               {"op": "put", "namespace": "ledger", "key": "c", "value": "3"}]
+    r = await client.post("/v1/write", json={"ops": changes, "wait": "tentative", "timeout_s": 30})
+    assert r.json()["wait"]["reached"], r.text
+
+    async def listing(**params: object) -> dict[str, object]:
+        answer = await client.get("/v1/kv/ledger", params=params)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, object] = answer.json()
+        return body
+
+    tentative = await listing(view="tentative")
+    assert [(k["key"], k["value_text"]) for k in tentative["keys"]] == [("b", "2"), ("c", "3")]  # type: ignore[index, union-attr]
+    majority = await listing(view="majority")
+    assert majority["view"] == "majority" and majority["height"] < tentative["height"]  # type: ignore[operator]
+    assert [(k["key"], k["value_text"]) for k in majority["keys"]] == [("a", "1"), ("b", "1")]  # type: ignore[index, union-attr]
+    assert (await listing())["keys"] == tentative["keys"]  # a listing's documented default: the head
+    first = await listing(view="majority", limit=1)
+    assert [k["key"] for k in first["keys"]] == ["a"] and first["next_after"] == "a"  # type: ignore[index, union-attr]
+    second = await listing(view="majority", limit=1, after="a")
+    assert [k["key"] for k in second["keys"]] == ["b"]  # type: ignore[index, union-attr]
+    assert (await listing(view="majority", limit=1, after="b"))["keys"] == []
+    beyond = await client.get("/v1/kv/ledger", params={"view": "majority", "at": tentative["height"]})
+    assert beyond.status_code == 400 and beyond.json()["error"]["code"] == "beyond_view"
+
+
+async def test_unknown_paths_and_methods_answer_as_docs_api_md_shows(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, _ = api
+    r = await client.get("/v1/nope")
+    assert r.json() == {"error": {"code": "not_found", "message": "GET /v1/nope: Not Found"}}
+    r = await client.delete("/v1/status")
+    assert r.json() == {"error": {"code": "method_not_allowed", "message": "DELETE /v1/status: Method Not Allowed"}}
