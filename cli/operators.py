@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from peerdb.core.errors import ConfigError, PeerDBError
+from peerdb.core.errors import ConfigError, PeerDBError, RestoredDataDir
 
 from . import exitcodes
 from .context import Ctx, json_option, pass_ctx
@@ -129,6 +129,8 @@ def node_run(config_path: str, accept_restored: bool) -> None:
     try:
         with config_problems():
             run_daemon(config_path, accept_restored=accept_restored)
+    except RestoredDataDir as exc:
+        raise CliError(f"node not started: {exc}", exitcodes.RESTORED) from None
     except PeerDBError as exc:
         raise CliError(f"node stopped: {exc}") from None
 

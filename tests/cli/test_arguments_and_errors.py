@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -312,6 +313,22 @@ def test_node_run_missing_key_file_says_how_to_make_one(one_member: Path) -> Non
     key_file.unlink()
     assert_error(invoke(["node", "run", "--config", str(one_member)]), exitcodes.CONFIG,
                  str(key_file), "not found", "peerdb keygen")
+
+
+def test_node_run_from_a_restored_data_directory_exits_8_saying_what_to_do(one_member: Path) -> None:
+    """Its own exit code, so a service manager can be told not to restart it (the systemd unit's
+    RestartPreventExitStatus): started the same way again, it can only be refused again."""
+    from peerdb.store import Store
+
+    consortium = load_consortium(one_member.parent / "consortium.toml")
+    data = one_member.parent / "data" / "firm-a"
+    Store.open(data, consortium, "firm-a", sync=False).close()
+    backup = one_member.parent / "backup"
+    shutil.copytree(data, backup)
+    shutil.rmtree(data)
+    backup.rename(data)  # a restore: a new data file where the old one was
+    assert_error(invoke(["node", "run", "--config", str(one_member)]), exitcodes.RESTORED,
+                 "copied or restored from a backup", "--accept-restored")
 
 
 def test_node_run_unknown_config_field_is_named(one_member: Path) -> None:

@@ -181,3 +181,11 @@ async def test_unknown_paths_and_methods_answer_as_docs_api_md_shows(api: tuple[
     assert r.json() == {"error": {"code": "not_found", "message": "GET /v1/nope: Not Found"}}
     r = await client.delete("/v1/status")
     assert r.json() == {"error": {"code": "method_not_allowed", "message": "DELETE /v1/status: Method Not Allowed"}}
+
+
+async def test_status_shows_the_data_directory_instance_and_signing_guard(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """docs/operations-restore.md tells an operator to read the instance id in the status."""
+    client, cluster = api
+    store = cluster.nodes["firm-a"].store
+    data_dir = (await client.get("/v1/status")).json()["data_dir"]
+    assert data_dir == {"instance_id": store.instance_id.hex(), "signing_locked": False, "guard_floor": None}

@@ -103,6 +103,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             "peers": {m: service.is_up(m) for m in engine.current.member_names if m != engine.me},
             "alerts": service.alerts.snapshot(),
             "uptime_s": (now - service.started_ms) / 1000,
+            "data_dir": {"instance_id": engine.store.instance_id.hex(), "signing_locked": engine.store.guard_locked(),
+                         "guard_floor": engine.store.guard_floor()},
         }
         for name, fn in ctx.extras.items():
             answer[name] = fn()
