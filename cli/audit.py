@@ -62,7 +62,7 @@ def export(ctx: Ctx, out: str, force: bool) -> None:
     target = Path(out)
     if target.exists() and not force:
         raise CliError(f"{out}: exists; pass --force to overwrite it", exitcodes.USAGE)
-    client = ctx.client
+    client = ctx.audit_client
     partial = target.with_name(target.name + ".part")
     parser = BundleParser()
     blocks = txs = 0

@@ -31,11 +31,20 @@ class ApiClient:
     timeout: float = 30.0
 
     @classmethod
-    def from_options(cls, api: str | None, token: str | None, config: str | None) -> "ApiClient":
+    def from_options(cls, api: str | None, token: str | None, config: str | None, *,
+                     audit: bool = False) -> "ApiClient":
+        """``audit``: the token is the auditor's (``api.audit_token`` of the config, unless
+        ``token`` is given)."""
         if config:
             from peerdb.node.config import load_node_config
             with config_problems():
                 cfg = load_node_config(config)
+            if audit and token is None:
+                if cfg.api_audit_token is None:
+                    raise CliError(f"{config}: no api.audit_token: audit export takes the auditor token, not the "
+                                   "application token; set api.audit_token in the node config (and restart "
+                                   "the node), or pass --token AUDIT_TOKEN", exitcodes.CONFIG)
+                token = cfg.api_audit_token
             if api is None and cfg.api_listen.endswith(":0"):
                 raise CliError(f"{config}: api.listen is {cfg.api_listen} (any free port): the node logs the port "
                                "it got ('client API listening on ...'); pass --api HOST:PORT, or set a fixed port "

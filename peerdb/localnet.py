@@ -62,6 +62,7 @@ class NodeProcess:
     api: str
     token: str
     log_path: Path
+    audit_token: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,8 +72,11 @@ class NodeProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=f"http://{self.api}", headers={"Authorization": f"Bearer {self.token}"},
+    def client(self, timeout: float = 30.0, *, auditor: bool = False) -> httpx.Client:
+        """An HTTP client of the node's API with the application token (``auditor``: with the
+        auditor token, which opens only the audit export)."""
+        token = self.audit_token if auditor else self.token
+        return httpx.Client(base_url=f"http://{self.api}", headers={"Authorization": f"Bearer {token}"},
                             timeout=timeout)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -101,7 +105,7 @@ class LocalConsortium:
             config = self.directory / f"{name}.toml"
             data = tomllib.loads(config.read_text())
             self.nodes[name] = NodeProcess(name, config, data["api"]["listen"], data["api"]["token"],
-                                           self.directory / f"{name}.log")
+                                           self.directory / f"{name}.log", data["api"].get("audit_token"))
 
     def start(self, name: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
         node = self.nodes[name]

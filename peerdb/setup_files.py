@@ -62,12 +62,13 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
             "node": {"member": member, "consortium": "consortium.toml", "key_file": f"keys/{member}.key",
                      "client_key_file": f"keys/{member}-client.key", "data_dir": f"data/{member}",
                      "sync": sync},
-            "api": {"listen": f"{host}:{api_ports[i]}", "token": secrets.token_urlsafe(24)},
+            "api": {"listen": f"{host}:{api_ports[i]}", "token": secrets.token_urlsafe(24),
+                    "audit_token": secrets.token_urlsafe(24)},
         }
         if bitcoin_rpc:
             cfg["bitcoin"] = {"rpc_url": bitcoin_rpc}
         path = directory / f"{member}.toml"
-        path.write_text(f"# PeerDB node config for {member}. Keep it private: it holds the API token.\n"
+        path.write_text(f"# PeerDB node config for {member}. Keep it private: it holds the API tokens.\n"
                         + tomli_w.dumps(cfg))
         path.chmod(0o600)
         configs[member] = str(path)

@@ -48,6 +48,9 @@ class NodeConfig:
     listen: str | None
     api_listen: str
     api_token: str
+    api_audit_token: str | None
+    """The auditor's credential: the only one that exports the books (``GET /v1/audit/bundle``),
+    and all it can do. None: audit export is off on this node."""
     client_key_file: Path | None
     bitcoin: BitcoinConfig | None
     alert_webhook: str | None
@@ -114,6 +117,25 @@ def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any =
     return value
 
 
+MIN_TOKEN_LEN = 16
+"""Shortest bearer token accepted: 16 characters of a random token are beyond guessing."""
+
+
+def _token(api: dict[str, Any], name: str, base: Path, path: Path) -> str | None:
+    """``api.<name>`` or the contents of ``api.<name>_file`` (None if neither is given)."""
+    token: str | None = _get(api, name, str, "api", None)
+    token_file = _get(api, f"{name}_file", str, "api", None)
+    if token is None and token_file is not None:
+        try:
+            token = (base / token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: api.{name}_file: {exc}") from None
+    if token is not None and len(token) < MIN_TOKEN_LEN:
+        raise ConfigError(f"{path}: api.{name} (or api.{name}_file) must give a bearer token of at least "
+                          f"{MIN_TOKEN_LEN} characters")
+    return token
+
+
 def load_node_config(path: str | Path) -> NodeConfig:
     path = Path(path)
     try:
@@ -138,19 +160,19 @@ def load_node_config(path: str | Path) -> NodeConfig:
     if listen is not None:
         parse_address(listen, "node.listen")
     api = data.get("api", {})
-    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file"}:
-        raise ConfigError(f"{path}: [api] must have only listen, token or token_file")
+    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file", "audit_token", "audit_token_file"}:
+        raise ConfigError(f"{path}: [api] must have only listen, token or token_file, audit_token or "
+                          "audit_token_file")
     api_listen = _get(api, "listen", str, "api", DEFAULT_API_LISTEN)
     parse_address(api_listen, "api.listen", any_port=True)
-    token = _get(api, "token", str, "api", None)
-    token_file = _get(api, "token_file", str, "api", None)
-    if token is None and token_file is not None:
-        try:
-            token = (base / token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{path}: api.token_file: {exc}") from None
-    if not token or len(token) < 16:
-        raise ConfigError(f"{path}: api.token (or api.token_file) must give a bearer token of at least 16 characters")
+    token = _token(api, "token", base, path)
+    if token is None:
+        raise ConfigError(f"{path}: api.token (or api.token_file) must give a bearer token of at least "
+                          f"{MIN_TOKEN_LEN} characters")
+    audit_token = _token(api, "audit_token", base, path)
+    if audit_token is not None and audit_token == token:
+        raise ConfigError(f"{path}: api.audit_token must differ from api.token: it is the auditor's credential, "
+                          "and an application must not be able to export the books")
     bitcoin = None
     btc = data.get("bitcoin")
     if btc is not None:
@@ -183,6 +205,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         listen=listen,
         api_listen=api_listen,
         api_token=token,
+        api_audit_token=audit_token,
         client_key_file=base / client_key if client_key else None,
         bitcoin=bitcoin,
         alert_webhook=_get(alerts, "webhook", str, "alerts", None),

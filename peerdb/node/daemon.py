@@ -219,7 +219,7 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
         else:
             log.warning("no [bitcoin] section: this member verifies anchor proofs offline and anchors nothing")
             service.anchor_handler = AnchorBook(engine, check_pow=False, rpc=None).on_anchor_message
-        api = Api(service, cfg.api_token, cfg.load_client_key(), extras)
+        api = Api(service, cfg.api_token, cfg.load_client_key(), extras, cfg.api_audit_token)
         hconfig = HypercornConfig()
         hconfig.bind = [cfg.api_listen]
         hconfig.accesslog = None

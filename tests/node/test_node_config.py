@@ -47,3 +47,24 @@ def test_the_cli_cannot_guess_a_port_0_api_and_says_what_to_do(tmp_path: Path) -
     result = CliRunner().invoke(main, ["-c", str(path), "status"])
     assert result.exit_code == exitcodes.CONFIG
     assert "any free port" in result.output and "--api HOST:PORT" in result.output
+
+
+def test_the_auditor_token_must_differ_from_the_application_token(tmp_path: Path) -> None:
+    token = "t" * 20
+    path = config_with_api(tmp_path, f'[api]\ntoken = "{token}"\naudit_token = "{token}"\n')
+    with pytest.raises(ConfigError, match="api.audit_token must differ from api.token"):
+        load_node_config(path)
+
+
+def test_the_auditor_token_may_come_from_a_file_and_is_optional(tmp_path: Path) -> None:
+    path = config_with_api(tmp_path, '[api]\ntoken = "' + "t" * 20 + '"\naudit_token_file = "audit.token"\n')
+    (path.parent / "audit.token").write_text("a" * 24 + "\n")
+    assert load_node_config(path).api_audit_token == "a" * 24
+    path.write_text(path.read_text().replace('audit_token_file = "audit.token"\n', ""))
+    assert load_node_config(path).api_audit_token is None
+
+
+def test_audit_export_from_a_config_without_an_auditor_token_says_what_to_set(tmp_path: Path) -> None:
+    path = config_with_api(tmp_path, '[api]\nlisten = "127.0.0.1:9"\ntoken = "' + "t" * 20 + '"\n')
+    result = CliRunner().invoke(main, ["-c", str(path), "audit", "export", "--out", str(tmp_path / "b.pdbaudit")])
+    assert result.exit_code == exitcodes.CONFIG and "api.audit_token" in result.output

@@ -1,8 +1,13 @@
 """The client API as one ASGI app: the bearer-token check, the routes of every route module,
 and the JSON answers for what no route answers (404, 405) and for our own failures (500).
 
-Bound to 127.0.0.1 by default and guarded by the bearer token of the node config: the API
-speaks for the firm (it can sign with the firm's client key), so it is as private as the key.
+Bound to 127.0.0.1 by default and guarded by the bearer tokens of the node config. The
+application token (``api.token``) speaks for the firm (it can sign with the firm's client key),
+so it is as private as the key. The auditor token (``api.audit_token``) exports the books
+(``GET /v1/audit/bundle``) and does nothing else; the application token cannot export them. The
+two are kept apart because a bundle holds every value the member stores, including those of
+namespaces its read rules keep from its own applications (read rules are a serving policy:
+only private namespaces keep data off members' disks).
 Every read names the view it was answered from and the height of that view's head; every
 error is ``{"error": {"code": ..., "message": ...}}`` with a matching HTTP status (the table
 is :data:`.errors.ERRORS`).
@@ -35,16 +40,21 @@ ROUTE_MODULES = (routes_write, routes_read, routes_chain, routes_audit, routes_g
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 """Codes of the router's own answers: no route has the path, or none takes the method."""
 
+AUDIT_PATHS = frozenset({routes_audit.BUNDLE_PATH})
+"""What the auditor token opens, and the application token does not."""
+
 
 class Api:
-    """The ASGI app hypercorn serves (``Api(service, token, client_key, extras)``).
+    """The ASGI app hypercorn serves (``Api(service, token, client_key, extras, audit_token)``).
 
-    ``extras`` are sections the daemon adds to ``GET /v1/status`` (name → function).
+    ``extras`` are sections the daemon adds to ``GET /v1/status`` (name → function);
+    ``audit_token`` opens :data:`AUDIT_PATHS` and nothing else (None: audit export is off).
     """
 
     def __init__(self, service: NodeService, token: str, client_key: SigningKey | None,
-                 extras: dict[str, Callable[[], Any]] | None = None) -> None:
+                 extras: dict[str, Callable[[], Any]] | None = None, audit_token: str | None = None) -> None:
         self.token = token
+        self.audit_token = audit_token
         self.context = ApiContext(service, client_key, PrivateValues(service.engine), dict(extras or {}))
         routes = [route for module in ROUTE_MODULES for route in module.routes(self.context)]
         self.app = Starlette(routes=routes, exception_handlers={
@@ -62,13 +72,29 @@ class Api:
         log.exception("API error on %s %s", request.method, request.url.path)
         return error_response(500, "internal", f"internal error: {type(exc).__name__}; see the node log")
 
+    def _refusal(self, header: str, path: str) -> Response | None:
+        """Why this bearer may not have ``path`` (None: it may)."""
+        app = hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode())
+        auditor = self.audit_token is not None and hmac.compare_digest(
+            header.encode(), f"Bearer {self.audit_token}".encode())
+        if not app and not auditor:
+            return error_response(401, "unauthorized", "missing or wrong bearer token "
+                                  "(see api.token, or api.audit_token for audit export, in the node config)")
+        if auditor and path not in AUDIT_PATHS:
+            return error_response(403, "forbidden", f"the auditor token opens only {', '.join(sorted(AUDIT_PATHS))}")
+        if app and path in AUDIT_PATHS:
+            if self.audit_token is None:
+                return error_response(403, "forbidden", "audit export is off on this node: its operator sets "
+                                      "api.audit_token in the node config and gives it to the auditor")
+            return error_response(403, "forbidden", "the books are exported with the auditor token "
+                                  "(api.audit_token), not an application token")
+        return None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(header.encode(), expected.encode()):
-                response = error_response(401, "unauthorized", "missing or wrong bearer token "
-                                          "(see api.token in the node config)")
-                await response(scope, receive, send)
+            refusal = self._refusal(header, str(scope.get("path", "")))
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -27,6 +27,8 @@ from ...audit.bundle import BundleWriter
 from ...audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
 from .context import ApiContext
 
+BUNDLE_PATH = "/v1/audit/bundle"
+"""The one path the auditor token opens (see :mod:`.app`)."""
 BLOCKS_HEADER = "X-PeerDB-Audit-Blocks"
 MEDIA_TYPE = "application/vnd.peerdb.audit-bundle"
 
@@ -59,4 +61,4 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     # Not behind the JSON error wrapper: nothing here is the client's input, so whatever fails
     # is ours (the app's 500), and once streaming has begun the status is already sent.
-    return [Route("/v1/audit/bundle", bundle)]
+    return [Route(BUNDLE_PATH, bundle)]
