@@ -185,25 +185,31 @@ def verify(ctx: Ctx, file: str, bitcoin_rpc: str | None, check_pow: bool, networ
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
 @click.option("--strict", is_flag=True, help="Also fail (exit 4) on differing signature sets, anchors, "
               "exclusions, evidence or side branches, not only on diverging blocks.")
+@click.option("--no-verify", "no_verify", is_flag=True,
+              help="Do not verify the bundles first (for bundles `audit verify` already passed): only their "
+                   "structure is checked, and an agreement says NOT VERIFIED.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Signature-checking threads for the verification (default: one per CPU).")
 @json_option
 @pass_ctx
-def diff(ctx: Ctx, a: str, b: str, strict: bool) -> None:
+def diff(ctx: Ctx, a: str, b: str, strict: bool, no_verify: bool, threads: int | None) -> None:
     """Compare two members' bundles A and B and report the first divergence ("two sets of books").
 
-    Exit 0 when both best chains hold the same blocks up to the lower of the two tips (one
-    member may simply be ahead, or hold signatures the other has not received yet), 4 when they
-    diverge. Integrity (framing, trailer hash) is checked; signatures are not: run
-    `peerdb audit verify` on each bundle for that.
+    Each bundle is verified in full (offline, as `peerdb audit verify` does) while it is read:
+    a bundle that does not verify is not compared (exit 4, naming what failed). Exit 0 when both
+    best chains hold the same blocks up to the lower of the two tips (one member may simply be
+    ahead, or hold signatures the other has not received yet), 4 when they diverge.
 
     \b
     Example:
       peerdb audit diff firm-a.bundle firm-c.bundle
     """
     from peerdb.audit.diff import diff_bundles
+    from peerdb.audit.verify import VerifyOptions
 
     try:
         with open(a, "rb") as fa, open(b, "rb") as fb:
-            result = diff_bundles(fa, fb, a, b)
+            result = diff_bundles(fa, fb, a, b, VerifyOptions(threads=threads), verify_first=not no_verify)
     except AuditFailure as exc:
         raise CliError(f"cannot compare: {exc}", exitcodes.VERIFY_FAILED) from None
     except OSError as exc:
