@@ -141,7 +141,7 @@ def node_run(config_path: str, accept_restored: bool) -> None:
               help="Transactions in the workload.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where to put keys, configs, data, logs and the audit bundle (default: a new temp dir).")
-@click.option("--keep-running", is_flag=True, help="Leave the consortium running until Ctrl-C.")
+@click.option("--keep-running", is_flag=True, help="Leave the consortium running until Ctrl-C or SIGTERM.")
 def demo(members: int, txs: int, workdir: str | None, keep_running: bool) -> None:
     """The whole story in one command: a local consortium anchoring into a regtest Bitcoin node.
 
@@ -155,12 +155,4 @@ def demo(members: int, txs: int, workdir: str | None, keep_running: bool) -> Non
     """
     from peerdb.demo import run_demo
 
-    def wait_forever() -> None:
-        import time
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            click.echo("stopping ...")
-    code = run_demo(members, txs, workdir, keep_running, echo=click.echo, wait_forever=wait_forever)
-    sys.exit(code)
+    sys.exit(run_demo(members, txs, workdir, keep_running, echo=click.echo))
