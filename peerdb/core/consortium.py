@@ -154,8 +154,9 @@ class NamespaceRule:
     writers: tuple[str, ...] = (EVERYONE,)
     readers: tuple[str, ...] = (EVERYONE,)
     private: bool = False
-    """Values are encrypted for the readers (:mod:`peerdb.core.privacy`). Set by governance only;
-    not part of the consortium id, so files and ids from before it are unchanged."""
+    """Values are encrypted for the readers (:mod:`peerdb.core.privacy`): in the consortium file
+    (``private = true``) or by a ``set_namespace`` vote. Part of the consortium id only when
+    true, so the ids of files without private namespaces are what they always were."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "namespace name", MAX_NAMESPACE_LEN)
@@ -167,7 +168,8 @@ class NamespaceRule:
         return EVERYONE in self.readers or member in self.readers
 
     def id_fields(self) -> list[Any]:
-        return [self.name, sorted(self.writers), sorted(self.readers)]
+        fields_ = [self.name, sorted(self.writers), sorted(self.readers)]
+        return [*fields_, True] if self.private else fields_
 
 
 OPEN_RULE_WRITERS = (EVERYONE,)
@@ -328,7 +330,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
         where = f"namespaces[{i}]"
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: must be a table")
-        _unknown(entry, {"name", "writers", "readers"}, where)
+        _unknown(entry, {"name", "writers", "readers", "private"}, where)
         name = check_name(entry.get("name"), f"{where}.name", MAX_NAMESPACE_LEN)
         lists = {}
         for role in ("writers", "readers"):
@@ -336,7 +338,10 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"namespace {name}.{role}: must be a list of member names or \"*\"")
             lists[role] = tuple(value)
-        rules.append(NamespaceRule(name, lists["writers"], lists["readers"]))
+        private = entry.get("private", False)
+        if type(private) is not bool:
+            raise ConfigError(f"namespace {name}.private: must be true or false")
+        rules.append(NamespaceRule(name, lists["writers"], lists["readers"], private))
     open_ns = head.get("open_namespaces", True)
     if type(open_ns) is not bool:
         raise ConfigError("consortium.open_namespaces: must be true or false")
@@ -370,6 +375,6 @@ def consortium_to_toml_data(c: Consortium) -> dict[str, Any]:
         "members": members,
     }
     if c.namespaces:
-        data["namespaces"] = [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
-                              for r in c.namespaces]
+        data["namespaces"] = [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers),
+                               **({"private": True} if r.private else {})} for r in c.namespaces]
     return data
