@@ -13,13 +13,14 @@ import click
 from .audit import audit
 from .context import Ctx, json_option, pass_ctx
 from .data import delete, get, history, propose, put
+from .founding import member
 from .governance import governance
 from .inspection import anchors, blocks, evidence, status
 from .operators import consortium, demo, keygen, node
 from .params import AddressType
 
-COMMANDS = (keygen, consortium, node, demo, put, delete, get, history, propose, status, blocks, evidence, anchors,
-            audit, governance)
+COMMANDS = (keygen, member, consortium, node, demo, put, delete, get, history, propose, status, blocks, evidence,
+            anchors, audit, governance)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -37,7 +38,8 @@ def main(ctx: Ctx, config: str | None, api: str | None, token: str | None) -> No
     """PeerDB: a peer database for consortia of competing firms.
 
     \b
-    Operators:   peerdb keygen | consortium init | node run | status
+    Founding:    peerdb member init | consortium init|show | node init
+    Operators:   peerdb keygen | node run | status
     Data:        peerdb put | delete | get | history | propose
     Inspection:  peerdb blocks list|show | evidence list|show | anchors list|show
     Auditors:    peerdb audit export|verify|diff

@@ -283,6 +283,48 @@ def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown field(s) {sorted(extra)} (allowed: {sorted(allowed)})")
 
 
+MEMBER_FIELDS = ("name", "key", "address", "clients", "cert", "api")
+"""The fields of a ``[[members]]`` table (and of a member card's ``[member]`` table)."""
+
+
+def parse_member(entry: Any, where: str) -> Member:
+    """One ``[[members]]`` table; errors name ``where`` until the name is known, then the member."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    _unknown(entry, set(MEMBER_FIELDS), where)
+    name = check_name(entry.get("name"), f"{where}.name")
+    where = f"member {name}"
+    key = parse_key(entry.get("key"), f"{where}.key")
+    address = entry.get("address")
+    parse_address(address, f"{where}.address")
+    address = str(address)  # parse_address checked it is a str
+    clients_raw = entry.get("clients", [])
+    if not isinstance(clients_raw, list):
+        raise ConfigError(f"{where}.clients: must be a list of hex keys")
+    clients = tuple(parse_key(c, f"{where}.clients[{j}]") for j, c in enumerate(clients_raw))
+    cert = None
+    if "cert" in entry:
+        try:
+            cert = base64.b64decode(entry["cert"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise ConfigError(f"{where}.cert: not valid base64") from None
+    api = entry.get("api")
+    if api is not None:
+        parse_address(api, f"{where}.api")
+    return Member(name, key, address, clients, cert, api)
+
+
+def member_to_toml_data(m: Member) -> dict[str, Any]:
+    """The inverse of :func:`parse_member`."""
+    entry: dict[str, Any] = {"name": m.name, "key": m.key.hex(), "address": m.address,
+                             "clients": [k.hex() for k in m.clients]}
+    if m.api:
+        entry["api"] = m.api
+    if m.cert is not None:
+        entry["cert"] = base64.b64encode(m.cert).decode("ascii")
+    return entry
+
+
 def parse_consortium(data: Mapping[str, Any]) -> Consortium:
     _unknown(data, {"consortium", "params", "members", "namespaces"}, "top level")
     head = _table(data, "consortium")
@@ -296,32 +338,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
     members_list = data.get("members")
     if not isinstance(members_list, list) or not members_list:
         raise ConfigError("[[members]]: at least one member is required")
-    members = []
-    for i, entry in enumerate(members_list):
-        where = f"members[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: must be a table")
-        _unknown(entry, {"name", "key", "address", "clients", "cert", "api"}, where)
-        name = check_name(entry.get("name"), f"{where}.name")
-        where = f"member {name}"
-        key = parse_key(entry.get("key"), f"{where}.key")
-        address = entry.get("address")
-        parse_address(address, f"{where}.address")
-        address = str(address)  # parse_address checked it is a str
-        clients_raw = entry.get("clients", [])
-        if not isinstance(clients_raw, list):
-            raise ConfigError(f"{where}.clients: must be a list of hex keys")
-        clients = tuple(parse_key(c, f"{where}.clients[{j}]") for j, c in enumerate(clients_raw))
-        cert = None
-        if "cert" in entry:
-            try:
-                cert = base64.b64decode(entry["cert"], validate=True)
-            except (binascii.Error, TypeError, ValueError):
-                raise ConfigError(f"{where}.cert: not valid base64") from None
-        api = entry.get("api")
-        if api is not None:
-            parse_address(api, f"{where}.api")
-        members.append(Member(name, key, address, clients, cert, api))
+    members = [parse_member(entry, f"members[{i}]") for i, entry in enumerate(members_list)]
     rules = []
     ns_list = data.get("namespaces", [])
     if not isinstance(ns_list, list):
@@ -359,15 +376,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
 
 def consortium_to_toml_data(c: Consortium) -> dict[str, Any]:
     """The inverse of :func:`parse_consortium`, for writing files (tomli_w) and bundles."""
-    members = []
-    for m in c.members:
-        entry: dict[str, Any] = {"name": m.name, "key": m.key.hex(), "address": m.address,
-                                 "clients": [k.hex() for k in m.clients]}
-        if m.api:
-            entry["api"] = m.api
-        if m.cert is not None:
-            entry["cert"] = base64.b64encode(m.cert).decode("ascii")
-        members.append(entry)
+    members = [member_to_toml_data(m) for m in c.members]
     data: dict[str, Any] = {
         "consortium": {"name": c.name, "protocol": c.protocol, "genesis_time_ms": c.genesis_time_ms,
                        "open_namespaces": c.open_namespaces},

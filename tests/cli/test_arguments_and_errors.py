@@ -87,7 +87,8 @@ LEAVES = sorted(_leaf_commands(main))
 
 def test_the_command_list_is_the_documented_one() -> None:
     assert {" ".join(p) for p in LEAVES} == {
-        "demo", "keygen", "consortium init", "node run", "put", "delete", "get", "history", "propose", "status",
+        "demo", "keygen", "member init", "consortium init", "consortium show", "node init", "node run",
+        "put", "delete", "get", "history", "propose", "status",
         "blocks list", "blocks show", "evidence list", "evidence show", "anchors list", "anchors show",
         "audit export", "audit verify", "audit diff",
         "governance propose", "governance vote", "governance list", "governance show"}
