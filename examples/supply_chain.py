@@ -127,9 +127,9 @@ def try_forgery(net: ConsortiumDir, forger: Member, victim: str, shipment: str) 
         print(f"  NOTE: consortium.toml has {who}, so every member may write {ns} and this write would be "
               f"accepted. Nothing attempted. To make 'each firm writes only its own namespace' a consensus "
               f"rule, found the consortium with a [[namespaces]] rule per firm (name = \"{ns}\", "
-              f"writers = [\"{victim}\"]); `peerdb consortium init` has no option for rules yet, so add them "
-              f"to consortium.toml before the first `peerdb node run`. (The reader above still checks who "
-              f"signed each record, so a forged record would be caught when read.)")
+              f"writers = [\"{victim}\"]): `peerdb consortium init --namespace {ns}:writers={victim}` "
+              f"for each firm. (The reader above still checks who signed each record, so a forged record "
+              f"would be caught when read.)")
         return []
     forged = json.dumps({"shipment": shipment, "firm": victim, "step": "lost in transit", "forged_by": forger.name})
     try:
