@@ -35,7 +35,8 @@ def governance() -> None:
 
     \b
     A change passes when every current member approved it (removing members: every other
-    member), and takes effect two blocks later on every member.
+    member; a proposal counts as its proposer's yes), and takes effect two blocks later on
+    every member.
     """
 
 

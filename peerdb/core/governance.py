@@ -24,6 +24,7 @@ Rules, at a block of height ``h`` and time ``t``:
 * **Vote**: by a member at ``h``, signed with its member key at ``h``; once per member and
   proposal; only while the proposal is open and younger than :data:`PROPOSAL_TTL_MS`.
 * **Decide**: the required voters are the members at ``h`` minus those the proposal removes.
+  Making a proposal is its proposer's "yes" (it may still vote, and a "no" withdraws it).
   A "no" from one of them rejects the proposal; when all of them approved, it passes in block
   ``h`` and takes effect at ``h + GOVERNANCE_DELAY``. When the member set changes at a height,
   open proposals are tallied again there (a removed member's missing vote no longer blocks).
@@ -281,6 +282,7 @@ class GovernanceBlock:
         record = ProposalRecord(proposal, member, self.height, self.time_ms)
         self._put(proposal_key(pid), record.encode())
         self._set_open(still_open + [record])
+        self._tally(record)  # the proposer's own "yes" may be the last one needed
 
     def _vote(self, _carrier: str, vote: Vote) -> None:
         pid = vote.proposal_id
@@ -319,6 +321,8 @@ class GovernanceBlock:
             return  # everyone in force is being removed: wait for the members being added
         for m in required:
             raw = self.get(vote_key(pid, m))
+            if raw is None and m == record.proposer:
+                continue  # proposing is approving
             if raw is None or not Vote.decode(raw).approve:
                 return
         effective = self.height + GOVERNANCE_DELAY

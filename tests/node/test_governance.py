@@ -122,7 +122,7 @@ async def test_governance_through_the_api(tmp_path: Path, autojump_clock: trio.t
             assert [p["id"] for p in listing["pending"]] == [pid]
             assert listing["pending"][0]["kind"] == "remove_members" and listing["pending"][0]["proposer"] == "firm-a"
             status = (await api["firm-b"].get("/v1/status")).json()
-            assert status["governance"]["pending"][0]["waiting_for"] == ["firm-a", "firm-b"]
+            assert status["governance"]["pending"][0]["waiting_for"] == ["firm-b"]  # proposing is firm-a's yes
             r = await api["firm-c"].post("/v1/governance/vote", json={"proposal": pid, "approve": True})
             assert r.status_code == 400 and "its own removal" in r.json()["error"]["message"]
             for voter in ("firm-a", "firm-b"):

@@ -192,9 +192,10 @@ class HeadReader:
 
 def waiting_for(record: ProposalRecord, members: Sequence[str], votes: Mapping[str, Vote]) -> list[str]:
     """The members (of ``members``, in their order) whose vote a proposal still waits for:
-    those it does not remove that have not voted."""
+    those it does not remove that have not voted, other than its proposer (proposing is
+    approving)."""
     excluded = record.proposal.excluded_voters()
-    return [m for m in members if m not in excluded and m not in votes]
+    return [m for m in members if m not in excluded and m not in votes and m != record.proposer]
 
 
 def pending_proposals(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
