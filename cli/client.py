@@ -15,13 +15,16 @@ from .errors import CliError, config_problems
 def refusal(response: httpx.Response) -> CliError:
     """The error for a node's 4xx/5xx answer: its own message (from the API's error body, else the
     raw text); a 401 is a config problem (the token), anything else a refusal (exit 6)."""
+    code: str | None = None
     try:
-        message = str(response.json().get("error", {}).get("message", response.text))
+        error = response.json().get("error", {})
+        message = str(error.get("message", response.text))
+        code = str(error["code"]) if "code" in error else None
     except (ValueError, AttributeError):
         message = response.text
     if response.status_code == 401:
-        return CliError(f"node refused: {message} (check the token)", exitcodes.CONFIG)
-    return CliError(f"node refused: {message}", exitcodes.REJECTED)
+        return CliError(f"node refused: {message} (check the token)", exitcodes.CONFIG, code)
+    return CliError(f"node refused: {message}", exitcodes.REJECTED, code)
 
 
 @dataclass

@@ -13,11 +13,13 @@ from . import exitcodes
 
 
 class CliError(click.ClickException):
-    """An error for a person: what went wrong and what to do next, with a documented exit code."""
+    """An error for a person: what went wrong and what to do next, with a documented exit code;
+    ``api_code`` is the node's error code when the node refused (``forbidden``, ...)."""
 
-    def __init__(self, message: str, code: int = exitcodes.ERROR) -> None:
+    def __init__(self, message: str, code: int = exitcodes.ERROR, api_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.api_code = api_code
         vars(self)["exit_code"] = code  # click reads exit_code to choose the process exit status
 
 

@@ -7,6 +7,7 @@ node's client key; a vote is signed by the node's member key (only the firm itse
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -24,6 +25,15 @@ KIND and its options:
   params   --set NAME=VALUE (repeat), e.g. --set heartbeat_ms=2000
   namespace --namespace NS --writer NAME ... [--reader NAME ...] [--private]
 """
+
+NEEDS_CONFIRMATION = "needs_confirmation"
+"""The node's error code for a vote it takes only once confirmed (docs/api.md, governance vote)."""
+
+
+def interactive() -> bool:
+    """Whether a person can answer a question here (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
 
 KINDS = {"remove": "remove_members", "add": "add_member", "rotate": "rotate_key", "update": "update_member",
          "params": "set_params", "namespace": "set_namespace"}
@@ -144,11 +154,18 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
 @governance.command("vote")
 @click.argument("proposal")
 @click.option("--yes/--no", "approve", default=None, help="Approve or reject (required).")
+@click.option("--confirm", is_flag=True,
+              help="Approve even what the node warns about (rotating this member's key to one its node does "
+                   "not hold), without being asked.")
 @wait_options("vote")
 @json_option
 @pass_ctx
-def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, timeout: float) -> None:
+def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, confirm: bool, wait: str | None, timeout: float) -> None:
     """Vote on PROPOSAL (its hex id) with this member's key.
+
+    A yes to rotating this member's own key to one its node does not hold is warned about and
+    must be confirmed (asked at a terminal, or --confirm): once in force, the node could sign
+    nothing until it holds the key.
 
     \b
     Example:
@@ -156,7 +173,20 @@ def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, ti
     """
     if approve is None:
         raise CliError("say --yes or --no", exitcodes.USAGE)
-    answer = ctx.post_waiting("/v1/governance/vote", {"proposal": proposal, "approve": approve}, wait, timeout)
+    body: dict[str, Any] = {"proposal": proposal, "approve": approve}
+    if confirm:
+        body["confirm"] = True
+    try:
+        answer = ctx.post_waiting("/v1/governance/vote", body, wait, timeout)
+    except CliError as exc:
+        if exc.api_code != NEEDS_CONFIRMATION:
+            raise
+        if ctx.as_json or not interactive():
+            raise CliError(f"{exc.message}\n(pass --confirm to approve anyway)", exc.code, exc.api_code) from None
+        click.echo(f"WARNING: {exc.message.removeprefix('node refused: ')}", err=True)
+        if not click.confirm("Vote yes anyway?", default=False, err=True):
+            raise CliError("not voted", exitcodes.ERROR) from None
+        answer = ctx.post_waiting("/v1/governance/vote", {**body, "confirm": True}, wait, timeout)
     ctx.emit_waited(answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
 
 

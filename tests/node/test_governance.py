@@ -185,3 +185,30 @@ async def test_bad_proposals_are_refused_with_clear_errors(tmp_path: Path,
             assert not cluster.nodes["firm-a"].engine.mempool
         await cluster.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_voting_to_rotate_ones_own_key_to_one_the_node_lacks_must_be_confirmed(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Another member proposed it; once in force, firm-b's node could sign nothing. The node
+    warns (409 needs_confirmation) and takes the yes only with "confirm": true; a no needs none."""
+    cluster = Cluster(tmp_path, names=("firm-a", "firm-b"))
+    new = SigningKey.generate()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        async with api_clients(cluster) as api:
+            r = await api["firm-a"].post("/v1/governance/propose", json={
+                "kind": "rotate_key", "name": "firm-b", "key": new.public.hex(),
+                "cert_b64": base64.b64encode(member_certificate(new.seed, "firm-b")).decode(), "wait": "majority"})
+            assert r.status_code == 200, r.text
+            pid = r.json()["proposal"]
+            await cluster.wait_until(lambda: record_status(cluster, "firm-b", bytes.fromhex(pid)) == PENDING)
+            r = await api["firm-b"].post("/v1/governance/vote", json={"proposal": pid, "approve": True})
+            assert r.status_code == 409 and r.json()["error"]["code"] == "needs_confirmation"
+            assert "which this node does not hold" in r.json()["error"]["message"]
+            assert not cluster.nodes["firm-b"].engine.mempool  # nothing was submitted
+            r = await api["firm-b"].post("/v1/governance/vote", json={"proposal": pid, "approve": True,
+                                                                      "confirm": True, "wait": "majority"})
+            assert r.status_code == 200, r.text
+            await cluster.wait_until(lambda: record_status(cluster, "firm-a", bytes.fromhex(pid)) == PASSED)
+        await cluster.close()
+        nursery.cancel_scope.cancel()

@@ -62,6 +62,9 @@ RECENT_PROPOSALS = 50
 """Decided proposals listed by ``GET /v1/governance`` (newest first): a consortium decides a
 few questions a month; older ones stay readable by id."""
 GOVERNANCE_NEEDS_KEY = "governance requests travel in transactions signed by the node's client key"
+NEEDS_CONFIRMATION = "needs_confirmation"
+"""The code of a vote the node takes only with ``"confirm": true``: a yes to rotating this
+member's own key to one its node does not hold."""
 
 
 class BadProposal(ValidationError):
@@ -285,6 +288,14 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise BadProposal(f"proposal {pid.hex()[:16]} is {status}; votes are only taken on pending proposals")
         if engine.me in record.proposal.excluded_voters():
             raise BadProposal(f"{engine.me} does not vote on its own removal")
+        change = record.proposal.change
+        if approve and isinstance(change, RotateKey) and change.name == engine.me \
+                and change.key not in engine.keyring and data.get("confirm") is not True:
+            raise ApiError(409, NEEDS_CONFIRMATION, (
+                f"this vote would rotate {engine.me}'s member key to {change.key.hex()[:16]}..., which this node does "
+                "not hold: once in force, this node could sign nothing. Add the new key's file to "
+                "node.extra_key_files and restart the node first; vote again with \"confirm\": true to approve "
+                "anyway"))
         ballot = Vote.create(engine.key, engine.cid, pid, engine.me, approve)
         answer = await submit([vote_op(ballot)], data)
         return {"proposal": pid.hex(), "member": engine.me, "approve": approve, **answer}
