@@ -18,3 +18,5 @@ TIMEOUT = 7
 RESTORED = 8
 """`node run`: the data directory was copied or restored from a backup; start it once with
 --accept-restored after reading docs/operations-restore.md (restarting as it is fails again)."""
+REMOVED = 9
+"""`node run`: this member was removed from the consortium; its node has nothing left to do."""

@@ -3,7 +3,7 @@
 The commands live in modules named for who uses them (operators, data, inspection, audit,
 governance); they share the context object of cli/context.py. Exit codes: 0 ok, 1 error,
 2 usage, 3 node unreachable, 4 verification failed, 5 config or key file problem, 6 refused by
-the node, 7 --wait timed out, 8 restored data directory (see cli/exitcodes.py).
+the node, 7 --wait timed out, 8 restored data directory, 9 member removed (see cli/exitcodes.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main(ctx: Ctx, config: str | None, api: str | None, token: str | None) -> No
     \b
     Exit codes: 0 ok, 1 error, 2 usage, 3 node unreachable, 4 verification failed,
     5 config/key problem, 6 refused by the node, 7 --wait timed out.
-    node run: 8 restored data directory.
+    node run: 8 restored data directory, 9 this member was removed.
     Shell completion: eval "$(_PEERDB_COMPLETE=bash_source peerdb)"  (zsh: zsh_source).
     """
     ctx.api, ctx.token, ctx.config = api, token, config

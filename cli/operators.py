@@ -178,11 +178,14 @@ def node_run(config_path: str, accept_restored: bool) -> None:
       peerdb node run --config configs/firm-a.toml
     """
     from peerdb.node.daemon import run_daemon
+    from peerdb.node.identity import MemberRemoved
     try:
         with config_problems():
             run_daemon(config_path, accept_restored=accept_restored)
     except RestoredDataDir as exc:
         raise CliError(f"node not started: {exc}", exitcodes.RESTORED) from None
+    except MemberRemoved as exc:
+        raise CliError(f"node stopped: {exc}", exitcodes.REMOVED) from None
     except PeerDBError as exc:
         raise CliError(f"node stopped: {exc}") from None
 

@@ -27,7 +27,8 @@ ALERT_REPEAT_MS = 60_000
 @dataclass(frozen=True)
 class Alert:
     kind: str
-    """majority_without_me | minority_chain | double_sign | stalled | peer_down | anchor_pending"""
+    """majority_without_me | minority_chain | double_sign | stalled | peer_down | anchor_pending |
+    key_missing | removed"""
     message: str
     subject: str = ""
     """What the alert is about (a member name, a block hash), so repeats can be told apart."""
@@ -36,6 +37,18 @@ class Alert:
     @property
     def key(self) -> tuple[str, str]:
         return (self.kind, self.subject)
+
+
+REMOVED = "removed"
+IMMEDIATE = frozenset({"double_sign", REMOVED})
+"""Kinds raised at once, without waiting for the condition to last: facts on the chain, not
+states that may pass."""
+
+
+def removed_alert(me: str, height: int) -> Alert:
+    """This node's member is no longer one: the only alert such a node raises."""
+    return Alert(REMOVED, f"{me} was removed from the consortium at height {height}: this node takes no part "
+                 "any more, and stops", subject=me, details={"height": height})
 
 
 def chain_alerts(tree: BlockTree, me: str) -> list[Alert]:
@@ -121,7 +134,7 @@ class AlertBook:
                     log.warning("ALERT still active: %s: %s", alert.kind, alert.message)
                     last = now_ms
                 self.active[alert.key] = (alert, since_raised, last)
-            elif now_ms - since >= self.grace_ms or alert.kind == "double_sign":
+            elif now_ms - since >= self.grace_ms or alert.kind in IMMEDIATE:
                 self.active[alert.key] = (alert, since, now_ms)
                 log.warning("ALERT %s: %s", alert.kind, alert.message)
                 raised.append(alert)

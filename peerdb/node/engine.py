@@ -37,8 +37,8 @@ from ..core.validate import check_block, check_evidence, check_proposer_signatur
 from ..store import Store
 from ..store.archive import SavedTree, StoreArchive, load_tree, tree_record
 from ..store.layout import META_TREE
-from .alerts import Alert, chain_alerts, waiting_for
-from .identity import Identity, network_members, signed_by_some_key
+from .alerts import Alert, chain_alerts, removed_alert, waiting_for
+from .identity import Identity, network_members, removed_at, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .messages import (
     MAX_CATCHUP_BLOCKS,
@@ -967,6 +967,9 @@ class Engine:
     # --- alerts ---------------------------------------------------------------------------------
 
     def alert_conditions(self, now_ms: int, peers_up: Callable[[str], bool]) -> list[Alert]:
+        removed = removed_at(self.gov, self.me, self.tree.best_tip.height + 1)
+        if removed is not None:  # the one thing to say: not stalled, not peers down
+            return [removed_alert(self.me, removed)]
         alerts = chain_alerts(self.tree, self.me)
         params = self.params
         majority = self.tree.heads().majority

@@ -212,3 +212,29 @@ async def test_voting_to_rotate_ones_own_key_to_one_the_node_lacks_must_be_confi
             await cluster.wait_until(lambda: record_status(cluster, "firm-a", bytes.fromhex(pid)) == PASSED)
         await cluster.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_removed_members_node_shows_the_removal_not_a_stalled_chain(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Once its removal is in force, firm-c's node has one thing to say — in its status and as
+    its only alert — instead of ``stalled`` and ``peer_down`` (the others no longer talk to it)."""
+    cluster = Cluster(tmp_path, names=("firm-a", "firm-b", "firm-c"))
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposal = await propose(cluster, "firm-a", RemoveMembers(("firm-c",)), "firm-c leaves")
+        await vote(cluster, ("firm-b",), proposal)
+        await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PASSED for n in cluster.names),
+                                 what="removal passed everywhere")
+        effective = passed_height(cluster, "firm-a", proposal)
+        removed = cluster.nodes["firm-c"]
+        await cluster.wait_until(lambda: removed.engine.tree.best_tip.height + 1 >= effective,
+                                 what="firm-c's chain reaches the removal")
+        await cluster.wait_until(lambda: [a["kind"] for a in removed.service.alerts.snapshot()] == ["removed"],
+                                 what="firm-c's one alert")
+        [alert] = removed.service.alerts.snapshot()
+        assert alert["message"].startswith(f"firm-c was removed from the consortium at height {effective}")
+        async with api_clients(cluster) as api:
+            assert (await api["firm-c"].get("/v1/status")).json()["removed_at"] == effective
+            assert (await api["firm-a"].get("/v1/status")).json()["removed_at"] is None
+        await cluster.close()
+        nursery.cancel_scope.cancel()

@@ -25,5 +25,5 @@ def test_the_unit_restarts_on_failure_but_not_what_would_only_fail_again() -> No
     settings = unit_settings()
     assert settings["Restart"] == ["on-failure"]
     prevented = {int(code) for value in settings["RestartPreventExitStatus"] for code in value.split()}
-    assert {exitcodes.CONFIG, exitcodes.RESTORED} <= prevented
+    assert {exitcodes.CONFIG, exitcodes.RESTORED, exitcodes.REMOVED} <= prevented
     assert exitcodes.ERROR not in prevented  # a crash is restarted
