@@ -8,10 +8,13 @@ the node, 7 --wait timed out, 8 restored data directory, 9 member removed (see c
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .audit import audit
 from .context import Ctx, json_option, pass_ctx
+from .errors import JsonError
 from .data import delete, get, history, propose, put
 from .founding import member
 from .governance import governance
@@ -25,7 +28,21 @@ COMMANDS = (keygen, member, consortium, node, demo, put, delete, get, history, p
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS, commands=COMMANDS)
+class PeerdbGroup(click.Group):
+    """The main group: a failure of any command run with ``--json`` is reported as JSON on
+    stderr (:class:`~.errors.JsonError`), with the same exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            options = ctx.find_object(Ctx)
+            if options is not None and options.as_json and not isinstance(exc, JsonError):
+                raise JsonError(exc) from None
+            raise
+
+
+@click.group(cls=PeerdbGroup, context_settings=CONTEXT_SETTINGS, commands=COMMANDS)
 @click.option("--config", "-c", envvar="PEERDB_CONFIG", type=click.Path(dir_okay=False),
               help="Node config file (gives the API address and token). Env: PEERDB_CONFIG.")
 @click.option("--api", envvar="PEERDB_API", type=AddressType(), metavar="HOST:PORT",

@@ -108,7 +108,7 @@ def test_every_command_help_exits_0_and_shows_an_example(path: tuple[str, ...]) 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=" ".join(p)) for p in _groups(main)])
 def test_every_group_help_lists_its_commands(path: tuple[str, ...]) -> None:
-    group = main
+    group: click.Group = main
     for name in path:
         command = group.commands[name]
         assert isinstance(command, click.Group)
@@ -481,3 +481,37 @@ def test_audit_verify_of_garbage_exits_4(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pdbaudit"
     junk.write_bytes(b"this is not a bundle at all\n" * 10)
     assert_error(invoke(["audit", "verify", str(junk)]), exitcodes.VERIFY_FAILED, "verification FAILED")
+
+
+# --- errors under --json ---------------------------------------------------------------------------
+
+def json_error(result: Result, exit_code: int) -> dict[str, Any]:
+    """Under --json a failure is one JSON object on stderr, nothing on stdout."""
+    assert result.exit_code == exit_code, (result.output, result.exception)
+    assert result.stdout == ""
+    error: dict[str, Any] = json.loads(result.stderr)["error"]
+    assert error["exit_code"] == exit_code and error["message"]
+    return error
+
+
+def test_errors_under_json_are_json_on_stderr_with_a_code() -> None:
+    unreachable = json_error(invoke([*unreachable_api(), "--json", "status"]), exitcodes.UNREACHABLE)
+    assert unreachable["code"] == "unreachable" and "cannot reach the node" in unreachable["message"]
+    usage = json_error(invoke(["get", "--json"]), exitcodes.USAGE)
+    assert usage["code"] == "usage" and "NAMESPACE" in usage["message"]
+    assert "Error:" in invoke(["get"]).stderr  # without --json: the line for people
+
+
+def test_a_refusal_under_json_carries_the_nodes_error_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from cli.client import refusal
+    from cli.context import Ctx
+
+    class Refusing:
+        def get(self, path: str, **params: Any) -> dict[str, Any]:
+            raise refusal(httpx.Response(403, json={"error": {"code": "forbidden",
+                                                              "message": "firm-c may not read namespace 'deals'"}}))
+    monkeypatch.setattr(Ctx, "client", property(lambda self: Refusing()))
+    error = json_error(invoke(["--json", "get", "deals", "acme"]), exitcodes.REJECTED)
+    assert error["code"] == "forbidden" and "may not read namespace 'deals'" in error["message"]
