@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .audit import audit
+from .audit import anchors_verify, audit
 from .context import Ctx, json_option, pass_ctx
 from .errors import JsonError
 from .data import delete, get, history, propose, put
@@ -21,6 +21,8 @@ from .governance import governance
 from .inspection import anchors, blocks, evidence, status
 from .operators import consortium, demo, keygen, node
 from .params import AddressType
+
+anchors.add_command(anchors_verify)  # the auditor's check, kept with the other audit code
 
 COMMANDS = (keygen, member, consortium, node, demo, put, delete, get, history, propose, status, blocks, evidence,
             anchors, audit, governance)
@@ -59,7 +61,7 @@ def main(ctx: Ctx, config: str | None, api: str | None, token: str | None) -> No
     Operators:   peerdb keygen | node run | status
     Data:        peerdb put | delete | get | history | propose
     Inspection:  peerdb blocks list|show | evidence list|show | anchors list|show
-    Auditors:    peerdb audit export|verify|diff
+    Auditors:    peerdb audit export|verify|diff | anchors verify
     Governance:  peerdb governance propose|vote|list|show
     Try it:      peerdb demo
 

@@ -90,6 +90,7 @@ def test_the_command_list_is_the_documented_one() -> None:
         "demo", "keygen", "member init", "consortium init", "consortium show", "node init", "node run",
         "put", "delete", "get", "history", "propose", "status",
         "blocks list", "blocks show", "evidence list", "evidence show", "anchors list", "anchors show",
+        "anchors verify",
         "audit export", "audit verify", "audit diff",
         "governance propose", "governance vote", "governance list", "governance show"}
 

@@ -140,6 +140,9 @@ def test_three_firms_found_a_consortium_by_the_documented_commands_and_run_it(
                         if (info := peerdb_json(c, "-c", "firm-c.toml", "anchors", "show", str(h)))["proof"])
         found = node_rpc.call("getrawtransaction", anchored["bitcoin_txid"], True)
         assert found["txid"] == anchored["bitcoin_txid"]
+        checked = peerdb_json(c, "-c", "firm-c.toml", "anchors", "verify", str(height), "--bitcoin-rpc", regtest.rpc_url)
+        assert checked["ok"] is True and checked["bitcoin_checked"] is True
+        assert checked["bitcoin_txid"] == anchored["bitcoin_txid"] or checked["anchored_by"] is not None
 
         # 7. An auditor gets firm-b's books with its auditor token and verifies them against Bitcoin.
         peerdb(b, "-c", "firm-b.toml", "audit", "export", "--out", "firm-b.pdbaudit")
