@@ -112,3 +112,30 @@ def test_a_warned_vote_from_a_script_needs_confirm(monkeypatch: pytest.MonkeyPat
     assert result.exit_code == exitcodes.REJECTED and "--confirm" in result.output and len(node.bodies) == 1
     confirmed, node = _vote(monkeypatch, "--confirm", at_a_terminal=False)
     assert confirmed.exit_code == 0 and node.bodies == [{"proposal": "ab" * 32, "approve": True, "confirm": True}]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        self.bodies.append(body)
+        return {"proposal": "cd" * 32, "kind": body["kind"], "accepted": ["ab"], "duplicates": [], "rejected": []}
+
+
+def test_a_joining_firms_member_card_is_all_an_add_proposal_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = CliRunner().invoke(main, ["--json", "member", "init", "--name", "firm-e", "--address", "10.0.0.5:7400",
+                                     "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.output)
+    node = _Recorder()
+    monkeypatch.setattr(Ctx, "client", property(lambda self: node))
+    result = CliRunner().invoke(main, ["governance", "propose", "add", "--card", info["card"], "--note", "joins"])
+    assert result.exit_code == 0, result.output
+    [body] = node.bodies
+    assert body["kind"] == "add_member" and body["name"] == "firm-e" and body["key"] == info["public"]
+    assert body["address"] == "10.0.0.5:7400" and body["clients"] == info["clients"] and body["note"] == "joins"
+    der = base64.b64decode(body["cert_b64"])
+    assert certificate_public_key(der).hex() == info["public"] and certificate_name(der) == "firm-e"
+    mixed = CliRunner().invoke(main, ["governance", "propose", "add", "--card", info["card"], "--name", "firm-x"])
+    assert mixed.exit_code == exitcodes.USAGE and "leave those options out" in mixed.output
