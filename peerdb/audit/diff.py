@@ -8,9 +8,10 @@ different members different histories, or a fork has not been settled.
 A comparison is only as good as what it compares: a bundle with a best-chain block left out, or
 a transaction's bytes changed, must never be found "in agreement". So each bundle is verified
 in full (:class:`~.verify.BundleVerifier`, offline) in the same pass that collects what is
-compared, and a bundle that does not verify cannot be compared. Without verification
-(``verify_first=False``, for bundles already verified) the reading still checks what the comparison
-rests on: every block's body matches its header (so its hash covers its transactions), and the
+compared, and a bundle that does not verify cannot be compared (``peerdb audit diff`` does so
+unless told ``--no-verify``; :func:`diff_bundles` when given ``verify_first``). Without
+verification (for bundles already verified) the reading still checks what the comparison rests
+on: every block's body matches its header (so its hash covers its transactions), and the
 best chain runs from the genesis without a gap, each block the child of the one before.
 
 Reported, first the divergence if any, then the first instance of each kind of difference:
@@ -245,8 +246,10 @@ def diff_books(a: Books, b: Books, name_a: str = "A", name_b: str = "B") -> Diff
 
 
 def diff_bundles(a: BinaryIO, b: BinaryIO, name_a: str = "A", name_b: str = "B",
-                 verify: VerifyOptions | None = None, *, verify_first: bool = True) -> DiffResult:
-    """Compare two bundles; each is verified in full as it is read (with ``verify``, or the
-    default offline options) unless ``verify_first`` is False (see the module docstring)."""
+                 verify: VerifyOptions | None = None, *, verify_first: bool = False) -> DiffResult:
+    """Compare two bundles. With ``verify_first`` (what ``peerdb audit diff`` does unless told
+    otherwise) each is verified in full as it is read, with ``verify`` or the default offline
+    options; without, only their structure is checked and the result says ``verified`` False
+    (see the module docstring)."""
     options = (verify or VerifyOptions()) if verify_first else None
     return diff_books(read_books(a, name_a, options), read_books(b, name_b, options), name_a, name_b)
