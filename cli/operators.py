@@ -26,7 +26,8 @@ from .founding import NamespaceSpec, ParamSetting, consortium_show, init_from_ca
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @click.option("--name", "member_name", default=None,
               help="Member keys: also write the member's TLS certificate for NAME next to the key "
-                   "(OUT with .crt), to hand to the members in an add or rotate proposal.")
+                   "(OUT with .crt, PEM), to hand to the members in a rotate proposal; --json also gives it "
+                   "as the consortium file takes it (cert_b64). A firm that founds or joins: `peerdb member init`.")
 @json_option
 @pass_ctx
 def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) -> None:
@@ -39,6 +40,7 @@ def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) 
       peerdb keygen --out keys/firm-e.key --name firm-e     # a firm joining: key + keys/firm-e.crt
       peerdb keygen --out keys/firm-a.2027.key --name firm-a  # the next key of a rotation
     """
+    import base64
     import ssl
 
     from peerdb.core.keys import SigningKey
@@ -56,6 +58,7 @@ def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) 
             if cert_path.exists() and not force:
                 raise ConfigError(f"{cert_path}: exists (use --force to overwrite)")
             info["certificate"] = str(cert_path)
+            info["cert_b64"] = base64.b64encode(cert).decode("ascii")  # as the consortium file takes it
         write_key(out, key, kind, overwrite=force)
         if cert_path is not None:
             cert_path.write_text(ssl.DER_cert_to_PEM_cert(cert), encoding="ascii")

@@ -48,6 +48,7 @@ def test_keygen_with_a_name_writes_the_certificate_that_add_and_rotate_need(tmp_
     cert = tmp_path / "firm-e.crt"
     assert info["certificate"] == str(cert) and cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
     der = read_certificate(str(cert))
+    assert base64.b64decode(info["cert_b64"]) == der  # the form the consortium file takes
     assert certificate_public_key(der).hex() == info["public"]
     assert certificate_name(der) == "firm-e"
     # The certificate carries the key: the body has both, and a different --key is refused.
