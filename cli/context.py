@@ -45,6 +45,12 @@ class Ctx:
             self._client = ApiClient.from_options(self.api, self.token, self.config)
         return self._client
 
+    @property
+    def audit_client(self) -> ApiClient:
+        """A client with the auditor token: ``--token``, or ``api.audit_token`` of ``--config``
+        (the application token cannot export the books)."""
+        return ApiClient.from_options(self.api, self.token, self.config, audit=True)
+
     def emit(self, data: Any, text: str | None = None) -> None:
         """Print ``data`` as JSON (pretty, keys sorted) with ``--json`` or when there is no text for
         people, else ``text``."""

@@ -15,3 +15,8 @@ REJECTED = 6
 """The node refused the request (invalid transaction, forbidden namespace, full mempool)."""
 TIMEOUT = 7
 """--wait gave up before the requested view was reached (the transaction is still pending)."""
+RESTORED = 8
+"""`node run`: the data directory was copied or restored from a backup; start it once with
+--accept-restored after reading docs/operations-restore.md (restarting as it is fails again)."""
+REMOVED = 9
+"""`node run`: this member was removed from the consortium; its node has nothing left to do."""

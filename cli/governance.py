@@ -7,6 +7,7 @@ node's client key; a vote is signed by the node's member key (only the firm itse
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -18,12 +19,22 @@ from .errors import CliError
 KIND_HELP = """\b
 KIND and its options:
   remove   --member NAME (repeat to remove several together)
-  add      --name NAME --cert FILE --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
+  add      --card FILE  (the joining firm's member card), or
+           --name NAME --cert FILE --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
   rotate   --name NAME --cert FILE
   update   --name NAME --address HOST:PORT [--client HEX ...] [--api HOST:PORT]
   params   --set NAME=VALUE (repeat), e.g. --set heartbeat_ms=2000
   namespace --namespace NS --writer NAME ... [--reader NAME ...] [--private]
 """
+
+NEEDS_CONFIRMATION = "needs_confirmation"
+"""The node's error code for a vote it takes only once confirmed (docs/api.md, governance vote)."""
+
+
+def interactive() -> bool:
+    """Whether a person can answer a question here (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
 
 KINDS = {"remove": "remove_members", "add": "add_member", "rotate": "rotate_key", "update": "update_member",
          "params": "set_params", "namespace": "set_namespace"}
@@ -35,7 +46,8 @@ def governance() -> None:
 
     \b
     A change passes when every current member approved it (removing members: every other
-    member), and takes effect two blocks later on every member.
+    member; a proposal counts as its proposer's yes), and takes effect two blocks later on
+    every member.
     """
 
 
@@ -98,6 +110,28 @@ def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | N
     return {k: v for k, v in body.items() if v is not None}
 
 
+def card_body(kind: str, card: str, given: tuple[str | None, ...]) -> dict[str, Any]:
+    """The add_member body from a member card (the card says everything: no other member option)."""
+    import base64
+
+    from peerdb.founding import read_card
+    from .errors import config_problems
+    if kind != "add":
+        raise CliError(f"--card: only for `add` (a joining firm's card), not {kind!r}", exitcodes.USAGE)
+    if any(v is not None for v in given):
+        raise CliError("--card: the card gives the name, key, certificate, address, clients and API address; "
+                       "leave those options out", exitcodes.USAGE)
+    with config_problems():
+        member = read_card(card)
+    assert member.cert is not None  # read_card requires it
+    body: dict[str, Any] = {"kind": KINDS["add"], "name": member.name, "key": member.key.hex(),
+                            "address": member.address, "clients": [k.hex() for k in member.clients],
+                            "cert_b64": base64.b64encode(member.cert).decode("ascii")}
+    if member.api:
+        body["api"] = member.api
+    return body
+
+
 @governance.command("propose", epilog=KIND_HELP)
 @click.argument("kind", type=click.Choice(sorted(KINDS)))
 @click.option("--member", "members", multiple=True, help="remove: a member to remove (repeatable).")
@@ -105,6 +139,9 @@ def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | N
 @click.option("--key", help="add/rotate: the member key, 64 hex digits (optional with --cert, which carries it).")
 @click.option("--cert", "cert", type=click.Path(dir_okay=False), default=None,
               help="add/rotate/update: the member's certificate file (`peerdb keygen --name NAME` writes it).")
+@click.option("--card", type=click.Path(dir_okay=False), default=None,
+              help="add: the joining firm's member card (`peerdb member init` writes it): name, key, certificate, "
+                   "address, client keys and API address from it.")
 @click.option("--address", help="add/update: the member's peer address HOST:PORT.")
 @click.option("--client", "clients", multiple=True, help="add/update: a client key in hex (repeatable).")
 @click.option("--api", "api_address", help="add/update: the member's API address HOST:PORT.")
@@ -118,7 +155,7 @@ def body_for(kind: str, members: tuple[str, ...], name: str | None, key: str | N
 @json_option
 @pass_ctx
 def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None, key: str | None, cert: str | None,
-                address: str | None,
+                card: str | None, address: str | None,
                 clients: tuple[str, ...], api_address: str | None, settings: tuple[str, ...],
                 namespace: str | None, writers: tuple[str, ...], readers: tuple[str, ...], private: bool,
                 note: str, wait: str | None, timeout: float) -> None:
@@ -131,9 +168,13 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
       peerdb -c configs/firm-a.toml governance propose add --name firm-e --cert firm-e.crt \\
           --address 10.0.0.5:7400 --client <firm-e client key hex> --note "firm-e joins"
       peerdb -c configs/firm-b.toml governance propose rotate --name firm-b --cert keys/firm-b.2027.crt
+      peerdb -c configs/firm-a.toml governance propose add --card firm-e.card --note "firm-e joins"
     """
-    body = body_for(kind, members, name, key, address, clients, api_address, settings, namespace, writers,
-                    readers, private, cert)
+    if card is not None:
+        body = card_body(kind, card, (name, key, cert, address, api_address, *clients))
+    else:
+        body = body_for(kind, members, name, key, address, clients, api_address, settings, namespace, writers,
+                        readers, private, cert)
     body["note"] = note
     answer = ctx.post_waiting("/v1/governance/propose", body, wait, timeout)
     ctx.emit_waited(answer, f"proposed {answer['kind']}: {answer['proposal']}\n"
@@ -143,11 +184,18 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
 @governance.command("vote")
 @click.argument("proposal")
 @click.option("--yes/--no", "approve", default=None, help="Approve or reject (required).")
+@click.option("--confirm", is_flag=True,
+              help="Approve even what the node warns about (rotating this member's key to one its node does "
+                   "not hold), without being asked.")
 @wait_options("vote")
 @json_option
 @pass_ctx
-def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, timeout: float) -> None:
+def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, confirm: bool, wait: str | None, timeout: float) -> None:
     """Vote on PROPOSAL (its hex id, or a prefix of it) with this member's key.
+
+    A yes to rotating this member's own key to one its node does not hold is warned about and
+    must be confirmed (asked at a terminal, or --confirm): once in force, the node could sign
+    nothing until it holds the key.
 
     \b
     Example:
@@ -155,7 +203,20 @@ def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, wait: str | None, ti
     """
     if approve is None:
         raise CliError("say --yes or --no", exitcodes.USAGE)
-    answer = ctx.post_waiting("/v1/governance/vote", {"proposal": proposal, "approve": approve}, wait, timeout)
+    body: dict[str, Any] = {"proposal": proposal, "approve": approve}
+    if confirm:
+        body["confirm"] = True
+    try:
+        answer = ctx.post_waiting("/v1/governance/vote", body, wait, timeout)
+    except CliError as exc:
+        if exc.api_code != NEEDS_CONFIRMATION:
+            raise
+        if ctx.as_json or not interactive():
+            raise CliError(f"{exc.message}\n(pass --confirm to approve anyway)", exc.code, exc.api_code) from None
+        click.echo(f"WARNING: {exc.message.removeprefix('node refused: ')}", err=True)
+        if not click.confirm("Vote yes anyway?", default=False, err=True):
+            raise CliError("not voted", exitcodes.ERROR) from None
+        answer = ctx.post_waiting("/v1/governance/vote", {**body, "confirm": True}, wait, timeout)
     ctx.emit_waited(answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
 
 

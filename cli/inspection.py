@@ -40,6 +40,11 @@ def status(ctx: Ctx) -> None:
         "peers: " + ", ".join(f"{m} {'up' if up else 'DOWN'}" for m, up in s["peers"].items()),
         f"pending transactions: {s['mempool']}",
     ]
+    data_dir = s.get("data_dir")
+    if data_dir:
+        locked = " (signing LOCKED until caught up: restored data directory)" if data_dir["signing_locked"] else ""
+        floor = f", signs only above height {data_dir['guard_floor']}" if data_dir["guard_floor"] is not None else ""
+        lines.append(f"data directory: instance {data_dir['instance_id']}{floor}{locked}")
     if s.get("excluded"):
         lines.append("excluded (double-signed): " + ", ".join(s["excluded"]))
     for p in s.get("governance", {}).get("pending", []):

@@ -1,5 +1,5 @@
 """``peerdb keygen | consortium init | node run | demo``: the operator's commands, which set up and
-run nodes rather than talk to one."""
+run nodes rather than talk to one (founding across firms: :mod:`.founding`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from typing import Any
 
 import click
 
-from peerdb.core.errors import ConfigError, PeerDBError
+from peerdb.core.errors import ConfigError, PeerDBError, RestoredDataDir
+
+from click.core import ParameterSource
 
 from . import exitcodes
 from .context import Ctx, json_option, pass_ctx
 from .errors import CliError, config_problems
+from .founding import NamespaceSpec, ParamSetting, consortium_show, init_from_cards, node_init
 
 
 @click.command()
@@ -23,7 +26,8 @@ from .errors import CliError, config_problems
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @click.option("--name", "member_name", default=None,
               help="Member keys: also write the member's TLS certificate for NAME next to the key "
-                   "(OUT with .crt), to hand to the members in an add or rotate proposal.")
+                   "(OUT with .crt, PEM), to hand to the members in a rotate proposal; --json also gives it "
+                   "as the consortium file takes it (cert_b64). A firm that founds or joins: `peerdb member init`.")
 @json_option
 @pass_ctx
 def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) -> None:
@@ -36,6 +40,7 @@ def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) 
       peerdb keygen --out keys/firm-e.key --name firm-e     # a firm joining: key + keys/firm-e.crt
       peerdb keygen --out keys/firm-a.2027.key --name firm-a  # the next key of a rotation
     """
+    import base64
     import ssl
 
     from peerdb.core.keys import SigningKey
@@ -53,6 +58,7 @@ def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) 
             if cert_path.exists() and not force:
                 raise ConfigError(f"{cert_path}: exists (use --force to overwrite)")
             info["certificate"] = str(cert_path)
+            info["cert_b64"] = base64.b64encode(cert).decode("ascii")  # as the consortium file takes it
         write_key(out, key, kind, overwrite=force)
         if cert_path is not None:
             cert_path.write_text(ssl.DER_cert_to_PEM_cert(cert), encoding="ascii")
@@ -61,11 +67,31 @@ def keygen(ctx: Ctx, out: str, kind: str, force: bool, member_name: str | None) 
 
 @click.group()
 def consortium() -> None:
-    """Found a consortium: keys, the shared consortium file, one node config per member."""
+    """Found a consortium: the shared consortium file (from the firms' member cards, or a whole
+    pilot consortium on one machine), and its id."""
+
+
+PILOT_ONLY = ("directory", "count", "names", "host", "base_port", "api_base_port", "bitcoin_rpc")
+"""Options of the one-machine pilot that make no sense with member cards (each firm has its own
+machine, keys and node config)."""
 
 
 @consortium.command("init")
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Where to write everything.")
+@click.option("--member-card", "cards", multiple=True, type=click.Path(dir_okay=False),
+              help="A firm's member card (`peerdb member init` writes it); repeat, in turn order. Writes only "
+                   "the consortium file (--out).")
+@click.option("--out", type=click.Path(dir_okay=False), default="consortium.toml", show_default=True,
+              help="With --member-card: the consortium file to write.")
+@click.option("--namespace", "namespaces", multiple=True, type=NamespaceSpec(),
+              help="A namespace rule NAME[:writers=A,B][:readers=A,B][:private] ('*': every member); repeatable.")
+@click.option("--param", "settings", multiple=True, type=ParamSetting(), metavar="NAME=VALUE",
+              help="A consortium parameter, e.g. anchor_interval_s=600; repeatable.")
+@click.option("--closed-namespaces", "closed", is_flag=True,
+              help="A namespace without a rule is closed to every member (default: open).")
+@click.option("--genesis-time-ms", type=click.IntRange(0), default=None,
+              help="The founding time, ms since the epoch (default: now).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Pilot (without --member-card): where to write everything.")
 @click.option("--name", default="example", show_default=True, help="Consortium name.")
 @click.option("--members", "count", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Number of members (named firm-a, firm-b, ... unless --names is given).")
@@ -82,25 +108,48 @@ def consortium() -> None:
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @json_option
 @pass_ctx
-def consortium_init(ctx: Ctx, directory: str, name: str, count: int, names: str | None, host: str,
+@click.pass_context
+def consortium_init(click_ctx: click.Context, ctx: Ctx, cards: tuple[str, ...], out: str, namespaces: tuple[Any, ...],
+                    settings: tuple[tuple[str, int], ...], closed: bool, genesis_time_ms: int | None,
+                    directory: str | None, name: str, count: int, names: str | None, host: str,
                     base_port: int, api_base_port: int, bitcoin_rpc: str | None, heartbeat_ms: int | None,
                     turn_timeout_ms: int | None, anchor_interval_s: int | None, force: bool) -> None:
-    """Write keys, consortium.toml and one node config per member, ready for `peerdb node run`.
+    """Write the consortium file from the firms' member cards (a consortium across firms); or,
+    with --dir, a whole pilot consortium on this machine: every member's keys, consortium.toml
+    and one node config per member, ready for `peerdb node run`.
 
     \b
-    Example:
+    Example (across firms, see docs/operations.md):
+      peerdb consortium init --name trade-finance --member-card firm-a.card --member-card firm-b.card \
+          --member-card firm-c.card --namespace 'deals:writers=*:readers=firm-a,firm-b:private'
+      peerdb consortium show consortium.toml
+    Example (a pilot on one machine):
       peerdb consortium init --dir ./consortium --members 4
       peerdb node run --config ./consortium/firm-a.toml
     """
+    overrides = {k: v for k, v in (("heartbeat_ms", heartbeat_ms), ("turn_timeout_ms", turn_timeout_ms),
+                                   ("anchor_interval_s", anchor_interval_s)) if v is not None}
+    if cards:
+        given = [p for p in PILOT_ONLY if click_ctx.get_parameter_source(p) is not ParameterSource.DEFAULT]
+        if given:
+            raise CliError(f"--member-card: {', '.join('--' + p.replace('_', '-') for p in given)} belong to a pilot "
+                           "on one machine (--dir); with member cards each firm writes its own node config with "
+                           "`peerdb node init`", exitcodes.USAGE)
+        init_from_cards(ctx, cards, name, out, namespaces, (*settings, *overrides.items()), closed,
+                        genesis_time_ms, force)
+        return
+    if directory is None:
+        raise CliError("give --member-card FILE for each firm (a consortium across firms), or --dir DIR for a "
+                       "pilot on this machine", exitcodes.USAGE)
     from peerdb.setup_files import init_consortium
     member_names = [n.strip() for n in names.split(",")] if names else [f"firm-{chr(ord('a') + i)}" if i < 26
                                                                          else f"firm-{i}" for i in range(count)]
-    overrides = {k: v for k, v in (("heartbeat_ms", heartbeat_ms), ("turn_timeout_ms", turn_timeout_ms),
-                                   ("anchor_interval_s", anchor_interval_s)) if v is not None}
     with config_problems():
         result = init_consortium(Path(directory), name, member_names, host=host, base_port=base_port,
-                                 api_base_port=api_base_port, bitcoin_rpc=bitcoin_rpc, params=overrides,
-                                 overwrite=force)
+                                 api_base_port=api_base_port, bitcoin_rpc=bitcoin_rpc,
+                                 params={**dict(settings), **overrides}, overwrite=force,
+                                 namespaces=namespaces, open_namespaces=not closed,
+                                 genesis_time_ms=genesis_time_ms)
     lines = [f"consortium {name} ({len(member_names)} members) written to {directory}",
              f"  consortium file: {result['consortium_file']}"]
     for member, cfg in result["configs"].items():
@@ -108,9 +157,15 @@ def consortium_init(ctx: Ctx, directory: str, name: str, count: int, names: str 
     ctx.emit(result, "\n".join(lines))
 
 
+consortium.add_command(consortium_show)
+
+
 @click.group()
 def node() -> None:
-    """Run this firm's node daemon."""
+    """Write this firm's node config; run its node daemon."""
+
+
+node.add_command(node_init)
 
 
 @node.command("check")
@@ -175,9 +230,14 @@ def node_run(config_path: str, accept_restored: bool) -> None:
       peerdb node run --config configs/firm-a.toml
     """
     from peerdb.node.daemon import run_daemon
+    from peerdb.node.identity import MemberRemoved
     try:
         with config_problems():
             run_daemon(config_path, accept_restored=accept_restored)
+    except RestoredDataDir as exc:
+        raise CliError(f"node not started: {exc}", exitcodes.RESTORED) from None
+    except MemberRemoved as exc:
+        raise CliError(f"node stopped: {exc}", exitcodes.REMOVED) from None
     except PeerDBError as exc:
         raise CliError(f"node stopped: {exc}") from None
 
@@ -188,7 +248,7 @@ def node_run(config_path: str, accept_restored: bool) -> None:
               help="Transactions in the workload.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where to put keys, configs, data, logs and the audit bundle (default: a new temp dir).")
-@click.option("--keep-running", is_flag=True, help="Leave the consortium running until Ctrl-C.")
+@click.option("--keep-running", is_flag=True, help="Leave the consortium running until Ctrl-C or SIGTERM.")
 def demo(members: int, txs: int, workdir: str | None, keep_running: bool) -> None:
     """The whole story in one command: a local consortium anchoring into a regtest Bitcoin node.
 
@@ -202,12 +262,4 @@ def demo(members: int, txs: int, workdir: str | None, keep_running: bool) -> Non
     """
     from peerdb.demo import run_demo
 
-    def wait_forever() -> None:
-        import time
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            click.echo("stopping ...")
-    code = run_demo(members, txs, workdir, keep_running, echo=click.echo, wait_forever=wait_forever)
-    sys.exit(code)
+    sys.exit(run_demo(members, txs, workdir, keep_running, echo=click.echo))

@@ -32,13 +32,19 @@ class HeightType(click.ParamType[int]):
 
 
 class AddressType(click.ParamType[str]):
+    """``HOST:PORT``; ``allow_any_port``: port 0 too (any free port, for an address this
+    machine binds)."""
+
     name = "host:port"
+
+    def __init__(self, allow_any_port: bool = False) -> None:
+        self.low = 0 if allow_any_port else 1
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
         host, _, port = text.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            self.fail(f"{value!r} is not HOST:PORT with a port in 1..65535", param, ctx)
+        if not host or not port.isdigit() or not self.low <= int(port) < 65536:
+            self.fail(f"{value!r} is not HOST:PORT with a port in {self.low}..65535", param, ctx)
         return text
 
 

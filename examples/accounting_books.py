@@ -30,15 +30,8 @@ import json
 import random
 from typing import Any
 
-from consortium_client import (
-    EXIT_CHECK_FAILED,
-    ConsortiumDir,
-    ExampleError,
-    Member,
-    argument_parser,
-    open_consortium,
-    run_main,
-)
+import click
+from consortium_client import EXIT_CHECK_FAILED, ConsortiumDir, ExampleError, Member, example_command
 
 NAMESPACE = "books"
 DEFAULT_PERIODS = "2025-Q1,2025-Q2,2025-Q3,2025-Q4"
@@ -176,38 +169,40 @@ def audit(net: ConsortiumDir, firm: Member, periods: list[str], view: str, commi
     return failures
 
 
-def main() -> int:
-    parser = argument_parser(__doc__ or "")
-    parser.add_argument("--firm", help="the member committing its books (default: the first member)")
-    parser.add_argument("--periods", default=DEFAULT_PERIODS, help=f"comma-separated periods (default {DEFAULT_PERIODS})")
-    parser.add_argument("--rewrite", metavar="PERIOD",
-                        help="simulate cheating: after committing, write a second version of PERIOD "
-                             "(the audit must then fail)")
-    parser.add_argument("--wait-anchor", action="store_true",
-                        help="wait until each period is unanimous (anchored in Bitcoin), if the consortium anchors")
-    args = parser.parse_args()
-    net = open_consortium(args.dir)
-    try:
-        firm = net.member(args.firm or next(iter(net.members)))
-        periods = [p.strip() for p in args.periods.split(",") if p.strip()]
-        print(f"Consortium {net.consortium.name}: {', '.join(net.consortium.member_names)}")
-        view = choose_wait_view(net, args.wait_anchor)
-        print(f"{firm.name} closes {len(periods)} periods and commits its books to '{NAMESPACE}/{firm.name}/<period>':")
-        committed = max((commit_period(firm, period, view, args.timeout) for period in periods), default=0)
-        if args.rewrite:
-            committed = max(committed, rewrite_period(firm, args.rewrite, view, args.timeout))
-        failures = audit(net, firm, periods, view, committed, args.timeout)
-    finally:
-        net.close()
+@click.option("--firm", help="The member committing its books (default: the first member).")
+@click.option("--periods", default=DEFAULT_PERIODS, show_default=True, help="Comma-separated periods.")
+@click.option("--rewrite", metavar="PERIOD",
+              help="Simulate cheating: after committing, write a second version of PERIOD (the audit must then fail).")
+@click.option("--wait-anchor", is_flag=True,
+              help="Wait until each period is unanimous (anchored in Bitcoin), if the consortium anchors.")
+@example_command
+def main(net: ConsortiumDir, timeout: float, firm: str | None, periods: str, rewrite: str | None,
+         wait_anchor: bool) -> int:
+    """A firm commits its books each period; an auditor proves there were never two sets of books.
+
+    \b
+    Example:
+      .venv/bin/python examples/accounting_books.py --dir DIR/consortium --wait-anchor
+    """
+    member = net.member(firm or next(iter(net.members)))
+    chosen = [p.strip() for p in periods.split(",") if p.strip()]
+    print(f"Consortium {net.consortium.name}: {', '.join(net.consortium.member_names)}")
+    view = choose_wait_view(net, wait_anchor)
+    print(f"{member.name} closes {len(chosen)} periods and commits its books to '{NAMESPACE}/{member.name}/<period>':")
+    committed = max((commit_period(member, period, view, timeout) for period in chosen), default=0)
+    if rewrite:
+        committed = max(committed, rewrite_period(member, rewrite, view, timeout))
+    failures = audit(net, member, chosen, view, committed, timeout)
+    firm_name = member.name
     if failures:
         print("\nAUDIT FAILED:")
         for failure in failures:
             print(f"  {failure}")
         return EXIT_CHECK_FAILED
-    print(f"\nAudit passed: {firm.name} cannot be accused of keeping two sets of books: every period has "
+    print(f"\nAudit passed: {firm_name} cannot be accused of keeping two sets of books: every period has "
           f"exactly one version, signed into the shared ledger by every member, and the books match it.")
     return 0
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

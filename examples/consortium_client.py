@@ -3,22 +3,25 @@
 The examples run against any consortium whose directory holds ``consortium.toml`` and one node
 config per member (what ``peerdb consortium init`` writes, and what ``peerdb demo --keep-running
 --workdir DIR`` leaves in ``DIR/consortium``). Each member is reached the way that firm's own
-applications reach it: over HTTP at its ``api.listen`` address with its ``api.token``.
+applications reach it: with PeerDB's client library (:class:`peerdb.client.NodeClient`) at its
+``api.listen`` address with its ``api.token``. Their command lines are click commands, in the
+style of the ``peerdb`` command itself (:func:`example_command`).
 
 Only the documented client API (docs/api.md) is used, so the examples double as API samples.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import click
 
+from peerdb.client import NodeClient, NodeError, NodeRefused, NodeUnreachable
 from peerdb.consortium_file import load_consortium
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import ConfigError
@@ -29,111 +32,81 @@ EXIT_UNREACHABLE = 3
 EXIT_CHECK_FAILED = 4
 """Same numbers as the ``peerdb`` CLI: 3 node unreachable, 4 a verification failed."""
 
-POLL_S = 0.2
-"""Pause between status polls while waiting for a head to move."""
-HTTP_SLACK_S = 10.0
-"""Extra seconds the HTTP client waits beyond a ``--wait`` the node itself bounds."""
+__all__ = ["EXIT_CHECK_FAILED", "ConsortiumDir", "ExampleError", "Member", "NodeRefused", "example_command",
+           "open_consortium"]
 
 
-class ExampleError(Exception):
-    """A failure worth one clear line for the person running the example."""
+class ExampleError(click.ClickException):
+    """A failure worth one clear line for the person running the example, with its exit code."""
 
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
-
-
-class NodeRefused(ExampleError):
-    """The node answered with ``{"error": {"code", "message"}}``."""
-
-    def __init__(self, member: str, status: int, code: str, message: str) -> None:
-        super().__init__(f"{member}'s node refused ({status} {code}): {message}")
-        self.status = status
-        self.code = code
-        self.reason = message
+        vars(self)["exit_code"] = exit_code  # click exits with it
 
 
 @dataclass
 class Member:
-    """One member firm's node, as its own applications see it."""
+    """One member firm's node, as its own applications see it: the client library's
+    :class:`NodeClient`, named for the firm, with its failures said in the firm's name."""
 
     name: str
     config: NodeConfig
-    http: httpx.Client
+    node: NodeClient
 
-    def request(self, method: str, path: str, *, timeout: float = 30.0, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            response = self.http.request(method, path, timeout=timeout, **kwargs)
-        except httpx.TransportError as exc:
+            return fn(*args, **kwargs)
+        except NodeUnreachable as exc:
             raise ExampleError(f"cannot reach {self.name}'s node at {self.config.api_listen} ({exc}); "
                                f"is the consortium running? (peerdb demo --keep-running --workdir DIR)",
                                EXIT_UNREACHABLE) from None
-        try:
-            body = response.json()
-        except ValueError:
-            raise ExampleError(f"{self.name}'s node answered {response.status_code} {response.text[:200]!r}") from None
-        if response.status_code >= 400:
-            error = body.get("error", {}) if isinstance(body, dict) else {}
-            raise NodeRefused(self.name, response.status_code, str(error.get("code", "?")),
-                              str(error.get("message", response.text)))
-        if not isinstance(body, dict):
-            raise ExampleError(f"{self.name}'s node answered with unexpected JSON: {body!r}")
-        return body
+        except NodeRefused:
+            raise  # the caller may expect it (a forged write); otherwise it is reported as an error
+        except NodeError as exc:
+            raise ExampleError(f"{self.name}'s node: {exc}") from None
+        except TimeoutError as exc:
+            raise ExampleError(f"{self.name}: {exc}") from None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self.node.request, method, path, **kwargs)
+        return result
 
     def write(self, ops: list[dict[str, Any]], wait: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
         """POST /v1/write: the node signs one atomic transaction with the firm's client key."""
-        body: dict[str, Any] = {"ops": ops}
-        if wait:
-            body.update(wait=wait, timeout_s=timeout_s)
-        return self.request("POST", "/v1/write", json=body, timeout=timeout_s + HTTP_SLACK_S)
+        result: dict[str, Any] = self._call(self.node.write, ops, wait, timeout_s)
+        return result
 
     def get(self, namespace: str, key: str, view: str = "majority", at: int | None = None) -> dict[str, Any]:
-        params: dict[str, Any] = {"view": view}
-        if at is not None:
-            params["at"] = at
-        return self.request("GET", f"/v1/kv/{namespace}/{key}", params=params)
+        result: dict[str, Any] = self._call(self.node.read, namespace, key, view, at)
+        return result
 
     def history(self, namespace: str, key: str) -> list[dict[str, Any]]:
-        versions: list[dict[str, Any]] = self.request("GET", f"/v1/history/{namespace}/{key}")["versions"]
-        return versions
+        result: list[dict[str, Any]] = self._call(self.node.history, namespace, key)
+        return result
 
     def status(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/status")
+        result: dict[str, Any] = self._call(self.node.status)
+        return result
 
     def head(self, view: str) -> int:
-        height: int = self.status()["heads"][view]
-        return height
+        result: int = self._call(self.node.head, view)
+        return result
 
     def wait_head(self, view: str, height: int, timeout: float) -> int:
-        """Poll until this member's head in ``view`` reaches ``height``; returns the head.
-
-        Signatures travel by gossip, so another member learns that a block is fully signed a
-        moment after the member that accepted the write."""
-        deadline = time.monotonic() + timeout
-        while True:
-            head = self.head(view)
-            if head >= height:
-                return head
-            if time.monotonic() > deadline:
-                raise ExampleError(f"{self.name}'s {view} head is {head}, still below {height} after {timeout} s")
-            time.sleep(POLL_S)
+        """Poll until this member's head in ``view`` reaches ``height``; returns the head."""
+        result: int = self._call(self.node.wait_head, view, height, timeout)
+        return result
 
     def block(self, ref: int | str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/blocks/{ref}")
+        result: dict[str, Any] = self._call(self.node.block, ref)
+        return result
 
     def blocks(self, start: int, end: int) -> list[dict[str, Any]]:
-        """Block summaries of the best chain from ``start`` to ``end``, paging as the API requires."""
-        out: list[dict[str, Any]] = []
-        while start <= end:
-            page = self.request("GET", "/v1/blocks", params={"from": start, "to": end})["blocks"]
-            if not page:
-                break
-            out.extend(page)
-            start = page[-1]["height"] + 1
-        return out
+        result: list[dict[str, Any]] = self._call(self.node.blocks, start, end)
+        return result
 
     def close(self) -> None:
-        self.http.close()
+        self.node.close()
 
 
 @dataclass
@@ -183,29 +156,30 @@ def open_consortium(directory: str | Path) -> ConsortiumDir:
     for name in consortium.member_names:
         if name in configs:
             cfg = configs[name]
-            members[name] = Member(name, cfg, httpx.Client(base_url=f"http://{cfg.api_listen}",
-                                                           headers={"Authorization": f"Bearer {cfg.api_token}"}))
+            members[name] = Member(name, cfg, NodeClient(f"http://{cfg.api_listen}", cfg.api_token))
     if not members:
         raise ExampleError(f"{path}: no member node configs found next to consortium.toml")
     return ConsortiumDir(path, consortium, members)
 
 
-def argument_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", required=True, metavar="CONSORTIUM_DIR",
-                        help="directory with consortium.toml and the members' node configs "
-                             "(or a `peerdb demo --workdir` directory)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait for each write to reach its view (default 60)")
-    return parser
-
-
-def run_main(main: Any) -> None:
-    """Run ``main()`` and turn an :class:`ExampleError` into one line and an exit code."""
-    try:
-        code = main()
-    except ExampleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    sys.exit(code or 0)
+def example_command(fn: Callable[..., int | None]) -> click.Command:
+    """The example's command line, in the ``peerdb`` command's style (click): ``--dir`` and
+    ``--timeout`` for every example, the example's own options on ``fn``; ``fn(net, timeout,
+    **options)`` gets the open consortium and returns the exit code. A refusal nobody expected
+    is one line and exit 1; the consortium's connections are closed at the end."""
+    @click.option("--dir", "directory", required=True, metavar="CONSORTIUM_DIR",
+                  help="Directory with consortium.toml and the members' node configs (or a `peerdb demo "
+                       "--workdir` directory).")
+    @click.option("--timeout", type=float, default=60.0, show_default=True,
+                  help="Seconds to wait for each write to reach its view.")
+    @functools.wraps(fn)
+    def run(directory: str, timeout: float, **options: Any) -> None:
+        net = open_consortium(directory)
+        try:
+            code = fn(net, timeout, **options)
+        except NodeRefused as exc:
+            raise ExampleError(f"a node refused: {exc}") from None
+        finally:
+            net.close()
+        sys.exit(code or 0)
+    return click.command(help=fn.__doc__, context_settings={"max_content_width": 100})(run)

@@ -29,14 +29,8 @@ import random
 from datetime import date
 from typing import Any
 
-from consortium_client import (
-    EXIT_CHECK_FAILED,
-    ExampleError,
-    Member,
-    argument_parser,
-    open_consortium,
-    run_main,
-)
+import click
+from consortium_client import EXIT_CHECK_FAILED, ConsortiumDir, ExampleError, Member, example_command
 
 NAMESPACE = "exposures"
 COUNTERPARTIES = ("acme-industrial", "globex-shipping", "initech-software", "umbrella-pharma", "stark-energy")
@@ -130,29 +124,31 @@ def report(rows: list[dict[str, Any]], banks: list[str], as_of: str, threshold: 
     return flags
 
 
-def main() -> int:
-    parser = argument_parser(__doc__ or "")
-    parser.add_argument("--regulator", help="the regulator member (default: the last member)")
-    parser.add_argument("--as-of", default=date.today().isoformat(), help="reporting date (default today)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"concentration threshold as a share of a bank's total (default {DEFAULT_THRESHOLD})")
-    args = parser.parse_args()
-    net = open_consortium(args.dir)
+@click.option("--regulator", help="The regulator member (default: the last member).")
+@click.option("--as-of", default=date.today().isoformat(), show_default="today", help="Reporting date.")
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Concentration threshold as a share of a bank's total.")
+@example_command
+def main(net: ConsortiumDir, timeout: float, regulator: str | None, as_of: str, threshold: float) -> int:
+    """Banks post their exposures; the regulator member reads the whole registry and flags
+    concentrations.
+
+    \b
+    Example:
+      .venv/bin/python examples/exposure_registry.py --dir DIR/consortium --as-of 2025-12-31
+    """
     view = "unanimous_signed"
-    try:
-        regulator = net.member(args.regulator or list(net.members)[-1])
-        banks = [m for m in net.members if m != regulator.name]
-        if not banks:
-            raise ExampleError("the registry needs at least one bank besides the regulator")
-        print(f"Consortium {net.consortium.name}: banks {', '.join(banks)}; regulator {regulator.name}")
-        print(f"Banks report their exposures as of {args.as_of}:")
-        written = max(post_exposures(net.members[b], banks, args.as_of, view, args.timeout) for b in banks)
-        as_of_height, rows, failures = read_registry(regulator, view, written, args.timeout)
-        print(f"\n{regulator.name} (regulator) reads the registry at the {view} view, height {as_of_height}: "
-              f"{len(rows)} entries, each signed by the bank it concerns and co-signed by every member")
-        flags = report(rows, banks, args.as_of, args.threshold)
-    finally:
-        net.close()
+    reader = net.member(regulator or list(net.members)[-1])
+    banks = [m for m in net.members if m != reader.name]
+    if not banks:
+        raise ExampleError("the registry needs at least one bank besides the regulator")
+    print(f"Consortium {net.consortium.name}: banks {', '.join(banks)}; regulator {reader.name}")
+    print(f"Banks report their exposures as of {as_of}:")
+    written = max(post_exposures(net.members[b], banks, as_of, view, timeout) for b in banks)
+    as_of_height, rows, failures = read_registry(reader, view, written, timeout)
+    print(f"\n{reader.name} (regulator) reads the registry at the {view} view, height {as_of_height}: "
+          f"{len(rows)} entries, each signed by the bank it concerns and co-signed by every member")
+    flags = report(rows, banks, as_of, threshold)
     if failures:
         print("\nFAILED:")
         for failure in failures:
@@ -161,9 +157,9 @@ def main() -> int:
     print()
     for flag in flags:
         print(f"FLAG {flag}")
-    print(f"Registry read: {len(banks)} banks, {len(flags)} concentration flag(s) over {args.threshold:.0%}.")
+    print(f"Registry read: {len(banks)} banks, {len(flags)} concentration flag(s) over {threshold:.0%}.")
     return 0
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

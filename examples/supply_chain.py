@@ -15,9 +15,9 @@ signed by the firm whose namespace it is.
 
 With such rules, a block carrying a write by firm-b into ``chain.firm-a`` is invalid for every
 member, and firm-b's own node refuses the write up front; this script shows that refusal. The
-rules are fixed when the consortium is founded (they are part of its id) and ``peerdb consortium
-init`` does not write any yet, so the script reads consortium.toml to see whether they exist and
-says so when they do not (and then does not attempt the forged write).
+rules are fixed when the consortium is founded (they are part of its id: ``peerdb consortium
+init --namespace chain.firm-a:writers=firm-a ...``), so the script reads consortium.toml to see
+whether they exist and says so when they do not (and then does not attempt the forged write).
 
 Run against a running consortium of at least two members:
 
@@ -31,16 +31,8 @@ import json
 import secrets
 from typing import Any
 
-from consortium_client import (
-    EXIT_CHECK_FAILED,
-    ConsortiumDir,
-    ExampleError,
-    Member,
-    NodeRefused,
-    argument_parser,
-    open_consortium,
-    run_main,
-)
+import click
+from consortium_client import EXIT_CHECK_FAILED, ConsortiumDir, ExampleError, Member, NodeRefused, example_command
 
 STEPS = ("produced", "shipped", "cleared customs", "delivered", "received", "stored")
 """What each successive holder does; the n-th member of the chain does STEPS[n]."""
@@ -127,9 +119,9 @@ def try_forgery(net: ConsortiumDir, forger: Member, victim: str, shipment: str) 
         print(f"  NOTE: consortium.toml has {who}, so every member may write {ns} and this write would be "
               f"accepted. Nothing attempted. To make 'each firm writes only its own namespace' a consensus "
               f"rule, found the consortium with a [[namespaces]] rule per firm (name = \"{ns}\", "
-              f"writers = [\"{victim}\"]); `peerdb consortium init` has no option for rules yet, so add them "
-              f"to consortium.toml before the first `peerdb node run`. (The reader above still checks who "
-              f"signed each record, so a forged record would be caught when read.)")
+              f"writers = [\"{victim}\"]): `peerdb consortium init --namespace {ns}:writers={victim}` "
+              f"for each firm. (The reader above still checks who signed each record, so a forged record "
+              f"would be caught when read.)")
         return []
     forged = json.dumps({"shipment": shipment, "firm": victim, "step": "lost in transit", "forged_by": forger.name})
     try:
@@ -142,27 +134,28 @@ def try_forgery(net: ConsortiumDir, forger: Member, victim: str, shipment: str) 
     return [f"{forger.name}'s write into {ns} was accepted ({answer}); the namespace rule did not hold"]
 
 
-def main() -> int:
-    parser = argument_parser(__doc__ or "")
-    parser.add_argument("--shipment", help="shipment id (default: a new random one)")
-    parser.add_argument("--view", default="unanimous_signed",
-                        help="view each custody write waits for and the reader reads (default unanimous_signed)")
-    args = parser.parse_args()
-    net = open_consortium(args.dir)
-    try:
-        if len(net.members) < 2:
-            raise ExampleError("a supply chain needs at least two members with node configs here")
-        shipment = args.shipment or f"shp-{secrets.token_hex(4)}"
-        ruled = [m for m in net.members if net.consortium.rule(namespace(m)) is not None]
-        print(f"Consortium {net.consortium.name}; namespace rules for chain.*: "
-              f"{', '.join(namespace(m) for m in ruled) if ruled else 'none'}")
-        print(f"Shipment {shipment} passes through {' -> '.join(net.members)}; each firm records its custody:")
-        firms = record_custody(net, shipment, args.view, args.timeout)
-        reader = net.members[firms[-1]]
-        failures = read_chain(reader, shipment, firms[0], args.view)
-        failures += try_forgery(net, net.members[firms[1]], firms[0], shipment)
-    finally:
-        net.close()
+@click.option("--shipment", help="Shipment id (default: a new random one).")
+@click.option("--view", default="unanimous_signed", show_default=True,
+              help="View each custody write waits for and the reader reads.")
+@example_command
+def main(net: ConsortiumDir, timeout: float, shipment: str | None, view: str) -> int:
+    """Each firm writes only its own namespace chain.<firm>; a reader follows the chain of custody.
+
+    \b
+    Example:
+      .venv/bin/python examples/supply_chain.py --dir DIR/consortium
+    """
+    if len(net.members) < 2:
+        raise ExampleError("a supply chain needs at least two members with node configs here")
+    shipment = shipment or f"shp-{secrets.token_hex(4)}"
+    ruled = [m for m in net.members if net.consortium.rule(namespace(m)) is not None]
+    print(f"Consortium {net.consortium.name}; namespace rules for chain.*: "
+          f"{', '.join(namespace(m) for m in ruled) if ruled else 'none'}")
+    print(f"Shipment {shipment} passes through {' -> '.join(net.members)}; each firm records its custody:")
+    firms = record_custody(net, shipment, view, timeout)
+    reader = net.members[firms[-1]]
+    failures = read_chain(reader, shipment, firms[0], view)
+    failures += try_forgery(net, net.members[firms[1]], firms[0], shipment)
     if failures:
         print("\nFAILED:")
         for failure in failures:
@@ -174,4 +167,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -4,22 +4,29 @@ A regtest Bitcoin node, N member daemons (real processes, TLS, LMDB, synced writ
 127.0.0.1, a workload of client-signed transactions through the public API, every block
 co-signed by every member and anchored, an audit bundle exported and verified, a summary, and
 everything stopped again. The exit status is 0 only if every step held.
+
+SIGINT and SIGTERM stop everything the demo started, at any step: the demo sets its own
+handlers, because a process started in the background by a script inherits SIGINT ignored, and
+SIGTERM's default kills Python without running any cleanup, which would leave the regtest node
+and every member daemon (each in its own session) running with parent 1.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import subprocess
-import sys
 import itertools
+import json
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,57 @@ BATCH = 50
 
 class DemoFailed(Exception):
     pass
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException, as KeyboardInterrupt is, so that no
+    ``except Exception`` on the way swallows it before the demo stops what it started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`Stopped` in the main thread (whatever
+    the process inherited); the previous handlers are restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a caller elsewhere handles its own
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """While the demo stops what it started, a second Ctrl-C or SIGTERM must not cut that
+    short: both are ignored for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _wait_for_a_signal() -> None:
+    """Wait until SIGINT or SIGTERM raises :class:`Stopped`."""
+    while True:
+        time.sleep(3600)
 
 
 @dataclass
@@ -63,6 +121,16 @@ def _miner(regtest: Any, stop: threading.Event, interval_s: float = 1.0) -> None
 
 def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_running: bool = False,
              echo: Callable[[str], None] = print, wait_forever: Callable[[], None] | None = None) -> int:
+    """The demo; returns its exit status: 0 if every step held (with ``keep_running``, once
+    stopped by SIGINT or SIGTERM after that), 1 if a step failed, 128 + the signal's number if
+    a signal stopped it before it was done. ``wait_forever`` waits in the keep-running phase
+    (default: until a signal)."""
+    with stop_on_signals():
+        return _run_demo(members, txs, workdir, keep_running, echo, wait_forever or _wait_for_a_signal)
+
+
+def _run_demo(members: int, txs: int, workdir: str | None, keep_running: bool, echo: Callable[[str], None],
+              wait_forever: Callable[[], None]) -> int:
     from .anchor.regtest import RegtestNode
 
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="peerdb-demo-"))
@@ -73,6 +141,7 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
     net: LocalConsortium | None = None
     stop_mining = threading.Event()
     miner: threading.Thread | None = None
+    done = False
     try:
         echo("1/7 starting a regtest Bitcoin node (litecoind, Bitcoin Core 0.21 RPC) on 127.0.0.1 ...")
         regtest.start()
@@ -129,8 +198,12 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
             mine = [tx for tx in work_txs if tx.member == member]
             batches.extend(mine[i:i + BATCH] for i in range(0, len(mine), BATCH))
         t0 = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
+        pool = ThreadPoolExecutor(8)
+        try:
             list(pool.map(submit, batches))
+        finally:
+            # On a signal, do not wait for the batches in flight: stopping the nodes ends them.
+            pool.shutdown(wait=False, cancel_futures=True)
         t.mark("submitted")
 
         echo("5/7 waiting until every member has co-signed every block carrying them ...")
@@ -152,6 +225,7 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
 
         summary = _summary(net, levels, latencies, t, txs, t_signed, t_unanimous, audit_summary)
         echo(summary)
+        done = True
         if keep_running:
             stop_mining.set()
             cfg = net.nodes[names[0]].config
@@ -162,14 +236,20 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
                  f"Explorer (in a browser): http://{net.nodes[names[0]].api}/explorer#token={net.nodes[names[0]].token}\n"
                  "Metrics (Prometheus, no token): "
                  + ", ".join(f"http://{n.metrics}/metrics" for n in net.nodes.values()) + "\n"
-                 "Press Ctrl-C to stop everything.")
+                 "Press Ctrl-C (or send SIGTERM) to stop everything.")
             stop_mining.clear()
             miner = threading.Thread(target=_miner, args=(regtest, stop_mining), daemon=True)
             miner.start()
-            if wait_forever is not None:
-                wait_forever()
+            wait_forever()
         echo("PeerDB demo: OK")
         return 0
+    except Stopped as stop:
+        echo(f"{stop}: stopping everything the demo started ...")
+        if done:
+            echo("PeerDB demo: OK")
+            return 0
+        echo(f"PeerDB demo: interrupted by {stop}")
+        return 128 + stop.signum
     except (DemoFailed, TimeoutError, RuntimeError, httpx.HTTPError) as exc:
         if net is not None:
             for node in net.nodes.values():
@@ -177,13 +257,14 @@ def run_demo(members: int = 4, txs: int = 200, workdir: str | None = None, keep_
         echo(f"PeerDB demo FAILED: {exc}")
         return 1
     finally:
-        stop_mining.set()
-        if miner is not None:
-            miner.join(timeout=5)
-        if net is not None:
-            net.stop_all()
-        regtest.stop()
-        echo(f"stopped everything the demo started; files (logs, data, bundle) remain in {work}")
+        with signals_held():
+            stop_mining.set()
+            if miner is not None:
+                miner.join(timeout=5)
+            if net is not None:
+                net.stop_all()
+            regtest.stop()
+            echo(f"stopped everything the demo started; files (logs, data, bundle) remain in {work}")
 
 
 def _wait_levels(net: LocalConsortium, txids: list[bytes], level: str, timeout: float) -> dict[str, int]:

@@ -63,6 +63,7 @@ class NodeProcess:
     api: str
     token: str
     log_path: Path
+    audit_token: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     metrics: str | None = None
     """``host:port`` of the node's metrics and health endpoints, when the consortium has them."""
@@ -74,8 +75,11 @@ class NodeProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=f"http://{self.api}", headers={"Authorization": f"Bearer {self.token}"},
+    def client(self, timeout: float = 30.0, *, auditor: bool = False) -> httpx.Client:
+        """An HTTP client of the node's API with the application token (``auditor``: with the
+        auditor token, which opens only the audit export)."""
+        token = self.audit_token if auditor else self.token
+        return httpx.Client(base_url=f"http://{self.api}", headers={"Authorization": f"Bearer {token}"},
                             timeout=timeout)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -115,7 +119,8 @@ class LocalConsortium:
             header = "".join(line + "\n" for line in config.read_text().splitlines() if line.startswith("#"))
             config.write_text(header + tomli_w.dumps(data))
             self.nodes[name] = NodeProcess(name, config, data["api"]["listen"], data["api"]["token"],
-                                           self.directory / f"{name}.log", metrics=metrics)
+                                           self.directory / f"{name}.log", data["api"].get("audit_token"),
+                                           metrics=metrics)
 
     def start(self, name: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
         node = self.nodes[name]

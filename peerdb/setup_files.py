@@ -1,21 +1,25 @@
-"""Writing a new consortium: keys, the shared consortium file and per-member node configs.
+"""Writing a whole consortium in one directory: every member's keys, the shared consortium file
+and one node config per member — a pilot on one machine (a real consortium is founded across
+firms, each keeping its own keys: :mod:`peerdb.founding`).
 
-Used by ``peerdb consortium init``, the demo, the benchmark and the tests, so that every one of
-them starts from files an operator could have written by hand.
+Used by ``peerdb consortium init --dir``, the demo, the benchmark and the tests, so that every
+one of them starts from files an operator could have written by hand.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from .core.consortium import Consortium, Member, Params, check_name, consortium_to_toml_data
+from .core.consortium import EVERYONE, Consortium, Member, NamespaceRule, Params, check_name
 from .core.errors import ConfigError
 from .core.keys import SigningKey
+from .founding import write_consortium_file, write_private
 from .keyfile import write_key
 from .net.certs import member_certificate
 
@@ -24,7 +28,8 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
                     base_port: int = 7100, api_base_port: int = 8100, bitcoin_rpc: str | None = None,
                     params: dict[str, int] | None = None, overwrite: bool = False,
                     genesis_time_ms: int | None = None, sync: bool = True, ports: list[int] | None = None,
-                    api_ports: list[int] | None = None) -> dict[str, Any]:
+                    api_ports: list[int] | None = None, namespaces: Sequence[NamespaceRule] = (),
+                    open_namespaces: bool = True) -> dict[str, Any]:
     """Write everything a consortium of ``member_names`` needs; ports default to base + index."""
     check_name(name, "consortium name")
     for member in member_names:
@@ -32,6 +37,10 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
     if len(set(member_names)) != len(member_names):
         raise ConfigError(f"member names must differ: {member_names}")
     agreed = Params(**(params or {}))  # validate everything before the first file is written
+    for rule in namespaces:
+        for who in rule.writers + rule.readers:
+            if who != EVERYONE and who not in member_names:
+                raise ConfigError(f"namespace {rule.name}: unknown member {who!r}")
     directory.mkdir(parents=True, exist_ok=True)
     consortium_file = directory / "consortium.toml"
     if consortium_file.exists() and not overwrite:
@@ -51,25 +60,22 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
                               cert=member_certificate(member_key.seed, member),
                               api=f"{host}:{api_ports[i]}"))
     consortium = Consortium(name, genesis_time_ms if genesis_time_ms is not None else int(time.time() * 1000),
-                            tuple(members), agreed)
-    consortium_file.write_text(
-        "# PeerDB consortium file: the founding contract, identical for every member.\n"
-        "# Its hash (without addresses and certs) is the consortium id; see docs/protocol.md.\n"
-        + tomli_w.dumps(consortium_to_toml_data(consortium)))
+                            tuple(members), agreed, tuple(namespaces), open_namespaces)
+    write_consortium_file(consortium_file, consortium, overwrite=True)
     configs = {}
     for i, member in enumerate(member_names):
         cfg: dict[str, Any] = {
             "node": {"member": member, "consortium": "consortium.toml", "key_file": f"keys/{member}.key",
                      "client_key_file": f"keys/{member}-client.key", "data_dir": f"data/{member}",
                      "sync": sync},
-            "api": {"listen": f"{host}:{api_ports[i]}", "token": secrets.token_urlsafe(24)},
+            "api": {"listen": f"{host}:{api_ports[i]}", "token": secrets.token_urlsafe(24),
+                    "audit_token": secrets.token_urlsafe(24)},
         }
         if bitcoin_rpc:
             cfg["bitcoin"] = {"rpc_url": bitcoin_rpc}
         path = directory / f"{member}.toml"
-        path.write_text(f"# PeerDB node config for {member}. Keep it private: it holds the API token.\n"
-                        + tomli_w.dumps(cfg))
-        path.chmod(0o600)
+        write_private(path, f"# PeerDB node config for {member}. Keep it private: it holds the API tokens.\n"
+                      + tomli_w.dumps(cfg))
         configs[member] = str(path)
     from .core.model import consortium_id
     return {"consortium_file": str(consortium_file), "consortium_id": consortium_id(consortium).hex(),

@@ -455,6 +455,9 @@ class BundleWriter:
 
 # --- reading -----------------------------------------------------------------------------------
 
+TRAILER = "trailer"
+"""How a failure of the trailer's checks (hash, counts) names where it is."""
+
 _STAGE_OF = {Head: 0, BtcPart: 1, BlockEntry: 1, EvidenceEntry: 2, Trailer: 3}
 _KIND = {Head: "head", BtcPart: "btc", BlockEntry: "block", EvidenceEntry: "evidence", Trailer: "trailer"}
 
@@ -465,6 +468,12 @@ class BundleParser:
     Checks the framing, the order of item kinds, block and evidence order, btc numbering, and
     at the end the trailer's counts and hash. Integrity is only known at :meth:`finish`: a
     caller that acts on items before then must be ready to be told the bundle was cut or spliced.
+
+    A trailer that does not match is raised only after every item before it was handed out:
+    :meth:`feed` returns those items and raises on the next call (or :meth:`finish`), so a
+    verifier checks them first and can name the first one whose own checks fail (a changed
+    byte in a block is that block's fault, not only a trailer mismatch). Every other failure
+    is raised at once: it names its item itself.
     """
 
     def __init__(self) -> None:
@@ -480,20 +489,42 @@ class BundleParser:
         self.trailer: Trailer | None = None
         self._last_block: tuple[int, bytes] = (0, b"")
         self._last_evidence = b""
+        self._failure: AuditFailure | None = None
+        self._consumed = 0
 
     def feed(self, data: bytes) -> list[Item]:
-        self._buf += data
+        if self._failure is not None:
+            raise self._failure
         out: list[Item] = []
+        try:
+            self._parse(data, out)
+        except AuditFailure as exc:
+            if not out or exc.where != TRAILER:
+                raise
+            self._failure = exc  # raised on the next call, once the items before it were handed out
+        return out
+
+    def _parse(self, data: bytes, out: list[Item]) -> None:
+        self._buf += data
         pos = 0
         buf = self._buf
         if not self._magic:
             if len(buf) < len(MAGIC):
-                return out
+                return
             if bytes(buf[:len(MAGIC)]) != MAGIC:
                 raise AuditFailure("bundle", "not a PeerDB audit bundle (wrong magic bytes)")
             self._hash.update(MAGIC)
             self._magic = True
             pos = len(MAGIC)
+        try:
+            self._frames(buf, pos, out)
+        finally:
+            consumed = self._consumed
+            del buf[:consumed]  # what was handed out (a failure in the next item leaves it out)
+            self.offset += consumed
+
+    def _frames(self, buf: bytearray, pos: int, out: list[Item]) -> None:
+        self._consumed = pos
         while len(buf) - pos >= LENGTH_BYTES:
             (length,) = _FRAME.unpack_from(buf, pos)
             where = f"item {self.index}"
@@ -517,13 +548,12 @@ class BundleParser:
                 self.counts.add(item)
             out.append(item)
             self.index += 1
-            pos = end
-        del buf[:pos]
-        self.offset += pos
-        return out
+            pos = self._consumed = end
 
     def finish(self) -> Trailer:
         """Call at end of input: the bundle must have ended exactly with its trailer."""
+        if self._failure is not None:
+            raise self._failure
         if not self._magic:
             raise AuditFailure("bundle", "empty or not a PeerDB audit bundle")
         if self.trailer is None:
@@ -560,10 +590,10 @@ class BundleParser:
 
     def _check_trailer(self, trailer: Trailer) -> None:
         if trailer.sha256 != self._hash.digest():
-            raise AuditFailure("trailer", "the SHA-256 over the bundle does not match: items were changed, "
+            raise AuditFailure(TRAILER, "the SHA-256 over the bundle does not match: items were changed, "
                                "removed, inserted or spliced")
         if trailer.counts != self.counts:
-            raise AuditFailure("trailer", f"counts {trailer.counts.to_cbor()} do not match the items read "
+            raise AuditFailure(TRAILER, f"counts {trailer.counts.to_cbor()} do not match the items read "
                                f"{self.counts.to_cbor()}")
         self.trailer = trailer
 

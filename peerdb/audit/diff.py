@@ -3,9 +3,16 @@
 Two honest members exported at different moments agree on every best-chain block both hold; one
 is merely ahead, or holds signatures and anchors the other has not received yet. Two sets of
 books — different blocks at one height on the best chains — is a **divergence**: someone showed
-different members different histories, or a fork has not been settled. The comparison reads
-each bundle's structure and integrity (framing, order, trailer hash) but does not re-verify
-signatures: run ``peerdb audit verify`` on each bundle for that.
+different members different histories, or a fork has not been settled.
+
+A comparison is only as good as what it compares: a bundle with a best-chain block left out, or
+a transaction's bytes changed, must never be found "in agreement". So each bundle is verified
+in full (:class:`~.verify.BundleVerifier`, offline) in the same pass that collects what is
+compared, and a bundle that does not verify cannot be compared (``peerdb audit diff`` does so
+unless told ``--no-verify``; :func:`diff_bundles` when given ``verify_first``). Without
+verification (for bundles already verified) the reading still checks what the comparison rests
+on: every block's body matches its header (so its hash covers its transactions), and the
+best chain runs from the genesis without a gap, each block the child of the one before.
 
 Reported, first the divergence if any, then the first instance of each kind of difference:
 
@@ -27,10 +34,14 @@ from typing import Any, BinaryIO
 
 from peerdb.anchor.anchortx import parse_tx, txid
 from peerdb.anchor.hashes import to_display
-from peerdb.core.errors import DecodeError
+from peerdb.core.blockdecode import decode_block_fast
+from peerdb.core.errors import DecodeError, ValidationError
+from peerdb.core.model import genesis_header
 
-from .bundle import BlockEntry, BtcPart, EvidenceEntry, Head, read_items
-from .errors import AuditFailure
+from .bundle import BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
+from .errors import AuditFailure, block_where
+from .report import VerifyReport
+from .verify import BundleVerifier, VerifyOptions
 
 
 @dataclass(frozen=True)
@@ -49,43 +60,81 @@ class Books:
     best: dict[int, BookBlock] = field(default_factory=dict)
     side: dict[bytes, int] = field(default_factory=dict)
     evidence: set[bytes] = field(default_factory=set)
+    verified: VerifyReport | None = None
+    """The verifier's report, when the bundle was verified as it was read."""
 
     @property
     def height(self) -> int:
         return max(self.best, default=0)
 
 
-def read_books(stream: BinaryIO, name: str = "bundle") -> Books:
-    head: Head | None = None
-    books: Books | None = None
-    btc_txids: list[str] = []
+class BooksReader:
+    """Collects :class:`Books` from a bundle's items, in order (:meth:`add`), checking what the
+    comparison rests on: each block's body matches its header, and the best chain links from
+    the genesis block without a gap."""
+
+    def __init__(self) -> None:
+        self.books: Books | None = None
+        self._btc_txids: list[str] = []
+        self._best_tip: bytes = b""
+
+    def add(self, item: Item) -> None:
+        if isinstance(item, Head):
+            self.books = Books(item)
+            self._best_tip = genesis_header(item.consortium).hash
+            return
+        books = self.books
+        if books is None:
+            return  # the parser refuses any item before the head
+        if isinstance(item, BtcPart):
+            try:
+                self._btc_txids.append(to_display(txid(parse_tx(item.bitcoin_tx))))
+            except DecodeError:
+                self._btc_txids.append(f"(unparsable transaction in btc item {item.n})")
+        elif isinstance(item, BlockEntry):
+            where = block_where(item.header.height, item.hash, item.header.proposer)
+            try:
+                decode_block_fast(item.raw)
+            except (DecodeError, ValidationError) as exc:
+                raise AuditFailure(where, f"its body does not match its header: {exc}") from None
+            anchor = self._btc_txids[item.anchor.btc] if item.anchor is not None else None
+            block = BookBlock(item.hash, item.header.proposer, frozenset(m for m, _ in item.sigs), anchor)
+            if item.best:
+                height = item.header.height
+                if height in books.best:
+                    raise AuditFailure(where, "two blocks marked best at one height")
+                if height != books.height + 1 or item.header.prev != self._best_tip:
+                    raise AuditFailure(where, f"marked best, but it is not the child of the best block at height "
+                                       f"{books.height}: the bundle's best chain is broken")
+                books.best[height] = block
+                self._best_tip = item.hash
+            else:
+                books.side[item.hash] = item.header.height
+        elif isinstance(item, EvidenceEntry):
+            books.evidence.add(item.evidence.id)
+
+    def finish(self, name: str) -> Books:
+        if self.books is None:
+            raise AuditFailure(name, "no head item")
+        return self.books
+
+
+def read_books(stream: BinaryIO, name: str = "bundle", verify: VerifyOptions | None = None) -> Books:
+    """The books of one bundle; with ``verify``, only once the whole bundle verified (then
+    ``verified`` is its report). Every failure is an AuditFailure whose ``where`` starts with
+    ``name``."""
+    reader = BooksReader()
     try:
-        for item in read_items(stream):
-            if isinstance(item, Head):
-                head = item
-                books = Books(item)
-            elif books is None:
-                continue  # the parser refuses any item before the head
-            elif isinstance(item, BtcPart):
-                try:
-                    btc_txids.append(to_display(txid(parse_tx(item.bitcoin_tx))))
-                except DecodeError:
-                    btc_txids.append(f"(unparsable transaction in btc item {item.n})")
-            elif isinstance(item, BlockEntry):
-                anchor = btc_txids[item.anchor.btc] if item.anchor is not None else None
-                block = BookBlock(item.hash, item.header.proposer, frozenset(m for m, _ in item.sigs), anchor)
-                if item.best:
-                    if item.header.height in books.best:
-                        raise AuditFailure(f"block {item.header.height}", "two blocks marked best at one height")
-                    books.best[item.header.height] = block
-                else:
-                    books.side[item.hash] = item.header.height
-            elif isinstance(item, EvidenceEntry):
-                books.evidence.add(item.evidence.id)
+        if verify is not None:
+            report = BundleVerifier(verify, on_item=reader.add).verify(stream)
+        else:
+            for item in read_items(stream):
+                reader.add(item)
+            report = None
     except AuditFailure as exc:
         raise AuditFailure(f"{name}: {exc.where}", exc.reason) from None
-    if books is None or head is None:
-        raise AuditFailure(name, "no head item")
+    books = reader.finish(name)
+    books.verified = report
     return books
 
 
@@ -111,13 +160,16 @@ class DiffResult:
     height_b: int
     divergence: Difference | None = None
     differences: list[Difference] = field(default_factory=list)
+    verified: bool = False
+    """Both bundles were verified in full before they were compared."""
 
     @property
     def diverged(self) -> bool:
         return self.divergence is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {"agree": not self.diverged, "a": {"file": self.name_a, "member": self.member_a, "height": self.height_a},
+        return {"agree": not self.diverged, "verified": self.verified,
+                "a": {"file": self.name_a, "member": self.member_a, "height": self.height_a},
                 "b": {"file": self.name_b, "member": self.member_b, "height": self.height_b},
                 "agreed_height": self.agreed_height,
                 "divergence": self.divergence.to_json() if self.divergence else None,
@@ -130,7 +182,8 @@ class DiffResult:
                      f"  {a} and {b} agree up to height {self.agreed_height}"]
         else:
             lines = [f"AGREE: {a} and {b} hold the same best-chain blocks up to height {self.agreed_height} "
-                     f"(A's tip {self.height_a}, B's tip {self.height_b})"]
+                     f"(A's tip {self.height_a}, B's tip {self.height_b})"
+                     + ("" if self.verified else "; NOT VERIFIED: signatures and state were not checked")]
         lines += [f"  {d.kind}: {d.message}" for d in self.differences]
         return "\n".join(lines)
 
@@ -144,7 +197,8 @@ def _first(items: Iterable[Difference]) -> Difference | None:
 
 
 def diff_books(a: Books, b: Books, name_a: str = "A", name_b: str = "B") -> DiffResult:
-    result = DiffResult(name_a, name_b, a.head.member, b.head.member, 0, a.height, b.height)
+    result = DiffResult(name_a, name_b, a.head.member, b.head.member, 0, a.height, b.height,
+                        verified=a.verified is not None and b.verified is not None)
     if a.head.cid != b.head.cid:
         result.divergence = Difference("consortium", None, f"different consortia: A is {a.head.consortium.name} "
                                        f"({_short(a.head.cid)}), B is {b.head.consortium.name} ({_short(b.head.cid)})")
@@ -207,5 +261,11 @@ def diff_books(a: Books, b: Books, name_a: str = "A", name_b: str = "B") -> Diff
     return result
 
 
-def diff_bundles(a: BinaryIO, b: BinaryIO, name_a: str = "A", name_b: str = "B") -> DiffResult:
-    return diff_books(read_books(a, name_a), read_books(b, name_b), name_a, name_b)
+def diff_bundles(a: BinaryIO, b: BinaryIO, name_a: str = "A", name_b: str = "B",
+                 verify: VerifyOptions | None = None, *, verify_first: bool = False) -> DiffResult:
+    """Compare two bundles. With ``verify_first`` (what ``peerdb audit diff`` does unless told
+    otherwise) each is verified in full as it is read, with ``verify`` or the default offline
+    options; without, only their structure is checked and the result says ``verified`` False
+    (see the module docstring)."""
+    options = (verify or VerifyOptions()) if verify_first else None
+    return diff_books(read_books(a, name_a, options), read_books(b, name_b, options), name_a, name_b)

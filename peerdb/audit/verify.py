@@ -35,7 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -113,9 +113,13 @@ class BundleVerifier:
     choice and the claims."""
 
     def __init__(self, options: VerifyOptions | None = None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 on_item: Callable[[Item], None] | None = None) -> None:
+        """``on_item`` sees every item as it is read (``peerdb audit diff`` collects the books
+        it compares from the same pass that verifies them)."""
         self.options = options or VerifyOptions()
         self.progress = progress
+        self.on_item = on_item
         self.head: Head | None = None
         self.report: VerifyReport | None = None
 
@@ -142,20 +146,28 @@ class BundleVerifier:
         items = read_items(stream, self._progress)
         index = 0
         deferred: AuditFailure | None = None
-        while deferred is None:
-            try:
-                item = next(items)
-            except StopIteration:
-                break
-            except AuditFailure as exc:
-                deferred = exc  # a parse failure comes after every item parsed before it
-                break
-            self.pending.append(self._stage_a(item, index))
-            index += 1
-            while self.pending and (pool.in_flight > WINDOW_SIGS or len(self.pending) > MAX_PENDING_ITEMS):
+        try:
+            while deferred is None:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except AuditFailure as exc:
+                    deferred = exc  # a parse failure comes after every item parsed before it
+                    break
+                if self.on_item is not None:
+                    self.on_item(item)
+                self.pending.append(self._stage_a(item, index))
+                index += 1
+                while self.pending and (pool.in_flight > WINDOW_SIGS or len(self.pending) > MAX_PENDING_ITEMS):
+                    self._stage_b(self.pending.popleft())
+            while self.pending:
                 self._stage_b(self.pending.popleft())
-        while self.pending:
-            self._stage_b(self.pending.popleft())
+        except AuditFailure as exc:
+            integrity = deferred if deferred is not None else _integrity(items)
+            if integrity is None:
+                raise
+            raise AuditFailure(exc.where, f"{exc.reason} (also {integrity.where}: {integrity.reason})") from None
         if deferred is not None:
             raise deferred
         return self._finish()
@@ -556,6 +568,17 @@ class BundleVerifier:
         if claims.tip != best.hash or claims.height != best.height:
             raise AuditFailure("claims", f"the exporter's best tip is {claims.tip.hex()[:16]} at height "
                                f"{claims.height}; the bundle's is {best.hash.hex()[:16]} at height {best.height}")
+
+
+def _integrity(items: Iterator[Item]) -> AuditFailure | None:
+    """Read the rest of a bundle whose verification already failed, for its framing and
+    trailer: the failure of those (the bytes were changed after export), or None."""
+    try:
+        for _ in items:
+            pass
+    except AuditFailure as exc:
+        return exc
+    return None
 
 
 def verify_bundle(stream: BinaryIO, options: VerifyOptions | None = None,

@@ -61,12 +61,15 @@ def parse_key(value: Any, field_name: str) -> bytes:
     return raw
 
 
-def parse_address(value: Any, field_name: str) -> tuple[str, int]:
+def parse_address(value: Any, field_name: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``host:port``; with ``any_port`` port 0 is allowed too ("any free port", for a socket
+    this process binds itself, never for an address others dial)."""
     if type(value) is not str or value.count(":") != 1:
         raise ConfigError(f"{field_name}: must be 'host:port', got {value!r}")
     host, port_text = value.split(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{field_name}: must be 'host:port' with a port in 1..65535, got {value!r}")
+    low = 0 if any_port else 1
+    if not host or not port_text.isdigit() or not low <= int(port_text) < 65536:
+        raise ConfigError(f"{field_name}: must be 'host:port' with a port in {low}..65535, got {value!r}")
     return host, int(port_text)
 
 
@@ -151,8 +154,9 @@ class NamespaceRule:
     writers: tuple[str, ...] = (EVERYONE,)
     readers: tuple[str, ...] = (EVERYONE,)
     private: bool = False
-    """Values are encrypted for the readers (:mod:`peerdb.core.privacy`). Set by governance only;
-    not part of the consortium id, so files and ids from before it are unchanged."""
+    """Values are encrypted for the readers (:mod:`peerdb.core.privacy`): in the consortium file
+    (``private = true``) or by a ``set_namespace`` vote. Part of the consortium id only when
+    true, so the ids of files without private namespaces are what they always were."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "namespace name", MAX_NAMESPACE_LEN)
@@ -164,7 +168,8 @@ class NamespaceRule:
         return EVERYONE in self.readers or member in self.readers
 
     def id_fields(self) -> list[Any]:
-        return [self.name, sorted(self.writers), sorted(self.readers)]
+        fields_ = [self.name, sorted(self.writers), sorted(self.readers)]
+        return [*fields_, True] if self.private else fields_
 
 
 OPEN_RULE_WRITERS = (EVERYONE,)
@@ -278,6 +283,48 @@ def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown field(s) {sorted(extra)} (allowed: {sorted(allowed)})")
 
 
+MEMBER_FIELDS = ("name", "key", "address", "clients", "cert", "api")
+"""The fields of a ``[[members]]`` table (and of a member card's ``[member]`` table)."""
+
+
+def parse_member(entry: Any, where: str) -> Member:
+    """One ``[[members]]`` table; errors name ``where`` until the name is known, then the member."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    _unknown(entry, set(MEMBER_FIELDS), where)
+    name = check_name(entry.get("name"), f"{where}.name")
+    where = f"member {name}"
+    key = parse_key(entry.get("key"), f"{where}.key")
+    address = entry.get("address")
+    parse_address(address, f"{where}.address")
+    address = str(address)  # parse_address checked it is a str
+    clients_raw = entry.get("clients", [])
+    if not isinstance(clients_raw, list):
+        raise ConfigError(f"{where}.clients: must be a list of hex keys")
+    clients = tuple(parse_key(c, f"{where}.clients[{j}]") for j, c in enumerate(clients_raw))
+    cert = None
+    if "cert" in entry:
+        try:
+            cert = base64.b64decode(entry["cert"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise ConfigError(f"{where}.cert: not valid base64") from None
+    api = entry.get("api")
+    if api is not None:
+        parse_address(api, f"{where}.api")
+    return Member(name, key, address, clients, cert, api)
+
+
+def member_to_toml_data(m: Member) -> dict[str, Any]:
+    """The inverse of :func:`parse_member`."""
+    entry: dict[str, Any] = {"name": m.name, "key": m.key.hex(), "address": m.address,
+                             "clients": [k.hex() for k in m.clients]}
+    if m.api:
+        entry["api"] = m.api
+    if m.cert is not None:
+        entry["cert"] = base64.b64encode(m.cert).decode("ascii")
+    return entry
+
+
 def parse_consortium(data: Mapping[str, Any]) -> Consortium:
     _unknown(data, {"consortium", "params", "members", "namespaces"}, "top level")
     head = _table(data, "consortium")
@@ -291,32 +338,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
     members_list = data.get("members")
     if not isinstance(members_list, list) or not members_list:
         raise ConfigError("[[members]]: at least one member is required")
-    members = []
-    for i, entry in enumerate(members_list):
-        where = f"members[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: must be a table")
-        _unknown(entry, {"name", "key", "address", "clients", "cert", "api"}, where)
-        name = check_name(entry.get("name"), f"{where}.name")
-        where = f"member {name}"
-        key = parse_key(entry.get("key"), f"{where}.key")
-        address = entry.get("address")
-        parse_address(address, f"{where}.address")
-        address = str(address)  # parse_address checked it is a str
-        clients_raw = entry.get("clients", [])
-        if not isinstance(clients_raw, list):
-            raise ConfigError(f"{where}.clients: must be a list of hex keys")
-        clients = tuple(parse_key(c, f"{where}.clients[{j}]") for j, c in enumerate(clients_raw))
-        cert = None
-        if "cert" in entry:
-            try:
-                cert = base64.b64decode(entry["cert"], validate=True)
-            except (binascii.Error, TypeError, ValueError):
-                raise ConfigError(f"{where}.cert: not valid base64") from None
-        api = entry.get("api")
-        if api is not None:
-            parse_address(api, f"{where}.api")
-        members.append(Member(name, key, address, clients, cert, api))
+    members = [parse_member(entry, f"members[{i}]") for i, entry in enumerate(members_list)]
     rules = []
     ns_list = data.get("namespaces", [])
     if not isinstance(ns_list, list):
@@ -325,7 +347,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
         where = f"namespaces[{i}]"
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: must be a table")
-        _unknown(entry, {"name", "writers", "readers"}, where)
+        _unknown(entry, {"name", "writers", "readers", "private"}, where)
         name = check_name(entry.get("name"), f"{where}.name", MAX_NAMESPACE_LEN)
         lists = {}
         for role in ("writers", "readers"):
@@ -333,7 +355,10 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"namespace {name}.{role}: must be a list of member names or \"*\"")
             lists[role] = tuple(value)
-        rules.append(NamespaceRule(name, lists["writers"], lists["readers"]))
+        private = entry.get("private", False)
+        if type(private) is not bool:
+            raise ConfigError(f"namespace {name}.private: must be true or false")
+        rules.append(NamespaceRule(name, lists["writers"], lists["readers"], private))
     open_ns = head.get("open_namespaces", True)
     if type(open_ns) is not bool:
         raise ConfigError("consortium.open_namespaces: must be true or false")
@@ -351,15 +376,7 @@ def parse_consortium(data: Mapping[str, Any]) -> Consortium:
 
 def consortium_to_toml_data(c: Consortium) -> dict[str, Any]:
     """The inverse of :func:`parse_consortium`, for writing files (tomli_w) and bundles."""
-    members = []
-    for m in c.members:
-        entry: dict[str, Any] = {"name": m.name, "key": m.key.hex(), "address": m.address,
-                                 "clients": [k.hex() for k in m.clients]}
-        if m.api:
-            entry["api"] = m.api
-        if m.cert is not None:
-            entry["cert"] = base64.b64encode(m.cert).decode("ascii")
-        members.append(entry)
+    members = [member_to_toml_data(m) for m in c.members]
     data: dict[str, Any] = {
         "consortium": {"name": c.name, "protocol": c.protocol, "genesis_time_ms": c.genesis_time_ms,
                        "open_namespaces": c.open_namespaces},
@@ -367,6 +384,6 @@ def consortium_to_toml_data(c: Consortium) -> dict[str, Any]:
         "members": members,
     }
     if c.namespaces:
-        data["namespaces"] = [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers)}
-                              for r in c.namespaces]
+        data["namespaces"] = [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers),
+                               **({"private": True} if r.private else {})} for r in c.namespaces]
     return data

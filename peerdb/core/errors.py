@@ -83,6 +83,12 @@ class DiskFullError(StorageError):
     node stops cleanly and can be restarted once space is freed."""
 
 
+class RestoredDataDir(StorageError):
+    """The data directory was copied or restored from a backup and was opened without saying so
+    (``--accept-restored``): signing from it could double-sign. Starting again the same way
+    can only fail again, so it has its own exit code, which a service manager must not restart."""
+
+
 class DoubleSignRefused(LocalError):
     """The signing guard stopped us from signing a second block at a height: never bypass it."""
 

@@ -24,6 +24,7 @@ Rules, at a block of height ``h`` and time ``t``:
 * **Vote**: by a member at ``h``, signed with its member key at ``h``; once per member and
   proposal; only while the proposal is open and younger than :data:`PROPOSAL_TTL_MS`.
 * **Decide**: the required voters are the members at ``h`` minus those the proposal removes.
+  Making a proposal is its proposer's "yes" (it may still vote, and a "no" withdraws it).
   A "no" from one of them rejects the proposal; when all of them approved, it passes in block
   ``h`` and takes effect at ``h + GOVERNANCE_DELAY``. When the member set changes at a height,
   open proposals are tallied again there (a removed member's missing vote no longer blocks).
@@ -33,7 +34,6 @@ Rules, at a block of height ``h`` and time ``t``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -183,6 +183,19 @@ def read_votes(reader: GovReader, proposal_id: bytes, members: tuple[str, ...]) 
     return votes
 
 
+def parse_request(op: Op, where: str) -> Proposal | Vote:
+    """The proposal or vote a governance op carries, whatever the chain's state: a
+    ValidationError names why it is not one (a key other than ``propose``/``vote``, no value,
+    bytes that do not decode). Such an op is refused in every block, so a pool refuses it too."""
+    if op.key not in (PROPOSE, VOTE) or op.value is None:
+        raise ValidationError(f"{where}: {GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
+                              f"not {op.key[:40]!r}")
+    try:
+        return Proposal.decode(op.value) if op.key == PROPOSE else Vote.decode(op.value)
+    except DecodeError as exc:
+        raise ValidationError(f"{where}: {op.key}: {exc}") from None
+
+
 class GovernanceBlock:
     """Governance requests of one block, applied in order on top of the parent's state.
 
@@ -232,13 +245,12 @@ class GovernanceBlock:
 
     def apply(self, member: str, op: Op, where: str) -> None:
         """One request of ``member``'s transaction; raises a ValidationError naming the rule."""
-        handlers: dict[str, Callable[[str, bytes], None]] = {PROPOSE: self._propose, VOTE: self._vote}
-        handler = handlers.get(op.key)
-        if handler is None or op.value is None:
-            raise ValidationError(f"{where}: {GOV_NAMESPACE} takes only '{PROPOSE}' and '{VOTE}' requests, "
-                                  f"not {op.key[:40]!r}")
+        request = parse_request(op, where)
         try:
-            handler(member, op.value)
+            if isinstance(request, Proposal):
+                self._propose(member, request)
+            else:
+                self._vote(member, request)
         except DecodeError as exc:
             raise ValidationError(f"{where}: {op.key}: {exc}") from None
         except ValidationError as exc:
@@ -257,8 +269,7 @@ class GovernanceBlock:
     def _set_open(self, records: list[ProposalRecord]) -> None:
         self._put(PENDING_KEY, encode([r.proposal.id for r in records]))
 
-    def _propose(self, member: str, data: bytes) -> None:
-        proposal = Proposal.decode(data)
+    def _propose(self, member: str, proposal: Proposal) -> None:
         pid = proposal.id
         if self.get(proposal_key(pid)) is not None:
             raise ValidationError(f"proposal {pid.hex()[:16]} was already made (change the nonce to ask again)")
@@ -271,9 +282,9 @@ class GovernanceBlock:
         record = ProposalRecord(proposal, member, self.height, self.time_ms)
         self._put(proposal_key(pid), record.encode())
         self._set_open(still_open + [record])
+        self._tally(record)  # the proposer's own "yes" may be the last one needed
 
-    def _vote(self, _carrier: str, data: bytes) -> None:
-        vote = Vote.decode(data)
+    def _vote(self, _carrier: str, vote: Vote) -> None:
         pid = vote.proposal_id
         record = self._record(pid)
         if record is None:
@@ -310,6 +321,8 @@ class GovernanceBlock:
             return  # everyone in force is being removed: wait for the members being added
         for m in required:
             raw = self.get(vote_key(pid, m))
+            if raw is None and m == record.proposer:
+                continue  # proposing is approving
             if raw is None or not Vote.decode(raw).approve:
                 return
         effective = self.height + GOVERNANCE_DELAY

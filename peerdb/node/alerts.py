@@ -28,7 +28,8 @@ ALERT_REPEAT_MS = 60_000
 @dataclass(frozen=True)
 class Alert:
     kind: str
-    """majority_without_me | minority_chain | double_sign | stalled | peer_down | anchor_pending"""
+    """majority_without_me | minority_chain | double_sign | stalled | peer_down | anchor_pending |
+    key_missing | removed"""
     message: str
     subject: str = ""
     """What the alert is about (a member name, a block hash), so repeats can be told apart."""
@@ -37,6 +38,18 @@ class Alert:
     @property
     def key(self) -> tuple[str, str]:
         return (self.kind, self.subject)
+
+
+REMOVED = "removed"
+IMMEDIATE = frozenset({"double_sign", REMOVED})
+"""Kinds raised at once, without waiting for the condition to last: facts on the chain, not
+states that may pass."""
+
+
+def removed_alert(me: str, height: int) -> Alert:
+    """This node's member is no longer one: the only alert such a node raises."""
+    return Alert(REMOVED, f"{me} was removed from the consortium at height {height}: this node takes no part "
+                 "any more, and stops", subject=me, details={"height": height})
 
 
 def chain_alerts(tree: BlockTree, me: str) -> list[Alert]:
@@ -203,7 +216,7 @@ class AlertBook:
                 incident = self.incidents[key] = _Incident(alert, now_ms, now_ms)
             incident.alert, incident.last_seen_ms = alert, now_ms
             if incident.raised_ms is None:
-                if now_ms - incident.since_ms >= self.grace_ms or alert.kind == "double_sign":
+                if now_ms - incident.since_ms >= self.grace_ms or alert.kind in IMMEDIATE:
                     incident.raised_ms = incident.last_logged_ms = now_ms
                     event = AlertEvent(RAISED, alert, incident.since_ms, now_ms)
                     self.raised_total[alert.kind] = self.raised_total.get(alert.kind, 0) + 1

@@ -24,6 +24,9 @@ moment a transaction arrives, and a peer's liveness shows in its connection and 
 MAX_IDLE_BLOCK_S = 600
 """At most ten minutes: the round counter of an idle height grows by one per turn timeout, and
 the idle block keeps it small (MAX_ROUND in peerdb/core/limits.py)."""
+DEFAULT_API_LISTEN = "127.0.0.1:0"
+"""Loopback, any free port (the node logs the one it got): the API is reachable only from this
+machine unless the operator says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class NodeConfig:
     listen: str | None
     api_listen: str
     api_token: str
+    api_audit_token: str | None
+    """The auditor's credential: the only one that exports the books (``GET /v1/audit/bundle``),
+    and all it can do. None: audit export is off on this node."""
     client_key_file: Path | None
     bitcoin: BitcoinConfig | None
     alert_webhook: str | None
@@ -127,6 +133,25 @@ def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any =
     return value
 
 
+MIN_TOKEN_LEN = 16
+"""Shortest bearer token accepted: 16 characters of a random token are beyond guessing."""
+
+
+def _token(api: dict[str, Any], name: str, base: Path, path: Path) -> str | None:
+    """``api.<name>`` or the contents of ``api.<name>_file`` (None if neither is given)."""
+    token: str | None = _get(api, name, str, "api", None)
+    token_file = _get(api, f"{name}_file", str, "api", None)
+    if token is None and token_file is not None:
+        try:
+            token = (base / token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: api.{name}_file: {exc}") from None
+    if token is not None and len(token) < MIN_TOKEN_LEN:
+        raise ConfigError(f"{path}: api.{name} (or api.{name}_file) must give a bearer token of at least "
+                          f"{MIN_TOKEN_LEN} characters")
+    return token
+
+
 def load_node_config(path: str | Path) -> NodeConfig:
     path = Path(path)
     try:
@@ -151,29 +176,24 @@ def load_node_config(path: str | Path) -> NodeConfig:
     if listen is not None:
         parse_address(listen, "node.listen")
     api = data.get("api", {})
-    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file", "read_token", "read_token_file"}:
-        raise ConfigError(f"{path}: [api] must have only listen, token, token_file, read_token or read_token_file")
-    api_listen = _get(api, "listen", str, "api", "127.0.0.1:0")
-    parse_address(api_listen, "api.listen")
-    token = _get(api, "token", str, "api", None)
-    token_file = _get(api, "token_file", str, "api", None)
-    if token is None and token_file is not None:
-        try:
-            token = (base / token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{path}: api.token_file: {exc}") from None
-    if not token or len(token) < 16:
-        raise ConfigError(f"{path}: api.token (or api.token_file) must give a bearer token of at least 16 characters")
-    read_token = _get(api, "read_token", str, "api", None)
-    read_token_file = _get(api, "read_token_file", str, "api", None)
-    if read_token is None and read_token_file is not None:
-        try:
-            read_token = (base / read_token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{path}: api.read_token_file: {exc}") from None
-    if read_token is not None and (len(read_token) < 16 or read_token == token):
-        raise ConfigError(f"{path}: api.read_token (or api.read_token_file) must be at least 16 characters and "
-                          "differ from api.token")
+    if not isinstance(api, dict) or set(api) - {"listen", "token", "token_file", "read_token", "read_token_file",
+                                                "audit_token", "audit_token_file"}:
+        raise ConfigError(f"{path}: [api] must have only listen, token or token_file, read_token or read_token_file, "
+                          "audit_token or audit_token_file")
+    api_listen = _get(api, "listen", str, "api", DEFAULT_API_LISTEN)
+    parse_address(api_listen, "api.listen", any_port=True)
+    token = _token(api, "token", base, path)
+    if token is None:
+        raise ConfigError(f"{path}: api.token (or api.token_file) must give a bearer token of at least "
+                          f"{MIN_TOKEN_LEN} characters")
+    audit_token = _token(api, "audit_token", base, path)
+    if audit_token is not None and audit_token == token:
+        raise ConfigError(f"{path}: api.audit_token must differ from api.token: it is the auditor's credential, "
+                          "and an application must not be able to export the books")
+    read_token = _token(api, "read_token", base, path)
+    if read_token is not None and read_token in (token, audit_token):
+        raise ConfigError(f"{path}: api.read_token (or api.read_token_file) must differ from api.token and "
+                          "api.audit_token")
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict) or set(metrics) - {"listen"}:
         raise ConfigError(f"{path}: [metrics] must have only listen")
@@ -221,6 +241,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         listen=listen,
         api_listen=api_listen,
         api_token=token,
+        api_audit_token=audit_token,
         client_key_file=base / client_key if client_key else None,
         bitcoin=bitcoin,
         alert_webhook=_get(alerts, "webhook", str, "alerts", None),

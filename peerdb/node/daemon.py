@@ -3,7 +3,9 @@
 A component that crashes cancels the nursery and stops the node with the error: a node that
 silently lost its network or its anchoring would be worse than a stopped one. SIGINT/SIGTERM
 cancel the nursery; an engine call in progress runs to the end of its LMDB transaction first
-(worker threads are not abandoned), so shutdown never leaves a half-applied write.
+(worker threads are not abandoned), so shutdown never leaves a half-applied write. A node whose
+member was removed from the consortium says so (status, the ``removed`` alert, its hooks) and
+stops with :class:`~.identity.MemberRemoved`.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from ..net.certs import certificate_public_key, member_certificate
 from ..net.peers import PeerNetwork
 from ..net.tls import TlsMember, TlsTransport
 from ..store import Store
-from .alerts import AlertEvent
+from .alerts import REMOVED, AlertEvent
 from .anchoring import AnchorBook, NodeAnchoring
 from .http import Api
 from .http.monitor import MonitorApp
 from .metrics import NodeMetrics
 from .config import NodeConfig, load_node_config
 from .engine import Engine
-from .service import NodeService, wall_clock_ms
+from .identity import MemberRemoved, removed_at
+from .service import ALERT_HOOK_TIMEOUT_S, NodeService, wall_clock_ms
 
 log = logging.getLogger("peerdb.node")
 
@@ -243,6 +246,27 @@ async def alert_sink(cfg: NodeConfig) -> Callable[[AlertEvent], Any]:
     return send
 
 
+REMOVAL_CHECK_S = 1.0
+"""How often the daemon looks whether its member was removed (a cheap read of the governance
+state; a removal is known blocks before it takes effect)."""
+
+
+async def watch_removal(service: NodeService, announced: trio.Event) -> None:
+    """Stop the node once its member's removal is in force: after the ``removed`` alert went to
+    the hooks (or could not within their time), raise :class:`MemberRemoved`."""
+    engine = service.engine
+    while True:
+        height = await service.read(lambda: removed_at(engine.gov, engine.me, engine.tree.best_tip.height + 1))
+        if height is not None:
+            break
+        await trio.sleep(REMOVAL_CHECK_S)
+    log.error("%s was removed from the consortium at height %d: stopping", engine.me, height)
+    with trio.move_on_after(ALERT_HOOK_TIMEOUT_S + 2 * engine.params.heartbeat_ms / 1000):
+        await announced.wait()
+    raise MemberRemoved(f"{engine.me} was removed from the consortium at height {height}; its node takes no part "
+                        "any more (the data directory keeps the books up to then)")
+
+
 async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKey],
                    accept_restored: bool, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     cid = consortium_id(consortium)
@@ -268,7 +292,16 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
                                  other_seeds=other_seeds)
         network = PeerNetwork(cfg.member, {m.name for m in trusted} | {cfg.member}, cid, transport)
         extras: dict[str, Callable[[], Any]] = {}
-        service = NodeService(engine, network, offload=True, on_alert=await alert_sink(cfg))
+        send_alert = await alert_sink(cfg)
+        removal_announced = trio.Event()
+
+        async def on_alert(event: AlertEvent) -> None:
+            try:
+                await send_alert(event)
+            finally:
+                if event.kind == REMOVED:
+                    removal_announced.set()
+        service = NodeService(engine, network, offload=True, on_alert=on_alert)
         metrics = NodeMetrics() if cfg.metrics_listen else None
         if metrics is not None:
             store.on_commit = metrics.observe_commit
@@ -290,31 +323,35 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
         if metrics is not None:
             metrics.anchor_status = anchor_status
         api = Api(service, cfg.api_token, cfg.load_client_key(), extras, read_token=cfg.api_read_token,
-                  anchor_status=anchor_status)
+                  anchor_status=anchor_status, audit_token=cfg.api_audit_token)
         hconfig = http_config(cfg.api_listen)
         stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_dump_on_usr1)
-            await nursery.start(service.run)
-            if anchoring is not None:
-                await nursery.start(anchoring.run)
-            serve_api = functools.partial(hypercorn_serve, api, hconfig, shutdown_trigger=stop.wait)
-            bound = await nursery.start(serve_api)
-            log.info("client API listening on %s (explorer: http://%s/explorer)", bound if bound else cfg.api_listen,
-                     cfg.api_listen)
-            if metrics is not None and cfg.metrics_listen is not None:
-                monitor = MonitorApp(service, metrics, engine.params)
-                serve_monitor = functools.partial(hypercorn_serve, monitor, http_config(cfg.metrics_listen),
-                                                  shutdown_trigger=stop.wait)
-                await nursery.start(serve_monitor)
-                log.info("metrics on http://%s/metrics, health on /healthz and /readyz", cfg.metrics_listen)
-            task_status.started(service)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    stop.set()
-                    nursery.cancel_scope.cancel()
-                    break
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_dump_on_usr1)
+                await nursery.start(service.run)
+                if anchoring is not None:
+                    await nursery.start(anchoring.run)
+                serve_api = functools.partial(hypercorn_serve, api, hconfig, shutdown_trigger=stop.wait)
+                bound = await nursery.start(serve_api)
+                log.info("client API listening on %s (explorer: http://%s/explorer)", bound if bound else cfg.api_listen,
+                         cfg.api_listen)
+                if metrics is not None and cfg.metrics_listen is not None:
+                    monitor = MonitorApp(service, metrics, engine.params)
+                    serve_monitor = functools.partial(hypercorn_serve, monitor, http_config(cfg.metrics_listen),
+                                                      shutdown_trigger=stop.wait)
+                    await nursery.start(serve_monitor)
+                    log.info("metrics on http://%s/metrics, health on /healthz and /readyz", cfg.metrics_listen)
+                task_status.started(service)
+                nursery.start_soon(watch_removal, service, removal_announced)
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("received %s: shutting down", signal.Signals(signum).name)
+                        stop.set()
+                        nursery.cancel_scope.cancel()
+                        break
+        except* MemberRemoved as removed:  # one task's ending, not a crash: the plain error for the exit code
+            raise removed.exceptions[0] from None
     finally:
         store.close()
         log.info("node %s stopped; store closed", cfg.member)

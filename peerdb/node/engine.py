@@ -36,11 +36,11 @@ from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx,
 from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from ..store import Store
-from .alerts import Alert, chain_alerts, waiting_for
+from .alerts import Alert, chain_alerts, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
 from .chainkeeper import ChainKeeper
 from .counters import EngineCounters, Reorg
-from .identity import Identity, network_members, signed_by_some_key
+from .identity import Identity, network_members, removed_at, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .messages import (
     BlocksMsg,
@@ -917,6 +917,9 @@ class Engine:
     # --- alerts ---------------------------------------------------------------------------------
 
     def alert_conditions(self, now_ms: int, peers_up: Callable[[str], bool]) -> list[Alert]:
+        removed = removed_at(self.gov, self.me, self.tree.best_tip.height + 1)
+        if removed is not None:  # the one thing to say: not stalled, not peers down
+            return [removed_alert(self.me, removed)]
         alerts = chain_alerts(self.tree, self.me)
         params = self.params
         majority = self.tree.heads().majority

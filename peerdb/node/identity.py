@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from ..core.errors import PeerDBError
 from ..core.keys import SigningKey
 from ..core.membership import ConsortiumState
 
@@ -64,6 +65,22 @@ class Identity:
         held = ", ".join(k.hex()[:16] for k in self.keyring)
         return (f"none of the configured keys ({held}) is {self.me}'s member key in force at height {next_height} "
                 f"({public.hex()[:16]}); configure it in node.key_file or node.extra_key_files")
+
+
+class MemberRemoved(PeerDBError):
+    """This node's member was removed from the consortium: it has nothing left to sign or
+    propose, and the others no longer talk to it. The daemon stops with its own exit code
+    rather than run on showing a stalled chain and peers down."""
+
+
+def removed_at(state: ConsortiumState, me: str, next_height: int) -> int | None:
+    """The height from which ``me``, once a member, is no longer one on the chain ``state``
+    describes, if that is in force by ``next_height`` (None: still a member, never one yet —
+    a joining firm —, or a removal that has passed but not yet taken effect)."""
+    history = state.key_history(me)
+    if len(history) < 2 or history[-1][1] is not None or history[-1][0] > next_height:
+        return None
+    return history[-1][0]
 
 
 def network_members(state: ConsortiumState, next_height: int) -> tuple[tuple[str, bytes], ...]:

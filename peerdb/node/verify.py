@@ -17,20 +17,23 @@ from ..core.model import Tx
 PARALLEL_MIN_BATCH = 64
 """Below this many signatures the thread hand-off costs more than it saves."""
 VERIFIED_CACHE = 500_000
-"""Transaction ids whose signatures we already checked (mempool admission, then the block):
-about 40 MB; a hit saves one 60 us verification per transaction."""
+"""Transactions whose signatures we already checked (mempool admission, then the block): about
+60 MB (txid and signature bytes per entry); a hit saves one 60 us verification per transaction."""
 
 
 class TxSignatureChecker:
     """Checks client signatures of transactions in batches, across a thread pool, and remembers
-    the transaction ids that passed (mempool admission, then the block: each is checked once).
-    One per engine, called under the service's lock."""
+    the ones that passed (mempool admission, then the block: each is checked once). A txid
+    covers the body, not the signature, so the cache holds the signature that verified: the
+    same body with other signature bytes is checked again. One per engine, called under the
+    service's lock."""
 
     def __init__(self, cid: bytes, threads: int | None = None) -> None:
         self.cid = cid
         self.threads = threads or max(1, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="verify") if self.threads > 1 else None
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._verified: OrderedDict[bytes, bytes] = OrderedDict()
+        """txid -> the signature that verified for it."""
         self.checked = 0
         """Signatures verified so far (cache hits not counted): the metrics' verify rate."""
 
@@ -39,17 +42,17 @@ class TxSignatureChecker:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def known(self, tx: Tx) -> bool:
-        return tx.txid in self._verified
+        return self._verified.get(tx.txid) == tx.signature
 
     def remember(self, txs: Sequence[Tx]) -> None:
         for tx in txs:
-            self._verified[tx.txid] = None
+            self._verified[tx.txid] = tx.signature
         while len(self._verified) > VERIFIED_CACHE:
             self._verified.popitem(last=False)
 
     def verify(self, txs: Sequence[Tx]) -> list[bool]:
         """Check signatures of ``txs`` (skipping ones already verified); remember the good ones."""
-        todo = [i for i, tx in enumerate(txs) if tx.txid not in self._verified]
+        todo = [i for i, tx in enumerate(txs) if not self.known(tx)]
         results = [True] * len(txs)
         if not todo:
             return results

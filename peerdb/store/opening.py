@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from peerdb.core.codec import decode, encode
 from peerdb.core.consortium import Consortium
-from peerdb.core.errors import DecodeError, StorageError
+from peerdb.core.errors import DecodeError, RestoredDataDir, StorageError
 from peerdb.core.model import Block, Header, genesis_header
 
 from . import layout
@@ -64,7 +64,7 @@ def check_identity(txn: Txn, t: Tables, directory: Path, accept_restored: bool) 
     found = data_file_identity(directory)
     if not accept_restored:
         if recorded != list(found):
-            raise StorageError(restored_message(directory, recorded, found))
+            raise RestoredDataDir(restored_message(directory, recorded, found))
         return instance
     instance = secrets.token_bytes(layout.INSTANCE_ID_LEN)
     txn.put(layout.META_IDENTITY, encode(list(found)), db=t.meta)

@@ -390,3 +390,24 @@ def test_worker_processes_give_the_same_answer_and_catch_the_same_forgery() -> N
     change_block(4, _forge("m2"))(items)
     with pytest.raises(AuditFailure, match=r"block 4 .*m2's signature does not verify"):
         verify(assemble(items), options)
+
+
+def test_a_changed_byte_names_the_item_whose_own_checks_fail_not_only_the_trailer() -> None:
+    """One byte of a transaction's signature changed on the way (the frame still decodes): the
+    auditor is told which block carries it, and that the trailer does not match either."""
+    tx = BOOKS.main[1].txs[0]
+    at = GOOD.index(tx.signature) + 5
+    with pytest.raises(AuditFailure) as info:
+        verify(_flip(GOOD, at))
+    assert info.value.where.startswith("block 2 ("), (info.value.where, info.value.reason)
+    assert "signature" in info.value.reason and "trailer" in info.value.reason
+
+
+def test_a_changed_byte_that_breaks_no_item_is_reported_by_the_trailer() -> None:
+    """A byte of an objection's reason: every item still checks out on its own; only the
+    trailer's hash tells."""
+    reason = b"not what we agreed"
+    at = GOOD.index(reason)
+    with pytest.raises(AuditFailure) as info:
+        verify(GOOD[:at] + b"N" + GOOD[at + 1:])
+    assert info.value.where == "trailer" and "does not match" in info.value.reason, info.value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,9 +87,10 @@ LEAVES = sorted(_leaf_commands(main))
 
 def test_the_command_list_is_the_documented_one() -> None:
     assert {" ".join(p) for p in LEAVES} == {
-        "demo", "keygen", "consortium init", "node run", "node check", "put", "delete", "get", "history", "propose", "status",
+        "demo", "keygen", "member init", "consortium init", "consortium show", "node init", "node run", "node check",
+        "put", "delete", "get", "history", "propose", "status",
         "blocks list", "blocks show", "evidence list", "evidence show", "anchors list", "anchors show",
-        "forks", "objections", "tx",
+        "anchors verify", "forks", "objections", "tx",
         "audit export", "audit verify", "audit diff",
         "governance propose", "governance vote", "governance list", "governance show"}
 
@@ -107,7 +109,7 @@ def test_every_command_help_exits_0_and_shows_an_example(path: tuple[str, ...]) 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=" ".join(p)) for p in _groups(main)])
 def test_every_group_help_lists_its_commands(path: tuple[str, ...]) -> None:
-    group = main
+    group: click.Group = main
     for name in path:
         command = group.commands[name]
         assert isinstance(command, click.Group)
@@ -315,6 +317,22 @@ def test_node_run_missing_key_file_says_how_to_make_one(one_member: Path) -> Non
                  str(key_file), "not found", "peerdb keygen")
 
 
+def test_node_run_from_a_restored_data_directory_exits_8_saying_what_to_do(one_member: Path) -> None:
+    """Its own exit code, so a service manager can be told not to restart it (the systemd unit's
+    RestartPreventExitStatus): started the same way again, it can only be refused again."""
+    from peerdb.store import Store
+
+    consortium = load_consortium(one_member.parent / "consortium.toml")
+    data = one_member.parent / "data" / "firm-a"
+    Store.open(data, consortium, "firm-a", sync=False).close()
+    backup = one_member.parent / "backup"
+    shutil.copytree(data, backup)
+    shutil.rmtree(data)
+    backup.rename(data)  # a restore: a new data file where the old one was
+    assert_error(invoke(["node", "run", "--config", str(one_member)]), exitcodes.RESTORED,
+                 "copied or restored from a backup", "--accept-restored")
+
+
 def test_node_run_unknown_config_field_is_named(one_member: Path) -> None:
     text = one_member.read_text().replace("[node]\n", "[node]\nmemebr = \"firm-a\"\n")
     one_member.write_text(text)
@@ -464,3 +482,37 @@ def test_audit_verify_of_garbage_exits_4(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pdbaudit"
     junk.write_bytes(b"this is not a bundle at all\n" * 10)
     assert_error(invoke(["audit", "verify", str(junk)]), exitcodes.VERIFY_FAILED, "verification FAILED")
+
+
+# --- errors under --json ---------------------------------------------------------------------------
+
+def json_error(result: Result, exit_code: int) -> dict[str, Any]:
+    """Under --json a failure is one JSON object on stderr, nothing on stdout."""
+    assert result.exit_code == exit_code, (result.output, result.exception)
+    assert result.stdout == ""
+    error: dict[str, Any] = json.loads(result.stderr)["error"]
+    assert error["exit_code"] == exit_code and error["message"]
+    return error
+
+
+def test_errors_under_json_are_json_on_stderr_with_a_code() -> None:
+    unreachable = json_error(invoke([*unreachable_api(), "--json", "status"]), exitcodes.UNREACHABLE)
+    assert unreachable["code"] == "unreachable" and "cannot reach the node" in unreachable["message"]
+    usage = json_error(invoke(["get", "--json"]), exitcodes.USAGE)
+    assert usage["code"] == "usage" and "NAMESPACE" in usage["message"]
+    assert "Error:" in invoke(["get"]).stderr  # without --json: the line for people
+
+
+def test_a_refusal_under_json_carries_the_nodes_error_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from cli.client import refusal
+    from cli.context import Ctx
+
+    class Refusing:
+        def get(self, path: str, **params: Any) -> dict[str, Any]:
+            raise refusal(httpx.Response(403, json={"error": {"code": "forbidden",
+                                                              "message": "firm-c may not read namespace 'deals'"}}))
+    monkeypatch.setattr(Ctx, "client", property(lambda self: Refusing()))
+    error = json_error(invoke(["--json", "get", "deals", "acme"]), exitcodes.REJECTED)
+    assert error["code"] == "forbidden" and "may not read namespace 'deals'" in error["message"]

@@ -1,5 +1,5 @@
-"""`peerdb governance`: request bodies and usage errors (the node side is in
-tests/node/test_governance.py).
+"""`peerdb governance`: request bodies, usage errors, and the confirmation a warned vote needs
+(the node side is in tests/node/test_governance.py).
 """
 
 from __future__ import annotations
@@ -7,10 +7,15 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
-from cli.governance import body_for, describe_change, read_certificate
+from cli import exitcodes
+from cli.context import Ctx
+from cli.errors import CliError
+from cli.governance import NEEDS_CONFIRMATION, body_for, describe_change, read_certificate
 from cli.main import main
 from peerdb.net.certs import certificate_name, certificate_public_key
 
@@ -43,6 +48,7 @@ def test_keygen_with_a_name_writes_the_certificate_that_add_and_rotate_need(tmp_
     cert = tmp_path / "firm-e.crt"
     assert info["certificate"] == str(cert) and cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
     der = read_certificate(str(cert))
+    assert base64.b64decode(info["cert_b64"]) == der  # the form the consortium file takes
     assert certificate_public_key(der).hex() == info["public"]
     assert certificate_name(der) == "firm-e"
     # The certificate carries the key: the body has both, and a different --key is refused.
@@ -79,3 +85,74 @@ def test_governance_show_describes_each_kind_of_change_in_words() -> None:
     assert describe_change("set_namespace", ["deals", ["firm-a"], ["firm-a", "firm-b"], True]) == \
         "namespace deals: writers firm-a; readers firm-a, firm-b; private (encrypted for its readers)"
     assert describe_change("future_kind", [1, 2]) == "[1, 2]"  # a newer node's kind: shown as given
+
+
+class _Node:
+    """A stand-in for the node's vote endpoint: refuses a yes without "confirm" as the node does
+    for a rotation of this member's key to one its node does not hold."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        self.bodies.append(body)
+        if not body.get("confirm"):
+            raise CliError("node refused: this vote would rotate firm-b's member key to 4f1c..., which this node "
+                           "does not hold", exitcodes.REJECTED, NEEDS_CONFIRMATION)
+        return {"proposal": body["proposal"], "member": "firm-b", "approve": True, "accepted": ["ab"],
+                "duplicates": [], "rejected": []}
+
+
+def _vote(monkeypatch: pytest.MonkeyPatch, *args: str, at_a_terminal: bool, answer: str = "") -> tuple[Result, _Node]:
+    node = _Node()
+    monkeypatch.setattr(Ctx, "client", property(lambda self: node))
+    monkeypatch.setattr("cli.governance.interactive", lambda: at_a_terminal)
+    result = CliRunner().invoke(main, ["governance", "vote", "ab" * 32, "--yes", *args], input=answer)
+    return result, node
+
+
+def test_a_vote_the_node_warns_about_is_asked_at_a_terminal_and_sent_confirmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, node = _vote(monkeypatch, at_a_terminal=True, answer="y\n")
+    assert result.exit_code == 0, result.output
+    assert "WARNING" in result.output and "does not hold" in result.output and "Vote yes anyway?" in result.output
+    assert [b.get("confirm") for b in node.bodies] == [None, True]
+
+
+def test_a_warned_vote_declined_at_the_terminal_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, node = _vote(monkeypatch, at_a_terminal=True, answer="n\n")
+    assert result.exit_code == exitcodes.ERROR and "not voted" in result.output
+    assert len(node.bodies) == 1
+
+
+def test_a_warned_vote_from_a_script_needs_confirm(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, node = _vote(monkeypatch, at_a_terminal=False)
+    assert result.exit_code == exitcodes.REJECTED and "--confirm" in result.output and len(node.bodies) == 1
+    confirmed, node = _vote(monkeypatch, "--confirm", at_a_terminal=False)
+    assert confirmed.exit_code == 0 and node.bodies == [{"proposal": "ab" * 32, "approve": True, "confirm": True}]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        self.bodies.append(body)
+        return {"proposal": "cd" * 32, "kind": body["kind"], "accepted": ["ab"], "duplicates": [], "rejected": []}
+
+
+def test_a_joining_firms_member_card_is_all_an_add_proposal_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = CliRunner().invoke(main, ["--json", "member", "init", "--name", "firm-e", "--address", "10.0.0.5:7400",
+                                     "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.output)
+    node = _Recorder()
+    monkeypatch.setattr(Ctx, "client", property(lambda self: node))
+    result = CliRunner().invoke(main, ["governance", "propose", "add", "--card", info["card"], "--note", "joins"])
+    assert result.exit_code == 0, result.output
+    [body] = node.bodies
+    assert body["kind"] == "add_member" and body["name"] == "firm-e" and body["key"] == info["public"]
+    assert body["address"] == "10.0.0.5:7400" and body["clients"] == info["clients"] and body["note"] == "joins"
+    der = base64.b64decode(body["cert_b64"])
+    assert certificate_public_key(der).hex() == info["public"] and certificate_name(der) == "firm-e"
+    mixed = CliRunner().invoke(main, ["governance", "propose", "add", "--card", info["card"], "--name", "firm-x"])
+    assert mixed.exit_code == exitcodes.USAGE and "leave those options out" in mixed.output

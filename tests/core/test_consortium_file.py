@@ -447,3 +447,24 @@ def test_property_any_toml_data_parses_or_is_a_config_error(data: st.DataObject)
         assert str(exc)
         return
     assert len(c.definition_hash) == 32
+
+
+def test_a_private_namespace_in_the_file_is_private_and_changes_the_id(tmp_path: Path) -> None:
+    """docs/api.md: a namespace can be private "in the consortium file"; two files that differ in
+    it must not share a consortium id (the members would disagree on which puts are valid)."""
+    data = valid_data()
+    plain = parse_consortium(copy.deepcopy(data))
+    data["namespaces"][1]["private"] = True
+    private = parse_consortium(copy.deepcopy(data))
+    rule = private.rule("private")
+    assert rule is not None and rule.private is True
+    assert private.definition_hash != plain.definition_hash
+    again = load_consortium(write(tmp_path, consortium_to_toml_data(private)))
+    assert again == private and again.definition_hash == private.definition_hash
+
+
+def test_private_must_be_true_or_false() -> None:
+    data = valid_data()
+    data["namespaces"][0]["private"] = "yes"
+    with pytest.raises(ConfigError, match="namespace books.private: must be true or false"):
+        parse_consortium(data)

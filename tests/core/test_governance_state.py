@@ -55,6 +55,35 @@ def refused(chain: Chain, txs: list[Tx], error: type[Exception] = ValidationErro
     return info.value
 
 
+# --- the proposer's vote -------------------------------------------------------------------------
+
+def test_a_proposal_is_its_proposers_yes_vote() -> None:
+    """Every other member's approval is enough: the firm that proposed need not vote again."""
+    chain = Chain()
+    proposal = chain.propose("firm-a", AddMember(FIRM_E), "firm-e joins the books")
+    chain.vote(("firm-b", "firm-c"), proposal)
+    assert chain.record(proposal).status == PENDING
+    chain.vote(["firm-d"], proposal)
+    assert passed(chain, proposal) == chain.height + GOVERNANCE_DELAY
+
+
+def test_the_proposer_may_still_vote_yes_and_a_no_withdraws_its_proposal() -> None:
+    chain = Chain()
+    proposal = chain.propose("firm-a", SetParams((("heartbeat_ms", 500),)))
+    chain.vote(["firm-a"], proposal)  # redundant, harmless
+    assert chain.record(proposal).status == PENDING
+    other = chain.propose("firm-b", SetParams((("heartbeat_ms", 600),)), nonce=1)
+    chain.vote(["firm-b"], other, approve=False)
+    record = chain.record(other)
+    assert record.status == REJECTED and "firm-b voted against" in record.reason
+
+
+def test_a_lone_members_proposal_passes_in_the_block_that_carries_it() -> None:
+    chain = Chain(make_consortium(("firm-a",)))
+    proposal = chain.propose("firm-a", SetParams((("heartbeat_ms", 500),)))
+    assert passed(chain, proposal) == chain.height + GOVERNANCE_DELAY
+
+
 # --- adding a member -----------------------------------------------------------------------------
 
 def test_add_member_takes_effect_two_blocks_after_the_last_approval() -> None:
@@ -146,8 +175,7 @@ def test_never_remove_the_last_member_through_the_chain() -> None:
     chain = Chain(make_consortium(("firm-a", "firm-b")))
     error = refused(chain, [chain.tx("firm-a", [propose_op(Proposal(RemoveMembers(("firm-a", "firm-b"))))])])
     assert_names(error, "propose", "proposal.remove_members", "keeps at least one")
-    leave = chain.propose("firm-a", RemoveMembers(("firm-b",)))
-    chain.vote(["firm-a"], leave)
+    leave = chain.propose("firm-a", RemoveMembers(("firm-b",)))  # firm-a's proposal is its own yes: passed
     effective = passed(chain, leave)
     while chain.height < effective:
         chain.step()

@@ -8,13 +8,17 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from peerdb.anchor.anchortx import parse_tx, txid
+from peerdb.anchor.hashes import sha256d, to_display
 from peerdb.core.consortium import NamespaceRule
 from peerdb.node.http import Api
+from tests.helpers.anchor_proofs import make_anchor
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32
@@ -109,3 +113,79 @@ async def test_wait_timeout_still_leaves_the_write_durable(api: tuple[httpx.Asyn
     store = cluster.nodes["firm-a"].store
     # Answered "accepted" only once durable: in a stored block, or in the persisted pool.
     assert txid in store.included([txid]) or txid in {tx.txid for tx in store.mempool_items()}
+
+
+async def test_an_anchor_shows_the_bitcoin_txid_not_the_wtxid(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """``getrawtransaction`` finds a transaction by its txid (the hash without witness data); an
+    anchor spending a segwit output has a different wtxid, which must not be shown."""
+    client, cluster = api
+    r = await client.post("/v1/write", json=put("anchored", "1"))
+    height = (await client.get(f"/v1/tx/{r.json()['accepted'][0]}")).json()["height"]
+    node = cluster.nodes["firm-a"]
+    block_hash = node.engine.tree.best_chain_hash(height)
+    assert block_hash is not None
+    proof = make_anchor([block_hash], witness=True)[0]
+    await node.service.call(node.store.record_anchor, block_hash, proof.encode())
+    tx = parse_tx(proof.bitcoin_tx)
+    txid_hex, wtxid_hex = to_display(txid(tx)), to_display(sha256d(proof.bitcoin_tx))
+    assert txid_hex != wtxid_hex
+    anchor = (await client.get(f"/v1/anchors/{height}")).json()
+    assert anchor["bitcoin_txid"] == txid_hex
+
+
+async def test_a_put_into_gov_is_refused_at_once_with_the_reason(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """Not "accepted" and then dropped by every proposer while the client's wait runs out."""
+    client, cluster = api
+    r = await client.post("/v1/write", json={**put("books", "x", ns="_gov"), "timeout_s": 5})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "rejected"
+    assert "_gov takes only 'propose' and 'vote' requests" in r.json()["error"]["message"]
+    assert not cluster.nodes["firm-a"].engine.mempool
+
+
+async def test_listing_keys_answers_the_view_asked_for(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """A namespace listing in the majority view does not show what only the tentative view has
+    (a key created, deleted or overwritten in blocks the majority has not signed yet)."""
+    client, cluster = api
+    for key in ("a", "b"):
+        assert (await client.post("/v1/write", json=put(key, "1", ns="ledger"))).status_code == 200
+    await cluster.crash("firm-b")  # two members: nothing new reaches the majority view
+    changes = [{"op": "delete", "namespace": "ledger", "key": "a"},
+               {"op": "put", "namespace": "ledger", "key": "b", "value": "2"},
+               {"op": "put", "namespace": "ledger", "key": "c", "value": "3"}]
+    r = await client.post("/v1/write", json={"ops": changes, "wait": "tentative", "timeout_s": 30})
+    assert r.json()["wait"]["reached"], r.text
+
+    async def listing(**params: str | int) -> Any:
+        answer = await client.get("/v1/kv/ledger", params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    tentative = await listing(view="tentative")
+    assert [(k["key"], k["value_text"]) for k in tentative["keys"]] == [("b", "2"), ("c", "3")]
+    majority = await listing(view="majority")
+    assert majority["view"] == "majority" and majority["height"] < tentative["height"]
+    assert [(k["key"], k["value_text"]) for k in majority["keys"]] == [("a", "1"), ("b", "1")]
+    assert (await listing())["keys"] == tentative["keys"]  # a listing's documented default: the head
+    first = await listing(view="majority", limit=1)
+    assert [k["key"] for k in first["keys"]] == ["a"] and first["next_after"] == "a"
+    second = await listing(view="majority", limit=1, after="a")
+    assert [k["key"] for k in second["keys"]] == ["b"]
+    assert (await listing(view="majority", limit=1, after="b"))["keys"] == []
+    beyond = await client.get("/v1/kv/ledger", params={"view": "majority", "at": tentative["height"]})
+    assert beyond.status_code == 400 and beyond.json()["error"]["code"] == "beyond_view"
+
+
+async def test_unknown_paths_and_methods_answer_as_docs_api_md_shows(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, _ = api
+    r = await client.get("/v1/nope")
+    assert r.json() == {"error": {"code": "not_found", "message": "GET /v1/nope: Not Found"}}
+    r = await client.delete("/v1/status")
+    assert r.json() == {"error": {"code": "method_not_allowed", "message": "DELETE /v1/status: Method Not Allowed"}}
+
+
+async def test_status_shows_the_data_directory_instance_and_signing_guard(api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    """docs/operations-restore.md tells an operator to read the instance id in the status."""
+    client, cluster = api
+    store = cluster.nodes["firm-a"].store
+    data_dir = (await client.get("/v1/status")).json()["data_dir"]
+    assert data_dir == {"instance_id": store.instance_id.hex(), "signing_locked": False, "guard_floor": None}

@@ -122,7 +122,7 @@ async def test_governance_through_the_api(tmp_path: Path, autojump_clock: trio.t
             assert [p["id"] for p in listing["pending"]] == [pid]
             assert listing["pending"][0]["kind"] == "remove_members" and listing["pending"][0]["proposer"] == "firm-a"
             status = (await api["firm-b"].get("/v1/status")).json()
-            assert status["governance"]["pending"][0]["waiting_for"] == ["firm-a", "firm-b"]
+            assert status["governance"]["pending"][0]["waiting_for"] == ["firm-b"]  # proposing is firm-a's yes
             r = await api["firm-c"].post("/v1/governance/vote", json={"proposal": pid, "approve": True})
             assert r.status_code == 400 and "its own removal" in r.json()["error"]["message"]
             for voter in ("firm-a", "firm-b"):
@@ -183,5 +183,58 @@ async def test_bad_proposals_are_refused_with_clear_errors(tmp_path: Path,
             assert r.status_code == 400
             assert (await api["firm-a"].get("/v1/governance")).json()["pending"] == []
             assert not cluster.nodes["firm-a"].engine.mempool
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_voting_to_rotate_ones_own_key_to_one_the_node_lacks_must_be_confirmed(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Another member proposed it; once in force, firm-b's node could sign nothing. The node
+    warns (409 needs_confirmation) and takes the yes only with "confirm": true; a no needs none."""
+    cluster = Cluster(tmp_path, names=("firm-a", "firm-b"))
+    new = SigningKey.generate()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        async with api_clients(cluster) as api:
+            r = await api["firm-a"].post("/v1/governance/propose", json={
+                "kind": "rotate_key", "name": "firm-b", "key": new.public.hex(),
+                "cert_b64": base64.b64encode(member_certificate(new.seed, "firm-b")).decode(), "wait": "majority"})
+            assert r.status_code == 200, r.text
+            pid = r.json()["proposal"]
+            await cluster.wait_until(lambda: record_status(cluster, "firm-b", bytes.fromhex(pid)) == PENDING)
+            r = await api["firm-b"].post("/v1/governance/vote", json={"proposal": pid, "approve": True})
+            assert r.status_code == 409 and r.json()["error"]["code"] == "needs_confirmation"
+            assert "which this node does not hold" in r.json()["error"]["message"]
+            assert not cluster.nodes["firm-b"].engine.mempool  # nothing was submitted
+            r = await api["firm-b"].post("/v1/governance/vote", json={"proposal": pid, "approve": True,
+                                                                      "confirm": True, "wait": "majority"})
+            assert r.status_code == 200, r.text
+            await cluster.wait_until(lambda: record_status(cluster, "firm-a", bytes.fromhex(pid)) == PASSED)
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_removed_members_node_shows_the_removal_not_a_stalled_chain(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Once its removal is in force, firm-c's node has one thing to say — in its status and as
+    its only alert — instead of ``stalled`` and ``peer_down`` (the others no longer talk to it)."""
+    cluster = Cluster(tmp_path, names=("firm-a", "firm-b", "firm-c"))
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposal = await propose(cluster, "firm-a", RemoveMembers(("firm-c",)), "firm-c leaves")
+        await vote(cluster, ("firm-b",), proposal)
+        await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PASSED for n in cluster.names),
+                                 what="removal passed everywhere")
+        effective = passed_height(cluster, "firm-a", proposal)
+        removed = cluster.nodes["firm-c"]
+        await cluster.wait_until(lambda: removed.engine.tree.best_tip.height + 1 >= effective,
+                                 what="firm-c's chain reaches the removal")
+        await cluster.wait_until(lambda: [a["kind"] for a in removed.service.alerts.snapshot()] == ["removed"],
+                                 what="firm-c's one alert")
+        [alert] = removed.service.alerts.snapshot()
+        assert alert["message"].startswith(f"firm-c was removed from the consortium at height {effective}")
+        async with api_clients(cluster) as api:
+            assert (await api["firm-c"].get("/v1/status")).json()["removed_at"] == effective
+            assert (await api["firm-a"].get("/v1/status")).json()["removed_at"] is None
         await cluster.close()
         nursery.cancel_scope.cancel()

@@ -43,11 +43,14 @@ async def write_steadily(cluster: Cluster, members: tuple[str, ...], count: int,
 
 
 def signed_with(cluster: Cluster, viewer: str, member: str, height: int) -> bytes | None:
-    """The public key ``member``'s stored signature on the best block at ``height`` verifies with."""
+    """The public key ``member``'s signature on the best block at ``height`` verifies with: a
+    stored one, or one the engine holds until its next flush (the newest blocks' peer
+    signatures are written every heartbeat, not as they arrive)."""
     engine = cluster.nodes[viewer].engine
     block_hash = engine.tree.best_chain_hash(height)
     assert block_hash is not None
-    for sig in engine.store.signatures(block_hash):
+    held = [s for s in engine.unsaved_sigs if s.block_hash == block_hash]
+    for sig in engine.store.signatures(block_hash) + held:
         if sig.member == member:
             for key in engine.gov.key_history(member):
                 if key[1] is not None and sig.valid(engine.cid, key[1]):

@@ -28,7 +28,7 @@ def node_config(tmp_path: Path, member: str) -> NodeConfig:
     # Anchoring is built but never run: only its hand-over and alert reads are exercised.
     return NodeConfig(path=tmp_path / "node.toml", member=member, consortium_file=tmp_path / "c.toml",
                       key_file=tmp_path / "k", extra_key_files=(), joining=False, data_dir=tmp_path,
-                      listen=None, api_listen="127.0.0.1:0", api_token="t", client_key_file=None,
+                      listen=None, api_listen="127.0.0.1:0", api_token="t", api_audit_token=None, client_key_file=None,
                       bitcoin=BitcoinConfig("http://127.0.0.1:9/"), alert_webhook=None, alert_command=None,
                       mempool_max_txs=1000, sync=False, log_level="INFO")
 

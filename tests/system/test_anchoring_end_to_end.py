@@ -114,7 +114,7 @@ def test_blocks_become_unanimous_only_after_the_anchor_confirms(
             assert settled["found"] is True and settled["value_text"] == "yes" and settled["view"] == "unanimous"
 
         # The books of one member verify against the Bitcoin node ...
-        with net.nodes["firm-b"].client(timeout=60) as c:
+        with net.nodes["firm-b"].client(timeout=60, auditor=True) as c:
             response = c.get("/v1/audit/bundle")
             assert response.status_code == 200
             bundle = response.content

@@ -121,3 +121,15 @@ def test_supply_chain_without_rules_says_so_and_forges_nothing(tmp_path: Path) -
     assert "Nothing attempted" in result.stdout
     assert "Chain of custody verified: 2 records" in result.stdout
     assert len(versions) == 1, versions
+
+
+@pytest.mark.parametrize("script", ["accounting_books.py", "supply_chain.py", "exposure_registry.py"])
+def test_every_example_is_a_click_command_on_the_client_library(script: str) -> None:
+    """The examples are written as the `peerdb` command is: click for the command line, and
+    PeerDB's client library (peerdb.client) for the API, never hand-rolled HTTP."""
+    result = run_example(script, "--help")
+    assert result.returncode == 0 and result.stdout.startswith(f"Usage: {script} [OPTIONS]"), explain(result)
+    assert "--dir CONSORTIUM_DIR" in result.stdout and "Example:" in result.stdout
+    sources = [(EXAMPLES / name).read_text() for name in (script, "consortium_client.py")]
+    assert all("argparse" not in text and "import httpx" not in text for text in sources)
+    assert "from peerdb.client import" in sources[1]

@@ -1,8 +1,8 @@
 """Membership changes on four running `peerdb node run` processes over TLS, through the CLI an
 operator would use. A fifth firm joins (keygen with a certificate, a proposal, four votes, a node
 started with ``joining = true`` from the founding consortium file) while writes keep flowing; a
-member key is rotated and the exported books still verify; and a node that was offline across
-its own rotation gets back in.
+member key is rotated and the exported books still verify; a node that was offline across its
+own rotation gets back in; and a removed member's node says so and stops.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli import exitcodes
 from cli.main import main
 from peerdb.localnet import LocalConsortium, NodeProcess, free_ports
 
@@ -177,3 +178,36 @@ def test_a_node_offline_across_its_own_rotation_gets_back_in(tmp_path: Path) -> 
         # Unanimity includes firm-b again: its signatures, now with the new key, verify at every member.
         write(net, "firm-a", "after-return", wait="unanimous_signed")
         assert net.status("firm-b")["alerts"] == [] or all(a["kind"] != "key_missing" for a in net.status("firm-b")["alerts"])
+
+
+def test_a_removed_members_node_says_so_and_stops_with_its_own_exit_code(tmp_path: Path) -> None:
+    """firm-a proposes firm-c's removal and firm-b approves (proposing is firm-a's yes; firm-c
+    does not vote on its own removal). firm-c's node does not go on showing a stalled chain and
+    peers down: it raises the ``removed`` alert (its hook gets it), logs why, and exits 9, which
+    the systemd unit does not restart."""
+    directory = tmp_path / "c"
+    with LocalConsortium(directory, members=3, params=FAST) as net:
+        net.write_files()
+        alerts = tmp_path / "firm-c-alerts.jsonl"
+        config = net.nodes["firm-c"].config
+        config.write_text(config.read_text() + f'\n[alerts]\ncommand = "cat >> {alerts}; echo >> {alerts}"\n')
+        net.start_all()
+        net.wait_ready()
+        write(net, "firm-c", "before", wait="unanimous_signed")
+        proposal = cli("-c", str(net.nodes["firm-a"].config), "governance", "propose", "remove", "--member", "firm-c",
+                       "--note", "firm-c leaves", "--wait", "majority")
+        pid = str(proposal["proposal"])
+        cli("-c", str(net.nodes["firm-b"].config), "governance", "vote", pid, "--yes", "--wait", "majority")
+        shown = cli("-c", str(net.nodes["firm-a"].config), "governance", "show", pid)
+        assert shown["status"] == "passed", shown
+        effective = int(str(shown["effective_height"]))
+        node = net.nodes["firm-c"]
+        net.wait_for(lambda: not node.running(), 90, "firm-c's node to stop")
+        assert node.proc is not None and node.proc.returncode == exitcodes.REMOVED, node.log_tail()
+        log = node.log_path.read_text()
+        assert f"firm-c was removed from the consortium at height {effective}" in log
+        raised = [json.loads(line) for line in alerts.read_text().splitlines() if line.strip()]
+        kinds = [a["kind"] for a in raised]
+        assert "removed" in kinds and set(kinds[kinds.index("removed"):]) == {"removed"}, raised
+        assert f"at height {effective}" in raised[kinds.index("removed")]["message"]
+        write(net, "firm-a", "after", wait="unanimous_signed")  # the others go on without it

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...core.errors import AccessError, ConfigError, CorruptionError, DiskFullError, RemoteError
-from ..mempool import MempoolFull
+from ..mempool import MempoolFull, NeverIncluded
 
 
 class ApiError(Exception):
@@ -47,6 +47,7 @@ BAD_REQUEST = (400, "bad_request")
 ERRORS: dict[type[Exception], tuple[int, str]] = {
     AccessError: (403, "forbidden"),         # a namespace rule denies this member (read or write)
     MempoolFull: (503, "mempool_full"),      # back-pressure: retry after the next blocks
+    NeverIncluded: BAD_REQUEST,              # no block could ever include it (answered "rejected")
     ConfigError: (409, "not_configured"),    # the node lacks what the request needs (a client key)
     RemoteError: BAD_REQUEST,                # the request (or what it carries) breaks a rule
     ValueError: BAD_REQUEST,                 # a field the request gave that does not parse

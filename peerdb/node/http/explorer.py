@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from ...anchor.hashes import sha256d, to_display
+from ...anchor.anchortx import parse_tx, txid
+from ...anchor.hashes import to_display
 from ...anchor.proof import AnchorProof
 from ...core.chain import BlockTree
 from ...core.errors import DecodeError
@@ -164,7 +165,7 @@ def _anchor_of(engine: Engine, block_hash: bytes) -> tuple[str, int, int] | None
         proof = AnchorProof.decode(raw)
     except DecodeError:
         return None
-    return to_display(sha256d(proof.bitcoin_tx)), proof.bitcoin_height, len(proof.headers)
+    return to_display(txid(parse_tx(proof.bitcoin_tx))), proof.bitcoin_height, len(proof.headers)
 
 
 def explorer_view(ctx: ApiContext, count: int) -> dict[str, Any]:

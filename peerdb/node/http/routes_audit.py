@@ -31,6 +31,8 @@ from .context import ApiContext
 
 log = logging.getLogger("peerdb.api")
 
+BUNDLE_PATH = "/v1/audit/bundle"
+"""The one path the auditor token opens (see :mod:`.app`)."""
 BLOCKS_HEADER = "X-PeerDB-Audit-Blocks"
 MEDIA_TYPE = "application/vnd.peerdb.audit-bundle"
 
@@ -71,4 +73,4 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     # Not behind the JSON error wrapper: nothing here is the client's input, so whatever fails
     # is ours (the app's 500), and once streaming has begun the status is already sent.
-    return [Route("/v1/audit/bundle", bundle)]
+    return [Route(BUNDLE_PATH, bundle)]

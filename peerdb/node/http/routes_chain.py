@@ -9,9 +9,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ...anchor.hashes import sha256d, to_display
+from ...anchor.anchortx import parse_tx, txid
+from ...anchor.hashes import to_display
 from ...anchor.proof import AnchorProof
 from ...core.model import Block
+from ..identity import removed_at
 from .context import ApiContext, parse_int
 from .errors import ApiError, json_endpoint
 from .refs import block_ref
@@ -93,6 +95,9 @@ def routes(ctx: ApiContext) -> list[Route]:
             "alerts": service.alerts.snapshot(),
             "alert_history": service.alerts.recent(STATUS_ALERT_HISTORY),
             "uptime_s": (now - service.started_ms) / 1000,
+            "data_dir": {"instance_id": engine.store.instance_id.hex(), "signing_locked": engine.store.guard_locked(),
+                         "guard_floor": engine.store.guard_floor()},
+            "removed_at": removed_at(engine.gov, engine.me, engine.tree.best_tip.height + 1),
         }
         for name, fn in ctx.extras.items():
             answer[name] = fn()
@@ -147,7 +152,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                         height <= tree.heads().anchored else None}
             proof = AnchorProof.decode(raw)
             return {"block": block_hash.hex(), "height": height, "anchored": True,
-                    "bitcoin_txid": to_display(sha256d(proof.bitcoin_tx)),
+                    "bitcoin_txid": to_display(txid(parse_tx(proof.bitcoin_tx))),
                     "bitcoin_height": proof.bitcoin_height, "depth": len(proof.headers),
                     "merkle_root": proof.root.hex(), "path_length": len(proof.path),
                     "proof": base64.b64encode(raw).decode()}

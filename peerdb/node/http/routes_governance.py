@@ -63,6 +63,9 @@ RECENT_PROPOSALS = 50
 """Decided proposals listed by ``GET /v1/governance`` (newest first): a consortium decides a
 few questions a month; older ones stay readable by id."""
 GOVERNANCE_NEEDS_KEY = "governance requests travel in transactions signed by the node's client key"
+NEEDS_CONFIRMATION = "needs_confirmation"
+"""The code of a vote the node takes only with ``"confirm": true``: a yes to rotating this
+member's own key to one its node does not hold."""
 
 
 class BadProposal(ValidationError):
@@ -193,9 +196,10 @@ class HeadReader:
 
 def waiting_for(record: ProposalRecord, members: Sequence[str], votes: Mapping[str, Vote]) -> list[str]:
     """The members (of ``members``, in their order) whose vote a proposal still waits for:
-    those it does not remove that have not voted."""
+    those it does not remove that have not voted, other than its proposer (proposing is
+    approving)."""
     excluded = record.proposal.excluded_voters()
-    return [m for m in members if m not in excluded and m not in votes]
+    return [m for m in members if m not in excluded and m not in votes and m != record.proposer]
 
 
 def pending_proposals(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
@@ -276,6 +280,14 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise BadProposal(f"proposal {pid.hex()[:16]} is {status}; votes are only taken on pending proposals")
         if engine.me in record.proposal.excluded_voters():
             raise BadProposal(f"{engine.me} does not vote on its own removal")
+        change = record.proposal.change
+        if approve and isinstance(change, RotateKey) and change.name == engine.me \
+                and change.key not in engine.keyring and data.get("confirm") is not True:
+            raise ApiError(409, NEEDS_CONFIRMATION, (
+                f"this vote would rotate {engine.me}'s member key to {change.key.hex()[:16]}..., which this node does "
+                "not hold: once in force, this node could sign nothing. Add the new key's file to "
+                "node.extra_key_files and restart the node first; vote again with \"confirm\": true to approve "
+                "anyway"))
         key = await service.read(lambda: engine.key)  # the key in force depends on the chain: its lock
         ballot = Vote.create(key, engine.cid, pid, engine.me, approve)
         answer = await submit([vote_op(ballot)], data)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.routing import Route
 
 from ...core.chain import View
+from ...core.state import Effects
 from .context import ApiContext, parse_int, parse_view
 from .errors import ApiError, json_endpoint
 from .refs import tx_ref
 from .render import value_json
+from .scan import page_at, touched_keys
 
 class KeyConvertor(Convertor[str]):
     """A key is any UTF-8 text (``/`` and line breaks included): the path's rest, whatever it holds
@@ -83,19 +86,42 @@ def routes(ctx: ApiContext) -> list[Route]:
         return await ctx.service.read(kv, ns, key, view, at)
 
     async def get_scan(request: Request) -> Any:
-        """Keys of a namespace at the head (the tentative view), paged."""
+        """Keys of a namespace in a view, or as of a height ``at`` at or below its head, paged.
+        Without ``view`` it lists the tentative view, the head, as docs/api.md states (a read of
+        one key defaults to majority)."""
         ns = request.path_params["ns"]
         ctx.check_read(ns)
+        view = parse_view(request.query_params.get("view") or View.TENTATIVE.value)
+        at = parse_int(request.query_params.get("at"), "at")
         prefix = request.query_params.get("prefix", "")
         after = request.query_params.get("after")
         limit = min(parse_int(request.query_params.get("limit"), "limit") or SCAN_DEFAULT_KEYS, SCAN_MAX_KEYS)
 
+        def plan() -> tuple[int, int, list[bytes], dict[bytes, Effects]]:
+            head_height = engine.heads().height(view)
+            height = head_height if at is None else at
+            if height > head_height:
+                raise ApiError(400, "beyond_view", f"height {height} is above the {view.value} head ({head_height})")
+            above = [engine.tree.best_chain_hash(h) for h in range(height + 1, engine.tree.best_tip.height + 1)]
+            hashes = [h for h in above if h is not None]
+            return height, head_height, hashes, {h: e for h in hashes if (e := engine.effects_cache.get(h))}
+
+        height, head_height, hashes, cached = await ctx.service.read(plan)
+        touched = await trio.to_thread.run_sync(touched_keys, engine.store, hashes, cached, ns, prefix)
+
         def read() -> dict[str, Any]:
-            rows = engine.store.scan(ns, prefix, start_after=after, limit=limit)
-            return {"namespace": ns, "prefix": prefix, "view": View.TENTATIVE.value,
-                    "height": engine.tree.best_tip.height,
+            tree = engine.tree
+            above = [tree.best_chain_hash(h) for h in range(height + 1, tree.best_tip.height + 1)]
+            if above[:len(hashes)] != hashes:  # the best chain moved under the blocks read: read them again
+                more = touched_keys(engine.store, [h for h in above if h is not None], engine.effects_cache, ns, prefix)
+            else:  # at most a few blocks arrived meanwhile
+                more = touched_keys(engine.store, [h for h in above[len(hashes):] if h is not None],
+                                    engine.effects_cache, ns, prefix)
+            rows, next_after = page_at(engine.store, ns, prefix, after, limit, height, touched | more)
+            return {"namespace": ns, "prefix": prefix, "view": view.value, "height": height,
+                    "head_height": head_height,
                     "keys": [{"key": k, "written_at": h, **shown(ns, k, v, h)} for k, v, h in rows],
-                    "next_after": rows[-1][0] if len(rows) >= limit else None}
+                    "next_after": next_after}
         return await ctx.service.read(read)
 
     async def get_history(request: Request) -> Any:
