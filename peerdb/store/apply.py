@@ -66,6 +66,7 @@ def apply_block(txn: Txn, t: Tables, block: Block, effects: Effects) -> None:
     if effects.state_root != block.header.state_root or len(effects.txids) != len(block.txs):
         raise StorageError(f"block {block.hash.hex()[:16]} at height {height}: the effects passed in are "
                            "not this block's (state_root or transaction count differ)")
+    put_tree(txn, t, block, effects)
     undo: list[tuple[bytes, bytes | None]] = []
     final: dict[bytes, bytes | None] = {}
     state = t.state

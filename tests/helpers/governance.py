@@ -107,6 +107,7 @@ class Chain:
         with another round): its transactions use nonces from ``nonce_offset`` on, so the two
         branches never build the same transaction by accident."""
         other = Chain(self.consortium)
+        other.state = MemoryState(self.state.nodes)  # tree records never change: share them
         other.state.values = dict(self.state.values)
         other.state.seen = set(self.state.seen)
         other.headers = list(self.headers)
