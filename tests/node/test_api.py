@@ -13,8 +13,10 @@ import httpx
 import pytest
 import trio
 
+from peerdb.core.chain import View
 from peerdb.core.consortium import NamespaceRule
 from peerdb.node.http import Api
+from peerdb.proofs.verify import verify_read_proof
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32
@@ -109,3 +111,25 @@ async def test_wait_timeout_still_leaves_the_write_durable(api: tuple[httpx.Asyn
     store = cluster.nodes["firm-a"].store
     # Answered "accepted" only once durable: in a stored block, or in the persisted pool.
     assert txid in store.included([txid]) or txid in {tx.txid for tx in store.mempool_items()}
+
+
+async def test_reads_and_history_with_proofs_verify_with_the_consortium_file(
+        api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, cluster = api
+    await client.post("/v1/write", json=put("q3", "100"))
+    await client.post("/v1/write", json={"ops": [{"op": "delete", "namespace": "books", "key": "q3"}],
+                                         "wait": "unanimous_signed"})
+    await client.post("/v1/write", json=put("q4", "7"))
+    for key, found in (("q4", True), ("q3", False), ("never", False)):
+        got = (await client.get(f"/v1/kv/books/{key}", params={"view": "unanimous_signed", "proof": "true"})).json()
+        result = verify_read_proof(cluster.consortium, base64.b64decode(got["proof"]))
+        assert result.found is found and result.height == got["height"] and result.key == key
+        assert result.view is View.UNANIMOUS_SIGNED
+        assert (result.value == b"7") if found else result.value is None
+    plain = (await client.get("/v1/kv/books/q4")).json()
+    assert "proof" not in plain
+    history = (await client.get("/v1/history/books/q3", params={"proof": "true"})).json()["versions"]
+    proven = [verify_read_proof(cluster.consortium, base64.b64decode(v["proof"])) for v in history]
+    assert [(p.height, p.value) for p in proven] == [(v["height"], None if v["deleted"] else b"100") for v in history]
+    r = await client.get("/v1/kv/books/q4", params={"proof": "maybe"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_parameter"
