@@ -27,7 +27,7 @@ from peerdb.anchor.anchortx import parse_tx, txid
 from peerdb.anchor.hashes import to_display
 from peerdb.core.errors import DecodeError
 
-from .bundle import BlockEntry, BtcPart, EvidenceEntry, Head, read_items
+from .bundle import BlockEntry, BtcPart, EvidenceEntry, Head, PartEntry, read_items
 from .errors import AuditFailure
 
 
@@ -69,7 +69,7 @@ def read_books(stream: BinaryIO, name: str = "bundle") -> Books:
                     btc_txids.append(to_display(txid(parse_tx(item.bitcoin_tx))))
                 except DecodeError:
                     btc_txids.append(f"(unparsable transaction in btc item {item.n})")
-            elif isinstance(item, BlockEntry):
+            elif isinstance(item, (BlockEntry, PartEntry)):  # a namespace bundle's blocks compare alike
                 anchor = btc_txids[item.anchor.btc] if item.anchor is not None else None
                 block = BookBlock(item.hash, item.header.proposer, frozenset(m for m, _ in item.sigs), anchor)
                 if item.best:

@@ -23,7 +23,8 @@ from peerdb.core.membership import StateCache
 from peerdb.core.limits import HASH_LEN
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx
 from peerdb.core.state import Effects
-from peerdb.core.statetree import StateProof, prove_key
+from peerdb.core.smt import Proof
+from peerdb.core.statetree import StateProof, prove_key, prove_namespace
 
 from . import layout
 from .identity import DATA_FILE
@@ -266,6 +267,12 @@ class StoreQueries:
                 raise ValidationError(f"height {height} is not on the best chain (head {self._head.height})")
             header = need_header(txn, self._t, block_hash)
             return header, prove_key(TxnStateReader(txn, self._t), header.state_root, height, namespace, key)
+
+    def namespace_proof(self, header: Header, namespace: str) -> Proof:
+        """The proof of a namespace's root (or its absence) under a stored block's state root:
+        what a namespace bundle carries per block (any branch: every stored block's tree is)."""
+        with self._read() as txn:
+            return prove_namespace(TxnStateReader(txn, self._t), header.state_root, header.height, namespace)
 
     def tree_node(self, key: bytes) -> bytes | None:
         """A state tree record (:func:`peerdb.core.smt.node_key`)."""

@@ -369,6 +369,19 @@ def test_audit_export_verify_and_a_corrupted_copy(node: NodeProcess, tmp_path: P
         assert answer["ok"] is False and answer["file"] == str(broken) and answer["reason"]
 
 
+def test_audit_export_of_one_namespace_verifies(node: NodeProcess, tmp_path: Path) -> None:
+    put(node, "books", "ns-audited", "1")
+    put(node, "other", "not-exported", "secret-ish")
+    bundle = tmp_path / "books.pdbaudit"
+    exported = ok_json(cli(node, "audit", "export", "--namespace", "books", "--out", str(bundle), "--json"))
+    assert exported["namespace"] == "books" and exported["blocks"] >= 2
+    assert b"secret-ish" not in bundle.read_bytes()
+    report = ok_json(cli(node, "audit", "verify", str(bundle), "--json"))
+    assert report["ok"] is True and report["namespace"] == "books" and len(report["namespace_root"]) == 64
+    refused = cli(node, "audit", "export", "--namespace", "Not A Name", "--out", str(tmp_path / "x"))
+    assert refused.exit_code == exitcodes.REJECTED and "namespace" in refused.stderr
+
+
 # --- a member down ---------------------------------------------------------------------------------------
 
 def test_wait_majority_times_out_with_a_member_down(half_down: NodeProcess) -> None:

@@ -64,8 +64,8 @@ class StoredChain:
             return ConsortiumState.load(self.cb.consortium, reader).members_at(height)
 
     def change(self, change: Change, voters: Sequence[str] | None = None, carrier: str = "m0") -> int:
-        """Propose ``change`` and vote it through (every member); grow until it is in force.
-        Returns the height from which it is."""
+        """Propose ``change`` and vote it through (every member); grow to the block before it is
+        in force (update :attr:`keys` for a rotation now). Returns the height from which it is."""
         self._nonce += 1
         proposal = Proposal(change, "test", self._nonce)
         self.grow([self.tx(carrier, [propose_op(proposal)])])
@@ -74,7 +74,7 @@ class StoredChain:
                  for v in voters]
         self.grow(votes)
         effective = self.height + 2
-        while self.height < effective:
+        while self.height < effective - 1:
             self.grow()
         return effective
 
