@@ -42,7 +42,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .codec import expect_bytes, expect_list, tagged_hash
 from .errors import DecodeError, LimitError, StorageError, ValidationError
@@ -101,10 +101,10 @@ Ref = tuple[bytes, int]
 EMPTY_REF: Ref = (EMPTY, 0)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """Set ``path`` to ``value`` (None: delete it). ``aux`` is the version of the tree whose root
-    ``value`` is, if it is one (stored in the leaf record, never hashed)."""
+    ``value`` is, if it is one (stored in the leaf record, never hashed). A named tuple: a block
+    makes one per written key, on the hot path."""
 
     path: bytes
     value: bytes | None

@@ -21,6 +21,7 @@ root of the state after the block at height ``h`` as ``node_key(h, state_root)``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,19 +49,25 @@ EMPTY_STATE_ROOT = EMPTY
 Write = tuple[str, str, bytes | None]
 
 
+_KEY_PREFIX = b"\x07smt-key"
+_VALUE_PREFIX = b"\x09smt-value"
+_sha256 = hashlib.sha256
+
+
 def ns_path(namespace: str) -> bytes:
     """Where a namespace sits in the namespace tree (and in a block's namespace transaction map)."""
     return tagged_hash("smt-ns", namespace.encode("utf-8"))
 
 
 def key_path(key: str) -> bytes:
-    """Where a key sits in its namespace's key tree."""
-    return tagged_hash("smt-key", key.encode("utf-8"))
+    """Where a key sits in its namespace's key tree: ``H("smt-key", key)`` (the prefix of
+    :func:`peerdb.core.codec.tagged_hash` written out, as this runs once per written key)."""
+    return _sha256(_KEY_PREFIX + key.encode("utf-8")).digest()
 
 
 def value_hash(value: bytes) -> bytes:
-    """What a key tree's leaf holds for a value."""
-    return tagged_hash("smt-value", value)
+    """What a key tree's leaf holds for a value: ``H("smt-value", value)``."""
+    return _sha256(_VALUE_PREFIX + value).digest()
 
 
 def final_writes(writes: Iterable[Write]) -> dict[str, dict[str, bytes | None]]:
@@ -103,13 +110,13 @@ def update_state(source: NodeSource, parent_root: bytes, parent_version: int, wr
     top: list[Change] = []
     for ns, keys in grouped.items():
         ns_root = namespace_root(source, parent_root, parent_version, ns)
-        changes = sorted((Change(key_path(k), None if v is None else value_hash(v)) for k, v in keys.items()),
-                         key=lambda c: c.path)
+        # Paths are distinct, so the tuples sort by path alone.
+        changes = sorted([Change(key_path(k), None if v is None else value_hash(v)) for k, v in keys.items()])
         new_root, new_version = update(source, ns_root, changes, version, out)
         if new_root == ns_root[0]:
             continue
         top.append(Change(ns_path(ns), None if new_root == EMPTY else new_root, new_version))
-    top.sort(key=lambda c: c.path)
+    top.sort()
     root, root_version = update(source, (parent_root, parent_version), top, version, out)
     if root != EMPTY and root_version != version:
         out[node_key(version, root)] = load_record(source, (root, root_version), out)

@@ -47,8 +47,15 @@ def put_tree(txn: Txn, t: Tables, block: Block, effects: Effects) -> None:
     and make sure the tree of the state after it is complete: its root's record is stored under
     the block's height (:mod:`peerdb.core.statetree`), now or by an earlier write."""
     if effects.nodes:
+        items = sorted(effects.nodes.items())
         with txn.cursor(db=t.nodes) as cursor:
-            cursor.putmulti(sorted(effects.nodes.items()))
+            # A new block's records (keyed by its height) usually sort after everything stored:
+            # appended, they fill pages without searching or splitting. Otherwise (a side branch
+            # at a height already stored, a reorg applying a block again) they are inserted.
+            append = not cursor.last() or cursor.key() < items[0][0]
+            _consumed, added = cursor.putmulti(items, append=append)
+            if added < len(items) and append:  # pragma: no cover - sorted and above the last key
+                cursor.putmulti(items)
     root = block.header.state_root
     if root != EMPTY and txn.get(node_key(block.height, root), db=t.nodes) is None:
         raise StorageError(f"block {block.hash.hex()[:16]} at height {block.height}: the effects passed in "

@@ -168,9 +168,14 @@ class StateSnapshot:
             return self._reader.tx_seen(txid)
 
     def tree_node(self, key: bytes) -> bytes | None:
-        self._check_open()
-        with lmdb_errors("state snapshot"):
+        # Called once per tree node a block's update visits: a plain try instead of the
+        # context manager the other reads use, same errors.
+        if self._txn is None:
+            raise StorageError("state snapshot: used after close()")
+        try:
             return self._reader.tree_node(key)
+        except lmdb.Error as exc:
+            raise StorageError(f"state snapshot: LMDB error: {exc}") from None
 
     def _check_open(self) -> None:
         if self._txn is None:
