@@ -203,9 +203,11 @@ class _Updater:
         while h != EMPTY:
             key = vb + h
             found = out.get(key) if vb == vkey else None
-            rec = found if found is not None else get(key)
-            if rec is None:
-                raise missing(key)
+            if found is None:
+                found = get(key)
+                if found is None:
+                    raise missing(key)
+            rec = found
             if len(rec) != INNER_LEN:
                 break
             if (path[depth >> 3] >> (7 - (depth & 7))) & 1:
