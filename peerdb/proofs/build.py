@@ -32,6 +32,11 @@ from .format import MAX_CHAIN_HEADERS, AnchorPart, Checkpoint, GovPath, ReadProo
 HISTORY_PROOFS_MAX = 64
 """Versions of a key proven in one history answer (each proof carries its own chain)."""
 
+ANCHOR_SEARCH_MAX = 64
+"""Headers looked at beyond the endorsement for one with an anchor proof: every block of an
+anchor batch has its own proof, so the read block itself usually has one; a proof without an
+anchor still says which view it reaches."""
+
 
 class ProofBuilder:
     """Read proofs of one store's best chain. Every method reads the store only."""
@@ -84,6 +89,7 @@ class ProofBuilder:
         sigs: dict[str, tuple[int, str, bytes]] = {}
         anchor: AnchorPart | None = None
         last_signed = 0
+        endorsed_at: int | None = None
         header = first
         limit = min(top, (stop_before - 1) if stop_before is not None else top, first.height + MAX_CHAIN_HEADERS - 1)
         while True:
@@ -96,7 +102,10 @@ class ProofBuilder:
             if anchor is None and (want_anchor or index == 0):
                 anchor = self._anchor(index, header)
             endorsed = sum(1 for m in sigs if m in eligible)
-            if endorsed >= need and (anchor is not None or not want_anchor):
+            if endorsed >= need and endorsed_at is None:
+                endorsed_at = index
+            if endorsed_at is not None and (anchor is not None or not want_anchor
+                                            or index - endorsed_at >= ANCHOR_SEARCH_MAX):
                 break
             if header.height >= limit:
                 break
