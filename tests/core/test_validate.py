@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from peerdb.core.consortium import Params
 from peerdb.core.errors import DecodeError, ReplayError, SignatureError, ValidationError
 from peerdb.core.limits import MAX_ROUND
-from peerdb.core.merkle import merkle_root
 from peerdb.core.model import Block, BlockSignature, Header, Objection, body_header, consortium_id, genesis_header
 from peerdb.core.state import MemoryState
 from peerdb.core.validate import check_block, check_evidence, check_header, check_proposer_signature, proposer_for, round_at

@@ -19,7 +19,6 @@ from peerdb.core.consortium import Consortium, parse_consortium
 from peerdb.core.keys import SigningKey
 from peerdb.core.merkle import merkle_root, verify_path
 from peerdb.core.model import (
-    ZERO_HASH,
     Block,
     BlockSignature,
     Evidence,

@@ -14,7 +14,6 @@ from peerdb.core.consortium import Consortium
 from peerdb.core.governance import ProposalRecord, propose_op, read_proposal, vote_op
 from peerdb.core.keys import SigningKey
 from peerdb.core.membership import ConsortiumState, StateCache
-from peerdb.core.merkle import merkle_root
 from peerdb.core.model import Block, Evidence, Header, Op, Tx, body_header, consortium_id, genesis_header
 from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.core.state import Effects, MemoryState, apply_txs

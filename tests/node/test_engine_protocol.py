@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from peerdb.core.consortium import Params
-from peerdb.core.merkle import merkle_root
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, body_header
 from peerdb.core.state import apply_txs
 from peerdb.node.engine import Engine

@@ -32,7 +32,6 @@ from peerdb.core.codec import encode
 from peerdb.core.consortium import Params
 from peerdb.core.keys import SigningKey
 from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_FRAME_BYTES
-from peerdb.core.merkle import merkle_root
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Objection, Op, Tx, body_header
 from peerdb.core.state import apply_txs
 from peerdb.core.validate import proposer_for

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from peerdb.core.chain import View
 from peerdb.core.codec import decode, encode
 from peerdb.core.consortium import Member, NamespaceRule
-from peerdb.core.keys import SigningKey
 from peerdb.core.privacy import open_value, seal_value
 from peerdb.core.proposals import AddMember, RemoveMembers, RotateKey, SetNamespace
 from peerdb.core.smt import ProofError
