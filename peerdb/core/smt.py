@@ -217,9 +217,11 @@ class _Updater:
                 below.append((rec[32:64], rec[72:], 0))
                 h, vb = rec[:32], rec[64:72]
             depth += 1
+        change = self.changes[i]
         if h == EMPTY:
-            change = self.changes[i]
             sub = self.build(depth, [] if change.value is None else [(self.ints[i], change, None)])
+        elif change.value is not None and change.aux is None and len(rec) == LEAF_LEN and rec[:HASH_LEN] != path:
+            sub = self.insert_beside(rec, h, vb, depth, i)
         else:
             sub = self.update_leaf(h, vb, rec, depth, i, i + 1)
         if sub[0] == h and sub[1] == vb:
@@ -238,6 +240,30 @@ class _Updater:
             out[vkey + nh] = rec
             nvb, is_leaf = vkey, False
         return nh, nvb, is_leaf
+
+    def insert_beside(self, rec: bytes, h: bytes, vb: bytes, depth: int, i: int) -> _Sub:
+        """A new key whose path meets another key's leaf at ``depth``: both leaves hang below
+        the inner node at the first bit where their paths differ, with an empty sibling at each
+        level between (what :meth:`build` makes of the two, without sorting or recursing)."""
+        change = self.changes[i]
+        assert change.value is not None
+        mine = self.ints[i]
+        split = PATH_BITS - (mine ^ int.from_bytes(rec[:HASH_LEN], "big")).bit_length()
+        vkey = self.vkey
+        new = _sha256(_LEAF_PREFIX + change.path + change.value).digest()
+        self.out[vkey + new] = change.path + change.value
+        if mine & (_HALF >> split):
+            node, rec2 = _sha256(_NODE_PREFIX + h + new).digest(), h + new + vb + vkey
+        else:
+            node, rec2 = _sha256(_NODE_PREFIX + new + h).digest(), new + h + vkey + vb
+        self.out[vkey + node] = rec2
+        for d in range(split - 1, depth - 1, -1):
+            if mine & (_HALF >> d):
+                node, rec2 = _sha256(_NODE_PREFIX + EMPTY + node).digest(), EMPTY + node + _NO_VERSION + vkey
+            else:
+                node, rec2 = _sha256(_NODE_PREFIX + node + EMPTY).digest(), node + EMPTY + vkey + _NO_VERSION
+            self.out[vkey + node] = rec2
+        return node, vkey, False
 
     def update_leaf(self, h: bytes, vb: bytes, rec: bytes, depth: int, lo: int, hi: int) -> _Sub:
         """Changes reaching a leaf: the subtree becomes whatever entries remain below it."""
