@@ -18,7 +18,7 @@ that falls short (a block without enough signatures yet) verifies to a lower vie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from peerdb.anchor.proof import AnchorProof
 from peerdb.core.chain import View
@@ -61,11 +61,6 @@ class ProofBuilder:
         chain, anchor = self._chain(header, set(eligible), need, want is View.UNANIMOUS, head.height)
         return ReadProof(namespace, key, value, chain, state_proof, evidence, anchor,
                          self._gov_path(chain.headers[-1].height, gov))
-
-    def history_proofs(self, namespace: str, key: str, heights: Sequence[int],
-                       want: View = View.UNANIMOUS) -> list[ReadProof]:
-        """A proof per version height (at most :data:`HISTORY_PROOFS_MAX`, the newest)."""
-        return [self.read_proof(namespace, key, h, want) for h in list(heights)[-HISTORY_PROOFS_MAX:]]
 
     # --- parts ---------------------------------------------------------------------------------
 

@@ -144,6 +144,7 @@ def _governance(proof: ReadProof, genesis: Consortium, cid: bytes) -> tuple[Cons
     """The consortium at every height the proof spans, from the genesis file and the checkpoints."""
     gov = proof.gov
     entries = gov.entries
+    decoded = _entries(entries, len(entries), "gov.entries")
     state = ConsortiumState(genesis)
     known = 0  # entries attested so far
     last_height = -1
@@ -170,7 +171,7 @@ def _governance(proof: ReadProof, genesis: Consortium, cid: bytes) -> tuple[Cons
         if _digest(entries, count) != digest:
             raise ProofError("gov.entries", f"the first {count} entries do not hash to the digest checkpoint {n} "
                              "attests")
-        changes = _entries(entries, count, "gov.entries")
+        changes = decoded[:count]
         for i in range(known, count):
             if changes[i].effective_height <= top.height:
                 raise ProofError("gov.entries", f"change {i} takes effect at height {changes[i].effective_height}, "
