@@ -26,7 +26,7 @@ rest is collected once the records have doubled since the last collection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from peerdb.core.model import Header
@@ -81,6 +81,9 @@ class ChainState:
 
     def tree_node(self, key: bytes) -> bytes | None:
         return self.nodes.tree_node(key)
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        return self.nodes.tree_getter()
 
     # --- structure ----------------------------------------------------------------------------
 
@@ -188,3 +191,6 @@ class BranchReader:
 
     def tree_node(self, key: bytes) -> bytes | None:
         return self.chain.nodes.tree_node(key)
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        return self.chain.nodes.tree_getter()

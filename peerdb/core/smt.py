@@ -40,7 +40,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -88,11 +88,23 @@ def bit(path: bytes, depth: int) -> int:
 
 
 class NodeSource(Protocol):
-    """Where a tree's nodes are read from: the store (by version and hash), or memory."""
+    """Where a tree's nodes are read from: the store (by version and hash), or memory.
+
+    A source may also offer ``tree_getter()``, returning the fastest callable that does what
+    :meth:`tree_node` does (the store's: LMDB's own ``get``, without a Python frame per read);
+    an update reads one record per level per written key, so it uses it when there is one."""
 
     def tree_node(self, key: bytes) -> bytes | None:
         """The record stored under :func:`node_key`, or None."""
         ...
+
+
+def _getter(source: NodeSource) -> Callable[[bytes], bytes | None]:
+    fast = getattr(source, "tree_getter", None)
+    if fast is not None:
+        got: Callable[[bytes], bytes | None] = fast()
+        return got
+    return source.tree_node
 
 
 Ref = tuple[bytes, int]
@@ -131,6 +143,7 @@ class _Updater:
     def __init__(self, source: NodeSource, changes: Sequence[Change], version: int,
                  out: MutableMapping[bytes, bytes]) -> None:
         self.source = source
+        self.get = _getter(source)
         self.changes = changes
         self.ints = [int.from_bytes(c.path, "big") for c in changes]
         self.vkey = _pack(version)
@@ -140,7 +153,7 @@ class _Updater:
         key = vb + h
         rec = self.out.get(key) if vb == self.vkey else None
         if rec is None:
-            rec = self.source.tree_node(key)
+            rec = self.get(key)
             if rec is None:
                 raise missing(key)
         return rec
@@ -196,7 +209,7 @@ class _Updater:
         path = self.changes[i].path
         vkey = self.vkey
         out = self.out
-        get = self.source.tree_node
+        get = self.get
         start = (h, vb)
         below: list[tuple[bytes, bytes, int]] = []  # per level: sibling hash, its version, our bit
         rec = b""
@@ -440,6 +453,11 @@ class MemoryNodes:
 
     def tree_node(self, key: bytes) -> bytes | None:
         return self.nodes.get(key[8:])
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        """:meth:`tree_node` in one frame, for one update (:meth:`collect` replaces the dict)."""
+        get = self.nodes.get
+        return lambda key: get(key[8:])
 
     def add(self, records: Mapping[bytes, bytes]) -> None:
         nodes = self.nodes

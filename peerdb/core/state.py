@@ -236,6 +236,9 @@ class MemoryState:
     def tree_node(self, key: bytes) -> bytes | None:
         return self.nodes.tree_node(key)
 
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        return self.nodes.tree_getter()
+
     def get(self, namespace: str, key: str) -> bytes | None:
         return self.values.get((namespace, key))
 
