@@ -540,7 +540,7 @@ class Engine:
             self.evidence_in_block.setdefault(ev.id, []).append(block.hash)
         self.tree.add_header(block.header)
         self._tree_sign(block.hash, proposer_sig.member)
-        self._remember_effects(block.hash, effects.without_nodes())  # the store writes its own copy
+        self._remember_effects(block.hash, effects.without_nodes())  # the store writes the tree records from ours
         self.recent_blocks[block.hash] = block
         while len(self.recent_blocks) > EFFECTS_CACHE:
             self.recent_blocks.popitem(last=False)
