@@ -64,6 +64,29 @@ def test_a_proof_claiming_another_value_is_refused_naming_the_value(chain: Store
         assert info.value.item == "value"
 
 
+def test_a_wrong_path_header_signature_or_anchor_is_refused_naming_it(chain: StoredChain) -> None:
+    chain.grow([chain.tx("m0", [("books", f"k{i}", b"%d" % i) for i in range(8)])])
+    chain.anchor([chain.tip])
+    doc = decode(prove(chain, "books", "k3"))
+    assert verify_read_proof(chain.cb.consortium, encode(doc)).view is View.UNANIMOUS
+
+    def refused(path: tuple[Any, ...], new: Any) -> str:
+        with pytest.raises(ProofError) as info:
+            verify_read_proof(chain.cb.consortium, encode(_replace(doc, path, new)))
+        return info.value.item
+
+    sibling = doc["state"][1][0][0]
+    assert refused(("state", 1, 0, 0), bytes(32)) == "state.key.siblings"
+    assert refused(("state", 1, 0, 0), sibling[::-1]) == "state.key.siblings"
+    header = doc["chain"]["headers"][0]
+    assert refused(("chain", "headers", 0), header[:-1] + bytes([header[-1] ^ 1])).startswith("chain.sigs[")
+    sig = doc["chain"]["sigs"][1][2]
+    assert refused(("chain", "sigs", 1, 2), sig[:-1] + bytes([sig[-1] ^ 1])) == "chain.sigs[m1]"
+    tx = doc["anchor"]["bitcoin_tx"]
+    assert refused(("anchor", "bitcoin_tx"), tx[:-1] + bytes([tx[-1] ^ 1])) == "anchor"
+    assert refused(("anchor", "index"), 1) == "anchor.index"
+
+
 def test_the_view_follows_the_signatures_on_the_block_and_its_descendants(chain: StoredChain) -> None:
     cb = chain.cb
     chain.grow([chain.tx("m0", [("books", "a", b"1")])], signers=["m0"])
