@@ -35,9 +35,8 @@ from peerdb.audit.export import BtcNumbering, MemorySource, claims_from_tree, en
 from peerdb.core.consortium import Consortium, Member, Params  # noqa: E402
 from peerdb.core.keys import SigningKey  # noqa: E402
 from peerdb.core.limits import MAX_BLOCK_TXS, MAX_TX_TTL_MS  # noqa: E402
-from peerdb.core.merkle import merkle_root  # noqa: E402
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, consortium_id, genesis_header  # noqa: E402
-from peerdb.core.state import next_state_root  # noqa: E402
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Op, Tx, body_header, consortium_id, genesis_header  # noqa: E402
+from peerdb.core.state import MemoryState, state_effects  # noqa: E402
 from peerdb.core.validate import proposer_for  # noqa: E402
 from peerdb.audit.verify import VerifyOptions, verify_bundle  # noqa: E402
 
@@ -60,6 +59,7 @@ def build_bundle(path: Path, n_blocks: int, txs_per_block: int, n_members: int) 
     cid = consortium_id(consortium)
     parent = genesis_header(consortium)
     source = MemorySource(consortium)
+    state = MemoryState()
     nonce = 0
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         for height in range(1, n_blocks + 1):
@@ -72,10 +72,11 @@ def build_bundle(path: Path, n_blocks: int, txs_per_block: int, n_members: int) 
                 clients[s[0]], cid, names[s[0]], s[1], GENESIS_MS + MAX_TX_TTL_MS,
                 [Op(OP_PUT, "ledger", f"account-{s[1]}", hashlib.sha256(b"%d" % s[1]).digest())]), specs,
                 chunksize=256))
-            writes = [(op.namespace, op.key, op.value) for tx in txs for op in tx.ops]
-            header = Header(height, 0, parent.hash, proposer_for(names, height, 0), parent.time_ms + BLOCK_SPACING_MS,
-                            merkle_root([tx.txid for tx in txs]), len(txs), next_state_root(parent.state_root, writes),
-                            merkle_root([]))
+            writes: list[tuple[str, str, bytes | None]] = [(op.namespace, op.key, op.value) for tx in txs for op in tx.ops]
+            effects = state_effects(state, parent.state_root, writes, [tx.txid for tx in txs], height)
+            state.apply(effects)
+            header = body_header(height, 0, parent.hash, proposer_for(names, height, 0),
+                                 parent.time_ms + BLOCK_SPACING_MS, txs, effects.state_root)
             block = Block(header, tuple(txs))
             source.add_block(block, [BlockSignature.create(k, cid, n, block.hash) for n, k in zip(names, keys)])
             parent = header

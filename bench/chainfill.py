@@ -1,8 +1,7 @@
 """A synthetic chain written straight into member stores: the fixture of the ageing benchmarks.
 
 Every block is signed by every member, proposed by the member whose turn it is, one second after
-its parent, with ``txs_per_block`` one-op transactions (each key new, so the state a block reads
-is empty). The stores are written with ``sync=False`` in batches: this is a fixture, not the
+its parent, with ``txs_per_block`` one-op transactions (each key new), the state tree kept across blocks. The stores are written with ``sync=False`` in batches: this is a fixture, not the
 thing measured.
 """
 
@@ -16,8 +15,7 @@ from pathlib import Path
 
 from peerdb.core.consortium import Consortium
 from peerdb.core.keys import SigningKey
-from peerdb.core.merkle import merkle_root
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, consortium_id, genesis_header
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Op, Tx, body_header, consortium_id, genesis_header
 from peerdb.core.state import MemoryState, apply_txs
 from peerdb.core.validate import proposer_for
 from peerdb.store import Store
@@ -33,7 +31,7 @@ def write_chain(directory: Path, consortium: Consortium, keys: dict[str, Signing
     names = consortium.member_names
     start = time.perf_counter()
     parent = genesis_header(consortium)
-    empty = merkle_root([])
+    state = MemoryState()  # the state tree the chain builds on (kept across blocks)
     nonce = 0
     with ExitStack() as stack:
         stores = [stack.enter_context(Store.open(directory / "data" / m, consortium, m, sync=False)) for m in members]
@@ -51,11 +49,10 @@ def write_chain(directory: Path, consortium: Consortium, keys: dict[str, Signing
                         member = names[i % len(names)]
                         txs.append(Tx.create(clients[member], cid, member, nonce, time_ms + 600_000,
                                              [Op(OP_PUT, "bench", f"k{height}-{i}", b"v" * 32)]))
-                    # Every key is new, so an empty reader is the state each block reads.
-                    effects = apply_txs(MemoryState(), txs, consortium, cid, time_ms, parent.state_root,
-                                        signature_ok=lambda _tx: True)
-                    header = Header(height, 0, parent.hash, proposer, time_ms, merkle_root([t.txid for t in txs]),
-                                    len(txs), effects.state_root, empty)
+                    effects = apply_txs(state, txs, consortium, cid, time_ms, parent.state_root,
+                                        signature_ok=lambda _tx: True, height=height)
+                    state.apply(effects)
+                    header = body_header(height, 0, parent.hash, proposer, time_ms, txs, effects.state_root)
                     block = Block(header, tuple(txs))
                     sigs = [BlockSignature.create(keys[m], cid, m, block.hash) for m in names]
                     for store in stores:

@@ -19,7 +19,7 @@ import click
 import httpx
 
 from peerdb.anchor.proof import AnchorProof
-from peerdb.audit.bundle import BlockEntry, BundleParser
+from peerdb.audit.bundle import BlockEntry, BundleParser, PartEntry
 from peerdb.audit.errors import AuditFailure
 
 from . import exitcodes
@@ -49,9 +49,12 @@ def audit() -> None:
 @audit.command("export")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Bundle file to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--namespace", default=None, metavar="NS",
+              help="Export a namespace bundle: every header, signature, evidence and anchor proof, but of the "
+                   "transactions only those of NS (and of _gov), with what proves the others do not touch NS.")
 @json_option
 @pass_ctx
-def export(ctx: Ctx, out: str, force: bool) -> None:
+def export(ctx: Ctx, out: str, force: bool, namespace: str | None) -> None:
     """Stream the node's books (every block, signature, objection, evidence and anchor proof it
     holds, with the consortium file) into a bundle file, with a progress bar.
 
@@ -61,6 +64,7 @@ def export(ctx: Ctx, out: str, force: bool) -> None:
     \b
     Example:
       peerdb -c configs/firm-a.toml audit export --out firm-a.bundle
+      peerdb -c configs/firm-a.toml audit export --namespace exposures --out exposures.bundle
     """
     target = Path(out)
     if target.exists() and not force:
@@ -70,7 +74,8 @@ def export(ctx: Ctx, out: str, force: bool) -> None:
     parser = BundleParser()
     blocks = txs = 0
     try:
-        with client.stream("/v1/audit/bundle", read_timeout=EXPORT_READ_TIMEOUT_S) as response:
+        path = "/v1/audit/bundle" if namespace is None else f"/v1/audit/bundle?namespace={namespace}"
+        with client.stream(path, read_timeout=EXPORT_READ_TIMEOUT_S) as response:
             if response.status_code >= 400:
                 response.read()
                 _refused(response)
@@ -79,9 +84,10 @@ def export(ctx: Ctx, out: str, force: bool) -> None:
                                                              file=sys.stderr, show_pos=True) as bar:
                 for chunk in response.iter_bytes():
                     f.write(chunk)
-                    done = [item for item in parser.feed(chunk) if isinstance(item, BlockEntry)]
+                    done = [item for item in parser.feed(chunk) if isinstance(item, (BlockEntry, PartEntry))]
                     blocks += len(done)
-                    txs += sum(item.header.tx_count for item in done)
+                    txs += sum(item.header.tx_count if isinstance(item, BlockEntry) else len(item.txs)
+                               for item in done)
                     bar.update(len(done))
         trailer = parser.finish()
     except httpx.TransportError as exc:
@@ -100,9 +106,12 @@ def export(ctx: Ctx, out: str, force: bool) -> None:
     data = {"file": out, "bytes": size, "blocks": c.blocks, "transactions": txs, "signatures": c.signatures,
             "objections": c.objections, "evidence": c.evidence, "anchored_blocks": c.anchors,
             "bitcoin_transactions": c.btc}
-    ctx.emit(data, f"wrote {out}: {c.blocks} blocks, {txs} transactions, {c.signatures} signatures, "
-          f"{c.evidence} evidence, {c.anchors} anchored blocks ({size / 1e6:.1f} MB)\n"
-          f"verify it with: peerdb audit verify {out}")
+    if namespace is not None:
+        data["namespace"] = namespace
+    ctx.emit(data, f"wrote {out}{'' if namespace is None else f' (namespace {namespace})'}: {c.blocks} blocks, "
+             f"{txs} transactions, {c.signatures} signatures, "
+             f"{c.evidence} evidence, {c.anchors} anchored blocks ({size / 1e6:.1f} MB)\n"
+             f"verify it with: peerdb audit verify {out}")
 
 
 def _refused(response: httpx.Response) -> None:

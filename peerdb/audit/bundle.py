@@ -10,7 +10,8 @@ Layout::
     bundle = MAGIC || frame*            frame = length: u32 big-endian || item: canonical CBOR map
 
 Items come in this order: one ``head``; ``btc`` and ``block`` items (blocks strictly ascending
-by (height, hash), a ``btc`` item before the first block that refers to it); ``evidence`` items
+by (height, hash), a ``btc`` item before the first block that refers to it) or, in a
+*namespace bundle* (the head names a namespace), ``part`` items in their place; ``evidence`` items
 ascending by evidence id; one ``end`` (the trailer); then the file ends. The trailer carries
 the item counts and the SHA-256 of every byte before its own frame, so a truncated, extended
 or spliced bundle is detected. Every item is decoded through the hardened decoder
@@ -21,6 +22,12 @@ The ``btc`` items carry the Bitcoin part of anchor proofs (transaction, txoutpro
 height) once per anchor transaction; each block's ``anchor`` holds only its own Merkle path and
 root and refers to its ``btc`` item by number. Together they are exactly an
 :class:`~peerdb.anchor.proof.AnchorProof`, without repeating the same kilobytes per block.
+
+A ``part`` item is a block as a namespace's auditor sees it: the header, signatures, objections,
+evidence and anchor of the block, but only the transactions that touch the namespace or the
+governance namespace ``_gov`` (whose changes decide who may sign), with the proofs that these are
+all of them (their lists under the header's ``ns_tx_root``) and the two namespaces' roots under
+its ``state_root`` (docs/auditor.md, "Namespace audits").
 """
 
 from __future__ import annotations
@@ -38,17 +45,26 @@ from peerdb.anchor.anchortx import MAX_ANCHOR_TX_BYTES
 from peerdb.core import codec
 from peerdb.core.consortium import NAME_RE, Consortium, consortium_to_toml_data, parse_consortium
 from peerdb.core.errors import ConfigError, DecodeError
-from peerdb.core.limits import HASH_LEN, MAX_FRAME_BYTES, MAX_MEMBERS, MAX_NAME_LEN, MAX_REASON_LEN, SIG_LEN
+from peerdb.core.limits import (HASH_LEN, MAX_FRAME_BYTES, MAX_MEMBERS, MAX_NAME_LEN, MAX_NAMESPACE_LEN, MAX_REASON_LEN,
+                                 MAX_TX_BYTES, SIG_LEN)
 from peerdb.core.merkle import Path
-from peerdb.core.model import Block, Evidence, Header, consortium_id
+from peerdb.core.model import GOV_NAMESPACE, Block, Evidence, Header, consortium_id
+from peerdb.core.smt import Proof
 
 from .errors import AuditFailure
 
 MAGIC = b"PDBAUDIT"
 """First bytes of every bundle, so a wrong file is refused at once rather than as garbage CBOR."""
 
-FORMAT_VERSION = 1
-"""Bundle format version in the head item; a reader refuses versions it does not know."""
+FORMAT_VERSION = 2
+"""Bundle format version in the head item; a reader refuses versions it does not know. Version 2
+(protocol 2): the head names the audited namespace (or null), and ``part`` items exist."""
+
+PART_NAMESPACES = 2
+"""A part item proves two namespaces: the audited one, then ``_gov``."""
+
+MAX_PART_TXS = 20_000
+"""Transactions per part item: at most a block's (``MAX_BLOCK_TXS``)."""
 
 LENGTH_BYTES = 4
 """Each frame starts with its item's length as a u32, big-endian (as network frames do)."""
@@ -116,11 +132,14 @@ class Head:
     member: str
     exported_ms: int
     claims: Claims
+    namespace: str | None = None
+    """The audited namespace of a namespace bundle (whose blocks are ``part`` items); None for a
+    full bundle."""
 
     def to_cbor(self) -> dict[str, Any]:
         return {"t": "head", "v": self.version, "consortium": consortium_to_toml_data(self.consortium),
                 "cid": self.cid, "member": self.member, "exported_ms": self.exported_ms,
-                "claims": self.claims.to_cbor()}
+                "claims": self.claims.to_cbor(), "namespace": self.namespace}
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,40 @@ class BlockEntry:
 
 
 @dataclass(frozen=True)
+class PartEntry:
+    """A block of a namespace bundle: its header, its signatures, objections, evidence and anchor,
+    and of its transactions only those touching the namespace or ``_gov`` (block order), with
+    the proofs that they are exactly those (``ns_txs``: the two namespaces' transaction lists
+    under ``ns_tx_root``) and of the two namespaces' roots after it (``ns_roots``: under
+    ``state_root``). Both pairs are (audited namespace, ``_gov``)."""
+
+    header_raw: bytes
+    header: Header
+    best: bool
+    sigs: tuple[tuple[str, bytes], ...]
+    objections: tuple[tuple[str, str, bytes], ...]
+    anchor: AnchorRef | None
+    txs: tuple[bytes, ...]
+    evidence: tuple[Evidence, ...]
+    ns_txs: tuple[Proof, Proof]
+    ns_roots: tuple[Proof, Proof]
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {"t": "part", "header": self.header_raw, "best": self.best, "sigs": [list(s) for s in self.sigs],
+                "objections": [list(o) for o in self.objections],
+                "anchor": None if self.anchor is None else self.anchor.to_cbor(), "txs": list(self.txs),
+                "evidence": [e.to_cbor() for e in self.evidence],
+                "ns_txs": [p.to_cbor() for p in self.ns_txs], "ns_roots": [p.to_cbor() for p in self.ns_roots]}
+
+
+AnyBlockEntry = BlockEntry | PartEntry
+
+
+@dataclass(frozen=True)
 class EvidenceEntry:
     evidence: Evidence
 
@@ -200,7 +253,7 @@ class Counts:
         return {f: getattr(self, f) for f in _COUNT_FIELDS}
 
     def add(self, item: "Item") -> None:
-        if isinstance(item, BlockEntry):
+        if isinstance(item, (BlockEntry, PartEntry)):
             self.blocks += 1
             self.signatures += len(item.sigs)
             self.objections += len(item.objections)
@@ -220,7 +273,7 @@ class Trailer:
         return {"t": "end", "counts": self.counts.to_cbor(), "sha256": self.sha256}
 
 
-Item = Head | BtcPart | BlockEntry | EvidenceEntry | Trailer
+Item = Head | BtcPart | BlockEntry | PartEntry | EvidenceEntry | Trailer
 
 
 # --- decoding items ----------------------------------------------------------------------------
@@ -281,6 +334,37 @@ def peek_header(raw: bytes, where: str) -> Header:
 def _block_entry(m: Mapping[str, Any], where: str) -> BlockEntry:
     raw = codec.expect_bytes(m["block"], f"{where}.block")
     header = peek_header(raw, where)
+    sigs, objections, anchor = _block_extras(m, where)
+    return BlockEntry(raw, header, _bool(m["best"], f"{where}.best"), sigs, objections, anchor)
+
+
+def _part_entry(m: Mapping[str, Any], where: str) -> PartEntry:
+    raw = codec.expect_bytes(m["header"], f"{where}.header", max_len=1024)
+    try:
+        header = Header.decode(raw)
+    except DecodeError as exc:
+        raise AuditFailure(where, f"header does not decode: {exc}") from None
+    sigs, objections, anchor = _block_extras(m, where)
+    txs = codec.expect_list(m["txs"], f"{where}.txs")
+    if len(txs) > MAX_PART_TXS:
+        raise DecodeError(f"{where}.txs: more than {MAX_PART_TXS}")
+    evidence = codec.expect_list(m["evidence"], f"{where}.evidence")
+    if len(evidence) > MAX_MEMBERS:
+        raise DecodeError(f"{where}.evidence: more than {MAX_MEMBERS}")
+    pairs = []
+    for field_name in ("ns_txs", "ns_roots"):
+        items = codec.expect_list(m[field_name], f"{where}.{field_name}", PART_NAMESPACES)
+        pairs.append((Proof.from_cbor(items[0], f"{where}.{field_name}[0]"),
+                      Proof.from_cbor(items[1], f"{where}.{field_name}[1]")))
+    return PartEntry(raw, header, _bool(m["best"], f"{where}.best"), sigs, objections, anchor,
+                     tuple(codec.expect_bytes(t, f"{where}.txs[{i}]", max_len=MAX_TX_BYTES) for i, t in enumerate(txs)),
+                     tuple(Evidence.from_cbor(e, f"{where}.evidence[{i}]") for i, e in enumerate(evidence)),
+                     pairs[0], pairs[1])
+
+
+def _block_extras(m: Mapping[str, Any], where: str) -> tuple[tuple[tuple[str, bytes], ...],
+                                                               tuple[tuple[str, str, bytes], ...], AnchorRef | None]:
+    """Signatures, objections and anchor of a block or part item."""
     sigs_raw = codec.expect_list(m["sigs"], f"{where}.sigs")
     if len(sigs_raw) > MAX_ITEM_SIGS:
         raise DecodeError(f"{where}.sigs: {len(sigs_raw)} signatures, more than {MAX_ITEM_SIGS}")
@@ -317,7 +401,7 @@ def _block_entry(m: Mapping[str, Any], where: str) -> BlockEntry:
                          codec.expect_bytes(pair[1], f"{where}.anchor.path[{i}][1]", HASH_LEN)))
         anchor = AnchorRef(codec.expect_int(a["btc"], f"{where}.anchor.btc"), tuple(path),
                            codec.expect_bytes(a["root"], f"{where}.anchor.root", HASH_LEN))
-    return BlockEntry(raw, header, _bool(m["best"], f"{where}.best"), tuple(sigs), tuple(objections), anchor)
+    return tuple(sigs), tuple(objections), anchor
 
 
 def _btc_part(m: Mapping[str, Any], where: str) -> BtcPart:
@@ -353,8 +437,13 @@ def _head(m: Mapping[str, Any], where: str) -> Head:
     member = _name(m["member"], f"{where}.member")
     if consortium.member(member) is None:
         raise AuditFailure(f"{where}.member", f"{member!r} is not a member of consortium {consortium.name}")
+    namespace = None
+    if m["namespace"] is not None:
+        namespace = codec.expect_str(m["namespace"], f"{where}.namespace", MAX_NAMESPACE_LEN)
+        if not NAME_RE.match(namespace) or namespace == GOV_NAMESPACE:
+            raise DecodeError(f"{where}.namespace: {namespace!r} is not a namespace that can be audited alone")
     return Head(version, consortium, cid, member, codec.expect_int(m["exported_ms"], f"{where}.exported_ms"),
-                Claims.from_cbor(m["claims"], f"{where}.claims"))
+                Claims.from_cbor(m["claims"], f"{where}.claims"), namespace)
 
 
 def _trailer(m: Mapping[str, Any], where: str) -> Trailer:
@@ -364,9 +453,10 @@ def _trailer(m: Mapping[str, Any], where: str) -> Trailer:
 
 
 _ITEM_FIELDS: dict[str, set[str]] = {
-    "head": {"t", "v", "consortium", "cid", "member", "exported_ms", "claims"},
+    "head": {"t", "v", "consortium", "cid", "member", "exported_ms", "claims", "namespace"},
     "btc": {"t", "n", "bitcoin_tx", "txoutproof", "headers", "bitcoin_height"},
     "block": {"t", "block", "best", "sigs", "objections", "anchor"},
+    "part": {"t", "header", "best", "sigs", "objections", "anchor", "txs", "evidence", "ns_txs", "ns_roots"},
     "evidence": {"t", "ev"},
     "end": {"t", "counts", "sha256"},
 }
@@ -375,11 +465,13 @@ _ITEM_FIELDS: dict[str, set[str]] = {
 def parse_item(value: Any, where: str) -> Item:
     """A decoded CBOR item as a typed item; every error names the item and the field."""
     if type(value) is not dict or type(value.get("t")) is not str or value["t"] not in _ITEM_FIELDS:
-        raise DecodeError(f"{where}: not a bundle item (a map with t = head, btc, block, evidence or end)")
+        raise DecodeError(f"{where}: not a bundle item (a map with t = head, btc, block, part, evidence or end)")
     kind = value["t"]
     m = _map(value, where, _ITEM_FIELDS[kind])
     if kind == "block":
         return _block_entry(m, where)
+    if kind == "part":
+        return _part_entry(m, where)
     if kind == "btc":
         return _btc_part(m, where)
     if kind == "evidence":
@@ -417,7 +509,7 @@ class BundleWriter:
         self.counts.add(part)
         return self._frame(part.to_cbor())
 
-    def block(self, entry: BlockEntry) -> bytes:
+    def block(self, entry: AnyBlockEntry) -> bytes:
         key = (entry.header.height, entry.hash)
         if self._stage != 1 or key <= self._last_block:
             raise ValueError(f"bundle: block {key[0]} is out of (height, hash) order or after the evidence")
@@ -458,8 +550,9 @@ class BundleWriter:
 TRAILER = "trailer"
 """How a failure of the trailer's checks (hash, counts) names where it is."""
 
-_STAGE_OF = {Head: 0, BtcPart: 1, BlockEntry: 1, EvidenceEntry: 2, Trailer: 3}
-_KIND = {Head: "head", BtcPart: "btc", BlockEntry: "block", EvidenceEntry: "evidence", Trailer: "trailer"}
+_STAGE_OF = {Head: 0, BtcPart: 1, BlockEntry: 1, PartEntry: 1, EvidenceEntry: 2, Trailer: 3}
+_KIND = {Head: "head", BtcPart: "btc", BlockEntry: "block", PartEntry: "part", EvidenceEntry: "evidence",
+         Trailer: "trailer"}
 
 
 class BundleParser:
@@ -491,6 +584,8 @@ class BundleParser:
         self._last_evidence = b""
         self._failure: AuditFailure | None = None
         self._consumed = 0
+        self._block_kind: type | None = None
+        """BlockEntry for a full bundle, PartEntry for a namespace bundle (set by the head)."""
 
     def feed(self, data: bytes) -> list[Item]:
         if self._failure is not None:
@@ -571,7 +666,12 @@ class BundleParser:
         if stage < self._stage or (stage == 0 and self._stage == 0):
             raise AuditFailure(where, f"a {_KIND[type(item)]} item out of order")
         self._stage = max(self._stage, stage)
-        if isinstance(item, BlockEntry):
+        if isinstance(item, Head):
+            self._block_kind = BlockEntry if item.namespace is None else PartEntry
+        if isinstance(item, (BlockEntry, PartEntry)):
+            if type(item) is not self._block_kind:
+                raise AuditFailure(where, f"a {_KIND[type(item)]} item in a "
+                                   f"{'full' if self._block_kind is BlockEntry else 'namespace'} bundle")
             key = (item.header.height, item.hash)
             if item.header.height < 1 or key <= self._last_block:
                 raise AuditFailure(where, f"block {item.header.height} ({item.hash.hex()[:16]}) is out of order: "

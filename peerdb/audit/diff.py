@@ -38,7 +38,7 @@ from peerdb.core.blockdecode import decode_block_fast
 from peerdb.core.errors import DecodeError, ValidationError
 from peerdb.core.model import genesis_header
 
-from .bundle import BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
+from .bundle import BlockEntry, BtcPart, EvidenceEntry, Head, Item, PartEntry, read_items
 from .errors import AuditFailure, block_where
 from .report import VerifyReport
 from .verify import BundleVerifier, VerifyOptions
@@ -91,12 +91,13 @@ class BooksReader:
                 self._btc_txids.append(to_display(txid(parse_tx(item.bitcoin_tx))))
             except DecodeError:
                 self._btc_txids.append(f"(unparsable transaction in btc item {item.n})")
-        elif isinstance(item, BlockEntry):
+        elif isinstance(item, (BlockEntry, PartEntry)):  # a namespace bundle's blocks compare alike
             where = block_where(item.header.height, item.hash, item.header.proposer)
-            try:
-                decode_block_fast(item.raw)
-            except (DecodeError, ValidationError) as exc:
-                raise AuditFailure(where, f"its body does not match its header: {exc}") from None
+            if isinstance(item, BlockEntry):  # a part's transactions are proven by the verifier
+                try:
+                    decode_block_fast(item.raw)
+                except (DecodeError, ValidationError) as exc:
+                    raise AuditFailure(where, f"its body does not match its header: {exc}") from None
             anchor = self._btc_txids[item.anchor.btc] if item.anchor is not None else None
             block = BookBlock(item.hash, item.header.proposer, frozenset(m for m, _ in item.sigs), anchor)
             if item.best:

@@ -8,11 +8,15 @@ filtered to the snapshot (signatures), so the bundle is exactly the node's books
 instant and the verifier's recomputation must match the claims exactly. Only anchor proofs are
 read as they are when their batch is written: a proof that arrives during the export can only
 raise the anchored and unanimous heads, which the claims therefore state as lower bounds.
+
+A namespace export (``namespace`` given) writes the same blocks as ``part`` items: everything
+but the transactions that touch neither the namespace nor ``_gov``, plus the proofs that the
+ones written are all that do (:func:`part_entry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,9 +24,12 @@ from peerdb.anchor.proof import AnchorProof
 from peerdb.core.chain import BlockTree, MemberSchedule
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, StorageError, ValidationError
-from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, consortium_id, genesis_header
+from peerdb.core.model import (GOV_NAMESPACE, Block, BlockSignature, Evidence, Header, Objection, consortium_id,
+                               genesis_header, tx_namespaces)
+from peerdb.core.smt import MemoryNodes, Proof, prove
+from peerdb.core.statetree import ns_path, prove_ns_txs
 
-from .bundle import FORMAT_VERSION, AnchorRef, BlockEntry, BtcPart, BundleWriter, Claims, Head
+from .bundle import FORMAT_VERSION, AnchorRef, BlockEntry, BtcPart, BundleWriter, Claims, Head, PartEntry
 
 MAX_BATCH_BLOCKS = 64
 """Blocks read per batch: a short, bounded read of the store between two chunks of output."""
@@ -38,6 +45,7 @@ class BlockSource(Protocol):
     def signatures(self, block_hash: bytes) -> list[BlockSignature]: ...
     def objections(self, block_hash: bytes) -> list[Objection]: ...
     def anchor(self, block_hash: bytes) -> bytes | None: ...
+    def namespace_proof(self, header: Header, namespace: str) -> Proof: ...
 
 
 @dataclass(frozen=True)
@@ -104,9 +112,10 @@ def capture(tree: BlockTree, consortium: Consortium, member: str, evidence: Iter
                    root)
 
 
-def snapshot_from(cap: Capture, archive: ArchivedBlocks | None = None) -> Snapshot:
-    """The snapshot, built from a capture outside the lock; with ``archive`` (the store), the
-    stored blocks the tree no longer holds too (O(chain) reads, in the caller's thread)."""
+def snapshot_from(cap: Capture, archive: ArchivedBlocks | None = None, namespace: str | None = None) -> Snapshot:
+    """The snapshot, built from a capture outside the lock (of a namespace bundle if ``namespace``);
+    with ``archive`` (the store), the stored blocks the tree no longer holds too (O(chain) reads,
+    in the caller's thread)."""
     on_chain = set(cap.chain)
     rows = list(cap.rows)
     if archive is not None and cap.root_height > 0:
@@ -123,14 +132,15 @@ def snapshot_from(cap: Capture, archive: ArchivedBlocks | None = None) -> Snapsh
     blocks = tuple(SnapshotBlock(height, block_hash, block_hash in on_chain, signers,
                                  tuple(unsaved.get(block_hash, ())))
                    for height, block_hash, signers in sorted(rows, key=lambda r: (r[0], r[1])))
-    head = Head(FORMAT_VERSION, cap.consortium, consortium_id(cap.consortium), cap.member, cap.now_ms, cap.claims)
+    head = Head(FORMAT_VERSION, cap.consortium, consortium_id(cap.consortium), cap.member, cap.now_ms, cap.claims,
+                namespace)
     return Snapshot(head, blocks, tuple(sorted(cap.evidence, key=lambda e: e.id)))
 
 
 def take_snapshot(tree: BlockTree, consortium: Consortium, member: str, evidence: Iterable[Evidence],
-                  now_ms: int) -> Snapshot:
+                  now_ms: int, namespace: str | None = None) -> Snapshot:
     """Everything the bundle will claim, read at one instant (the capture under the engine's lock)."""
-    return snapshot_from(capture(tree, consortium, member, evidence, now_ms))
+    return snapshot_from(capture(tree, consortium, member, evidence, now_ms), None, namespace)
 
 
 def batches(blocks: Sequence[SnapshotBlock], max_blocks: int = MAX_BATCH_BLOCKS) -> Iterator[Sequence[SnapshotBlock]]:
@@ -157,24 +167,43 @@ class BtcNumbering:
 
 def encode_block(writer: BundleWriter, numbering: BtcNumbering, block: Block, best: bool,
                  signatures: Iterable[BlockSignature], objections: Iterable[Objection] = (),
-                 anchor: AnchorProof | None = None) -> bytes:
-    """Frames for one block (preceded by a btc item if its anchor brings a new one)."""
+                 anchor: AnchorProof | None = None, part: tuple[str, BlockSource] | None = None) -> bytes:
+    """Frames for one block (preceded by a btc item if its anchor brings a new one); with
+    ``part`` (the namespace, and where to read its root proofs), as a namespace bundle's part."""
     out = []
     ref = None
     if anchor is not None:
-        part, ref = numbering.split(anchor)
-        if part is not None:
-            out.append(writer.btc(part))
+        btc, ref = numbering.split(anchor)
+        if btc is not None:
+            out.append(writer.btc(btc))
     sigs = tuple(sorted((s.member, s.signature) for s in signatures if s.block_hash == block.hash))
     objs = tuple(sorted((o.member, o.reason, o.signature) for o in objections if o.block_hash == block.hash))
-    out.append(writer.block(BlockEntry(block.raw, block.header, best, sigs, objs, ref)))
+    if part is None:
+        out.append(writer.block(BlockEntry(block.raw, block.header, best, sigs, objs, ref)))
+    else:
+        out.append(writer.block(part_entry(block, best, sigs, objs, ref, part[0], part[1])))
     return b"".join(out)
 
 
+def part_entry(block: Block, best: bool, sigs: tuple[tuple[str, bytes], ...],
+               objections: tuple[tuple[str, str, bytes], ...], anchor: AnchorRef | None, namespace: str,
+               source: BlockSource) -> PartEntry:
+    """``block`` as a namespace's auditor gets it: the transactions touching ``namespace`` or
+    ``_gov``, the proofs that those are all (under ``ns_tx_root``), and both namespaces' roots
+    after the block (under ``state_root``)."""
+    touched = [(tx.txid, tx_namespaces(tx)) for tx in block.txs]
+    txs = tuple(tx.raw for tx, (_, spaces) in zip(block.txs, touched) if namespace in spaces or GOV_NAMESPACE in spaces)
+    ns_txs = (prove_ns_txs(touched, namespace), prove_ns_txs(touched, GOV_NAMESPACE))
+    roots = (source.namespace_proof(block.header, namespace), source.namespace_proof(block.header, GOV_NAMESPACE))
+    return PartEntry(block.header.raw, block.header, best, sigs, objections, anchor, txs, block.evidence, ns_txs, roots)
+
+
 def encode_batch(source: BlockSource, batch: Sequence[SnapshotBlock], writer: BundleWriter,
-                 numbering: BtcNumbering, max_bytes: int = MAX_BATCH_BYTES) -> tuple[bytes, int]:
+                 numbering: BtcNumbering, max_bytes: int = MAX_BATCH_BYTES,
+                 namespace: str | None = None) -> tuple[bytes, int]:
     """Frames for the blocks of ``batch`` read from ``source``, stopping once ``max_bytes`` of
-    blocks were read; returns the bytes and how many blocks they cover (at least one)."""
+    blocks were read; returns the bytes and how many blocks they cover (at least one). With
+    ``namespace``, the blocks are written as a namespace bundle's parts."""
     out = []
     size = 0
     done = 0
@@ -195,7 +224,8 @@ def encode_batch(source: BlockSource, batch: Sequence[SnapshotBlock], writer: Bu
         held = {s.member: s for s in snap.unsaved}
         held.update((s.member, s) for s in source.signatures(snap.hash))
         sigs = [s for s in held.values() if s.member in snap.signers]
-        out.append(encode_block(writer, numbering, block, snap.best, sigs, source.objections(snap.hash), proof))
+        out.append(encode_block(writer, numbering, block, snap.best, sigs, source.objections(snap.hash), proof,
+                                None if namespace is None else (namespace, source)))
         size += len(block.raw)
         done += 1
     return b"".join(out), done
@@ -209,7 +239,8 @@ def export_snapshot(source: BlockSource, snapshot: Snapshot) -> Iterator[bytes]:
     yield writer.start(snapshot.head)
     pending = list(snapshot.blocks)
     while pending:
-        data, done = encode_batch(source, pending[:MAX_BATCH_BLOCKS], writer, numbering)
+        data, done = encode_batch(source, pending[:MAX_BATCH_BLOCKS], writer, numbering,
+                                  namespace=snapshot.head.namespace)
         del pending[:done]
         yield data
     yield finish(writer, snapshot.evidence)
@@ -231,10 +262,16 @@ class MemorySource:
         self.anchors: dict[bytes, bytes] = {}
         self.evidence_by_id: dict[bytes, Evidence] = {}
         self.schedule: MemberSchedule | None = None
+        self.trees = MemoryNodes()
+        """State tree records of the blocks (for namespace bundles): pass them to :meth:`add_block`."""
 
     def add_block(self, block: Block, signatures: Iterable[BlockSignature] = (),
-                  objections: Iterable[Objection] = (), anchor: AnchorProof | None = None) -> None:
+                  objections: Iterable[Objection] = (), anchor: AnchorProof | None = None,
+                  tree: Mapping[bytes, bytes] | None = None) -> None:
+        """``tree``: the state tree records the block added (its effects' ``nodes``)."""
         self.blocks[block.hash] = block
+        if tree is not None:
+            self.trees.add(tree)
         self.add_signatures(signatures)
         self.objs.setdefault(block.hash, []).extend(objections)
         if anchor is not None:
@@ -262,6 +299,9 @@ class MemorySource:
     def anchor(self, block_hash: bytes) -> bytes | None:
         return self.anchors.get(block_hash)
 
+    def namespace_proof(self, header: Header, namespace: str) -> Proof:
+        return prove(self.trees, (header.state_root, header.height), ns_path(namespace))[0]
+
     def tree(self) -> BlockTree:
         """The block tree a node holding exactly these would have (blocks must connect). Set
         :attr:`schedule` (the best tip's ``ConsortiumState``) when governance changed the
@@ -283,8 +323,8 @@ class MemorySource:
                 tree.set_anchored(block_hash)
         return tree
 
-    def snapshot(self, member: str, now_ms: int) -> Snapshot:
-        return take_snapshot(self.tree(), self.consortium, member, self.evidence_by_id.values(), now_ms)
+    def snapshot(self, member: str, now_ms: int, namespace: str | None = None) -> Snapshot:
+        return take_snapshot(self.tree(), self.consortium, member, self.evidence_by_id.values(), now_ms, namespace)
 
-    def bundle(self, member: str, now_ms: int = 0) -> bytes:
-        return b"".join(export_snapshot(self, self.snapshot(member, now_ms)))
+    def bundle(self, member: str, now_ms: int = 0, namespace: str | None = None) -> bytes:
+        return b"".join(export_snapshot(self, self.snapshot(member, now_ms, namespace)))

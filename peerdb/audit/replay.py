@@ -10,21 +10,36 @@ validated against its parent's state:
   as seen if it was included at or below the fork height) plus the side blocks between the fork
   point and the parent.
 
-The state machine (:func:`peerdb.core.state.apply_txs`) asks a reader only whether a txid was
-already included; values never decide validity (writes are blind, the state root is a running
-hash), so values as of a fork point are computed, on request, by walking back the best chain's
-writes instead of keeping an undo log for every block.
+The state machine (:func:`peerdb.core.state.apply_txs`) asks a reader whether a txid was
+already included, and for the parent's state tree records (to compute the block's state root);
+values themselves never decide validity (writes are blind), so values as of a fork point are
+computed, on request, by walking back the best chain's writes instead of keeping an undo log
+for every block.
+
+State tree records are kept by hash in one :class:`~peerdb.core.smt.MemoryNodes` shared by every
+branch. What a later block can still build on is kept: the trees of the last
+:data:`KEEP_BEST_ROOTS` best-chain blocks (a side branch's first block arrives when the best
+chain has been replayed to about its height, since blocks come by height) and of the side
+blocks that may still get children (those at most one height below the newest block). The
+rest is collected once the records have doubled since the last collection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from peerdb.core.model import Header
+from peerdb.core.smt import MemoryNodes
 from peerdb.core.state import Effects, Write
 
 _NEVER = 1 << 64
+
+KEEP_BEST_ROOTS = 8
+"""Best-chain state trees kept for side branches that fork from them (see the module docstring)."""
+
+COLLECT_MIN_NODES = 200_000
+"""No collection below this many records: a small state is cheaper to keep than to sweep."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,10 @@ class ChainState:
         self._writes: list[tuple[Write, ...]] = [()]
         self.side: dict[bytes, SideBlock] = {}
         self._main_hashes: dict[bytes, int] = {genesis.hash: 0}
+        self.nodes = MemoryNodes()
+        self._open_sides: dict[bytes, tuple[int, bytes]] = {}
+        """Side blocks that may still get children: hash -> (height, state root)."""
+        self._kept_after_collect = 0
 
     # --- StateReader for the tip --------------------------------------------------------------
 
@@ -59,6 +78,12 @@ class ChainState:
 
     def evidence_included(self, ev_id: bytes) -> bool:
         return ev_id in self.evidence_height
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return self.nodes.tree_node(key)
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        return self.nodes.tree_getter()
 
     # --- structure ----------------------------------------------------------------------------
 
@@ -93,9 +118,25 @@ class ChainState:
         self.main.append(header)
         self._writes.append(effects.writes)
         self._main_hashes[header.hash] = height
+        self._keep(header, effects)
 
     def add_side(self, header: Header, effects: Effects, evidence_ids: Sequence[bytes]) -> None:
         self.side[header.hash] = SideBlock(header, effects.writes, frozenset(effects.txids), frozenset(evidence_ids))
+        self._open_sides[header.hash] = (header.height, header.state_root)
+        self._keep(header, effects)
+
+    def _keep(self, header: Header, effects: Effects) -> None:
+        self.nodes.add(effects.nodes)
+        if len(self.nodes) <= max(COLLECT_MIN_NODES, 2 * self._kept_after_collect):
+            return
+        newest = header.height
+        for block_hash, (height, _root) in list(self._open_sides.items()):
+            if height < newest - 1:
+                del self._open_sides[block_hash]
+        roots = [h.state_root for h in self.main[-KEEP_BEST_ROOTS:]]
+        roots += [root for _height, root in self._open_sides.values()]
+        self.nodes.collect(roots)
+        self._kept_after_collect = len(self.nodes)
 
     def reader_for(self, parent: bytes) -> "ChainState | BranchReader":
         """The state after block ``parent`` (which must be known)."""
@@ -147,3 +188,9 @@ class BranchReader:
         if any(ev_id in side.evidence_ids for side in self.branch):
             return True
         return self.chain.evidence_height.get(ev_id, _NEVER) <= self.fork_height
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return self.chain.nodes.tree_node(key)
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        return self.chain.nodes.tree_getter()

@@ -57,6 +57,11 @@ class VerifyReport:
     bytes: int = 0
     threads: int = 1
     seconds: float = 0.0
+    namespace: str | None = None
+    """The audited namespace of a namespace bundle (``transactions`` and ``keys_in_state`` are
+    then that namespace's and ``_gov``'s), None for a full bundle."""
+    namespace_root: str = ""
+    """The audited namespace's root after the best chain's tip, as replayed and proven."""
 
     @property
     def tx_per_s(self) -> float:
@@ -78,6 +83,7 @@ class VerifyReport:
             "heads": self.heads.to_json(), "tip": self.tip, "keys_in_state": self.keys_in_state,
             "bytes": self.bytes, "threads": self.threads, "seconds": round(self.seconds, 3),
             "tx_per_s": round(self.tx_per_s, 1),
+            "namespace": self.namespace, "namespace_root": self.namespace_root or None,
         }
 
     def _governance_lines(self) -> list[str]:
@@ -92,8 +98,12 @@ class VerifyReport:
 
     def text(self) -> str:
         h = self.heads
+        scope = "" if self.namespace is None else (
+            f"\n  namespace audit of {self.namespace!r}: its transactions and _gov's only, each block's lists "
+            f"proven complete; its root after the tip {self.namespace_root[:16]} replayed and proven")
         lines = [
-            f"OK: bundle of {self.exporter} in consortium {self.consortium} ({self.consortium_id[:16]}) verifies",
+            f"OK: bundle of {self.exporter} in consortium {self.consortium} ({self.consortium_id[:16]}) verifies"
+            + scope,
             f"  blocks: {self.blocks} ({self.best_chain_blocks} on the best chain, {self.side_blocks} on side branches)",
             f"  transactions: {self.transactions} ({self.best_chain_transactions} on the best chain); "
             f"{self.keys_in_state} keys in the final state",

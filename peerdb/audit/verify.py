@@ -15,7 +15,12 @@ Per block, in bundle order (docs/auditor.md lists the checks):
 
 Then evidence items are checked, every member with evidence against it is excluded, the block
 tree is rebuilt from all blocks, signatures and exclusions, and the fork choice, exclusions and
-views it gives are compared with the head's claims. The first failure stops the audit with an
+views it gives are compared with the head's claims.
+
+A namespace bundle (the head names a namespace) holds ``part`` items instead of blocks; step 3
+is then :func:`.namespace.check_part`: the header's rules, the proof that the transactions offered
+are exactly the block's transactions of the namespace and of ``_gov``, their replay, and the two
+namespaces' roots against the state root. Everything else is the same. The first failure stops the audit with an
 :class:`~.errors.AuditFailure` naming the item.
 
 Governance (docs/protocol.md §20): members, keys and parameters vary by height. The verifier
@@ -49,11 +54,12 @@ from peerdb.core.consortium import Consortium
 from peerdb.core.errors import DecodeError, ValidationError
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.merkle import root_from_path
-from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, Block, BlockSignature, Header, Objection, Tx, genesis_header
+from peerdb.core.model import DOMAIN_BLOCK, DOMAIN_TX, GOV_NAMESPACE, Block, BlockSignature, Header, Objection, Tx, genesis_header
 from peerdb.core.validate import check_block
 
-from .bundle import AnchorRef, BlockEntry, BtcPart, EvidenceEntry, Head, Item, read_items
+from .bundle import AnchorRef, AnyBlockEntry, BlockEntry, BtcPart, EvidenceEntry, Head, Item, PartEntry, read_items
 from .errors import AuditFailure, block_where
+from .namespace import NamespaceRoots, PartBlock, check_part, decode_part
 from .replay import ChainState
 from .settled import check_settled
 from .report import Exclusion, Heads, VerifyReport
@@ -91,7 +97,7 @@ class VerifyOptions:
 class _Pending:
     item: Item
     index: int
-    block: Block | None = None
+    block: Block | PartBlock | None = None
     error: AuditFailure | None = None
     lo: int = 0
     hi: int = 0
@@ -184,13 +190,17 @@ class BundleVerifier:
         if isinstance(item, Head):
             self._start(item)
             return p
-        if not isinstance(item, BlockEntry) or self.head is None:
+        if not isinstance(item, (BlockEntry, PartEntry)) or self.head is None:
             return p
         where = block_where(item.header.height, item.hash, item.header.proposer)
+        block: Block | PartBlock
         try:
-            block = decode_block_fast(item.raw)
+            block = decode_block_fast(item.raw) if isinstance(item, BlockEntry) else decode_part(item, where)
         except (DecodeError, ValidationError) as exc:
             p.error = AuditFailure(where, f"does not decode: {exc}")
+            return p
+        except AuditFailure as exc:
+            p.error = exc
             return p
         p.block = block
         pool = self.pool
@@ -264,20 +274,23 @@ class BundleVerifier:
         self.report = VerifyReport(c.name, head.cid.hex(), head.member, head.exported_ms, list(c.member_names),
                                    signatures={m: 0 for m in c.member_names},
                                    pow_checked=self.options.check_pow,
-                                   bitcoin_checked=self.options.bitcoin is not None)
+                                   bitcoin_checked=self.options.bitcoin is not None,
+                                   namespace=head.namespace)
+        self.ns_roots = NamespaceRoots(genesis.hash) if head.namespace is not None else None
+        """The audited namespace's and _gov's trees, replayed (namespace bundles only)."""
 
     # --- stage B: replay, in order -------------------------------------------------------------
 
     def _stage_b(self, p: _Pending) -> None:
         item = p.item
-        if isinstance(item, BlockEntry):
+        if isinstance(item, (BlockEntry, PartEntry)):
             self._block(p, item)
         elif isinstance(item, BtcPart):
             self.btc.append(item)
         elif isinstance(item, EvidenceEntry):
             self._evidence(item)
 
-    def _block(self, p: _Pending, entry: BlockEntry) -> None:
+    def _block(self, p: _Pending, entry: AnyBlockEntry) -> None:
         header = entry.header
         where = block_where(header.height, entry.hash, header.proposer)
         if p.error is not None:
@@ -314,12 +327,17 @@ class BundleVerifier:
             raise AuditFailure(where, f"the proposer's ({header.proposer}) signature does not verify")
         bad_txids = {block.txs[i - p.lo].txid for i in failed if i - p.lo < n_txs}
         reader = self.state.reader_for(header.prev)
+        signature_ok = (lambda tx: tx.txid not in bad_txids) if bad_txids else _trusted
         try:
-            effects = check_block(
-                block, parent, parent.state_root, reader, self.consortium, self.cid, header.time_ms,
-                evidence_known=reader.evidence_included,
-                signature_ok=(lambda tx: tx.txid not in bad_txids) if bad_txids else _trusted,
-                consortium_state=gov)
+            if isinstance(block, Block):
+                effects = check_block(
+                    block, parent, parent.state_root, reader, self.consortium, self.cid, header.time_ms,
+                    evidence_known=reader.evidence_included, signature_ok=signature_ok, consortium_state=gov)
+            else:
+                assert isinstance(entry, PartEntry) and self.ns_roots is not None and self.head is not None
+                assert self.head.namespace is not None
+                effects = check_part(block, entry, self.head.namespace, parent, reader, self.consortium, self.cid,
+                                     gov, reader.evidence_included, signature_ok, self.ns_roots)
         except ValidationError as exc:
             raise AuditFailure(where, str(exc)) from None
         for member, _ in entry.sigs:
@@ -496,6 +514,9 @@ class BundleVerifier:
                              tree_heads.unanimous, tree_heads.anchored)
         report.tip = state.tip.hash.hex()
         report.keys_in_state = len(state.values)
+        if self.ns_roots is not None and self.head is not None:
+            report.keys_in_state = sum(1 for ns, _k in state.values if ns in (self.head.namespace, GOV_NAMESPACE))
+            report.namespace_root = self.ns_roots.roots[state.tip.hash][0].hex()
         report.bytes = self.nbytes
         self._members(report)
         return report

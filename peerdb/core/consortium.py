@@ -189,7 +189,11 @@ class Consortium:
     def __post_init__(self) -> None:
         check_name(self.name, "consortium name")
         if type(self.protocol) is not int or self.protocol != PROTOCOL_VERSION:
-            raise ConfigError(f"consortium.protocol: this build speaks protocol {PROTOCOL_VERSION}, file says {self.protocol}")
+            older = type(self.protocol) is int and self.protocol < PROTOCOL_VERSION
+            hint = (": a consortium founded on an older protocol cannot be continued by this build; keep using the "
+                    "peerdb version that founded it, or found a new consortium (docs/protocol.md §21)") if older else ""
+            raise ConfigError(f"consortium.protocol: this build speaks protocol {PROTOCOL_VERSION}, file says "
+                              f"{self.protocol}{hint}")
         if type(self.genesis_time_ms) is not int or self.genesis_time_ms < 0:
             raise ConfigError("consortium.genesis_time_ms: must be a non-negative integer (ms since the epoch)")
         if not 1 <= len(self.members) <= MAX_MEMBERS:

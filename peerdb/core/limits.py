@@ -4,8 +4,10 @@ These are consensus rules: a block that breaks one is invalid for every member, 
 here is a protocol version change.
 """
 
-PROTOCOL_VERSION = 1
-"""Wire and block format version; a peer with another version is refused at the hello."""
+PROTOCOL_VERSION = 2
+"""Wire and block format version; a peer with another version is refused at the hello. Version 2
+replaced the running state hash by a state tree with per-key proofs and added the namespace
+transaction root to the header (docs/protocol.md §7, §21); a version-1 chain cannot be continued."""
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 """Largest network frame. Fits the largest block (MAX_BLOCK_BYTES) plus its envelope; anything

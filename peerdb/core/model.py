@@ -42,6 +42,7 @@ from .limits import (
     SIG_LEN,
 )
 from .merkle import merkle_root
+from .statetree import EMPTY_STATE_ROOT, ns_tx_root
 
 ZERO_HASH = bytes(HASH_LEN)
 
@@ -190,6 +191,9 @@ class Header:
     tx_count: int
     state_root: bytes
     evidence_root: bytes
+    ns_tx_root: bytes = EMPTY_STATE_ROOT
+    """Root of the block's namespace transaction map (:func:`peerdb.core.statetree.ns_tx_root`);
+    the default is that of a block without transactions."""
     version: int = PROTOCOL_VERSION
     raw: bytes = field(init=False, repr=False, compare=False)
     hash: bytes = field(init=False, repr=False, compare=False)
@@ -205,29 +209,34 @@ class Header:
         expect_int(self.tx_count, "header.tx_count", 0, MAX_BLOCK_TXS)
         expect_bytes(self.state_root, "header.state_root", HASH_LEN)
         expect_bytes(self.evidence_root, "header.evidence_root", HASH_LEN)
+        expect_bytes(self.ns_tx_root, "header.ns_tx_root", HASH_LEN)
         if self.version != PROTOCOL_VERSION:
             raise DecodeError(f"header.version: {self.version} is not {PROTOCOL_VERSION}")
         raw = encode([self.version, self.height, self.round, self.prev, self.proposer, self.time_ms,
-                      self.tx_root, self.tx_count, self.state_root, self.evidence_root])
+                      self.tx_root, self.tx_count, self.state_root, self.evidence_root, self.ns_tx_root])
         object.__setattr__(self, "raw", raw)
         object.__setattr__(self, "hash", tagged_hash("header", raw))
 
     @classmethod
     def decode(cls, data: bytes) -> "Header":
-        items = expect_list(decode(data, max_size=MAX_HEADER_BYTES, what="header"), "header", 10)
-        version = expect_int(items[0], "header.version")
+        items = expect_list(decode(data, max_size=MAX_HEADER_BYTES, what="header"), "header")
+        version = expect_int(items[0], "header.version") if items else None
+        if version != PROTOCOL_VERSION:
+            raise DecodeError(f"header.version: {version} is not {PROTOCOL_VERSION}")
+        expect_list(items, "header", 11)
         header = cls(expect_int(items[1], "header.height"), expect_int(items[2], "header.round"),
                      items[3], expect_str(items[4], "header.proposer", MAX_NAME_LEN), items[5],
-                     items[6], items[7], items[8], items[9], version)
+                     items[6], items[7], items[8], items[9], items[10], version)
         if header.raw != data:  # pragma: no cover - decode() already enforces canonical bytes
             raise DecodeError("header: not canonical")
         return header
 
 
 def genesis_header(consortium: Consortium) -> Header:
-    """Height 0: commits to the consortium definition; its hash is the consortium id."""
+    """Height 0: commits to the consortium definition; its hash is the consortium id. Its state
+    is empty, and so is its namespace transaction map."""
     return Header(0, 0, consortium.definition_hash, "", consortium.genesis_time_ms,
-                  merkle_root([]), 0, ZERO_HASH, merkle_root([]))
+                  merkle_root([]), 0, EMPTY_STATE_ROOT, merkle_root([]), EMPTY_STATE_ROOT)
 
 
 def consortium_id(consortium: Consortium) -> bytes:
@@ -376,6 +385,8 @@ class Block:
             raise ValidationError(f"block {self.header.height}: tx_root does not match the transactions")
         if merkle_root([e.id for e in self.evidence]) != self.header.evidence_root:
             raise ValidationError(f"block {self.header.height}: evidence_root does not match the evidence")
+        if block_ns_tx_root(self.txs, self.header.tx_root) != self.header.ns_tx_root:
+            raise ValidationError(f"block {self.header.height}: ns_tx_root does not match the transactions' namespaces")
         raw = encode([self.header.raw, [tx.raw for tx in self.txs], [e.to_cbor() for e in self.evidence]])
         if len(raw) > MAX_BLOCK_BYTES:
             raise LimitError(f"block: {len(raw)} bytes exceeds the limit of {MAX_BLOCK_BYTES}")
@@ -418,6 +429,26 @@ class Block:
         ev_raw = expect_list(items[2], "block.evidence")
         evidence = tuple(Evidence.from_cbor(e, f"block.evidence[{i}]") for i, e in enumerate(ev_raw))
         return cls(header, tuple(txs), evidence)
+
+
+def tx_namespaces(tx: Tx) -> frozenset[str]:
+    """The namespaces a transaction's ops touch (``_gov`` for governance requests)."""
+    return frozenset(op.namespace for op in tx.ops)
+
+
+def block_ns_tx_root(txs: Sequence[Tx], tx_root: bytes | None = None) -> bytes:
+    """The ``ns_tx_root`` a header must carry for these transactions (docs/protocol.md §7.1).
+    ``tx_root``, if the caller has it, is reused for a namespace every transaction touches."""
+    return ns_tx_root(((tx.txid, tx_namespaces(tx)) for tx in txs), tx_root, len(txs))
+
+
+def body_header(height: int, round_: int, prev: bytes, proposer: str, time_ms: int, txs: Sequence[Tx],
+                state_root: bytes, evidence: Sequence[Evidence] = ()) -> Header:
+    """A header whose transaction, namespace and evidence roots are those of ``txs`` and
+    ``evidence`` (the state root is the caller's: it needs the parent's state)."""
+    tx_root = merkle_root([tx.txid for tx in txs])
+    return Header(height, round_, prev, proposer, time_ms, tx_root, len(txs), state_root,
+                  merkle_root([e.id for e in evidence]), block_ns_tx_root(txs, tx_root))
 
 
 KeyLookup = Callable[[str], bytes | None]

@@ -4,25 +4,26 @@ Pure: it reads the state before the block through a :class:`StateReader` (the st
 the parent, or a dict in tests) and returns the block's :class:`Effects` without applying them,
 so a block that fails half way changes nothing. The caller applies the effects atomically.
 
-The state root is a running hash over every block's changes (seed 004's per-topic running
-hash, applied to the whole database): ``state_root = H(prev_state_root || H(changes))``. Two
-members whose state roots agree at a height applied the same writes in the same order from
-genesis; it costs one hash per block instead of a Merkle tree over the whole state.
+The state root is the root of the authenticated state (:mod:`peerdb.core.statetree`): a tree
+of namespaces, each a sparse Merkle tree of its keys. The effects carry the tree records the
+block adds (keyed by its height), which the store writes with the block; computing them costs
+``O(changed keys × log n)`` tree nodes, read from the parent's tree through the reader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from .codec import encode, tagged_hash
 from .consortium import Consortium
 from .errors import AccessError, RemoteError, ReplayError, SignatureError, ValidationError
 from .governance import GovernanceBlock
 from .membership import ConsortiumState
 from .model import GOV_NAMESPACE, OP_PUT, Tx
 from .privacy import check_envelope
+from .smt import MemoryNodes
+from .statetree import update_state
 
 Write = tuple[str, str, bytes | None]
 """(namespace, key, new value or None for a delete)."""
@@ -37,20 +38,39 @@ class StateReader(Protocol):
         """True if a transaction with this id is already in the chain (and not yet expired)."""
         ...
 
+    def tree_node(self, key: bytes) -> bytes | None:
+        """A record of the parent's state tree (:func:`peerdb.core.smt.node_key`), or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class Effects:
     writes: tuple[Write, ...]
     txids: tuple[bytes, ...]
     state_root: bytes
+    nodes: Mapping[bytes, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """The state tree records the block adds (node key -> record), for the store to write with
+    the block; emptied (:meth:`without_nodes`) once they are stored."""
+
+    def without_nodes(self) -> "Effects":
+        """The same effects without the tree records: what a cache keeps once the block is stored."""
+        return replace(self, nodes={}) if self.nodes else self
 
 
-def changes_digest(writes: Sequence[Write]) -> bytes:
-    return tagged_hash("changes", encode([list(w) for w in writes]))
+def tree_version(height: int | None) -> tuple[int, int]:
+    """(parent's version, block's version) of the state tree records: the heights, when known
+    (the store needs them); 0 and 0 for readers that address records by hash alone."""
+    return (0, 0) if height is None else (height - 1, height)
 
 
-def next_state_root(prev_state_root: bytes, writes: Sequence[Write]) -> bytes:
-    return tagged_hash("state", prev_state_root + changes_digest(writes))
+def state_effects(reader: StateReader, prev_state_root: bytes, writes: list[Write], txids: list[bytes],
+                  height: int | None) -> Effects:
+    """The effects of a block whose writes and transaction ids are known: the new state root
+    and the tree records it adds, read from the parent's tree through ``reader``."""
+    parent_version, version = tree_version(height)
+    nodes: dict[bytes, bytes] = {}
+    root = update_state(reader, prev_state_root, parent_version, writes, version, nodes)
+    return Effects(tuple(writes), tuple(txids), root, nodes)
 
 
 def check_tx_static(tx: Tx, consortium: Consortium, *, governance: bool = False) -> None:
@@ -115,7 +135,8 @@ def apply_txs(
     ``signature_ok`` lets the caller supply signatures it already verified (in parallel threads);
     by default each signature is verified here.
 
-    ``height`` (the block's height) turns governance on: ``consortium`` is then the *genesis*
+    ``height`` (the block's height; the state tree's records are keyed by it) turns governance
+    on: ``consortium`` is then the *genesis*
     consortium, and the members, keys, parameters and rules in force at ``height`` are read
     from the governance state in ``reader`` (or taken from ``consortium_state``, which must be
     the state of that same parent). Without it, governance requests are refused and
@@ -138,6 +159,7 @@ class BlockRun:
         self.reader = reader
         self.cid = cid
         self.block_time_ms = block_time_ms
+        self.height = height
         self.writes: list[Write] = []
         self.txids: list[bytes] = []
         self._seen: set[bytes] = set()
@@ -196,15 +218,26 @@ class BlockRun:
         return None
 
     def effects(self, prev_state_root: bytes) -> Effects:
-        return Effects(tuple(self.writes), tuple(self.txids), next_state_root(prev_state_root, self.writes))
+        """The block's effects on the parent's state, whose root is ``prev_state_root``."""
+        return state_effects(self.reader, prev_state_root, self.writes, self.txids, self.height)
 
 
 class MemoryState:
-    """A dict-backed :class:`StateReader` with apply/undo, for tests and for the auditor's replay."""
+    """A dict-backed :class:`StateReader` with apply, for tests and tools. Its tree records are
+    kept by hash (:class:`peerdb.core.smt.MemoryNodes`) and may be shared between copies:
+    records never change, so a copy that sees more of them than its own state needs is still
+    exact."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: MemoryNodes | None = None) -> None:
         self.values: dict[tuple[str, str], bytes] = {}
         self.seen: set[bytes] = set()
+        self.nodes = nodes if nodes is not None else MemoryNodes()
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return self.nodes.tree_node(key)
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        return self.nodes.tree_getter()
 
     def get(self, namespace: str, key: str) -> bytes | None:
         return self.values.get((namespace, key))
@@ -219,3 +252,4 @@ class MemoryState:
             else:
                 self.values[(ns, key)] = value
         self.seen.update(effects.txids)
+        self.nodes.add(effects.nodes)

@@ -32,7 +32,8 @@ from ..core.errors import (
 from ..core.keys import SigningKey
 from ..core.membership import GOVERNANCE_DELAY, ConsortiumState, StateCache
 from ..core.merkle import merkle_root
-from ..core.model import Block, BlockSignature, Evidence, Header, Objection, Tx, consortium_id, genesis_header
+from ..core.model import (Block, BlockSignature, Evidence, Header, Objection, Tx, block_ns_tx_root, consortium_id,
+                          genesis_header)
 from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from ..store import Store
@@ -484,7 +485,7 @@ class Engine:
             self.chain.record_evidence_in(block.hash, [ev.id])
         self.tree.add_header(block.header)
         self._tree_sign(block.hash, proposer_sig.member)
-        self._remember_effects(block.hash, effects)
+        self._remember_effects(block.hash, effects.without_nodes())  # the store writes the tree records from ours
         self.recent_blocks[block.hash] = block
         while len(self.recent_blocks) > EFFECTS_CACHE:
             self.recent_blocks.popitem(last=False)
@@ -836,8 +837,9 @@ class Engine:
             for txid in body.dropped:
                 self.mempool.drop(txid)
             self.store.mempool_remove(list(body.dropped))
-        header = Header(height, round_, tip.hash, self.me, time_ms, merkle_root([tx.txid for tx in body.txs]),
-                        len(body.txs), effects.state_root, merkle_root([e.id for e in body.evidence]))
+        tx_root = merkle_root([tx.txid for tx in body.txs])
+        header = Header(height, round_, tip.hash, self.me, time_ms, tx_root, len(body.txs), effects.state_root,
+                        merkle_root([e.id for e in body.evidence]), block_ns_tx_root(body.txs, tx_root))
         block = Block(header, body.txs, body.evidence)
         self._remember_effects(block.hash, effects)
         return block

@@ -6,7 +6,8 @@ the mempool cleanup and the new head pointer become durable together or not at a
 
 Undo records hold, per applied block, the *previous* state record of every key the block wrote
 (None if the key was absent); rolling a block back puts those back and deletes the block's
-history entries and index entries. They exist for best-chain blocks only.
+history entries and index entries. They exist for best-chain blocks only. The state tree needs
+no undo: every version of it stays in the ``nodes`` table (:func:`put_tree`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from peerdb.core.consortium import Consortium
 from peerdb.core.errors import StorageError
 from peerdb.core.membership import StateCache
 from peerdb.core.model import Block, Header, Tx
+from peerdb.core.smt import EMPTY, node_key
 from peerdb.core.state import Effects
 
 from . import layout
@@ -40,8 +42,29 @@ class ReorgResult:
     returned_txs: list[Tx] = field(default_factory=list)
 
 
+def put_tree(txn: Txn, t: Tables, block: Block, effects: Effects) -> None:
+    """Write the state tree records the block adds (in key order: one run of pages per block),
+    and make sure the tree of the state after it is complete: its root's record is stored under
+    the block's height (:mod:`peerdb.core.statetree`), now or by an earlier write."""
+    if effects.nodes:
+        items = sorted(effects.nodes.items())
+        with txn.cursor(db=t.nodes) as cursor:
+            # A new block's records (keyed by its height) usually sort after everything stored:
+            # appended, they fill pages without searching or splitting. Otherwise (a side branch
+            # at a height already stored, a reorg applying a block again) they are inserted.
+            append = not cursor.last() or cursor.key() < items[0][0]
+            _consumed, added = cursor.putmulti(items, append=append)
+            if added < len(items) and append:  # pragma: no cover - sorted and above the last key
+                cursor.putmulti(items)
+    root = block.header.state_root
+    if root != EMPTY and txn.get(node_key(block.height, root), db=t.nodes) is None:
+        raise StorageError(f"block {block.hash.hex()[:16]} at height {block.height}: the effects passed in "
+                           "carry no state tree records for its state root, and none are stored")
+
+
 def apply_block(txn: Txn, t: Tables, block: Block, effects: Effects) -> None:
-    """Apply ``block`` (a child of the current head) with its precomputed effects."""
+    """Apply ``block`` (a child of the current head) with its precomputed effects; its state
+    tree records are written too (:func:`put_tree`)."""
     height = block.height
     head = head_hash(txn, t)
     if block.header.prev != head:
@@ -50,6 +73,7 @@ def apply_block(txn: Txn, t: Tables, block: Block, effects: Effects) -> None:
     if effects.state_root != block.header.state_root or len(effects.txids) != len(block.txs):
         raise StorageError(f"block {block.hash.hex()[:16]} at height {height}: the effects passed in are "
                            "not this block's (state_root or transaction count differ)")
+    put_tree(txn, t, block, effects)
     undo: list[tuple[bytes, bytes | None]] = []
     final: dict[bytes, bytes | None] = {}
     state = t.state

@@ -22,6 +22,7 @@ from peerdb.core.errors import CorruptionError, DecodeError, StorageError
 from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_HEADER_BYTES, MAX_TX_BYTES
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import Evidence, Header
+from peerdb.core.smt import EMPTY, node_key
 
 from . import layout
 from .tables import Tables, best_hash, head_hash, read_header
@@ -42,8 +43,17 @@ Migration = Callable[["Txn", Tables], None]
 
 MIGRATIONS: dict[int, Migration] = {}
 """Migration hook: ``MIGRATIONS[v]`` upgrades a store at schema ``v`` to ``v + 1`` inside the
-open's write transaction (so a failed migration changes nothing). Empty while the schema is at
-its first version; add an entry with every bump of :data:`layout.SCHEMA_VERSION`."""
+open's write transaction (so a failed migration changes nothing). Add an entry with every bump
+of :data:`layout.SCHEMA_VERSION` that the data can survive; see :data:`REFUSED` for the others."""
+
+REFUSED: dict[int, str] = {
+    1: "it holds a protocol-1 chain, and protocol 2 (the state tree with per-key proofs, "
+       "docs/protocol.md §21) changes every block's header, hence every block hash and signature: "
+       "the chain cannot be carried over. Keep the directory to export and verify it with the "
+       "peerdb version that wrote it; run this version on a new data directory of a consortium "
+       "founded on protocol 2",
+}
+"""Schema versions a store cannot be migrated from, with the reason the open gives."""
 
 
 def migrate(txn: Txn, t: Tables, where: str) -> int:
@@ -57,6 +67,8 @@ def migrate(txn: Txn, t: Tables, where: str) -> int:
     if found > current:
         raise StorageError(f"{where}: store schema version {found} is newer than this build understands "
                            f"({current}); run a newer peerdb, or restore a backup made with this version")
+    if found in REFUSED:
+        raise StorageError(f"{where}: store schema version {found} cannot be opened by this build: {REFUSED[found]}")
     version = found
     while version < current:
         step = MIGRATIONS.get(version)
@@ -86,6 +98,9 @@ def check_store(txn: Txn, t: Tables, where: str, consortium_id: bytes, member: s
         raise StorageError(f"{where}: the head block recorded in meta is missing from the store")
     _check_best_index(txn, t, where, head, consortium_id)
     _check_recent_blocks(txn, t, where, head, recent)
+    if head.state_root != EMPTY and txn.get(node_key(head.height, head.state_root), db=t.nodes) is None:
+        raise StorageError(f"{where}: the state tree of the head block (height {head.height}) is not stored; "
+                           "the store is incomplete")
     return head
 
 

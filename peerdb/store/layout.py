@@ -27,7 +27,14 @@ name            key                                         value
 ``anchors``     block hash                                  anchor proof bytes (issue 5's format)
 ``mempool``     txid                                        tx raw
 ``guard``       be64(height)                                CBOR ``[round, block hash]``
+``nodes``       be64(height) + node hash (every branch)     a state tree record (:mod:`peerdb.core.smt`)
 ==============  ==========================================  =========================================
+
+The ``nodes`` table keeps every version of the state tree (the records each stored block added,
+under its height), so a proof can be made at any stored height and a side branch's tree shares
+its fork point's records instead of copying them. Nothing is deleted from it, on a reorg or
+otherwise: records are content-addressed, and an orphaned block's few records cost less than
+finding them.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ from peerdb.core.codec import decode, encode, expect_bytes, expect_int, expect_l
 from peerdb.core.errors import DecodeError, StorageError
 from peerdb.core.limits import HASH_LEN, MAX_KEY_BYTES, MAX_NAMESPACE_LEN, MAX_VALUE_BYTES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of this layout. Bump it with every incompatible change and add a migration from the
-previous version to :data:`peerdb.store.check.MIGRATIONS`."""
+previous version to :data:`peerdb.store.check.MIGRATIONS` (or, when the chain itself cannot be
+carried over, a reason to :data:`peerdb.store.check.REFUSED`). Version 2: the ``nodes`` table
+of protocol 2's state tree."""
 
 DEFAULT_MAP_SIZE = 64 * 1024**3 if sys.maxsize > 2**32 else 1024**3
 """LMDB's map size is the largest the data file may grow, reserved as *virtual* address space
@@ -52,7 +61,7 @@ only (the file grows as data is written). 64 GiB is roughly 150 million 1-op tra
 32-bit builds cannot map more than ~2 GiB. Configurable through ``Store.open(map_size=...)``."""
 
 MAX_DBS = 32
-"""Named sub-databases the environment may hold: 15 today, room for later schema versions."""
+"""Named sub-databases the environment may hold: 16 today, room for later schema versions."""
 
 MAX_READERS = 256
 """Concurrent read transactions (LMDB reader slots): the trio thread plus worker threads plus
@@ -73,9 +82,10 @@ DB_TXINDEX = b"txindex"
 DB_ANCHORS = b"anchors"
 DB_MEMPOOL = b"mempool"
 DB_GUARD = b"guard"
+DB_NODES = b"nodes"
 
 ALL_DBS = (DB_META, DB_HEADERS, DB_BLOCKS, DB_HEIGHTS, DB_SIGNATURES, DB_EVIDENCE, DB_OBJECTIONS,
-           DB_BEST, DB_STATE, DB_HISTORY, DB_UNDO, DB_TXINDEX, DB_ANCHORS, DB_MEMPOOL, DB_GUARD)
+           DB_BEST, DB_STATE, DB_HISTORY, DB_UNDO, DB_TXINDEX, DB_ANCHORS, DB_MEMPOOL, DB_GUARD, DB_NODES)
 
 META_SCHEMA = b"schema"
 META_CONSORTIUM = b"consortium"

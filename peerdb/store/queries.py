@@ -23,11 +23,13 @@ from peerdb.core.membership import StateCache
 from peerdb.core.limits import HASH_LEN
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx
 from peerdb.core.state import Effects
+from peerdb.core.smt import Proof
+from peerdb.core.statetree import StateProof, prove_key, prove_namespace
 
 from . import layout
 from .identity import DATA_FILE
 from .check import verify_block_bytes
-from .readers import StateSnapshot
+from .readers import StateSnapshot, TxnStateReader
 from .tables import Tables, head_hash, lmdb_errors, need_header, read_block, read_header
 
 if TYPE_CHECKING:
@@ -285,6 +287,27 @@ class StoreQueries:
                 return None, None
             height, hvalue = found
             return hvalue, height
+
+    def state_proof(self, namespace: str, key: str, height: int) -> tuple[Header, StateProof]:
+        """The best-chain header at ``height`` and the state tree path from its state root to the
+        key (proving its value there, or its absence): one read transaction."""
+        with self._read() as txn:
+            block_hash = txn.get(layout.be64(height), db=self._t.best)
+            if block_hash is None:
+                raise ValidationError(f"height {height} is not on the best chain (head {self._head.height})")
+            header = need_header(txn, self._t, block_hash)
+            return header, prove_key(TxnStateReader(txn, self._t), header.state_root, height, namespace, key)
+
+    def namespace_proof(self, header: Header, namespace: str) -> Proof:
+        """The proof of a namespace's root (or its absence) under a stored block's state root:
+        what a namespace bundle carries per block (any branch: every stored block's tree is)."""
+        with self._read() as txn:
+            return prove_namespace(TxnStateReader(txn, self._t), header.state_root, header.height, namespace)
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        """A state tree record (:func:`peerdb.core.smt.node_key`)."""
+        with self._read() as txn:
+            return txn.get(key, db=self._t.nodes)
 
     def history(self, namespace: str, key: str, *, start_height: int = 0,
                 limit: int = HISTORY_PAGE_MAX) -> list[tuple[int, bytes, bytes | None]]:

@@ -13,6 +13,7 @@ because LMDB cannot reuse pages an open reader may still see.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,8 @@ class TxnStateReader:
 
     ``overlay`` maps state keys to the value they have in the view (None: absent), overriding the
     table; ``extra_seen`` are transaction ids included by side-branch blocks in the view;
-    ``seen_max_height`` hides best-chain transactions above the fork point.
+    ``seen_max_height`` hides best-chain transactions above the fork point; ``nodes`` are state
+    tree records of side-branch blocks recomputed for the view and not stored.
     """
 
     def __init__(self, txn: Txn, tables: Tables, overlay: dict[bytes, bytes | None] | None = None,
@@ -51,6 +53,21 @@ class TxnStateReader:
         self.overlay: dict[bytes, bytes | None] = overlay if overlay is not None else {}
         self.extra_seen: set[bytes] = extra_seen if extra_seen is not None else set()
         self.seen_max_height = seen_max_height
+        self.nodes: dict[bytes, bytes] = {}
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        if self.nodes:
+            rec = self.nodes.get(key)
+            if rec is not None:
+                return rec
+        return self._txn.get(key, db=self._t.nodes)
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        """:meth:`tree_node` as LMDB's own ``get`` when there is no overlay (the best chain's
+        blocks): a state tree update calls it once per level per written key."""
+        if self.nodes:
+            return self.tree_node
+        return functools.partial(self._txn.get, db=self._t.nodes)
 
     def get(self, namespace: str, key: str) -> bytes | None:
         skey = layout.state_key(namespace, key)
@@ -123,6 +140,7 @@ def reader_at(txn: Txn, t: Tables, block_hash: bytes, consortium: Consortium, ci
         for namespace, key, value in effects.writes:
             reader.overlay[layout.state_key(namespace, key)] = value
         reader.extra_seen.update(effects.txids)
+        reader.nodes.update(effects.nodes)
         parent_root = header.state_root
     return reader
 
@@ -156,6 +174,22 @@ class StateSnapshot:
         self._check_open()
         with lmdb_errors("state snapshot"):
             return self._reader.tx_seen(txid)
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        # Called once per tree node a block's update visits: a plain try instead of the
+        # context manager the other reads use, same errors.
+        if self._txn is None:
+            raise StorageError("state snapshot: used after close()")
+        try:
+            return self._reader.tree_node(key)
+        except lmdb.Error as exc:
+            raise StorageError(f"state snapshot: LMDB error: {exc}") from None
+
+    def tree_getter(self) -> Callable[[bytes], bytes | None]:
+        """The reader's fastest tree read (see :class:`TxnStateReader`), for one update made
+        while the snapshot is open."""
+        self._check_open()
+        return self._reader.tree_getter()
 
     def _check_open(self) -> None:
         if self._txn is None:

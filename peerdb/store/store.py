@@ -56,7 +56,7 @@ from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection
 from peerdb.core.state import Effects
 
 from . import layout
-from .apply import ReorgResult, apply_block, move_head
+from .apply import ReorgResult, apply_block, move_head, put_tree
 from .check import STARTUP_CHECK_BLOCKS, check_store, migrate
 from .datafile import check_data_file
 from .identity import DirLock
@@ -257,12 +257,15 @@ class Store(StoreQueries):
                 self._guard(txn, block.height, block.header.round, block.hash, own_signature)
             self._put_block(txn, block)
             self._put_signatures(txn, signatures)
+            head = head_hash(txn, self._t)
+            applies = make_head and block.header.prev == head
+            if effects is not None and not applies and block.hash != head:
+                put_tree(txn, self._t, block, effects)  # applying writes them (apply_block)
             if not make_head:
                 return None
-            head = head_hash(txn, self._t)
             if block.hash == head:
                 return ReorgResult()
-            if block.header.prev == head:
+            if applies:
                 if effects is None:
                     parent_root = need_header(txn, self._t, head).state_root
                     effects = recompute_effects(TxnStateReader(txn, self._t), block, self.consortium,

@@ -41,6 +41,7 @@ class Tables:
     anchors: Db
     mempool: Db
     guard: Db
+    nodes: Db
 
     @classmethod
     def open(cls, env: lmdb.Environment, txn: Txn) -> "Tables":

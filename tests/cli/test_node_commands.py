@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from cli import exitcodes
 from cli.main import main
 from peerdb.localnet import LocalConsortium, NodeProcess
+from peerdb.node.config import load_node_config
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +150,29 @@ def test_delete_and_history(node: NodeProcess) -> None:
     gone = ok_json(cli(node, "get", "books", "draft", "--json"))
     assert gone["found"] is False
     assert ok(cli(node, "history", "books", "nothing-here")) == "(no versions)\n"
+
+
+def test_get_and_history_verify_their_proofs_with_the_consortium_file(node: NodeProcess) -> None:
+    put(node, "books", "proven", "42")
+    text = ok(cli(node, "get", "books", "proven", "--verify"))
+    assert re.search(r"^42\n  \(majority view at height \d+, written at \d+\)\n  VERIFIED: (majority|unanimous_signed) "
+                     r"at height \d+ \(block [0-9a-f]{16}\), signed by firm-a of firm-a", text), text
+    answer = ok_json(cli(node, "get", "books", "proven", "--verify", "--json"))
+    assert answer["verified"]["value"] == b"42".hex() and answer["verified"]["height"] == answer["height"]
+    absent = ok(cli(node, "get", "books", "nowhere-proven", "--verify"))
+    assert "(not found" in absent and "VERIFIED:" in absent
+    history = ok(cli(node, "history", "books", "proven", "--verify"))
+    assert "[verified: " in history
+
+
+def test_verify_against_another_consortium_file_fails_naming_the_item(node: NodeProcess, tmp_path: Path) -> None:
+    put(node, "books", "foreign", "1")
+    other = tmp_path / "other.toml"
+    text = load_node_config(node.config).consortium_file.read_text()
+    other.write_text(text.replace('name = "', 'name = "x', 1))
+    result = cli(node, "get", "books", "foreign", "--verify", "--consortium", str(other))
+    assert result.exit_code == exitcodes.VERIFY_FAILED, result.output
+    assert "verification FAILED: chain.sigs[firm-a]" in result.stderr
 
 
 def test_propose_a_batch_file_as_one_transaction(node: NodeProcess, tmp_path: Path) -> None:
@@ -401,6 +425,19 @@ def test_audit_export_verify_and_a_corrupted_copy(node: NodeProcess, tmp_path: P
         assert failed.exit_code == exitcodes.VERIFY_FAILED
         answer = json.loads(failed.stdout)
         assert answer["ok"] is False and answer["file"] == str(broken) and answer["reason"]
+
+
+def test_audit_export_of_one_namespace_verifies(node: NodeProcess, tmp_path: Path) -> None:
+    put(node, "books", "ns-audited", "1")
+    put(node, "other", "not-exported", "secret-ish")
+    bundle = tmp_path / "books.pdbaudit"
+    exported = ok_json(cli(node, "audit", "export", "--namespace", "books", "--out", str(bundle), "--json"))
+    assert exported["namespace"] == "books" and exported["blocks"] >= 2
+    assert b"secret-ish" not in bundle.read_bytes()
+    report = ok_json(cli(node, "audit", "verify", str(bundle), "--json"))
+    assert report["ok"] is True and report["namespace"] == "books" and len(report["namespace_root"]) == 64
+    refused = cli(node, "audit", "export", "--namespace", "Not A Name", "--out", str(tmp_path / "x"))
+    assert refused.exit_code == exitcodes.REJECTED and "namespace" in refused.stderr
 
 
 # --- a member down ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from peerdb.core.consortium import Params
 from peerdb.core.keys import SigningKey
 from peerdb.core.limits import MAX_EVIDENCE_PER_BLOCK
 from peerdb.core.merkle import merkle_root
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Op, Tx
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Op, Tx, body_header
 
 CID = bytes(range(32))
 CLIENT = SigningKey(b"\x01" * 32)
@@ -37,9 +37,8 @@ def evidence(height: int) -> Evidence:
 
 
 def build(template: Header, txs: tuple[Tx, ...], evs: tuple[Evidence, ...]) -> Block:
-    header = Header(template.height, template.round, template.prev, template.proposer, template.time_ms,
-                    merkle_root([t.txid for t in txs]), len(txs), template.state_root,
-                    merkle_root([e.id for e in evs]))
+    header = body_header(template.height, template.round, template.prev, template.proposer, template.time_ms,
+                         txs, template.state_root, evs)
     return Block(header, txs, evs)
 
 

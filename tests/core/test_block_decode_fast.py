@@ -15,7 +15,7 @@ from peerdb.core.blockdecode import decode_block_fast
 from peerdb.core.errors import PeerDBError
 from peerdb.core.limits import MAX_OPS_PER_TX
 from peerdb.core.merkle import EMPTY_ROOT, merkle_root
-from peerdb.core.model import GOV_NAMESPACE, OP_PUT, Block, Header, Op
+from peerdb.core.model import GOV_NAMESPACE, OP_PUT, Block, Header, Op, Tx, block_ns_tx_root
 from tests.helpers.chainbuilder import ChainBuilder
 
 CB = ChainBuilder(2)
@@ -61,7 +61,12 @@ def bodies(draw: st.DrawFn) -> bytes:
 def block_of(tx_raws: list[bytes], tx_ids: list[bytes]) -> bytes:
     """A block whose header commits to exactly these transactions (so the body is what decides)."""
     g = CB.genesis.header
-    header = Header(1, 0, g.hash, "m0", g.time_ms + 1000, merkle_root(tx_ids), len(tx_raws), bytes(32), EMPTY_ROOT)
+    try:  # the namespace root of the transactions, when they decode (else the body fails first anyway)
+        ns_root = block_ns_tx_root([Tx.decode(raw) for raw in tx_raws])
+    except PeerDBError:
+        ns_root = EMPTY_ROOT
+    header = Header(1, 0, g.hash, "m0", g.time_ms + 1000, merkle_root(tx_ids), len(tx_raws), bytes(32), EMPTY_ROOT,
+                    ns_root)
     return codec.encode([header.raw, tx_raws, []])
 
 

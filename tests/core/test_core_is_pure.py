@@ -45,6 +45,7 @@ def test_importing_the_core_imports_no_io_library() -> None:
 ALLOWED_IMPORTS = {
     "__future__", "base64", "binascii", "bisect", "collections", "collections.abc", "dataclasses", "enum",
     "hashlib", "re", "typing",
+    "struct",  # packs the state tree's version numbers into record bytes (smt)
     "io",  # in-memory streams only (io.BytesIO for cbor2's decoder)
     "tomllib",  # parses consortium-file text; reading the file is peerdb.consortium_file's
     "threading",  # the lock of membership.StateCache, whose owners may call it from worker threads

@@ -202,6 +202,6 @@ def test_worked_example_of_protocol_section_20() -> None:
     vote = Vote.create(keys[0], cid, proposal.id, "firm-a", True)
     assert vote_hash(proposal.id, "firm-a", True).hex() == "df8c8b60158098ba14b2b43fa6a63a3b9dfe07cba2599bb97f604fd7bc128439"
     assert len(signing_message(DOMAIN_VOTE, cid, vote_hash(proposal.id, "firm-a", True))) == 82
-    assert vote.signature.hex() == ("b57db1a3949267738de44ae4d7c348830e9301957effd50f0f1c892242174b3f"
-                                    "1152d5718812afe651bb8b2f62e9604dab95f153536af75280c3967fe293c50a")
+    assert vote.signature.hex() == ("1d0aaae1be878d2e0e57d46841903c8b301378793e13e292c102196f53ed444e"
+                                    "0857a32f295d816376262f01fd15c836ee2152445246d5b59b5141e5f042650d")
     assert len(vote.encode()) == 109

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -45,9 +46,12 @@ from peerdb.core.model import (
     Objection,
     Op,
     Tx,
+    body_header,
     consortium_id,
     genesis_header,
 )
+from peerdb.core.smt import build as smt_build
+from peerdb.core.statetree import EMPTY_STATE_ROOT, ns_path
 
 from tests.helpers.core import (
     CID,
@@ -83,7 +87,7 @@ def tx_bytes(body_bytes: bytes, sig: Any = SIG) -> bytes:
 def header_items(**changes: Any) -> list[Any]:
     fields = {"version": PROTOCOL_VERSION, "height": 1, "round": 0, "prev": H, "proposer": "firm-a",
               "time": 5, "tx_root": merkle_root([]), "tx_count": 0, "state_root": ZERO_HASH,
-              "evidence_root": merkle_root([])}
+              "evidence_root": merkle_root([]), "ns_tx_root": EMPTY_STATE_ROOT}
     fields.update(changes)
     return list(fields.values())
 
@@ -95,7 +99,8 @@ def test_genesis_commits_to_the_consortium_definition() -> None:
     assert g.height == 0 and g.round == 0 and g.proposer == ""
     assert g.prev == CONSORTIUM.definition_hash
     assert g.time_ms == CONSORTIUM.genesis_time_ms
-    assert g.tx_root == merkle_root([]) == g.evidence_root and g.state_root == ZERO_HASH
+    assert g.tx_root == merkle_root([]) == g.evidence_root
+    assert g.state_root == EMPTY_STATE_ROOT == g.ns_tx_root  # the empty state tree and namespace map
     assert consortium_id(CONSORTIUM) == g.hash == tagged_hash("header", g.raw)
     assert Header.decode(g.raw) == g
 
@@ -171,7 +176,8 @@ BAD_TXS: list[tuple[str, bytes, type[Exception], tuple[str, ...]]] = [
     ("body truncated", tx_bytes(body()[:-1]), TruncatedError, ("tx.body", "truncated")),
     ("body not an array", tx_bytes(encode({"a": 1})), DecodeError, ("tx.body", "expected an array")),
     ("body five fields", tx_bytes(encode([1, "firm-a", CLIENT, 1, 10])), DecodeError, ("tx.body", "expected 6 elements")),
-    ("version 2", tx_bytes(body(version=2)), DecodeError, ("tx.version", "2 is not 1")),
+    ("version 3", tx_bytes(body(version=3)), DecodeError, ("tx.version", "3 is not 2")),
+    ("version 1", tx_bytes(body(version=1)), DecodeError, ("tx.version", "1 is not 2")),
     ("version text", tx_bytes(body(version="1")), DecodeError, ("tx.version", "expected an integer")),
     ("member bad name", tx_bytes(body(member="Firm A")), DecodeError, ("tx.member", "not a valid member name")),
     ("member empty", tx_bytes(body(member="")), DecodeError, ("tx.member", "not a valid member name")),
@@ -229,8 +235,9 @@ def test_header_round_trip_and_hash() -> None:
 
 BAD_HEADERS: list[tuple[str, bytes, type[Exception], tuple[str, ...]]] = [
     ("not an array", encode(b"h"), DecodeError, ("header", "expected an array")),
-    ("nine fields", encode(header_items()[:9]), DecodeError, ("header", "expected 10 elements")),
-    ("version 2", encode(header_items(version=2)), DecodeError, ("header.version", "2 is not 1")),
+    ("ten fields", encode(header_items()[:10]), DecodeError, ("header", "expected 11 elements")),
+    ("version 3", encode(header_items(version=3)), DecodeError, ("header.version", "3 is not 2")),
+    ("a version 1 header", encode(header_items(version=1)[:10]), DecodeError, ("header.version", "1 is not 2")),
     ("version text", encode(header_items(version="1")), DecodeError, ("header.version", "expected an integer")),
     ("height negative", encode(header_items(height=-1)), DecodeError, ("header.height", "outside")),
     ("height text", encode(header_items(height="1")), DecodeError, ("header.height", "expected an integer")),
@@ -248,7 +255,7 @@ BAD_HEADERS: list[tuple[str, bytes, type[Exception], tuple[str, ...]]] = [
     ("evidence_root long", encode(header_items(evidence_root=H + b"x")), DecodeError, ("header.evidence_root", "expected 32")),
     ("too big", encode(header_items(prev=b"x" * 1100)), LimitError, ("header", "exceeds the limit of 1024")),
     ("trailing bytes", encode(header_items()) + b"\xf6", TrailingBytesError, ("header", "trailing")),
-    ("non-canonical", b"\x98\x0a" + encode(header_items())[1:], NonCanonicalError, ("header", "canonical")),
+    ("non-canonical", b"\x98\x0b" + encode(header_items())[1:], NonCanonicalError, ("header", "canonical")),
     ("truncated", encode(header_items())[:-3], TruncatedError, ("header", "truncated")),
 ]
 
@@ -383,8 +390,7 @@ def test_bad_evidence(name: str, data: bytes, error: type[Exception], fragments:
 # --- blocks --------------------------------------------------------------------------------------
 
 def _block(txs: tuple[Tx, ...] = (), evidence: tuple[Evidence, ...] = ()) -> Block:
-    header = Header(1, 0, GENESIS.hash, "firm-a", GENESIS.time_ms + 1, merkle_root([t.txid for t in txs]),
-                    len(txs), ZERO_HASH, merkle_root([e.id for e in evidence]))
+    header = body_header(1, 0, GENESIS.hash, "firm-a", GENESIS.time_ms + 1, txs, ZERO_HASH, evidence)
     return Block(header, txs, evidence)
 
 
@@ -408,6 +414,19 @@ def test_block_contents_must_match_the_header() -> None:
     with pytest.raises(ValidationError) as info:
         Block(good.header, (tx,), (double_sign_evidence("firm-c"),))
     assert_names(info.value, "block 1", "evidence_root does not match")
+    with pytest.raises(ValidationError) as info:
+        Block(replace(good.header, ns_tx_root=EMPTY_STATE_ROOT), (tx,))
+    assert_names(info.value, "block 1", "ns_tx_root does not match")
+
+
+def test_the_namespace_transaction_root_lists_each_namespaces_transactions() -> None:
+    a = make_tx(nonce=1, ops=[put("books", "k", b"1")])
+    b = make_tx(nonce=2, ops=[put("notes", "k", b"2"), put("books", "j", b"3")])
+    c = make_tx(nonce=3, ops=[put("notes", "x", b"4")])
+    block = _block((a, b, c))
+    expected = smt_build({ns_path("books"): merkle_root([a.txid, b.txid]),
+                          ns_path("notes"): merkle_root([b.txid, c.txid])})[0]
+    assert block.header.ns_tx_root == expected != _block((a, c, b)).header.ns_tx_root
 
 
 def test_too_much_evidence_is_refused() -> None:
@@ -502,8 +521,7 @@ def blocks(draw: st.DrawFn) -> Block:
     tx_list = tuple(draw(st.lists(txs, max_size=3, unique_by=lambda t: t.txid)))
     ev_list = tuple(draw(st.lists(evidences(), max_size=2)))
     h = draw(headers)
-    header = Header(h.height, h.round, h.prev, h.proposer, h.time_ms, merkle_root([t.txid for t in tx_list]),
-                    len(tx_list), h.state_root, merkle_root([e.id for e in ev_list]))
+    header = body_header(h.height, h.round, h.prev, h.proposer, h.time_ms, tx_list, h.state_root, ev_list)
     return Block(header, tx_list, ev_list)
 
 

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerdb.core.codec import encode, tagged_hash
 from peerdb.core.errors import AccessError, ReplayError, SignatureError, ValidationError
-from peerdb.core.model import ZERO_HASH, Op, Tx, consortium_id
-from peerdb.core.state import Effects, MemoryState, apply_txs, changes_digest, check_tx_time, next_state_root
+from peerdb.core.model import Op, Tx, consortium_id
+from peerdb.core.smt import build as smt_build
+from peerdb.core.state import Effects, MemoryState, apply_txs, check_tx_time, state_effects
+from peerdb.core.statetree import EMPTY_STATE_ROOT, key_path, ns_path, value_hash
 
 from tests.helpers.core import (
     CID,
@@ -21,6 +22,7 @@ from tests.helpers.core import (
     OUTSIDER_KEY,
     assert_names,
     client_key,
+    expected_state_root,
     delete,
     make_consortium,
     make_tx,
@@ -32,16 +34,23 @@ NOW = GENESIS_MS + 1000
 TTL = CONSORTIUM.params.tx_ttl_ms
 
 
-def apply(state: MemoryState, txs: list[Tx], *, time_ms: int = NOW, prev: bytes = ZERO_HASH, **kw: object) -> Effects:
+def apply(state: MemoryState, txs: list[Tx], *, time_ms: int = NOW, prev: bytes = EMPTY_STATE_ROOT,
+          **kw: object) -> Effects:
     return apply_txs(state, txs, kw.pop("consortium", CONSORTIUM), CID, time_ms, prev, **kw)  # type: ignore[arg-type]
 
 
 def test_state_root_formula() -> None:
-    writes = [("books", "a", b"1"), ("books", "b", None)]
-    assert changes_digest(writes) == tagged_hash("changes", encode([["books", "a", b"1"], ["books", "b", None]]))
-    assert next_state_root(ZERO_HASH, writes) == tagged_hash("state", ZERO_HASH + changes_digest(writes))
-    assert next_state_root(ZERO_HASH, writes) != next_state_root(ZERO_HASH, writes[::-1])
-    assert next_state_root(ZERO_HASH, []) != ZERO_HASH  # an empty block still moves the root
+    writes = [("books", "a", b"1"), ("books", "b", None), ("notes", "n", b"2")]
+    root = state_effects(MemoryState(), EMPTY_STATE_ROOT, writes, [], 1).state_root
+    books = smt_build({key_path("a"): value_hash(b"1")})[0]
+    notes = smt_build({key_path("n"): value_hash(b"2")})[0]
+    assert root == smt_build({ns_path("books"): books, ns_path("notes"): notes})[0]
+    # The root is the state's, not the history's: writes to distinct keys commute, and a block
+    # that changes nothing keeps its parent's root.
+    assert state_effects(MemoryState(), EMPTY_STATE_ROOT, writes[::-1], [], 1).state_root == root
+    assert state_effects(MemoryState(), EMPTY_STATE_ROOT, [], [], 1).state_root == EMPTY_STATE_ROOT
+    # A deleted last key takes its namespace out of the state.
+    assert state_effects(MemoryState(), EMPTY_STATE_ROOT, [("books", "b", None)], [], 1).state_root == EMPTY_STATE_ROOT
 
 
 def test_puts_and_deletes_in_order() -> None:
@@ -52,7 +61,7 @@ def test_puts_and_deletes_in_order() -> None:
     assert effects.writes == (("books", "a", b"1"), ("books", "b", b"2"), ("books", "a", None),
                               ("books", "b", b"3"), ("books", "never", None))
     assert effects.txids == (t1.txid, t2.txid)
-    assert effects.state_root == next_state_root(ZERO_HASH, list(effects.writes))
+    assert effects.state_root == expected_state_root({("books", "b"): b"3"})
     assert state.values == {} and state.seen == set()  # nothing applied yet
     state.apply(effects)
     assert state.values == {("books", "b"): b"3"}
@@ -93,7 +102,7 @@ def test_closed_namespaces() -> None:
     cid = consortium_id(closed)
     tx = make_tx("firm-a", ops=[put("unruled", "k", b"")], cid=cid)
     with pytest.raises(AccessError):
-        apply_txs(MemoryState(), [tx], closed, cid, NOW, ZERO_HASH)
+        apply_txs(MemoryState(), [tx], closed, cid, NOW, EMPTY_STATE_ROOT)
 
 
 def test_expiry_bounds() -> None:
@@ -180,7 +189,7 @@ op_strategy = st.one_of(
 @given(st.lists(st.lists(st.tuples(writers, st.lists(op_strategy, min_size=1, max_size=3)), max_size=3),
                 min_size=1, max_size=4))
 def test_property_applied_effects_match_a_plain_dict(blocks: list[list[tuple[str, list[Op]]]]) -> None:
-    state, root, nonce = MemoryState(), ZERO_HASH, 0
+    state, root, nonce = MemoryState(), EMPTY_STATE_ROOT, 0
     model: dict[tuple[str, str], bytes] = {}
     for height, block in enumerate(blocks, 1):
         txs = []
@@ -193,7 +202,7 @@ def test_property_applied_effects_match_a_plain_dict(blocks: list[list[tuple[str
                 else:
                     model[("books", op.key)] = op.value
         effects = apply(state, txs, time_ms=NOW + height, prev=root)
-        assert effects.state_root == next_state_root(root, list(effects.writes))
+        assert effects.state_root == expected_state_root(model)
         root = effects.state_root
         state.apply(effects)
         assert state.values == model

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from peerdb.core.consortium import Params
 from peerdb.core.errors import DecodeError, ReplayError, SignatureError, ValidationError
 from peerdb.core.limits import MAX_ROUND
-from peerdb.core.merkle import merkle_root
-from peerdb.core.model import Block, BlockSignature, Header, Objection, consortium_id, genesis_header
+from peerdb.core.model import Block, BlockSignature, Header, Objection, body_header, consortium_id, genesis_header
 from peerdb.core.state import MemoryState
 from peerdb.core.validate import check_block, check_evidence, check_header, check_proposer_signature, proposer_for, round_at
 
@@ -213,8 +212,7 @@ def test_bad_transaction_fails_the_block_and_changes_nothing() -> None:
     snapshot = (copy.deepcopy(state.values), set(state.seen))
     parent = first.header
     txs = (make_tx("firm-b", 3), make_tx("firm-a", 1))  # the second one is a replay
-    h = Header(2, 0, parent.hash, "firm-b", parent.time_ms + 1, merkle_root([t.txid for t in txs]), 2,
-               bytes(32), parent.evidence_root)
+    h = body_header(2, 0, parent.hash, "firm-b", parent.time_ms + 1, txs, bytes(32))
     with pytest.raises(ReplayError, match="already included"):
         check_block(Block(h, txs), parent, parent.state_root, state, CONSORTIUM, CID, NOW)
     assert (state.values, state.seen) == snapshot

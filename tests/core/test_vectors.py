@@ -19,7 +19,6 @@ from peerdb.core.consortium import Consortium, parse_consortium
 from peerdb.core.keys import SigningKey
 from peerdb.core.merkle import merkle_root, verify_path
 from peerdb.core.model import (
-    ZERO_HASH,
     Block,
     BlockSignature,
     Evidence,
@@ -29,7 +28,18 @@ from peerdb.core.model import (
     consortium_id,
     genesis_header,
 )
+from peerdb.core.smt import EMPTY, Proof, leaf_hash, node_hash
 from peerdb.core.state import MemoryState, apply_txs
+from peerdb.core.statetree import (
+    EMPTY_STATE_ROOT,
+    StateProof,
+    key_path,
+    ns_path,
+    value_hash,
+    verify_key,
+    verify_namespace,
+    verify_ns_txs,
+)
 from peerdb.core.validate import check_block, check_evidence, check_header, check_proposer_signature
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -76,7 +86,7 @@ class Replay:
             parent = bytes.fromhex(vector["context"]["parent"])
             effects = check_block(block, self.headers[parent], self.headers[parent].state_root, self.states[parent],
                                   CONSORTIUM, CID, vector["context"]["now_ms"])
-            state = MemoryState()
+            state = MemoryState(self.states[parent].nodes)
             state.values = dict(self.states[parent].values)
             state.seen = set(self.states[parent].seen)
             state.apply(effects)
@@ -96,7 +106,7 @@ def member_key(name: str) -> bytes | None:
 def verify(kind: str, obj: Any, context: dict[str, Any]) -> None:
     """The verify stage of the vectors (see the "checks" entry of vectors.json)."""
     if kind == "tx":
-        apply_txs(MemoryState(), [obj], CONSORTIUM, CID, context["block_time_ms"], ZERO_HASH)
+        apply_txs(MemoryState(), [obj], CONSORTIUM, CID, context["block_time_ms"], EMPTY_STATE_ROOT)
     elif kind == "header" and "parent" not in context:
         if obj != GENESIS:  # a header without a parent can only be the consortium's genesis
             raise errors.ValidationError("header: no parent and not the genesis header")
@@ -168,6 +178,47 @@ def test_merkle_vectors() -> None:
         for leaf, path in zip(leaves, case["paths"], strict=True):
             steps = tuple((left, bytes.fromhex(sibling)) for left, sibling in path)
             assert verify_path(leaf, steps, root)
+
+
+def test_state_tree_primitive_vectors() -> None:
+    v = VECTORS["smt"]
+    p0, p1 = bytes.fromhex(v["p0"]), bytes.fromhex(v["p1"])
+    assert EMPTY.hex() == v["empty"] == EMPTY_STATE_ROOT.hex()
+    assert leaf_hash(p0, p1).hex() == v["leaf(p0, p1)"] and node_hash(p0, p1).hex() == v["node(p0, p1)"]
+    assert ns_path("books").hex() == v["ns_path(books)"] and key_path("invoice/1").hex() == v["key_path(invoice/1)"]
+    assert value_hash(b"100 EUR").hex() == v["value_hash(100 EUR)"]
+
+
+def test_state_tree_vectors() -> None:
+    assert [t["state_root"] for t in VECTORS["state_trees"]] == \
+        [REPLAY.headers[bytes.fromhex(t["block"])].state_root.hex() for t in VECTORS["state_trees"]]
+    for tree in VECTORS["state_trees"]:
+        root = bytes.fromhex(tree["state_root"])
+        state = REPLAY.states[bytes.fromhex(tree["block"])]
+        for case in tree["proofs"]:
+            proof = StateProof.from_cbor(decode(bytes.fromhex(case["proof"])), "proof")
+            value = None if case["value"] is None else bytes.fromhex(case["value"])
+            assert value == state.get(case["namespace"], case["key"])
+            verify_key(root, case["namespace"], case["key"], value, proof)
+            with pytest.raises(errors.ValidationError):
+                verify_key(root, case["namespace"], case["key"], b"other" if value is None else None, proof)
+        for ns, ns_root in tree["namespace_roots"].items():
+            ns_proof = StateProof.from_cbor(decode(bytes.fromhex(next(
+                c["proof"] for c in tree["proofs"] if c["namespace"] == ns))), "proof").namespace
+            assert verify_namespace(root, ns, ns_proof, "ns").hex() == ns_root
+
+
+def test_namespace_transaction_vectors() -> None:
+    v = VECTORS["ns_transactions"]
+    block = REPLAY.blocks[bytes.fromhex(v["block"])]
+    assert block.header.ns_tx_root.hex() == v["ns_tx_root"]
+    for ns, proof_hex in v["proofs"].items():
+        proof = Proof.from_cbor(decode(bytes.fromhex(proof_hex)), "proof")
+        txids = [bytes.fromhex(t) for t in v["lists"].get(ns, [])]
+        assert txids == [t.txid for t in block.txs if ns in {op.namespace for op in t.ops}]
+        verify_ns_txs(block.header.ns_tx_root, ns, txids, proof, "ns")
+        with pytest.raises(errors.ValidationError):
+            verify_ns_txs(block.header.ns_tx_root, ns, txids[:-1] if txids else [block.txs[0].txid], proof, "ns")
 
 
 @pytest.mark.parametrize("vector", VECTORS["valid"], ids=[v["name"] for v in VECTORS["valid"]])

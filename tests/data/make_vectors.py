@@ -30,6 +30,7 @@ from peerdb.core.consortium import Consortium, parse_consortium
 from peerdb.core.keys import SigningKey
 from peerdb.core.limits import PROTOCOL_VERSION
 from peerdb.core.merkle import merkle_path, merkle_root
+from peerdb.core.smt import EMPTY, leaf_hash, node_hash
 from peerdb.core.model import (
     DOMAIN_BLOCK,
     DOMAIN_OBJECTION,
@@ -44,10 +45,22 @@ from peerdb.core.model import (
     Objection,
     Op,
     Tx,
+    body_header,
     consortium_id,
     genesis_header,
+    tx_namespaces,
 )
 from peerdb.core.state import MemoryState, apply_txs
+from peerdb.core.statetree import (
+    EMPTY_STATE_ROOT,
+    key_path,
+    namespace_root,
+    ns_path,
+    ns_tx_lists,
+    prove_key,
+    prove_ns_txs,
+    value_hash,
+)
 
 OUT = Path(__file__).with_name("vectors.json")
 NAMES = ("firm-a", "firm-b", "firm-c", "firm-d")
@@ -103,9 +116,8 @@ def tx(c: bytes, member: str, nonce: int, ops: list[Op], expires: int = GENESIS_
 
 def header_for(parent: Header, round_: int, proposer: str, time_ms: int, txs: Sequence[Tx], state_root: bytes,
                evidence: Sequence[Evidence] = (), height: int | None = None, prev: bytes | None = None) -> Header:
-    return Header(parent.height + 1 if height is None else height, round_, parent.hash if prev is None else prev,
-                  proposer, time_ms, merkle_root([t.txid for t in txs]), len(txs), state_root,
-                  merkle_root([e.id for e in evidence]))
+    return body_header(parent.height + 1 if height is None else height, round_, parent.hash if prev is None else prev,
+                       proposer, time_ms, txs, state_root, evidence)
 
 
 def sig_hex(s: BlockSignature) -> str:
@@ -195,14 +207,15 @@ def build() -> str:
     bad("tx: non-canonical outer array length", "tx", b"\x98\x02" + t1.raw[1:], "NonCanonicalError", "decode")
     bad("tx: non-canonical integer in the body", "tx",
         encode([encode([PROTOCOL_VERSION, "firm-a", CLIENT["firm-a"].public, 1, 5, [[0, "books", "k", b""]]])
-                .replace(b"\x01\x66firm-a", b"\x18\x01\x66firm-a"), bytes(64)]),
+                .replace(bytes([PROTOCOL_VERSION]) + b"\x66firm-a", b"\x18" + bytes([PROTOCOL_VERSION]) + b"\x66firm-a"),
+                bytes(64)]),
         "NonCanonicalError", "decode")
     bad("tx: trailing bytes", "tx", t1.raw + b"\x00", "TrailingBytesError", "decode")
     bad("tx: truncated", "tx", t1.raw[:-1], "TruncatedError", "decode")
     bad("tx: CBOR tag around the body", "tx", encode([b"", b""])[:1] + b"\xd8\x18" + encode(t1.body) + encode(t1.signature),
         "DecodeError", "decode")
-    bad("tx: protocol version 2", "tx",
-        encode([encode([2, "firm-a", CLIENT["firm-a"].public, 1, 5, [[0, "books", "k", b""]]]), bytes(64)]),
+    bad("tx: protocol version 1", "tx",
+        encode([encode([1, "firm-a", CLIENT["firm-a"].public, 1, 5, [[0, "books", "k", b""]]]), bytes(64)]),
         "DecodeError", "decode")
 
     ctx_g = {"parent": genesis.hash.hex(), "now_ms": NOW_MS}
@@ -219,7 +232,10 @@ def build() -> str:
         header_for(genesis, 3, "firm-d", GENESIS_MS + 3 * 3000 - 5000 - 1, [], ZERO_HASH).raw,
         "ValidationError", "verify", **ctx_g)
     bad("header: trailing bytes", "header", b1.header.raw + b"\xf6", "TrailingBytesError", "decode")
-    bad("header: version 2", "header", encode([2] + list(_items(b1.header))[1:]), "DecodeError", "decode")
+    bad("header: version 1 (before the state tree)", "header", encode([1] + list(_items(b1.header))[1:10]),
+        "DecodeError", "decode")
+    bad("header: version 2 without ns_tx_root", "header", encode(list(_items(b1.header))[:10]),
+        "DecodeError", "decode")
 
     wrong_turn_block = Block(wrong_turn, ())
     bad("block: wrong turn", "block", wrong_turn_block.raw, "ValidationError", "verify", **ctx_g)
@@ -228,6 +244,10 @@ def build() -> str:
     bad("block: tx_count does not match", "block", encode([b1.header.raw, [t.raw for t in b1_txs[:3]], []]),
         "ValidationError", "decode")
     bad("block: evidence_root does not match", "block", encode([b2.header.raw, [t5.raw], []]), "ValidationError", "decode")
+    wrong_ns = Header(1, 0, genesis.hash, "firm-a", b1_time, b1.header.tx_root, len(b1_txs), e1.state_root,
+                      b1.header.evidence_root, EMPTY_STATE_ROOT)
+    bad("block: ns_tx_root does not match the transactions", "block", encode([wrong_ns.raw, [t.raw for t in b1_txs], []]),
+        "ValidationError", "decode")
     bad_root = Block(header_for(b1.header, 1, "firm-c", b2_time, [t5], ZERO_HASH), (t5,))
     bad("block: state_root does not match the effects", "block", bad_root.raw, "ValidationError", "verify",
         parent=b1.hash.hex(), now_ms=NOW_MS)
@@ -235,7 +255,7 @@ def build() -> str:
     bad("block: replays a transaction of its parent", "block", replay.raw, "ReplayError", "verify",
         parent=b1.hash.hex(), now_ms=NOW_MS)
     forged_tx_block = Block(header_for(genesis, 0, "firm-a", b1_time, [t1_bad_sig],
-                                       apply_txs(MemoryState(), [t1], c, cid, b1_time, ZERO_HASH).state_root),
+                                       apply_txs(MemoryState(), [t1], c, cid, b1_time, EMPTY_STATE_ROOT).state_root),
                             (t1_bad_sig,))
     bad("block: carries a transaction with a bad signature", "block", forged_tx_block.raw, "SignatureError", "verify",
         **ctx_g)
@@ -313,6 +333,35 @@ def build() -> str:
     merkle = [{"leaves": [x.hex() for x in leaves[:n]], "root": merkle_root(leaves[:n]).hex(),
                "paths": [[[left, sib.hex()] for left, sib in merkle_path(leaves[:n], i)] for i in range(n)]}
               for n in (0, 1, 2, 3, 5, 8)]
+    # --- the state tree: roots, key proofs, namespace transaction lists ---------------------------
+    state_b2 = MemoryState(state_b1.nodes)
+    state_b2.values = dict(state_b1.values)
+    state_b2.apply(e2)
+    trees = []
+    for blk, st in ((b1, state_b1), (b2, state_b2)):
+        root = blk.header.state_root
+        proofs = []
+        for ns, k in (("books", "invoice/1"), ("books", "invoice/2"), ("books", "invoice/0"),
+                      ("notes", "greeting"), ("nowhere", "x")):
+            value = st.values.get((ns, k))
+            proof = prove_key(st, root, blk.height, ns, k)
+            proofs.append({"namespace": ns, "key": k, "value": None if value is None else value.hex(),
+                           "proof": encode(proof.to_cbor()).hex()})
+        namespaces = sorted({ns for ns, _ in st.values})
+        trees.append({"block": blk.hash.hex(), "state_root": root.hex(),
+                      "namespace_roots": {ns: namespace_root(st, root, blk.height, ns)[0].hex() for ns in namespaces},
+                      "proofs": proofs})
+    lists = ns_tx_lists((t.txid, tx_namespaces(t)) for t in b1_txs)
+    ns_txs = {"block": b1.hash.hex(), "ns_tx_root": b1.header.ns_tx_root.hex(),
+              "lists": {ns: [t.hex() for t in ids] for ns, ids in sorted(lists.items())},
+              "proofs": {ns: encode(prove_ns_txs([(t.txid, tx_namespaces(t)) for t in b1_txs], ns).to_cbor()).hex()
+                         for ns in ("books", "notes", "nowhere")}}
+    p0, p1 = hashlib.sha256(b"p0").digest(), hashlib.sha256(b"p1").digest()
+    smt_primitives = {"empty": EMPTY.hex(), "leaf(p0, p1)": leaf_hash(p0, p1).hex(),
+                      "node(p0, p1)": node_hash(p0, p1).hex(), "p0": p0.hex(), "p1": p1.hex(),
+                      "ns_path(books)": ns_path("books").hex(), "key_path(invoice/1)": key_path("invoice/1").hex(),
+                      "value_hash(100 EUR)": value_hash(b"100 EUR").hex()}
+
     messages = [{"domain": d, "consortium_id": cid.hex(), "hash": b1.hash.hex(),
                  "message": signing_message(d, cid, b1.hash).hex()} for d in (DOMAIN_BLOCK, DOMAIN_TX, DOMAIN_OBJECTION)]
 
@@ -331,6 +380,11 @@ def build() -> str:
                       "objection: valid under the member's key. A failed signature check is a SignatureError.",
             "invalid": "raises the named class of peerdb.core.errors at the named stage (decode or verify), "
                        "and passes every earlier stage.",
+            "state_trees": "after each block, every proof (StateProof CBOR) verifies the value given (null: "
+                           "absent) under state_root with statetree.verify_key, and each namespace root is "
+                           "the one the state root proves.",
+            "ns_transactions": "each namespace's txids hash (merkle_root) to the value its proof shows under "
+                               "ns_tx_root; a namespace no transaction touches is proven absent.",
         },
         "keys": {"members": {n: {"seed": MEMBER[n].seed.hex(), "public": MEMBER[n].public.hex()} for n in NAMES},
                  "clients": {n: {"seed": CLIENT[n].seed.hex(), "public": CLIENT[n].public.hex()} for n in NAMES},
@@ -339,6 +393,9 @@ def build() -> str:
                        "genesis_header": genesis.raw.hex()},
         "signing_messages": messages,
         "merkle": merkle,
+        "smt": smt_primitives,
+        "state_trees": trees,
+        "ns_transactions": ns_txs,
         "valid": valid,
         "invalid": invalid,
         "fork_choice": fork_choice,
@@ -348,7 +405,7 @@ def build() -> str:
 
 def _items(h: Header) -> list[Any]:
     return [h.version, h.height, h.round, h.prev, h.proposer, h.time_ms, h.tx_root, h.tx_count, h.state_root,
-            h.evidence_root]
+            h.evidence_root, h.ns_tx_root]
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from peerdb.core.consortium import NamespaceRule, Params
 from peerdb.core.limits import MAX_TX_TTL_MS
-from peerdb.core.merkle import merkle_root
 from peerdb.core.model import (
     OP_DELETE,
     OP_PUT,
@@ -32,8 +31,9 @@ from peerdb.core.model import (
     Header,
     Op,
     Tx,
+    body_header,
 )
-from peerdb.core.state import Effects, MemoryState, Write, apply_txs, next_state_root
+from peerdb.core.state import Effects, MemoryState, StateReader, Write, apply_txs, state_effects
 from peerdb.core.validate import proposer_for
 
 from tests.helpers.consortium import GENESIS_MS, SEED, seeded_consortium
@@ -55,7 +55,8 @@ def _trusted(_tx: Tx) -> bool:
 
 
 def copy_state(state: MemoryState) -> MemoryState:
-    out = MemoryState()
+    """A copy of the values and seen ids; the (immutable) state tree records are shared."""
+    out = MemoryState(state.nodes)
     out.values = dict(state.values)
     out.seen = set(state.seen)
     return out
@@ -113,25 +114,27 @@ class ChainBuilder:
         return self.blocks[self._hash(ref)].header
 
     def block(self, parent: BlockRef, txs: Sequence[Tx] = (), *, round: int = 0, time_ms: int | None = None,
-              evidence: Sequence[Evidence] = (), proposer: str | None = None, check: bool = True) -> Block:
+              evidence: Sequence[Evidence] = (), proposer: str | None = None, check: bool = True,
+              parent_state: StateReader | None = None) -> Block:
         """A block on ``parent`` with the right proposer for (height, round), roots and state
         root. ``check=False`` skips the state machine's checks (to build invalid blocks on
-        purpose; the state root is then computed from the writes as given)."""
+        purpose; the state root is then computed from the writes as given). ``parent_state``:
+        the parent's state (its state tree) when the builder does not know the parent's
+        ancestry (a block read back from a store); by default it is replayed."""
         ph = self.header(parent)
         height = ph.height + 1
         if time_ms is None:
             time_ms = ph.time_ms + round * self.params.turn_timeout_ms + BLOCK_SPACING_MS
         if check:
-            effects = apply_txs(self.state_at(ph.hash), txs, self.consortium, self.cid, time_ms,
-                                ph.state_root, signature_ok=_trusted)
+            effects = apply_txs(parent_state or self.state_at(ph.hash), txs, self.consortium, self.cid, time_ms,
+                                ph.state_root, signature_ok=_trusted, height=height)
         else:
             writes: list[Write] = [(op.namespace, op.key, op.value if op.kind == OP_PUT else None)
                                    for tx in txs for op in tx.ops]
-            effects = Effects(tuple(writes), tuple(tx.txid for tx in txs), next_state_root(ph.state_root, writes))
-        header = Header(height, round, ph.hash,
-                        proposer or proposer_for(self.members, height, round), time_ms,
-                        merkle_root([tx.txid for tx in txs]), len(txs), effects.state_root,
-                        merkle_root([e.id for e in evidence]))
+            effects = state_effects(parent_state or self.state_at(ph.hash), ph.state_root, writes,
+                                    [tx.txid for tx in txs], height)
+        header = body_header(height, round, ph.hash, proposer or proposer_for(self.members, height, round), time_ms,
+                             txs, effects.state_root, evidence)
         block = Block(header, tuple(txs), tuple(evidence))
         self.blocks[block.hash] = block
         self._effects[block.hash] = effects
@@ -157,7 +160,8 @@ class ChainBuilder:
         ph = self.header(block.header.prev)
         self.blocks[block.hash] = block
         self._effects[block.hash] = apply_txs(self.state_at(ph.hash), block.txs, self.consortium, self.cid,
-                                              block.header.time_ms, ph.state_root, signature_ok=_trusted)
+                                              block.header.time_ms, ph.state_root, signature_ok=_trusted,
+                                              height=block.height)
 
     # --- signatures and evidence -----------------------------------------------------------
 

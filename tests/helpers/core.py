@@ -24,10 +24,13 @@ from peerdb.core.model import (
     Header,
     Op,
     Tx,
+    body_header,
     consortium_id,
     genesis_header,
 )
+from peerdb.core.smt import build as smt_build
 from peerdb.core.state import Effects, MemoryState, StateReader, apply_txs
+from peerdb.core.statetree import key_path, ns_path, value_hash
 from peerdb.core.validate import proposer_for
 
 from tests.helpers.consortium import GENESIS_MS as GENESIS_MS
@@ -91,14 +94,18 @@ def make_block(parent: Header, txs: Sequence[Tx] = (), *, consortium: Consortium
     if time_ms is None:
         time_ms = parent.time_ms + round_ * consortium.params.turn_timeout_ms + 1
     effects = apply_txs(reader, txs, consortium, cid, time_ms, prev_root)
-    header = Header(
-        height, round_, parent.hash,
-        proposer or proposer_for(consortium.member_names, height, round_),
-        time_ms, merkle_root([tx.txid for tx in txs]), len(txs),
-        state_root if state_root is not None else effects.state_root,
-        merkle_root([e.id for e in evidence]),
-    )
+    header = body_header(height, round_, parent.hash, proposer or proposer_for(consortium.member_names, height, round_),
+                         time_ms, txs, state_root if state_root is not None else effects.state_root, evidence)
     return Block(header, tuple(txs), tuple(evidence)), effects
+
+
+def expected_state_root(values: dict[tuple[str, str], bytes]) -> bytes:
+    """The state root of a state, built from scratch by the definition (docs/protocol.md §7.3):
+    the tree of namespace roots, each the tree of its keys' value hashes."""
+    by_ns: dict[str, dict[bytes, bytes]] = {}
+    for (ns, key), value in values.items():
+        by_ns.setdefault(ns, {})[key_path(key)] = value_hash(value)
+    return smt_build({ns_path(ns): smt_build(keys)[0] for ns, keys in by_ns.items()})[0]
 
 
 def sign_block(member: str, block_hash: bytes, cid: bytes = CID) -> BlockSignature:

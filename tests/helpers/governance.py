@@ -14,8 +14,7 @@ from peerdb.core.consortium import Consortium
 from peerdb.core.governance import ProposalRecord, propose_op, read_proposal, vote_op
 from peerdb.core.keys import SigningKey
 from peerdb.core.membership import ConsortiumState, StateCache
-from peerdb.core.merkle import merkle_root
-from peerdb.core.model import Block, Evidence, Header, Op, Tx, consortium_id, genesis_header
+from peerdb.core.model import Block, Evidence, Header, Op, Tx, body_header, consortium_id, genesis_header
 from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.core.state import Effects, MemoryState, apply_txs
 from peerdb.core.validate import check_block, proposer_for
@@ -69,9 +68,8 @@ class Chain:
         time_ms = time_ms if time_ms is not None else self.next_time()
         members = self.cs().members_at(height)
         effects = apply_txs(self.state, txs, self.consortium, self.cid, time_ms, parent.state_root, height=height)
-        header = Header(height, round_, parent.hash, proposer_for(members, height, round_), time_ms,
-                        merkle_root([t.txid for t in txs]), len(txs), effects.state_root,
-                        merkle_root([e.id for e in evidence]))
+        header = body_header(height, round_, parent.hash, proposer_for(members, height, round_), time_ms,
+                             txs, effects.state_root, evidence)
         return Block(header, tuple(txs), tuple(evidence))
 
     def add(self, block: Block) -> Effects:
@@ -108,6 +106,7 @@ class Chain:
         with another round): its transactions use nonces from ``nonce_offset`` on, so the two
         branches never build the same transaction by accident."""
         other = Chain(self.consortium)
+        other.state = MemoryState(self.state.nodes)  # tree records never change: share them
         other.state.values = dict(self.state.values)
         other.state.seen = set(self.state.seen)
         other.headers = list(self.headers)

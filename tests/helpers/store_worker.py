@@ -17,6 +17,7 @@ from pathlib import Path
 
 from peerdb.core.errors import DoubleSignRefused
 from peerdb.core.model import Block, Tx
+from peerdb.core.state import StateReader
 from peerdb.store import Store
 from tests.helpers.chainbuilder import ChainBuilder
 
@@ -52,6 +53,23 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+class TreeOverlay:
+    """A stored block's state with the state tree records of blocks built on it (not stored yet)."""
+
+    def __init__(self, base: StateReader) -> None:
+        self.base = base
+        self.nodes: dict[bytes, bytes] = {}
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self.base.get(namespace, key)
+
+    def tx_seen(self, txid: bytes) -> bool:
+        return self.base.tx_seen(txid)
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return self.nodes.get(key) or self.base.tree_node(key)
+
+
 def run_apply(path: Path, seed: int) -> None:
     rng = random.Random(seed)
     cb = crash_builder()
@@ -74,16 +92,21 @@ def run_apply(path: Path, seed: int) -> None:
             cb.blocks.setdefault(fork.hash, fork)
             branch: list[Block] = []
             tip = fork
-            for _ in range(depth + 1):
-                tip = cb.block(tip, _txs(cb, rng, TXS_PER_BLOCK // 2), round=rng.randint(1, 50), check=False)
-                branch.append(tip)
+            with store.state_reader_at(fork.hash) as at_fork:
+                state = TreeOverlay(at_fork)
+                for _ in range(depth + 1):
+                    tip = cb.block(tip, _txs(cb, rng, TXS_PER_BLOCK // 2), round=rng.randint(1, 50), check=False,
+                                   parent_state=state)
+                    state.nodes.update(cb.effects(tip).nodes)  # the next block builds on this one's tree
+                    branch.append(tip)
             _say(f"BEGIN {op} {tip.hash.hex()} " + " ".join(b.hash.hex() for b in branch))
             for block in branch[:-1]:
                 store.add_block(block, cb.sign_all(block, ["m0"]))
             store.add_block(branch[-1], cb.sign_all(branch[-1], ["m0"]), make_head=True)
         else:
             pooled = store.mempool_items()[:20]
-            block = cb.block(parent, pooled + _txs(cb, rng, TXS_PER_BLOCK), check=False)
+            with store.state_reader_at(parent.hash) as at_parent:
+                block = cb.block(parent, pooled + _txs(cb, rng, TXS_PER_BLOCK), check=False, parent_state=at_parent)
             _say(f"BEGIN {op} {block.hash.hex()} {block.hash.hex()}")
             store.add_block(block, cb.sign_all(block, ["m0"]), make_head=True)
         _say(f"ACK {op} {store.head().hash.hex()}")

@@ -25,7 +25,7 @@ def test_good_hello_passes() -> None:
 @pytest.mark.parametrize(
     "message, match",
     [
-        ({"v": PROTOCOL_VERSION + 1, "cid": OTHER, "member": 5}, r"hello\.v: protocol version 2"),
+        ({"v": PROTOCOL_VERSION + 1, "cid": OTHER, "member": 5}, rf"hello\.v: protocol version {PROTOCOL_VERSION + 1}"),
         ({"v": "1", "cid": CID, "member": "firm-b"}, r"hello\.v"),
         ({"v": PROTOCOL_VERSION, "cid": OTHER, "member": "firm-b"}, r"hello\.cid: different consortium"),
         ({"v": PROTOCOL_VERSION, "cid": CID[:31], "member": "firm-b"}, r"hello\.cid: expected 32 bytes"),

@@ -16,8 +16,10 @@ import trio
 
 from peerdb.anchor.anchortx import parse_tx, txid
 from peerdb.anchor.hashes import sha256d, to_display
+from peerdb.core.chain import View
 from peerdb.core.consortium import NamespaceRule
 from peerdb.node.http import Api
+from peerdb.proofs.verify import verify_read_proof
 from tests.helpers.anchor_proofs import make_anchor
 from tests.helpers.node_harness import Cluster
 
@@ -189,3 +191,25 @@ async def test_status_shows_the_data_directory_instance_and_signing_guard(api: t
     store = cluster.nodes["firm-a"].store
     data_dir = (await client.get("/v1/status")).json()["data_dir"]
     assert data_dir == {"instance_id": store.instance_id.hex(), "signing_locked": False, "guard_floor": None}
+
+
+async def test_reads_and_history_with_proofs_verify_with_the_consortium_file(
+        api: tuple[httpx.AsyncClient, Cluster]) -> None:
+    client, cluster = api
+    await client.post("/v1/write", json=put("q3", "100"))
+    await client.post("/v1/write", json={"ops": [{"op": "delete", "namespace": "books", "key": "q3"}],
+                                         "wait": "unanimous_signed"})
+    await client.post("/v1/write", json=put("q4", "7"))
+    for key, found in (("q4", True), ("q3", False), ("never", False)):
+        got = (await client.get(f"/v1/kv/books/{key}", params={"view": "unanimous_signed", "proof": "true"})).json()
+        result = verify_read_proof(cluster.consortium, base64.b64decode(got["proof"]))
+        assert result.found is found and result.height == got["height"] and result.key == key
+        assert result.view is View.UNANIMOUS_SIGNED
+        assert (result.value == b"7") if found else result.value is None
+    plain = (await client.get("/v1/kv/books/q4")).json()
+    assert "proof" not in plain
+    history = (await client.get("/v1/history/books/q3", params={"proof": "true"})).json()["versions"]
+    proven = [verify_read_proof(cluster.consortium, base64.b64decode(v["proof"])) for v in history]
+    assert [(p.height, p.value) for p in proven] == [(v["height"], None if v["deleted"] else b"100") for v in history]
+    r = await client.get("/v1/kv/books/q4", params={"proof": "maybe"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_parameter"

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from peerdb.core.consortium import Params
-from peerdb.core.merkle import merkle_root
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, body_header
 from peerdb.core.state import apply_txs
 from peerdb.node.engine import Engine
 from peerdb.node.mempool import MempoolFull
@@ -90,9 +89,8 @@ class Net:
         time_ms = self.now if time_ms is None else time_ms
         with self.stores[proposer].state_reader_at(parent.hash) as reader:
             effects = apply_txs(reader, txs, self.consortium, self.cid, time_ms, parent.state_root,
-                                signature_ok=lambda tx: True)
-        header = Header(height, round_, parent.hash, proposer, time_ms, merkle_root([t.txid for t in txs]),
-                        len(txs), effects.state_root, merkle_root([]))
+                                signature_ok=lambda tx: True, height=parent.height + 1)
+        header = body_header(height, round_, parent.hash, proposer, time_ms, txs, effects.state_root)
         block = Block(header, tuple(txs))
         return block, BlockSignature.create(self.keys[proposer], self.cid, proposer, block.hash)
 

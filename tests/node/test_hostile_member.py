@@ -33,7 +33,7 @@ from peerdb.core.consortium import Params
 from peerdb.core.keys import SigningKey
 from peerdb.core.limits import MAX_BLOCK_BYTES, MAX_FRAME_BYTES, MAX_FRAME_ITEMS
 from peerdb.core.merkle import merkle_root
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Objection, Op, Tx
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Objection, Op, Tx, body_header
 from peerdb.core.state import apply_txs
 from peerdb.core.validate import proposer_for
 from peerdb.net.frames import FrameReader, send_frame
@@ -153,9 +153,8 @@ def craft(cluster: Cluster, parent: Header, txs: list[Tx], *, proposer: str = HO
     if state_root is None:
         with cluster.nodes["firm-a"].store.state_reader_at(parent.hash) as reader:
             state_root = apply_txs(reader, txs, cluster.consortium, cluster.cid, time_ms, parent.state_root,
-                                   signature_ok=lambda tx: True).state_root
-    header = Header(parent.height + 1, round_, parent.hash, proposer, time_ms, merkle_root([t.txid for t in txs]),
-                    len(txs), state_root, merkle_root([e.id for e in evidence]))
+                                   signature_ok=lambda tx: True, height=parent.height + 1).state_root
+    header = body_header(parent.height + 1, round_, parent.hash, proposer, time_ms, txs, state_root, evidence)
     block = Block(header, tuple(txs), evidence)
     return block, BlockSignature.create(cluster.keys[proposer], cluster.cid, proposer, block.hash)
 

@@ -13,6 +13,7 @@ import pytest
 
 from peerdb.core.errors import StorageError
 from peerdb.core.model import Block
+from peerdb.core.smt import node_key
 from peerdb.store import Store, layout
 from peerdb.store import check as store_check
 from peerdb.store.tables import Tables
@@ -122,17 +123,35 @@ def test_migration_hook_upgrades_an_old_schema(built: tuple[Path, ChainBuilder, 
         txn.put(layout.META_SCHEMA, layout.int_record(0), db=t.meta)
     calls: list[int] = []
 
-    def from_0_to_1(txn: Any, t: Tables) -> None:
-        calls.append(0)
-        txn.put(b"migrated", b"yes", db=t.meta)
+    def step(version: int) -> Any:
+        def migrate(txn: Any, t: Tables) -> None:
+            calls.append(version)
+            txn.put(b"migrated", b"yes", db=t.meta)
+        return migrate
 
-    monkeypatch.setitem(store_check.MIGRATIONS, 0, from_0_to_1)
+    for version in range(layout.SCHEMA_VERSION):  # one step per version, in order
+        monkeypatch.setitem(store_check.MIGRATIONS, version, step(version))
     with Store.open(path, cb.consortium, "m0", sync=False) as store:
         assert store.head() == blocks[-1].header
-    assert calls == [0]
+    assert calls == list(range(layout.SCHEMA_VERSION))
     with tamper(path) as (txn, t):
         assert txn.get(b"migrated", db=t.meta) == b"yes"
         assert layout.parse_int_record(txn.get(layout.META_SCHEMA, db=t.meta), "schema") == layout.SCHEMA_VERSION
+
+
+def test_a_protocol_1_store_is_refused_with_the_reason(built: tuple[Path, ChainBuilder, list[Block]]) -> None:
+    path, cb, _blocks = built
+    with tamper(path) as (txn, t):
+        txn.put(layout.META_SCHEMA, layout.int_record(1), db=t.meta)
+    refused(path, cb, "schema version 1 cannot be opened by this build: it holds a protocol-1 chain")
+
+
+def test_a_head_without_its_state_tree_is_refused(built: tuple[Path, ChainBuilder, list[Block]]) -> None:
+    path, cb, blocks = built
+    head = blocks[-1].header
+    with tamper(path) as (txn, t):
+        assert txn.delete(node_key(head.height, head.state_root), db=t.nodes)
+    refused(path, cb, "state tree of the head block")
 
 
 def test_check_is_bounded_to_recent_blocks(built: tuple[Path, ChainBuilder, list[Block]]) -> None:

@@ -10,6 +10,9 @@ peers' signatures the engine has not written yet), and LMDB readers never
 wait for the writer, so the engine is never held up by an export, however large. The response
 header ``X-PeerDB-Audit-Blocks`` gives the number of blocks, for progress bars.
 
+``?namespace=NS`` exports a namespace bundle: every block as a ``part`` item holding only the
+transactions of ``NS`` and ``_gov``, with the proofs that they are all (docs/auditor.md).
+
 If anything fails mid-stream the response simply ends without the trailer, which every reader
 detects as a truncated bundle.
 """
@@ -25,9 +28,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ...audit.bundle import BundleWriter
+from ...audit.export import MAX_BATCH_BLOCKS, MAX_BATCH_BYTES, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
 from ...core.errors import CorruptionError
-from ...audit.export import MAX_BATCH_BLOCKS, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
-from .context import ApiContext
+from .context import ApiContext, check_name
+from .errors import ApiError, error_response
 
 log = logging.getLogger("peerdb.api")
 
@@ -42,10 +46,16 @@ def routes(ctx: ApiContext) -> list[Route]:
     service = ctx.service
 
     async def bundle(request: Request) -> Response:
+        namespace = request.query_params.get("namespace")
+        if namespace is not None:
+            try:
+                check_name(namespace)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message)
         captured = await service.read(
             lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms(),
                             engine.unsaved_sigs))
-        snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured, engine.store)
+        snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured, engine.store, namespace)
 
         async def body() -> AsyncIterator[bytes]:
             writer = BundleWriter()
@@ -55,7 +65,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             while pending:
                 batch = pending[:MAX_BATCH_BLOCKS]
                 try:
-                    data, done = await trio.to_thread.run_sync(encode_batch, engine.store, batch, writer, numbering)
+                    data, done = await trio.to_thread.run_sync(encode_batch, engine.store, batch, writer, numbering,
+                                                               MAX_BATCH_BYTES, namespace)
                 except CorruptionError as exc:
                     # Never export a damaged block as good: the bundle ends here, without its
                     # trailer (every reader reports it truncated), and the node alerts and
