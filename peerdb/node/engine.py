@@ -64,6 +64,12 @@ MAX_PENDING_SIG_BLOCKS = 4096
 """Unknown blocks for which we hold early signatures (signatures can overtake their block)."""
 EFFECTS_CACHE = 256
 """Effects of recently validated blocks, so applying them to the head does not recompute them."""
+REFETCHED = frozenset({"block", "header"})
+"""Stored items a node replaces by a good copy from its peers (a block's id is its hash)."""
+REMEDY = {True: "; a good copy is being fetched from peers (run `peerdb node check --deep` offline to check "
+                "the whole store)",
+          False: "; the node's state disagrees with its chain: stop it, run `peerdb node check --deep`, and "
+                 "restore the data directory or resync it from peers (docs/operations-restore.md)"}
 MAX_CORRUPT_ITEMS = 64
 """Corrupt stored items remembered for the alert (more than that: the disk is failing anyway)."""
 UNSAVED_SIGS_MAX = 4096
@@ -867,8 +873,8 @@ class Engine:
         self.corrupt[exc.key] = exc
         while len(self.corrupt) > MAX_CORRUPT_ITEMS:
             self.corrupt.popitem(last=False)
-        log.error("CORRUPT STORE: %s; refusing to serve it, fetching a good copy from peers", exc)
-        if exc.item in ("block", "header") and exc.key in self.tree:
+        log.error("CORRUPT STORE: %s; refusing to serve it%s", exc, REMEDY[exc.item in REFETCHED])
+        if exc.item in REFETCHED and exc.key in self.tree:
             height = self.tree.header(exc.key).height
             self._send(GetBlocksMsg(height, height))
 
@@ -940,8 +946,7 @@ class Engine:
         if problem is not None:
             alerts.append(Alert("key_missing", problem, subject=self.me))
         for key, exc in self.corrupt.items():
-            alerts.append(Alert("corrupt_data", f"{exc}; refused to readers and peers, a good copy is being "
-                                f"fetched from peers (run `peerdb node check --deep` offline to check the whole store)",
+            alerts.append(Alert("corrupt_data", f"{exc}; refused to readers and peers{REMEDY[exc.item in REFETCHED]}",
                                 subject=key.hex(), details={"item": exc.item}))
         for block_hash, (header, signers) in self.conflicts.items():
             final = self.tree.final

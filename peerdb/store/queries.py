@@ -18,13 +18,13 @@ import lmdb
 
 from peerdb.core.codec import decode
 from peerdb.core.consortium import Consortium
-from peerdb.core.errors import DecodeError, StorageError, ValidationError
+from peerdb.core.errors import CorruptionError, DecodeError, StorageError, ValidationError
 from peerdb.core.membership import StateCache
 from peerdb.core.limits import HASH_LEN
 from peerdb.core.model import Block, BlockSignature, Evidence, Header, Objection, Tx
 from peerdb.core.state import Effects
-from peerdb.core.smt import Proof
-from peerdb.core.statetree import StateProof, prove_key, prove_namespace
+from peerdb.core.smt import Proof, ProofError
+from peerdb.core.statetree import StateProof, prove_key, prove_namespace, verify_key
 
 from . import layout
 from .identity import DATA_FILE
@@ -287,6 +287,26 @@ class StoreQueries:
                 return None, None
             height, hvalue = found
             return hvalue, height
+
+    def get_checked(self, namespace: str, key: str, height: int) -> tuple[bytes | None, int | None]:
+        """:meth:`get` as of best-chain ``height``, checked against the state tree under that
+        block's state root (which every member's signature covers): a value the disk changed is
+        never served. Raises :class:`~peerdb.core.errors.CorruptionError` naming the key.
+        Costs a tree path (about log2 of the namespace's keys LMDB reads and hashes)."""
+        value, written = self.get(namespace, key, height)
+        self.check_value(namespace, key, value, height)
+        return value, written
+
+    def check_value(self, namespace: str, key: str, value: bytes | None, height: int) -> None:
+        """Raise :class:`~peerdb.core.errors.CorruptionError` unless the state tree under the
+        best-chain block at ``height`` holds ``value`` for the key (None: holds none)."""
+        header, proof = self.state_proof(namespace, key, height)
+        try:
+            verify_key(header.state_root, namespace, key, value, proof)
+        except ProofError as exc:
+            raise CorruptionError(f"stored value of {namespace}/{key} at height {height} does not match the state "
+                                  f"tree under block {header.hash.hex()[:16]}'s state root ({exc})", "value",
+                                  layout.state_key(namespace, key)) from None
 
     def state_proof(self, namespace: str, key: str, height: int) -> tuple[Header, StateProof]:
         """The best-chain header at ``height`` and the state tree path from its state root to the

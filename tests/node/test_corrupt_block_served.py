@@ -15,6 +15,7 @@ import trio
 
 from peerdb.node.http import Api
 from peerdb.node.messages import BlocksMsg, GetBlocksMsg
+from peerdb.store import layout
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32
@@ -76,5 +77,39 @@ async def test_a_corrupt_block_is_refused_alerted_and_repaired_from_peers(
         alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
         assert any(x.kind == "corrupt_data" and x.subject == victim.hex() for x in alerts)
         await cluster.wait_until(lambda: a.store.block_raw(victim) == good, what="the block repaired again")
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_value_the_disk_changed_is_never_served_as_good(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The state table holds a key's latest value and the history its versions; neither is
+    hashed by itself, but the state tree under each block's signed state root commits to every
+    value: a read checks the value against it."""
+    cluster = Cluster(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        a = cluster.nodes["firm-a"]
+        tx = cluster.tx("firm-a", "balance", b"100")
+        await cluster.submit("firm-a", [tx])
+        await cluster.wait_until(lambda: cluster.included("firm-a", [tx], "unanimous_signed"), what="the write")
+        skey = layout.state_key("ns", "balance")
+        with a.store._environment().begin(write=True) as txn:  # the disk flips the value in every copy
+            record = txn.get(skey, db=a.store._t.state)
+            assert record is not None
+            height, _value = layout.parse_state_record(record)
+            txn.put(skey, layout.state_record(height, b"999", "ns", "balance", skey), db=a.store._t.state)
+            txn.put(layout.history_key(skey, height), layout.history_record(b"999"), db=a.store._t.history)
+        app = Api(a.service, TOKEN, None)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            for path in ("/v1/kv/ns/balance?view=tentative", "/v1/kv/ns?view=tentative", "/v1/history/ns/balance"):
+                r = await client.get(path)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json()["error"]["code"] == "corrupt_data" and "ns/balance" in r.json()["error"]["message"]
+        assert skey in a.engine.corrupt
+        alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
+        value_alert = next(x for x in alerts if x.kind == "corrupt_data")
+        assert "node check --deep" in value_alert.message and "restore" in value_alert.message
         await cluster.close()
         nursery.cancel_scope.cancel()

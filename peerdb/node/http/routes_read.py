@@ -40,6 +40,10 @@ class KeyConvertor(Convertor[str]):
 
 register_url_convertor("anything", KeyConvertor())
 
+HISTORY_PER_PAGE = 500
+"""Versions of a key per ``GET /v1/history`` page (``next_from`` gives the next): each value is
+checked against the state tree (~0.1 ms), so a page holds the lock for tens of milliseconds."""
+
 SCAN_DEFAULT_KEYS = 100
 """Keys per page of ``GET /v1/kv/{ns}`` without ``limit``."""
 SCAN_MAX_KEYS = 1000
@@ -92,7 +96,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         height = head_height if at is None else at
         if height > head_height:
             raise ApiError(400, "beyond_view", f"height {height} is above the {view.value} head ({head_height})")
-        value, written = engine.store.get(ns, key, height)
+        value, written = engine.store.get_checked(ns, key, height)  # never a value the disk changed
         answer = {"namespace": ns, "key": key, "found": value is not None, **shown(ns, key, value, written),
                   "written_at": written, "view": view.value, "height": height, "head_height": head_height}
         if with_proof:
@@ -157,19 +161,27 @@ def routes(ctx: ApiContext) -> list[Route]:
         if with_proof:
             await ctx.service.call(engine.flush_signatures)
 
+        start = parse_int(request.query_params.get("from"), "from") or 0
+
         def read() -> dict[str, Any]:
             heads = engine.heads()
             versions = []
             builder = ProofBuilder(engine.store)
-            history = engine.store.history(ns, key)
+            # One page, from the version at or above ``from``: a request costs the same on a key
+            # written a million times as on a new one.
+            history = engine.store.history(ns, key, start_height=start, limit=HISTORY_PER_PAGE + 1)
+            more = len(history) > HISTORY_PER_PAGE
+            history = history[:HISTORY_PER_PAGE]
             proven = {h for h, _b, _v in history[-HISTORY_PROOFS_MAX:]} if with_proof else set()
             for height, block_hash, value in history:
+                engine.store.check_value(ns, key, value, height)  # never a value the disk changed
                 version = {"height": height, "block": block_hash.hex(), "deleted": value is None,
                            "status": engine.tree.status(block_hash, heads).value, **shown(ns, key, value, height)}
                 if height in proven:
                     version["proof"] = encoded(builder.read_proof(ns, key, height, View.UNANIMOUS).encode())
                 versions.append(version)
-            answer: dict[str, Any] = {"namespace": ns, "key": key, "versions": versions}
+            answer: dict[str, Any] = {"namespace": ns, "key": key, "versions": versions,
+                                      "next_from": history[-1][0] + 1 if more else None}
             if with_proof and len(history) > HISTORY_PROOFS_MAX:
                 answer["proofs_from"] = history[-HISTORY_PROOFS_MAX][0]
             return answer

@@ -80,7 +80,10 @@ def page_at(store: Store, namespace: str, prefix: str, after: str | None, limit:
         if value is not None and written is not None:
             rows[key] = (key, value, written)
     page = sorted(rows.values(), key=lambda row: state_key(namespace, row[0]))
-    if len(page) > limit:
-        page = page[:limit]
+    more = len(page) > limit
+    page = page[:limit]
+    for key, value, _written in page:  # never a value the disk changed (~0.1 ms a key)
+        store.check_value(namespace, key, value, height)
+    if more:
         return page, page[-1][0]
     return page, head[-1][0] if full else None
