@@ -28,6 +28,9 @@ evidence and anchor of the block, but only the transactions that touch the names
 governance namespace ``_gov`` (whose changes decide who may sign), with the proofs that these are
 all of them (their lists under the header's ``ns_tx_root``) and the two namespaces' roots under
 its ``state_root`` (docs/auditor.md, "Namespace audits").
+
+Why one module of this size: the writer and the parser are the two halves of one file format;
+keeping them side by side is what keeps them agreeing (the round-trip tests pin it).
 """
 
 from __future__ import annotations

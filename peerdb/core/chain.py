@@ -29,6 +29,10 @@ a :class:`ChainArchive` (the node's store) and is summarised by a :class:`TreeSn
 the blocks above the root. Weights along the best chain are a Fenwick tree (a signature on a
 best-chain block costs O(log n)); side branches keep their weight relative to their fork point;
 views are maintained per member and recomputed only on a reorg or a new culprit.
+
+Why one module of this size: fork choice, finality, views and pruning are one data structure's
+invariants (weights, heads cache and root move together on every insert and prune), and a
+reviewer of the consensus rule should find all of them in one place.
 """
 
 from __future__ import annotations

@@ -48,6 +48,10 @@ One connection per pair, without losing frames while duplicates are sorted out:
 
 Frames after the hello are maps with exactly one key: ``{"msg": m}`` (delivered), ``{"ping": 0}``
 (liveness only) or ``{"error": reason}`` (the sender is closing this connection and says why).
+
+Why one module of this size: dialling, accepting, the hello, the reader and writer loops and
+barring share one connection table whose invariants (one connection per member, proved names)
+hold only across all of them; framing, queues and the inbox live in their own modules.
 """
 
 from __future__ import annotations

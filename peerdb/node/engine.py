@@ -6,6 +6,12 @@ reads a clock of its own: ``now_ms`` is passed in. The trio layer (:mod:`peerdb.
 feeds it, serialised by one lock, and runs it in a worker thread in production because store
 writes fsync.
 
+Why one module of this size: every handler below reads and changes the same few pieces of state
+(the block tree, the signature pool, the signing guard, the head) and the invariants below hold
+only across all of them together; what has its own state moved out (admission to
+:mod:`.mempool`, keys to :mod:`.identity`, pruning to :mod:`.chainkeeper`, catch-up answers to
+:mod:`.catchup`, alert rules to :mod:`.alerts`, body selection to :mod:`peerdb.core.blockbody`).
+
 Invariants it keeps:
 * a block enters the tree only after full validation against its parent's state;
 * a signature leaves the engine only after the store's signing guard durably recorded it;

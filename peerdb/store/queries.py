@@ -3,6 +3,9 @@
 :class:`StoreQueries` is the read half of :class:`peerdb.store.Store`; each method is one short
 LMDB read transaction (readers never wait for the writer), except the iterators, which read in
 batches of :data:`ITER_BATCH` entries so that no reader stays open while a slow consumer works.
+
+Why one module of this size: it is every read the store answers, each short; they share the
+table handles and the batching helpers, and splitting them by topic would split those too.
 """
 
 from __future__ import annotations
