@@ -48,8 +48,8 @@ from peerdb.anchor.anchortx import MAX_ANCHOR_TX_BYTES
 from peerdb.core import codec
 from peerdb.core.consortium import NAME_RE, Consortium, consortium_to_toml_data, parse_consortium
 from peerdb.core.errors import ConfigError, DecodeError
-from peerdb.core.limits import (HASH_LEN, MAX_FRAME_BYTES, MAX_MEMBERS, MAX_NAME_LEN, MAX_NAMESPACE_LEN, MAX_REASON_LEN,
-                                 MAX_TX_BYTES, SIG_LEN)
+from peerdb.core.limits import (HASH_LEN, MAX_FRAME_BYTES, MAX_FRAME_ITEMS, MAX_MEMBERS, MAX_NAME_LEN,
+                                 MAX_NAMESPACE_LEN, MAX_REASON_LEN, MAX_TX_BYTES, SIG_LEN)
 from peerdb.core.merkle import Path
 from peerdb.core.model import GOV_NAMESPACE, Block, Evidence, Header, consortium_id
 from peerdb.core.smt import Proof
@@ -75,6 +75,12 @@ LENGTH_BYTES = 4
 MAX_ITEM_BYTES = MAX_FRAME_BYTES
 """Largest item: a block at MAX_BLOCK_BYTES plus its signatures, objections and anchor path
 fits, as it fits a network frame; nothing bigger is read into memory."""
+
+MAX_ITEM_CBOR_ITEMS = MAX_FRAME_ITEMS
+"""CBOR items (every head) in one bundle item, as in a network frame. The largest legitimate item
+is a ``part`` of MAX_PART_TXS transactions (one byte string each) with its proofs, signatures,
+objections and evidence, under 24,000; without the bound a 16 MiB item of empty arrays would
+cost seconds and gigabytes to decode before its shape is checked."""
 
 MAX_ITEM_SIGS = MAX_MEMBERS
 """Signatures per block item: at most one per member."""
@@ -635,7 +641,8 @@ class BundleParser:
                 break
             frame = bytes(buf[pos:end])
             try:
-                item = parse_item(codec.decode(frame[LENGTH_BYTES:], max_size=MAX_ITEM_BYTES, what=where), where)
+                item = parse_item(codec.decode(frame[LENGTH_BYTES:], max_size=MAX_ITEM_BYTES, what=where,
+                                               max_items=MAX_ITEM_CBOR_ITEMS), where)
             except DecodeError as exc:
                 raise AuditFailure(where, str(exc)) from None
             self._check_order(item, where)

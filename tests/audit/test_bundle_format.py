@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from peerdb.audit.bundle import (
     MAGIC,
     MAX_ITEM_BYTES,
+    MAX_ITEM_CBOR_ITEMS,
     BlockEntry,
     BundleParser,
     BundleWriter,
@@ -179,6 +180,15 @@ def test_an_oversized_frame_is_refused_before_it_is_read() -> None:
     parser = BundleParser()
     with pytest.raises(AuditFailure, match=r"frame length .* outside"):
         parser.feed(MAGIC + (MAX_ITEM_BYTES + 1).to_bytes(4, "big"))
+
+
+def test_an_item_of_too_many_cbor_items_is_refused_before_its_shape_is_read() -> None:
+    """A few hundred kilobytes of one-byte items would otherwise cost seconds and gigabytes."""
+    count = 8 * MAX_ITEM_CBOR_ITEMS
+    bad = b"\x9a" + count.to_bytes(4, "big") + b"\x80" * count  # an array of `count` empty arrays
+    assert len(bad) < MAX_ITEM_BYTES
+    with pytest.raises(AuditFailure, match=r"item 0: .*items"):
+        BundleParser().feed(MAGIC + len(bad).to_bytes(4, "big") + bad)
 
 
 def test_a_frame_that_is_not_canonical_cbor_is_refused() -> None:
