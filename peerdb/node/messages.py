@@ -2,8 +2,11 @@
 
 Everything a message carries that is signed or hashed is embedded as the canonical bytes of the
 core object, so a relayed message can be verified exactly as its author made it. Parsing is
-strict: unknown types and missing or mistyped fields raise :class:`ProtocolError`, and the
-connection that sent them is closed by the network layer.
+strict: missing or mistyped fields raise :class:`ProtocolError`, and the connection that sent
+them is closed by the network layer. A well-formed message of a type this node does not know
+raises :class:`UnknownMessageType` instead, which the node skips: a member that upgraded first
+may send a type its peers learn later, and barring it for that would turn a rolling upgrade into
+an outage.
 """
 
 from __future__ import annotations
@@ -114,6 +117,18 @@ def _sigs(raw: Any, where: str) -> tuple[BlockSignature, ...]:
     return tuple(BlockSignature.from_cbor(s, f"{where}[{i}]") for i, s in enumerate(items))
 
 
+MAX_KIND_SHOWN = 40
+"""Characters of an unknown type name kept for logs (the name is the sender's text)."""
+
+
+class UnknownMessageType(ProtocolError):
+    """A map with a text type field this node does not know; the message is skipped, not fatal."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind[:MAX_KIND_SHOWN]
+        super().__init__(f"message: unknown type {self.kind!r}")
+
+
 def from_wire(raw: Any) -> Message:
     """Parse a decoded frame; raises ProtocolError (a RemoteError) on anything unexpected."""
     try:
@@ -173,4 +188,4 @@ def _from_wire(raw: Any) -> Message:
             raise ProtocolError(f"anchor.proofs: more than {MAX_ANCHOR_PROOFS_PER_MESSAGE} proofs in one message")
         return AnchorMsg(tuple(expect_bytes(p, f"anchor.proofs[{i}]", max_len=MAX_ANCHOR_PROOF_BYTES)
                                for i, p in enumerate(proofs)))
-    raise ProtocolError(f"message: unknown type {kind!r}")
+    raise UnknownMessageType(kind)

@@ -39,12 +39,14 @@ from ..net.inbox import FairInbox
 from .alerts import Alert, AlertBook, AlertEvent
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
+from .messages import AnchorMsg, Message, SigsMsg, StatusMsg, TxsMsg, UnknownMessageType, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
 T = TypeVar("T")
 
+MAX_UNKNOWN_LOGGED = 256
+"""(peer, type) pairs of unknown message types logged once each; beyond it they are only counted."""
 INBOX_BATCH = 256
 """Messages handled in one engine call at most, so one burst cannot hold the engine for long."""
 
@@ -175,6 +177,9 @@ class NodeService:
         self.loop_turned: dict[str, float] = {}
         """Periodic loop -> trio time it last went round (``/healthz``: the loops turn)."""
         self.peer_heights: dict[str, int] = {}
+        self.unknown_skipped = 0
+        """Messages of a type this node does not know, skipped since start."""
+        self._unknown_logged: set[tuple[str, str]] = set()
         """Member -> the tip height its latest status message advertised (``/readyz``: caught up)."""
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -283,6 +288,9 @@ class NodeService:
                 else:
                     try:
                         msg = from_wire(raw)
+                    except UnknownMessageType as exc:
+                        self._note_unknown(peer, exc.kind)
+                        continue
                     except ProtocolError as exc:
                         log.warning("rejected malformed message from %s, closing the connection: %s", peer, exc)
                         self.network.disconnect(peer, f"malformed message: {exc}")
@@ -300,6 +308,16 @@ class NodeService:
                 work.append((self.engine.handle, peer, msg))
             if work:
                 await self.call(self._dispatch, work, self.clock_ms())
+
+    def _note_unknown(self, peer: str, kind: str) -> None:
+        """Skip a message type this node does not know (a peer that upgraded first), logging each
+        (peer, type) once; the set is bounded so that a peer inventing names cannot grow it."""
+        self.unknown_skipped += 1
+        if (peer, kind) in self._unknown_logged or len(self._unknown_logged) >= MAX_UNKNOWN_LOGGED:
+            return
+        self._unknown_logged.add((peer, kind))
+        log.warning("skipped a message of unknown type %r from %s (a newer protocol version?); "
+                    "further ones of that type are skipped silently", kind, peer)
 
     def _slice(self, peer: str, msg: TxsMsg | SigsMsg | AnchorMsg, size: int) -> Message:
         """The first INBOX_BATCH_BYTES (pro rata) of ``msg``'s items; the rest goes back to the
