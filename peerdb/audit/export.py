@@ -16,14 +16,14 @@ ones written are all that do (:func:`part_entry`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from peerdb.anchor.proof import AnchorProof
 from peerdb.core.chain import BlockTree, MemberSchedule
 from peerdb.core.consortium import Consortium
-from peerdb.core.errors import DecodeError, StorageError, ValidationError
+from peerdb.core.errors import CorruptionError, DecodeError, StorageError, ValidationError
 from peerdb.core.model import (GOV_NAMESPACE, Block, BlockSignature, Evidence, Header, Objection, consortium_id,
                                genesis_header, tx_namespaces)
 from peerdb.core.smt import MemoryNodes, Proof, prove
@@ -200,10 +200,13 @@ def part_entry(block: Block, best: bool, sigs: tuple[tuple[str, bytes], ...],
 
 def encode_batch(source: BlockSource, batch: Sequence[SnapshotBlock], writer: BundleWriter,
                  numbering: BtcNumbering, max_bytes: int = MAX_BATCH_BYTES,
-                 namespace: str | None = None) -> tuple[bytes, int]:
+                 namespace: str | None = None,
+                 stored_ok: Callable[[BlockSignature | Objection], bool] | None = None) -> tuple[bytes, int]:
     """Frames for the blocks of ``batch`` read from ``source``, stopping once ``max_bytes`` of
     blocks were read; returns the bytes and how many blocks they cover (at least one). With
-    ``namespace``, the blocks are written as a namespace bundle's parts."""
+    ``namespace``, the blocks are written as a namespace bundle's parts. With ``stored_ok``,
+    every stored signature and objection is checked with it first: one that fails raises
+    :class:`CorruptionError` rather than being exported as the member's."""
     out = []
     size = 0
     done = 0
@@ -222,13 +225,27 @@ def encode_batch(source: BlockSource, batch: Sequence[SnapshotBlock], writer: Bu
             except DecodeError as exc:
                 raise StorageError(f"audit export: stored anchor proof of block {snap.height} is corrupt: {exc}") from None
         held = {s.member: s for s in snap.unsaved}
-        held.update((s.member, s) for s in source.signatures(snap.hash))
+        stored = source.signatures(snap.hash)
+        objections = source.objections(snap.hash)
+        if stored_ok is not None:
+            _check_stored(stored_ok, snap, stored, objections)
+        held.update((s.member, s) for s in stored)
         sigs = [s for s in held.values() if s.member in snap.signers]
-        out.append(encode_block(writer, numbering, block, snap.best, sigs, source.objections(snap.hash), proof,
+        out.append(encode_block(writer, numbering, block, snap.best, sigs, objections, proof,
                                 None if namespace is None else (namespace, source)))
         size += len(block.raw)
         done += 1
     return b"".join(out), done
+
+
+def _check_stored(stored_ok: Callable[[BlockSignature | Objection], bool], snap: SnapshotBlock,
+                  signatures: Iterable[BlockSignature], objections: Iterable[Objection]) -> None:
+    items: list[BlockSignature | Objection] = [*signatures, *objections]
+    for item in items:
+        if not stored_ok(item):
+            kind = "signature" if isinstance(item, BlockSignature) else "objection"
+            raise CorruptionError(f"stored {kind} of {item.member} on block {snap.height} {snap.hash.hex()[:16]} does "
+                                  "not verify", kind, snap.hash + item.member.encode())
 
 
 def export_snapshot(source: BlockSource, snapshot: Snapshot) -> Iterator[bytes]:

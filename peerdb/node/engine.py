@@ -72,10 +72,21 @@ EFFECTS_CACHE = 256
 """Effects of recently validated blocks, so applying them to the head does not recompute them."""
 REFETCHED = frozenset({"block", "header"})
 """Stored items a node replaces by a good copy from its peers (a block's id is its hash)."""
-REMEDY = {True: "; a good copy is being fetched from peers (run `peerdb node check --deep` offline to check "
-                "the whole store)",
-          False: "; the node's state disagrees with its chain: stop it, run `peerdb node check --deep`, and "
-                 "restore the data directory or resync it from peers (docs/operations-restore.md)"}
+SIGNED_ITEMS = frozenset({"signature", "objection"})
+"""Stored signed items checked against their member's keys before they leave the node."""
+REMEDY = {"refetch": "; a good copy is being fetched from peers (run `peerdb node check --deep` offline to check "
+                     "the whole store)",
+          "signed": "; it is left out of what the node sends and exports (the tree still counts it: it verified "
+                    "when it arrived); run `peerdb node check --deep` offline and restore the data directory or "
+                    "resync it from peers (docs/operations-restore.md)",
+          "state": "; the node's state disagrees with its chain: stop it, run `peerdb node check --deep`, and "
+                   "restore the data directory or resync it from peers (docs/operations-restore.md)"}
+
+
+def remedy(item: str) -> str:
+    return REMEDY["refetch" if item in REFETCHED else "signed" if item in SIGNED_ITEMS else "state"]
+
+
 MAX_CORRUPT_ITEMS = 64
 """Corrupt stored items remembered for the alert (more than that: the disk is failing anyway)."""
 UNSAVED_SIGS_MAX = 4096
@@ -648,11 +659,23 @@ class Engine:
             pending, self.unsaved_sigs = self.unsaved_sigs, []
             self.store.add_signatures(pending)
 
-    def _signatures(self, block_hash: bytes) -> list[BlockSignature]:
-        """Stored and not-yet-stored signatures of a block."""
+    def _served_signatures(self, block_hash: bytes) -> list[BlockSignature]:
+        """A block's signatures for sending to peers, stored and not yet stored. Each stored one
+        is checked with its member's key at the block's height first (one Ed25519 verify each), so that
+        a signature the disk changed is never sent as the member's (the receiver would take us
+        for a forger); one that fails is left out and reported as corrupt."""
+        out = []
         stored = self.store.signatures(block_hash)
+        for sig in stored:
+            key = self._key_for(sig.member, block_hash)
+            if key is not None and sig.valid(self.cid, key):
+                out.append(sig)
+            else:
+                self.note_corruption(CorruptionError(
+                    f"stored signature of {sig.member} on block {self.tree.header(block_hash).height} "
+                    f"{block_hash.hex()[:16]} does not verify", "signature", block_hash + sig.member.encode()))
         have = {s.member for s in stored}
-        return stored + [s for s in self.unsaved_sigs if s.block_hash == block_hash and s.member not in have]
+        return out + [s for s in self.unsaved_sigs if s.block_hash == block_hash and s.member not in have]
 
     def _take_unsaved(self) -> list[BlockSignature]:
         pending, self.unsaved_sigs = self.unsaved_sigs, []
@@ -866,7 +889,7 @@ class Engine:
     def on_get_blocks(self, peer: str | None, msg: GetBlocksMsg, now_ms: int) -> None:
         if peer is None:
             return  # an answer needs someone to go to
-        answer = blocks_answer(self.tree, self.store, self._signatures, msg)
+        answer = blocks_answer(self.tree, self.store, self._served_signatures, msg)
         if answer.corrupt is not None:
             self.note_corruption(answer.corrupt)
         self._send(answer.msg, to=peer)
@@ -879,7 +902,7 @@ class Engine:
         self.corrupt[exc.key] = exc
         while len(self.corrupt) > MAX_CORRUPT_ITEMS:
             self.corrupt.popitem(last=False)
-        log.error("CORRUPT STORE: %s; refusing to serve it%s", exc, REMEDY[exc.item in REFETCHED])
+        log.error("CORRUPT STORE: %s; refusing to serve it%s", exc, remedy(exc.item))
         if exc.item in REFETCHED and exc.key in self.tree:
             height = self.tree.header(exc.key).height
             self._send(GetBlocksMsg(height, height))
@@ -924,7 +947,7 @@ class Engine:
             return  # catch-up and missing signatures are answers to a peer
         if msg.tip not in self.tree and msg.height >= self.tree.heads().unanimous_signed:
             self._request_catchup(peer, msg.height, now_ms)
-        missing = missing_signatures(self.tree, msg, self._signatures)
+        missing = missing_signatures(self.tree, msg, self._served_signatures)
         if missing:
             self._send(SigsMsg(tuple(missing)), to=peer)
 
@@ -952,7 +975,7 @@ class Engine:
         if problem is not None:
             alerts.append(Alert("key_missing", problem, subject=self.me))
         for key, exc in self.corrupt.items():
-            alerts.append(Alert("corrupt_data", f"{exc}; refused to readers and peers{REMEDY[exc.item in REFETCHED]}",
+            alerts.append(Alert("corrupt_data", f"{exc}; refused to readers and peers{remedy(exc.item)}",
                                 subject=key.hex(), details={"item": exc.item}))
         for block_hash, (header, signers) in self.conflicts.items():
             final = self.tree.final

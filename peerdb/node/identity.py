@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from ..core.errors import PeerDBError
 from ..core.keys import SigningKey
 from ..core.membership import ConsortiumState
+from ..core.model import BlockSignature, Objection
 
 log = logging.getLogger("peerdb.node")
 
@@ -89,6 +90,23 @@ def network_members(state: ConsortiumState, next_height: int) -> tuple[tuple[str
     force can connect and catch up, and during a rotation both keys are accepted."""
     pairs = {(m.name, m.key) for c in (state.at(next_height), state.latest()) for m in c.members}
     return tuple(sorted(pairs))
+
+
+def stored_item_check(state: ConsortiumState, cid: bytes) -> Callable[[BlockSignature | Objection], bool]:
+    """A check for signed items read back from the store before they are served or exported:
+    true when the item verifies with a key the chain ``state`` ever gave its member. Each item
+    verified when it was accepted, so one that verifies under none of its member's keys was
+    changed by the disk (a flipped byte verifies under no key). Keys are looked up once per
+    member; ``state`` is immutable, so the check may run in a worker thread."""
+    cache: dict[str, tuple[bytes, ...]] = {}
+
+    def check(item: BlockSignature | Objection) -> bool:
+        keys = cache.get(item.member)
+        if keys is None:
+            keys = cache[item.member] = tuple(sorted({k for _h, k in state.key_history(item.member) if k is not None}))
+        return any(item.valid(cid, k) for k in keys)
+
+    return check
 
 
 def signed_by_some_key(state: ConsortiumState, member: str, check: Callable[[bytes], bool]) -> bool:

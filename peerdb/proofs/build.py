@@ -22,9 +22,9 @@ from collections.abc import Iterable
 
 from peerdb.anchor.proof import AnchorProof
 from peerdb.core.chain import View
-from peerdb.core.errors import DecodeError, StorageError, ValidationError
+from peerdb.core.errors import CorruptionError, DecodeError, StorageError, ValidationError
 from peerdb.core.membership import CHANGES_KEY, ConsortiumState, ScheduledChange, change_key, parse_counter
-from peerdb.core.model import GOV_NAMESPACE, BlockSignature, Evidence, Header
+from peerdb.core.model import GOV_NAMESPACE, BlockSignature, Evidence, Header, consortium_id
 from peerdb.store import Store
 
 from .format import MAX_CHAIN_HEADERS, AnchorPart, Checkpoint, GovPath, ReadProof, SignedChain
@@ -43,6 +43,8 @@ class ProofBuilder:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._gov: ConsortiumState | None = None
+        self._cid = consortium_id(store.consortium)
 
     # --- one key at one height -----------------------------------------------------------------
 
@@ -66,8 +68,10 @@ class ProofBuilder:
 
     def _consortium_state(self) -> ConsortiumState:
         """The best chain's governance state (exact for every height up to the head + 2)."""
-        with self.store.state_reader_at(self.store.head().hash) as reader:
-            return ConsortiumState.load(self.store.consortium, reader, self.store.gov_states)
+        if self._gov is None:
+            with self.store.state_reader_at(self.store.head().hash) as reader:
+                self._gov = ConsortiumState.load(self.store.consortium, reader, self.store.gov_states)
+        return self._gov
 
     def _header_at(self, height: int) -> Header:
         block_hash = self.store.block_hash_at(height)
@@ -90,7 +94,7 @@ class ProofBuilder:
         while True:
             index = len(headers)
             headers.append(header)
-            for sig in self._signatures(header.hash):
+            for sig in self._signatures(header):
                 if sig.member not in sigs:
                     sigs[sig.member] = (index, sig.member, sig.signature)
                     last_signed = index
@@ -112,8 +116,18 @@ class ProofBuilder:
                             tuple(sorted((s for s in sigs.values() if s[0] <= cut), key=lambda s: s[1])))
         return chain, anchor
 
-    def _signatures(self, block_hash: bytes) -> list[BlockSignature]:
-        return self.store.signatures(block_hash)
+    def _signatures(self, header: Header) -> list[BlockSignature]:
+        """The stored signatures of a best-chain block, each checked with its member's key at that
+        height: one the disk changed is refused as corrupt, never put in a proof as the member's."""
+        gov = self._consortium_state()
+        sigs = self.store.signatures(header.hash)
+        for sig in sigs:
+            key = gov.key_at(sig.member, header.height)
+            if key is None or not sig.valid(self._cid, key):
+                raise CorruptionError(f"stored signature of {sig.member} on block {header.height} "
+                                      f"{header.hash.hex()[:16]} does not verify", "signature",
+                                      header.hash + sig.member.encode())
+        return sigs
 
     def _anchor(self, index: int, header: Header) -> AnchorPart | None:
         raw = self.store.anchor(header.hash)

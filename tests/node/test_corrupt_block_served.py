@@ -8,17 +8,22 @@ good copy from its peers, checks that it hashes to the block's id, and replaces 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from peerdb.audit.bundle import read_items
+from peerdb.audit.errors import AuditFailure
 from peerdb.node.http import Api
 from peerdb.node.messages import BlocksMsg, GetBlocksMsg
 from peerdb.store import layout
 from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32
+AUDIT_TOKEN = "a" * 32
 
 
 async def test_a_corrupt_block_is_refused_alerted_and_repaired_from_peers(
@@ -111,5 +116,56 @@ async def test_a_value_the_disk_changed_is_never_served_as_good(
         alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
         value_alert = next(x for x in alerts if x.kind == "corrupt_data")
         assert "node check --deep" in value_alert.message and "restore" in value_alert.message
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_signature_the_disk_changed_is_never_sent_proven_or_exported_as_the_members(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A co-signature verified when it arrived; read back damaged, it would make firm-a look like
+    a forger to whoever receives it. Catch-up answers leave it out, read proofs and audit exports
+    refuse it by name, and an alert says what to do."""
+    cluster = Cluster(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        a = cluster.nodes["firm-a"]
+        tx = cluster.tx("firm-a", "balance", b"100")
+        await cluster.submit("firm-a", [tx])
+        await cluster.wait_until(lambda: cluster.included("firm-a", [tx], "unanimous_signed"), what="the write")
+        location = a.store.tx_location(tx.txid)
+        assert location is not None
+        victim, height = location.block_hash, location.height
+        await a.service.call(a.engine.flush_signatures)
+        key = victim + b"firm-b"
+        with a.store._environment().begin(write=True) as txn:
+            good = txn.get(key, db=a.store._t.signatures)
+            assert good is not None
+            txn.put(key, bytes([good[0] ^ 0x01]) + good[1:], db=a.store._t.signatures)
+
+        sent: list[tuple[str | None, object]] = []
+        original = a.engine._send
+
+        def spy(msg: object, to: str | None = None) -> None:
+            sent.append((to, msg))
+            original(msg, to)  # type: ignore[arg-type]
+        a.engine._send = spy  # type: ignore[method-assign]
+        await a.service.call(a.engine.handle, "firm-c", GetBlocksMsg(height, height), a.service.clock_ms())
+        answer = next(m for to, m in sent if to == "firm-c" and isinstance(m, BlocksMsg))
+        (_raw, sigs), = answer.items
+        assert {s.member for s in sigs} == {"firm-a", "firm-c", "firm-d"}  # firm-b's damaged one left out
+        assert key in a.engine.corrupt
+
+        app = Api(a.service, TOKEN, None, audit_token=AUDIT_TOKEN)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            r = await client.get(f"/v1/kv/ns/balance?proof=1&view=unanimous_signed&at={height}")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "corrupt_data" and "firm-b" in r.json()["error"]["message"]
+            r = await client.get("/v1/audit/bundle", headers={"Authorization": f"Bearer {AUDIT_TOKEN}"})
+            with pytest.raises(AuditFailure, match="truncated|trailer"):  # ends before the block, no trailer
+                list(read_items(io.BytesIO(r.content)))
+        alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
+        alert = next(x for x in alerts if x.kind == "corrupt_data")
+        assert "firm-b" in alert.message and "left out of what the node sends" in alert.message
         await cluster.close()
         nursery.cancel_scope.cancel()

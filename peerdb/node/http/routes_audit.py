@@ -30,6 +30,7 @@ from starlette.routing import Route
 from ...audit.bundle import BundleWriter
 from ...audit.export import MAX_BATCH_BLOCKS, MAX_BATCH_BYTES, BtcNumbering, Snapshot, capture, encode_batch, finish, snapshot_from
 from ...core.errors import CorruptionError
+from ..identity import stored_item_check
 from .context import ApiContext, check_name
 from .errors import ApiError, error_response
 
@@ -52,9 +53,10 @@ def routes(ctx: ApiContext) -> list[Route]:
                 check_name(namespace)
             except ApiError as exc:
                 return error_response(exc.status, exc.code, exc.message)
-        captured = await service.read(
-            lambda: capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms(),
-                            engine.unsaved_sigs))
+        captured, gov = await service.read(
+            lambda: (capture(engine.tree, engine.consortium, engine.me, engine.evidence.values(), service.clock_ms(),
+                             engine.unsaved_sigs), engine.gov))
+        stored_ok = stored_item_check(gov, engine.cid)  # a stored signature the disk changed is never exported
         snapshot: Snapshot = await trio.to_thread.run_sync(snapshot_from, captured, engine.store, namespace)
 
         async def body() -> AsyncIterator[bytes]:
@@ -66,7 +68,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                 batch = pending[:MAX_BATCH_BLOCKS]
                 try:
                     data, done = await trio.to_thread.run_sync(encode_batch, engine.store, batch, writer, numbering,
-                                                               MAX_BATCH_BYTES, namespace)
+                                                               MAX_BATCH_BYTES, namespace, stored_ok)
                 except CorruptionError as exc:
                     # Never export a damaged block as good: the bundle ends here, without its
                     # trailer (every reader reports it truncated), and the node alerts and
