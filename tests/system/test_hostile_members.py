@@ -68,9 +68,11 @@ class Run:
         self.figures: list[Figure] = []
 
     def phase(self, name: str, hostile: HostileMember, switches: dict[str, Any], watchers: tuple[str, ...],
-              detected: Callable[[str, LogWatch], bool], recovered: Callable[[str], bool] | None = None) -> None:
+              detected: Callable[[str, LogWatch], bool], recovered: Callable[[str], bool] | None = None,
+              convicted: tuple[str, ...] = ()) -> None:
         """Switch ``switches`` on at ``hostile`` until every watcher ``detected`` it, then off; the
-        watchers must have made blocks meanwhile and make them again after."""
+        watchers must have made blocks meanwhile and make them again after, and exclude exactly
+        ``convicted`` (only double-signers are ever excluded)."""
         net = self.net
         self.history.phase = name
         logs = {n: LogWatch(net.nodes[n]) for n in watchers}
@@ -86,6 +88,8 @@ class Run:
         assert all(during[n] > before[n] for n in watchers), (name, before, during)  # kept making blocks
         wait_all(watchers, lambda n: heads(net, n)["majority"] >= during[n] + 2 and (recovered is None or recovered(n)),
                  WAIT_S, f"{name}: blocks after it")
+        for n in watchers:
+            assert net.status(n)["excluded"] == sorted(convicted), (name, n)
         acked = sum(w.acked("majority") for w in self.history.writes if w.phase == name)
         self.figures.append(Figure(f"{name} ({hostile.name})", len(net.nodes), acked, 0,
                                    round(detected_at - started, 2), round(time.monotonic() - off, 2)))
@@ -124,8 +128,7 @@ def test_four_members_detect_refuse_and_outlast_two_hostile_members(tmp_path: Pa
             wait_all(HONEST, lambda n: heads(net, n)["unanimous"] >= 2, WAIT_S * 2, "blocks settled (anchored)")
 
             run.phase("replay", d, {"replay": True}, watchers,
-                      lambda n, log: sum(d.report()["replayed"].values()) >= 200
-                      and log.count("peer_barred") == 0 and not net.status(n)["excluded"])
+                      lambda n, log: sum(d.report()["replayed"].values()) >= 200 and log.count("peer_barred") == 0)
 
             def checked_the_lie(n: str, log: LogWatch) -> bool:
                 asked = d.report()["asked"].get(n, 0)
@@ -171,7 +174,8 @@ def test_four_members_detect_refuse_and_outlast_two_hostile_members(tmp_path: Pa
             c.set(sign_two_forks=True)
             run.phase("equivocate + sign two forks", d, {"equivocate": True}, HONEST,
                       lambda n, log: net.status(n)["excluded"] == ["firm-c", "firm-d"]
-                      and has_alert(net, n, "double_sign", "firm-c") and has_alert(net, n, "double_sign", "firm-d"))
+                      and has_alert(net, n, "double_sign", "firm-c") and has_alert(net, n, "double_sign", "firm-d"),
+                      convicted=("firm-c", "firm-d"))
             assert d.report()["equivocated"] and c.report()["two_forks"]
             for n in HONEST:
                 with net.nodes[n].client() as api:

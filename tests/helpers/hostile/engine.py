@@ -16,6 +16,7 @@ from typing import Any
 from peerdb.anchor.proof import AnchorProof
 from peerdb.core.errors import DoubleSignRefused
 from peerdb.core.model import Block, BlockSignature, Header
+from peerdb.core.state import Effects
 from peerdb.core.validate import proposer_for, round_at
 from peerdb.node.catchup import blocks_answer
 from peerdb.node.engine import Engine, Outgoing
@@ -127,7 +128,7 @@ class HostileEngine(Engine):
         if not self.switches.withhold:
             super()._maybe_sign_tip(now_ms)
 
-    def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Any,
+    def _store_new_block(self, block: Block, proposer_sig: BlockSignature, effects: Effects,
                          own: bool = False, cosign_now: bool = True) -> None:
         if self.switches.withhold and not own:
             cosign_now = False
