@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,8 @@ class LocalConsortium:
     """Seconds an idle chain rests between empty blocks (0: one every heartbeat)."""
     metrics: bool = False
     """Give every node a ``[metrics] listen`` address (Prometheus metrics, /healthz, /readyz)."""
+    idle_timeout_s: float | None = None
+    """``[net] idle_timeout_s`` of every node (None: the default): how soon a silent peer is down."""
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
     def write_files(self) -> None:
@@ -116,19 +118,25 @@ class LocalConsortium:
             data = tomllib.loads(config.read_text())
             # A local consortium (demo, tests, benchmarks) shows liveness block by block: no resting.
             data["node"]["idle_block_s"] = self.idle_block_s
+            if self.idle_timeout_s is not None:
+                data["net"] = {"idle_timeout_s": self.idle_timeout_s}
             header = "".join(line + "\n" for line in config.read_text().splitlines() if line.startswith("#"))
             config.write_text(header + tomli_w.dumps(data))
             self.nodes[name] = NodeProcess(name, config, data["api"]["listen"], data["api"]["token"],
                                            self.directory / f"{name}.log", data["api"].get("audit_token"),
                                            metrics=metrics)
 
-    def start(self, name: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
+    def start(self, name: str, extra_args: tuple[str, ...] = (), *,
+              launcher: Sequence[str] | None = None) -> NodeProcess:
+        """Start ``name``'s node: ``peerdb node run --config ...``, or ``launcher`` followed by
+        ``--config <file>`` and ``extra_args`` (a test's wrapper, e.g. in a network namespace)."""
         node = self.nodes[name]
         if node.running():
             return node
+        command = list(launcher) if launcher is not None else [sys.executable, "-m", "cli", "node", "run"]
         log = open(node.log_path, "ab")
         node.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "node", "run", "--config", str(node.config), *extra_args],
+            [*command, "--config", str(node.config), *extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()

@@ -15,6 +15,7 @@ from ..core.consortium import Consortium, check_name, parse_address
 from ..core.errors import ConfigError
 from ..core.keys import SigningKey
 from ..keyfile import read_key
+from ..net.config import IDLE_TIMEOUT, PING_INTERVAL, NetConfig
 from .mempool import DEFAULT_MEMPOOL_TXS
 
 DEFAULT_IDLE_BLOCK_S = 60
@@ -24,6 +25,9 @@ moment a transaction arrives, and a peer's liveness shows in its connection and 
 MAX_IDLE_BLOCK_S = 600
 """At most ten minutes: the round counter of an idle height grows by one per turn timeout, and
 the idle block keeps it small (MAX_ROUND in peerdb/core/limits.py)."""
+IDLE_TIMEOUT_RANGE_S = (1.0, 600.0)
+"""``[net] idle_timeout_s`` bounds: at least a second (pings go out four times per timeout), at most
+ten minutes (a silent partition must still be reported)."""
 DEFAULT_API_LISTEN = "127.0.0.1:0"
 """Loopback, any free port (the node logs the one it got): the API is reachable only from this
 machine unless the operator says otherwise."""
@@ -74,6 +78,14 @@ class NodeConfig:
     """``host:port`` of the Prometheus metrics and health endpoints (no token); None: off."""
     api_read_token: str | None = None
     """A second API token that may only read (GET): for the explorer page and dashboards."""
+    net_idle_timeout_s: float = IDLE_TIMEOUT
+    """``[net] idle_timeout_s``: seconds without a byte from a peer before it is declared gone
+    (``peer_down``); the ping interval follows it (a quarter of it, at most the default's)."""
+
+    def net_config(self) -> NetConfig:
+        """The peer network's tunables this config sets (the rest are the defaults)."""
+        idle = self.net_idle_timeout_s
+        return NetConfig(idle_timeout=idle, ping_interval=min(PING_INTERVAL, idle / 4))
 
     def load_consortium(self) -> Consortium:
         consortium = load_consortium(self.consortium_file)
@@ -161,7 +173,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read node config ({exc})") from None
     base = path.parent
-    allowed = {"node", "api", "bitcoin", "alerts", "metrics", "log"}
+    allowed = {"node", "api", "bitcoin", "alerts", "metrics", "log", "net"}
     if set(data) - allowed:
         raise ConfigError(f"{path}: unknown section(s) {sorted(set(data) - allowed)}")
     node = data.get("node")
@@ -206,6 +218,13 @@ def load_node_config(path: str | Path) -> NodeConfig:
     log_format = _get(log_table, "format", str, "log", "text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"{path}: log.format must be \"text\" or \"json\", got {log_format!r}")
+    net = data.get("net", {})
+    if not isinstance(net, dict) or set(net) - {"idle_timeout_s"}:
+        raise ConfigError(f"{path}: [net] must have only idle_timeout_s")
+    idle_timeout = net.get("idle_timeout_s", IDLE_TIMEOUT)
+    low, high = IDLE_TIMEOUT_RANGE_S
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not low <= idle_timeout <= high:
+        raise ConfigError(f"{path}: net.idle_timeout_s must be a number of seconds in {low:g}..{high:g}")
     bitcoin = None
     btc = data.get("bitcoin")
     if btc is not None:
@@ -253,4 +272,5 @@ def load_node_config(path: str | Path) -> NodeConfig:
         log_format=log_format,
         metrics_listen=metrics_listen,
         api_read_token=read_token,
+        net_idle_timeout_s=float(idle_timeout),
     )

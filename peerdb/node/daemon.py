@@ -268,13 +268,18 @@ async def watch_removal(service: NodeService, announced: trio.Event) -> None:
 
 
 async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKey],
-                   accept_restored: bool, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                   accept_restored: bool, *, task_status: Any = trio.TASK_STATUS_IGNORED,
+                   engine_class: type[Engine] = Engine, network_class: type[PeerNetwork] = PeerNetwork) -> None:
+    """Run one member's node until SIGINT/SIGTERM; ``task_status.started`` gets the service.
+
+    ``engine_class`` and ``network_class`` are the seams a test harness uses to run a member
+    that misbehaves (``tests/helpers/hostile.py``); ``peerdb node run`` never passes them."""
     cid = consortium_id(consortium)
     store = Store.open(cfg.data_dir, consortium, cfg.member, sync=cfg.sync, accept_restored=accept_restored,
                        joining=cfg.joining)
     try:
-        engine = Engine(consortium, cfg.member, keys, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs,
-                        idle_block_ms=cfg.idle_block_s * 1000)
+        engine = engine_class(consortium, cfg.member, keys, store, wall_clock_ms(), mempool_max=cfg.mempool_max_txs,
+                              idle_block_ms=cfg.idle_block_s * 1000)
         check_keys(cfg, engine)
         other_seeds = [k.seed for k in keys]
 
@@ -290,7 +295,8 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
         listen = parse_address(cfg.listen, "node.listen") if cfg.listen else None
         transport = TlsTransport(cfg.member, engine.transport_key().seed, trusted, listen=listen, strict=False,
                                  other_seeds=other_seeds)
-        network = PeerNetwork(cfg.member, {m.name for m in trusted} | {cfg.member}, cid, transport)
+        network = network_class(cfg.member, {m.name for m in trusted} | {cfg.member}, cid, transport,
+                                config=cfg.net_config())
         extras: dict[str, Callable[[], Any]] = {}
         send_alert = await alert_sink(cfg)
         removal_announced = trio.Event()

@@ -7,7 +7,7 @@ node. The check never takes the engine's lock, so it answers even when the engin
 
 *Ready* (``/readyz``): the node can serve reads that mean something and take part: it is not
 locked by a restored data directory, it is connected to enough members that it and they form a
-majority, and it is not behind the tips its peers advertise by more than
+majority, and it is not behind the tips most of its connected peers advertise by more than
 :data:`READY_MAX_LAG_BLOCKS`. Each reason it is not is named in the answer.
 
 :func:`health` and :func:`readiness` are pure functions of values the caller gathers (the
@@ -72,7 +72,9 @@ def readiness(*, locked: bool, members: int, peers_up: list[str], peers_down: li
         reasons.append(f"{alone}; a majority needs {need} of {members} members"
                        + (f"; down: {', '.join(peers_down)}" if peers_down else ""))
     ahead = {p: h for p, h in peer_heights.items() if p in peers_up and h > tip_height + READY_MAX_LAG_BLOCKS}
-    if ahead:
+    # A status is a claim: one member advertising a tip far ahead (a lie, or a fork of its own)
+    # must not take every other member out of service. Behind means most connected peers say so.
+    if 2 * len(ahead) > len(peers_up):
         top = max(ahead.values())
         reasons.append(f"catching up: tip at height {tip_height}, {', '.join(sorted(ahead))} at {top}")
     if key_problem is not None:

@@ -212,8 +212,16 @@ def test_readiness_reasons() -> None:
     verdict = readiness(locked=False, peers_up=["firm-b"], peers_down=["firm-c", "firm-d"], **common)  # type: ignore[arg-type]
     assert verdict.reasons == ["connected to 1 of 3 members (firm-b); a majority needs 3 of 4 members; "
                                "down: firm-c, firm-d"]
+    far = 10 + READY_MAX_LAG_BLOCKS + 5
     behind = readiness(locked=True, members=4, peers_up=["firm-b", "firm-c", "firm-d"], peers_down=[],
-                       tip_height=10, peer_heights={"firm-b": 10 + READY_MAX_LAG_BLOCKS + 5, "firm-c": 12})
+                       tip_height=10, peer_heights={"firm-b": far, "firm-c": far - 1, "firm-d": 12})
     assert len(behind.reasons) == 2
     assert behind.reasons[0].startswith("restored data directory: signing is locked")
-    assert behind.reasons[1] == f"catching up: tip at height 10, firm-b at {10 + READY_MAX_LAG_BLOCKS + 5}"
+    assert behind.reasons[1] == f"catching up: tip at height 10, firm-b, firm-c at {far}"
+
+
+def test_one_peer_claiming_a_tip_far_ahead_does_not_make_a_node_unready() -> None:
+    """A status is a claim: a member that lies about its tip must not take the others out of service."""
+    liar = readiness(locked=False, members=4, peers_up=["firm-b", "firm-c", "firm-d"], peers_down=[],
+                     tip_height=10, peer_heights={"firm-b": 10, "firm-c": 11, "firm-d": 1_010})
+    assert liar.ok, liar.reasons

@@ -68,3 +68,20 @@ def test_audit_export_from_a_config_without_an_auditor_token_says_what_to_set(tm
     path = config_with_api(tmp_path, '[api]\nlisten = "127.0.0.1:9"\ntoken = "' + "t" * 20 + '"\n')
     result = CliRunner().invoke(main, ["-c", str(path), "audit", "export", "--out", str(tmp_path / "b.pdbaudit")])
     assert result.exit_code == exitcodes.CONFIG and "api.audit_token" in result.output
+
+
+def test_net_idle_timeout_defaults_to_the_network_default_and_sets_the_ping_interval(tmp_path: Path) -> None:
+    token_table = '[api]\ntoken = "' + "t" * 20 + '"\n'
+    default = load_node_config(config_with_api(tmp_path, token_table)).net_config()
+    assert (default.idle_timeout, default.ping_interval) == (20.0, 5.0)
+    path = config_with_api(tmp_path / "b", token_table + "[net]\nidle_timeout_s = 3\n")
+    short = load_node_config(path).net_config()
+    assert (short.idle_timeout, short.ping_interval) == (3.0, 0.75)
+
+
+@pytest.mark.parametrize("table", ["[net]\nidle_timeout_s = 0.5\n", "[net]\nidle_timeout_s = true\n",
+                                   '[net]\nidle_timeout_s = "3"\n', "[net]\nping = 1\n"])
+def test_a_net_table_out_of_range_or_with_unknown_fields_is_refused_by_name(tmp_path: Path, table: str) -> None:
+    path = config_with_api(tmp_path, '[api]\ntoken = "' + "t" * 20 + '"\n' + table)
+    with pytest.raises(ConfigError, match=r"\[net\]|net\.idle_timeout_s"):
+        load_node_config(path)
