@@ -219,7 +219,7 @@ class HostileEngine(Engine):
             for status in self._old_status:
                 self._send(status)
                 counts["StatusMsg"] += 1
-            answer = blocks_answer(self.tree, self.store, self._signatures, GetBlocksMsg(1, 16)).msg
+            answer = blocks_answer(self.tree, self.store, self._served_signatures, GetBlocksMsg(1, 16)).msg
             self._send(answer)
             counts["BlocksMsg"] += 1
         finally:

@@ -27,10 +27,12 @@ BAD_FRAMES: tuple[tuple[str, bytes], ...] = (
     ("zero_length", b"\x00" * HEADER_LEN),
     ("not_cbor", frame_payload(b"\xff\xfe\xfd")),
     ("not_a_one_key_map", encode_frame([1, 2, 3])),
-    ("unknown_message_type", encode_frame({"msg": {"t": "bogus"}})),
+    ("message_without_type", encode_frame({"msg": {"kind": "bogus"}})),
     ("mistyped_field", encode_frame({"msg": {"t": "status", "tip": b"x", "height": 1, "recent": []}})),
 )
-"""Frames that break the framing, the frame shape or the message rules (protocol.md §17.2-17.4)."""
+"""Frames that break the framing, the frame shape or the message rules (protocol.md §17.2-17.4).
+A well-formed message of an unknown type is not among them: nodes skip those (a newer
+protocol's), so it would not close the connection."""
 
 
 class HostileNetwork(PeerNetwork):

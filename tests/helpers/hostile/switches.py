@@ -42,7 +42,7 @@ class Switches:
     self-consistent proof whose Bitcoin block exists nowhere."""
     flood: bool = False
     """On every connection, send a frame that breaks the framing or the message rules (oversized
-    length, zero length, not CBOR, wrong frame shape, unknown message type, mistyped field), and
+    length, zero length, not CBOR, wrong frame shape, message without a type, mistyped field), and
     megabyte frames of junk transactions."""
     endorse: int = 0
     """Each increment: sign our best tip once, even while withholding."""
