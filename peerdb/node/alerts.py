@@ -13,6 +13,7 @@ differently without disagreeing on any block.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,32 @@ def chain_alerts(tree: BlockTree, me: str) -> list[Alert]:
     for culprit in sorted(tree.culprits):
         alerts.append(Alert("double_sign", f"{culprit} signed two different blocks at one height; "
                             f"its signatures no longer count", subject=culprit))
+    return alerts
+
+
+NOT_SIGNING_BLOCKS = 16
+"""Best-chain blocks a connected member may leave unsigned before :func:`not_signing` names it.
+An honest member endorses within a block or two of the tip; sixteen is well past a slow
+member's lag and still minutes, not hours, at a block a second."""
+
+
+def not_signing(tree: BlockTree, me: str, peers_up: Callable[[str], bool]) -> list[Alert]:
+    """Members who are connected and not excluded but endorse nothing in the last
+    NOT_SIGNING_BLOCKS best-chain blocks: withholding signatures, or unable to validate what
+    the others sign. While a majority signs without them nothing else shows it (the views
+    move), yet unanimity, and so settlement, waits for them."""
+    tip = tree.best_tip.height
+    alerts = []
+    for member in tree.eligible():
+        if member == me or not peers_up(member):
+            continue
+        endorses = tree.endorsement_height(member)
+        if tip - endorses > NOT_SIGNING_BLOCKS:
+            alerts.append(Alert(
+                "not_signing", f"{member} is connected but endorses no block above height {endorses} "
+                f"(tip {tip}): it withholds its signatures, or refuses what the others sign "
+                f"(look for its objections: `peerdb objections`)",
+                subject=member, details={"endorses": endorses, "tip": tip}))
     return alerts
 
 

@@ -43,7 +43,7 @@ from ..core.model import (Block, BlockSignature, Evidence, Header, Objection, Tx
 from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
 from ..store import Store
-from .alerts import Alert, chain_alerts, removed_alert, waiting_for
+from .alerts import Alert, chain_alerts, not_signing, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
 from .chainkeeper import ChainKeeper
 from .counters import EngineCounters, Reorg
@@ -990,4 +990,5 @@ class Engine:
         for member in self.current.member_names:
             if member != self.me and not peers_up(member):
                 alerts.append(Alert("peer_down", f"peer {member} is not connected", subject=member))
+        alerts.extend(not_signing(self.tree, self.me, peers_up))
         return alerts

@@ -5,7 +5,7 @@ which alert, and whom each alert names, so that a person reading it knows whom t
 from __future__ import annotations
 
 from peerdb.core.chain import BlockTree
-from peerdb.node.alerts import Alert, chain_alerts, waiting_for
+from peerdb.node.alerts import NOT_SIGNING_BLOCKS, Alert, chain_alerts, not_signing, waiting_for
 
 from tests.helpers.core import GENESIS, MEMBER_NAMES, bare_header
 
@@ -118,3 +118,35 @@ def test_waiting_for_a_proposal_names_whose_turn_it_is() -> None:
 def test_alert_identity_ignores_details() -> None:
     assert Alert("stalled", "m", "1", {"a": 1}) == Alert("stalled", "m", "1", {"a": 2})
     assert Alert("stalled", "m", "1").key == ("stalled", "1")
+
+
+def _chain(t: BlockTree, length: int, signers: tuple[str, ...]) -> None:
+    parent = GENESIS
+    for _ in range(length):
+        block = bare_header(parent)
+        t.add_header(block)
+        for m in signers:
+            t.add_signature(block.hash, m)
+        parent = block
+
+
+def test_a_connected_member_that_signs_nothing_while_the_majority_moves_is_named() -> None:
+    t = tree()
+    _chain(t, NOT_SIGNING_BLOCKS + 1, (A, B, C))
+    (alert,) = not_signing(t, A, lambda _m: True)
+    assert alert.kind == "not_signing" and alert.subject == D and D in alert.message
+    assert alert.details == {"endorses": 0, "tip": NOT_SIGNING_BLOCKS + 1}
+    assert not_signing(t, A, lambda m: m != D) == []  # not connected: peer_down says it already
+
+
+def test_a_member_a_few_blocks_behind_is_not_named() -> None:
+    t = tree()
+    _chain(t, NOT_SIGNING_BLOCKS, (A, B, C))
+    assert not_signing(t, A, lambda _m: True) == []
+
+
+def test_an_excluded_member_is_not_named_as_withholding() -> None:
+    t = tree()
+    _chain(t, NOT_SIGNING_BLOCKS + 1, (A, B, C))
+    t.add_culprit(D)
+    assert not_signing(t, A, lambda _m: True) == []
