@@ -94,8 +94,9 @@ def test_the_demo_started_from_a_script_stops_everything_on_a_signal(tmp_path: P
         _wait_for_line(lines, after, seen)
         assert _leftovers(workdir)  # the regtest node and the members are up
         proc.send_signal(signum)
-        assert proc.wait(timeout=180) == code, "".join(seen)
+        returncode = proc.wait(timeout=180)
         out = _rest(lines, seen)
+        assert returncode == code, out[-3000:]
         assert "stopped everything the demo started" in out, out[-3000:]
         assert _leftovers(workdir) == ""
     finally:
