@@ -334,7 +334,7 @@ def parse_server_frame(data: bytes | str) -> ServerFrame:
         raise StreamProtocolError(str(exc)) from None
     try:
         return _server_frame(value)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise StreamProtocolError(f"node frame: unexpected shape ({type(exc).__name__}: {exc})") from None
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -62,7 +62,8 @@ class StreamClosed(NodeError):
     close code, ``reason`` the node's."""
 
     def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(f"the stream closed ({code}): {reason}" if code is not None else f"the stream closed: {reason}")
+        super().__init__(f"the stream closed ({code}): {reason}" if code is not None else
+                         f"the stream closed: {reason}")
         self.code = code
         self.reason = reason
 
@@ -335,15 +336,19 @@ class StreamWriter:
         state.admitted = True
         self._unadmitted -= 1
         self.stats.held.discard(frame.id)
-        accepted, duplicates = set(frame.accepted), set(frame.duplicates)
+        accepted, duplicates = Counter(frame.accepted), set(frame.duplicates)
         for refusal in frame.refused:
             if 0 <= refusal.index < len(state.pendings):
                 self._settle(state.pendings[refusal.index], REFUSED, refusal.code, refusal.message, now)
         for p in state.pendings:
             if p.outcome is not None:
                 continue
-            if p.txid in accepted or p.txid in duplicates:
-                p.status = ACCEPTED if p.txid in accepted else DUPLICATE
+            if accepted[p.txid] > 0:  # a txid twice in one frame: the first is accepted, the next a duplicate
+                accepted[p.txid] -= 1
+                p.status = ACCEPTED
+                p.reached_at[ADMITTED] = now
+            elif p.txid in duplicates or p.txid in frame.accepted:
+                p.status = DUPLICATE
                 p.reached_at[ADMITTED] = now
             else:
                 self._settle(p, LOST, "unaccounted", "the node's answer does not name this transaction", now)

@@ -30,10 +30,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ...core.chain import View
 from ...core.errors import (AccessError, DecodeError, LimitError, RemoteError, ReplayError, SignatureError,
                             ValidationError)
-from ...stream_frames import (CLOSE_GOING_AWAY, DUPLICATE_ID, MAX_ADMITTING_BYTES, MAX_IN_FLIGHT_FRAMES,
-                              MAX_IN_FLIGHT_TXS, MAX_STREAMS, PATH, Admitted, Busy, ErrorFrame, FrameError, Hello,
-                              Limits, Reached, Refusal, ServerFrame, SubmitFrame, TimedOut, encode_server_frame,
-                              parse_client_frame)
+from ...stream_frames import (DUPLICATE_ID, MAX_ADMITTING_BYTES, MAX_STREAMS, PATH, Admitted, Busy, ErrorFrame,
+                              FrameError, Hello, Limits, Reached, Refusal, ServerFrame, SubmitFrame, TimedOut,
+                              encode_server_frame, parse_client_frame)
 from ..mempool import MempoolFull, NeverIncluded, SubmitResult
 from .context import ApiContext
 from .errors import error_response
@@ -145,14 +144,17 @@ class _Held:
 class StreamConnection:
     """One client's stream: a reader, a sender, and one task per frame in flight."""
 
-    def __init__(self, ctx: ApiContext, channel: FrameChannel, stats: StreamStats | None = None) -> None:
+    def __init__(self, ctx: ApiContext, channel: FrameChannel, stats: StreamStats | None = None,
+                 limits: Limits = Limits()) -> None:
+        """``limits``: the in-flight budgets enforced and announced in the hello frame (the
+        frame size limits are the protocol's constants)."""
         self.ctx = ctx
         self.service = ctx.service
         self.channel = channel
         self.stats = stats or StreamStats()
-        self.limits = Limits()
-        self.frames = Budget(MAX_IN_FLIGHT_FRAMES)
-        self.txs = Budget(MAX_IN_FLIGHT_TXS)
+        self.limits = limits
+        self.frames = Budget(limits.max_in_flight_frames)
+        self.txs = Budget(limits.max_in_flight_txs)
         self.admitting = Budget(MAX_ADMITTING_BYTES)
         self.in_flight: set[int] = set()
         self.unsaved: dict[int, list[bytes]] = {}
@@ -187,6 +189,7 @@ class StreamConnection:
     async def _read_loop(self, nursery: trio.Nursery) -> _Close | None:
         """Read and start frames until the client closes (None) or a frame closes the connection."""
         while True:
+            await self._unheld()
             data = await self.channel.receive()
             if data is None:
                 return None
@@ -206,12 +209,16 @@ class StreamConnection:
             await self.frames.take(1)
             await self.txs.take(len(frame.txs))
             await self.admitting.take(size)
-            while self.held.seqs:  # a full pool: read nothing more until the held frames are in
-                await self.held.changed.wait()
+            await self._unheld()  # a frame read while another became held waits here, unadmitted
             self.stats.frames += 1
             # ``start`` returns once the frame task is queued for admission (NodeService.submit
             # queues before its first checkpoint), so frames reach the pool in the order read.
             await nursery.start(self._frame, frame, size, next(self._seq))
+
+    async def _unheld(self) -> None:
+        """Wait while the full pool holds a frame of this connection."""
+        while self.held.seqs:
+            await self.held.changed.wait()
 
     # --- one frame -----------------------------------------------------------------------------
 
@@ -365,4 +372,4 @@ def routes(ctx: ApiContext) -> list[WebSocketRoute]:
     return [WebSocketRoute(PATH, stream)]
 
 
-__all__ = ["CLOSE_GOING_AWAY", "ChannelClosed", "FrameChannel", "StreamConnection", "StreamStats", "routes"]
+__all__ = ["ChannelClosed", "FrameChannel", "StreamConnection", "StreamStats", "routes"]
