@@ -15,11 +15,11 @@ from .http import (DEFAULT_TIMEOUT_S, NodeClient, NodeError, NodeRefused, NodeUn
                    refused)
 from .signer import TxSigner, ops_from_json
 from .stream import (ACCEPTED, ADMITTED, DUPLICATE, LOST, REFUSED, TIMEOUT, Pending, StreamClosed, StreamStats,
-                     StreamWriter, TxOutcome, open_stream, stream_url)
+                     StreamWriter, TxOutcome, open_connection, open_stream, stream_url)
 from .sync import SyncStream
 
 __all__ = [
     "ACCEPTED", "ADMITTED", "DEFAULT_TIMEOUT_S", "DUPLICATE", "LOST", "NodeClient", "NodeError", "NodeRefused",
     "NodeUnreachable", "Pending", "REFUSED", "StreamClosed", "StreamStats", "StreamWriter", "SyncStream", "TIMEOUT",
-    "TxOutcome", "TxSigner", "node_config_endpoint", "ops_from_json", "open_stream", "refused", "stream_url",
+    "TxOutcome", "TxSigner", "node_config_endpoint", "ops_from_json", "open_connection", "open_stream", "refused", "stream_url",
 ]

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import urllib.parse
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
-from trio_websocket import (CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError,
-                            open_websocket_url)
+from trio_websocket import (CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection,
+                            wrap_client_stream)
 
 from ..core.model import Op, Tx
 from ..stream_frames import (MAX_FRAME_BYTES, PATH, SUBMIT_OVERHEAD_BYTES, VIEWS, Admitted, Busy, ErrorFrame,
@@ -58,6 +59,9 @@ MESSAGE_QUEUE = 16
 """Node frames the WebSocket layer buffers before it stops reading the socket."""
 
 CONNECT_TIMEOUT_S = 10.0
+"""Longest the TCP connection and then the WebSocket handshake may take, each."""
+CLOSE_TIMEOUT_S = 5.0
+"""Longest the closing handshake may take before the connection is dropped."""
 
 
 class StreamClosed(NodeError):
@@ -162,7 +166,8 @@ class StreamWriter:
     def __init__(self, conn: MessageConnection, hello: Hello, *, views: tuple[str, ...] = (),
                  timeout_s: float = 30.0, signer: TxSigner | None = None, pipeline: int = DEFAULT_PIPELINE,
                  on_final: Callable[[TxOutcome], None] | None = None,
-                 on_busy: Callable[[Busy], None] | None = None) -> None:
+                 on_busy: Callable[[Busy], None] | None = None, frame_txs: int | None = None) -> None:
+        """``frame_txs``: most transactions per frame (default and ceiling: the node's limit)."""
         unknown = [v for v in views if v not in VIEWS]
         if unknown or len(set(views)) != len(views):
             raise ValueError(f"views: distinct names among {', '.join(VIEWS)}, got {views}")
@@ -182,7 +187,7 @@ class StreamWriter:
         limits = hello.limits
         self._window = limits.max_in_flight_txs
         self._max_frames = limits.max_in_flight_frames
-        self._frame_txs = limits.max_frame_txs
+        self._frame_txs = max(1, min(limits.max_frame_txs, frame_txs or limits.max_frame_txs))
         self._frame_bytes = min(limits.max_frame_bytes, MAX_FRAME_BYTES) - SUBMIT_OVERHEAD_BYTES
         self._queue: deque[tuple[bytes, Pending]] = deque()
         self._frames: dict[int, _Frame] = {}
@@ -413,34 +418,89 @@ def stream_url(api: str) -> str:
 
 
 @asynccontextmanager
+async def open_connection(api: str, token: str, *,
+                          connect_timeout_s: float = CONNECT_TIMEOUT_S) -> AsyncIterator[WebSocketConnection]:
+    """The stream's WebSocket to the node at ``api``, authenticated with ``token``: for tools that
+    speak the frames themselves (:func:`open_stream` is the writer on top of it). A refused
+    handshake raises :class:`~peerdb.client.NodeRefused` (401 for a wrong token), no answer
+    :class:`NodeUnreachable`. The TCP connection is ours and is closed on the way out, also when
+    the node closed the WebSocket first."""
+    url = stream_url(api)
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "wss"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
+    try:
+        with trio.fail_after(connect_timeout_s):
+            tcp: trio.abc.Stream = (await trio.open_ssl_over_tcp_stream(host, port, https_compatible=True)
+                                    if secure else await trio.open_tcp_stream(host, port))
+    except (OSError, trio.TooSlowError) as exc:
+        raise NodeUnreachable(f"cannot open a stream to {url} ({type(exc).__name__}: {exc})") from None
+    try:
+        with _single_errors():
+            async with trio.open_nursery() as nursery:
+                try:
+                    with trio.fail_after(connect_timeout_s):
+                        ws = await wrap_client_stream(
+                            nursery, tcp, parts.netloc, parts.path,  # type: ignore[arg-type]
+                            extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+                            message_queue_size=MESSAGE_QUEUE, max_message_size=MAX_FRAME_BYTES,
+                            receive_buffer_size=RECEIVE_BUFFER_BYTES)
+                except trio.TooSlowError:
+                    raise NodeUnreachable(f"no WebSocket handshake from {url} within {connect_timeout_s} s") from None
+                try:
+                    yield ws
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()  # the connection's reader task
+    except ConnectionRejected as exc:  # raised by the reader task, which reads the handshake's answer
+        raise _rejection(url, exc) from None
+    except HandshakeError as exc:
+        raise NodeUnreachable(f"cannot open a stream to {url} ({type(exc).__name__})") from None
+    finally:
+        await trio.aclose_forcefully(tcp)
+
+
+def _rejection(url: str, exc: ConnectionRejected) -> NodeError:
+    text = (exc.body or b"").decode("utf-8", "replace")
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = None
+    return refused(url, exc.status_code, body, text)
+
+
+@contextmanager
+def _single_errors() -> Iterator[None]:
+    """Re-raise an exception group of one exception as that exception (a nursery wraps even the
+    body's own error), so that callers see the error they raised or the one task's that failed."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+        context = inner.__context__
+        try:
+            raise inner
+        finally:
+            inner.__context__ = context
+
+
+@asynccontextmanager
 async def open_stream(api: str, token: str, *, views: tuple[str, ...] | list[str] = (), timeout_s: float = 30.0,
                       signer: TxSigner | None = None, pipeline: int = DEFAULT_PIPELINE,
                       on_final: Callable[[TxOutcome], None] | None = None,
-                      on_busy: Callable[[Busy], None] | None = None, drain: bool = True,
-                      connect_timeout_s: float = CONNECT_TIMEOUT_S) -> AsyncIterator[StreamWriter]:
+                      on_busy: Callable[[Busy], None] | None = None, frame_txs: int | None = None,
+                      drain: bool = True, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> AsyncIterator[StreamWriter]:
     """A write stream to the node at ``api`` (``host:port`` or its URL) with the application
     ``token``. Leaving the block waits until every transaction's outcome is final (unless it is
     left by an exception, or ``drain`` is False), then closes the stream. A refused handshake raises
     :class:`~peerdb.client.NodeRefused` (401 for a wrong token); no answer :class:`NodeUnreachable`."""
-    url = stream_url(api)
-    try:
-        async with open_websocket_url(url, extra_headers=[(b"authorization", f"Bearer {token}".encode())],
-                                      max_message_size=MAX_FRAME_BYTES, message_queue_size=MESSAGE_QUEUE,
-                                      receive_buffer_size=RECEIVE_BUFFER_BYTES,
-                                      connect_timeout=connect_timeout_s) as ws:
-            async with connect_writer(ws, views=tuple(views), timeout_s=timeout_s, signer=signer, pipeline=pipeline,
-                                      on_final=on_final, on_busy=on_busy, drain=drain) as writer:
-                yield writer
-    except ConnectionRejected as exc:
-        body: Any = None
-        try:
-            body = json.loads(exc.body or b"")
-        except ValueError:
-            pass
-        raise refused(url, exc.status_code, body, (exc.body or b"").decode("utf-8", "replace")) from None
-    except HandshakeError as exc:
-        raise NodeUnreachable(f"cannot open a stream to {url} ({type(exc.__cause__ or exc).__name__}: "
-                              f"{exc.__cause__ or exc})") from None
+    async with open_connection(api, token, connect_timeout_s=connect_timeout_s) as ws:
+        async with connect_writer(ws, views=tuple(views), timeout_s=timeout_s, signer=signer, pipeline=pipeline,
+                                  on_final=on_final, on_busy=on_busy, frame_txs=frame_txs, drain=drain) as writer:
+            yield writer
 
 
 @asynccontextmanager
@@ -455,7 +515,7 @@ async def connect_writer(conn: MessageConnection, *, drain: bool = True, **optio
     if not isinstance(hello, Hello):
         raise StreamProtocolError(f"the node's first frame is {type(hello).__name__}, not hello")
     writer = StreamWriter(conn, hello, **options)
-    try:
+    with _single_errors():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.run)
             try:
@@ -464,13 +524,3 @@ async def connect_writer(conn: MessageConnection, *, drain: bool = True, **optio
                     await writer.drain()
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1:
-            raise
-        # The body's own exception (or the one task's that failed), as itself, context kept.
-        inner = group.exceptions[0]
-        context = inner.__context__
-        try:
-            raise inner
-        finally:
-            inner.__context__ = context

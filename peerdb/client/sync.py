@@ -41,7 +41,7 @@ class SyncStream:
 
     def __init__(self, api: str, token: str, *, views: Iterable[str] = (), timeout_s: float = 30.0,
                  signer: TxSigner | None = None, pipeline: int = DEFAULT_PIPELINE,
-                 on_busy: Callable[[Busy], None] | None = None) -> None:
+                 on_busy: Callable[[Busy], None] | None = None, frame_txs: int | None = None) -> None:
         self._outcomes: queue.SimpleQueue[TxOutcome] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -49,7 +49,8 @@ class SyncStream:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._options: dict[str, Any] = dict(views=tuple(views), timeout_s=timeout_s, signer=signer,
-                                             pipeline=pipeline, on_final=self._outcomes.put, on_busy=on_busy)
+                                             pipeline=pipeline, on_final=self._outcomes.put, on_busy=on_busy,
+                                             frame_txs=frame_txs)
         self._thread = threading.Thread(target=trio.run, args=(self._main, api, token), name="peerdb-stream",
                                         daemon=True)
         self._thread.start()
