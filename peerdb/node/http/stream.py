@@ -200,8 +200,9 @@ class StreamConnection:
                                      frame.id)
             except FrameError as exc:
                 await self._out_send.send(ErrorFrame(exc.frame_id, exc.code, exc.message))
-                if exc.close is not None:
+                if exc.close is not None:  # once per connection: no log line per frame or transaction
                     self.stats.closed_for_errors += 1
+                    log.info("write stream closed (%d) over a bad frame: %s: %.200s", exc.close, exc.code, exc.message)
                     return _Close(exc.close, exc.code)
                 continue
             self.in_flight.add(frame.id)
