@@ -73,7 +73,7 @@ class Driver(Protocol):
         bytes per transaction). Others return {}."""
 
 
-SYSTEM_NAMES = ("peerdb", "etcd", "pysyncobj")
+SYSTEM_NAMES = ("peerdb", "peerdb_stream", "etcd", "pysyncobj")
 """Every system the harness knows, in the order it measures them."""
 
 

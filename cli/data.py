@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from peerdb.client import (ACCEPTED, DUPLICATE, LOST, REFUSED, TIMEOUT, NodeRefused, NodeUnreachable, StreamClosed,
+                           StreamStats, SyncStream, TxOutcome, TxSigner, ops_from_json)
 from peerdb.consortium_file import load_consortium
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import ConfigError, PeerDBError
 from peerdb.core.keys import SigningKey
+from peerdb.core.model import Op
 from peerdb.core.privacy import open_value
 from peerdb.node.config import load_node_config
 from peerdb.proofs.verify import ProofError, VerifiedRead, verify_read_proof
 
 from . import exitcodes
+from .client import refusal_error
 from .context import Ctx, json_option, pass_ctx, wait_options
 from .errors import CliError, config_problems
 from .params import VIEW, HeightType
@@ -255,3 +261,143 @@ def propose(ctx: Ctx, file: Any, wait: str | None, timeout: float) -> None:
     if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) for o in ops):
         raise CliError(f"{file.name}: expected a non-empty JSON list of operation objects", exitcodes.USAGE)
     _write(ctx, ops, wait, timeout, "batch")
+
+
+LOAD_CHUNK = 500
+"""Lines signed and handed to the stream at a time: one hop to the stream's thread per chunk."""
+LOAD_SHOWN_PROBLEMS = 10
+"""Refused or unfinished lines named in the text output (``--json`` lists them all)."""
+
+
+def load_signer(ctx: Ctx, client_key: str | None, consortium_path: str | None) -> TxSigner:
+    """The client key to sign with: ``--client-key`` (with the consortium file), else the node
+    config's ``client_key_file``."""
+    with config_problems():
+        if client_key is not None:
+            consortium_file = consortium_path or (str(load_node_config(ctx.config).consortium_file)
+                                                  if ctx.config else None)
+            if consortium_file is None:
+                raise CliError("--client-key needs the consortium file: pass --consortium FILE or --config NODE.toml",
+                               exitcodes.USAGE)
+            return TxSigner.from_files(client_key, consortium_file)
+        if ctx.config:
+            return TxSigner.from_node_config(ctx.config)
+    raise CliError("load signs every line itself: pass --config NODE.toml (its client_key_file), or --client-key FILE "
+                   "with --consortium FILE", exitcodes.USAGE)
+
+
+def load_lines(file: Any) -> Iterator[tuple[int, list[Op]]]:
+    """(line number, operations) of each non-blank line; a malformed line stops the load there."""
+    for number, line in enumerate(file, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, ops_from_json(json.loads(line))
+        except ValueError as exc:
+            raise LoadLineError(number, str(exc)) from None
+
+
+class LoadLineError(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+
+
+@click.command()
+@click.argument("file", type=click.File("r"))
+@click.option("--wait", type=VIEW, default=None,
+              help="Finish only once every line is in this view (tentative|majority|unanimous_signed|unanimous); "
+                   "without it, once every line is admitted (durable in the node's pool).")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True,
+              help="Seconds each frame of lines may wait for --wait, from its admission.")
+@click.option("--client-key", type=click.Path(dir_okay=False), default=None,
+              help="Client key file to sign with (default: the node config's client_key_file).")
+@click.option("--consortium", "consortium_path", type=click.Path(dir_okay=False), default=None,
+              help="With --client-key: the consortium file (default: the node config's).")
+@json_option
+@pass_ctx
+def load(ctx: Ctx, file: Any, wait: str | None, timeout: float, client_key: str | None,
+         consortium_path: str | None) -> None:
+    """Write many records from a JSON-lines FILE (or - for stdin) through the write stream.
+
+    Each line is one atomic transaction, signed here with a client key of the firm: one
+    operation ({"namespace": ..., "key": ..., "value": ...}, or "value_b64", or "op": "delete")
+    or {"ops": [...]}. Lines go to the node on one connection, many in flight (docs/stream.md);
+    the summary counts what was accepted, refused (with the line and the reason) and reached
+    --wait. A malformed line stops the load there (exit 2; the lines before it are submitted).
+    Exit 6 if a line was refused, 7 if one did not reach --wait in time (it stays pending).
+
+    \b
+    Example:
+      peerdb -c configs/firm-a.toml load exposures.jsonl --wait majority
+    """
+    signer = load_signer(ctx, client_key, consortium_path)
+    client = ctx.client
+    lines: dict[bytes, int] = {}
+    started = time.monotonic()
+    stopped: LoadLineError | None = None
+    try:
+        with SyncStream(client.url, client.token, views=(wait,) if wait else (), timeout_s=timeout,
+                        signer=signer) as stream:
+            def send(chunk: list[tuple[int, list[Op]]]) -> None:
+                txs = [signer.sign(ops) for _, ops in chunk]
+                lines.update((tx.txid, number) for tx, (number, _) in zip(txs, chunk))
+                stream.submit_many(txs)
+                chunk.clear()
+
+            chunk: list[tuple[int, list[Op]]] = []
+            try:
+                for item in load_lines(file):
+                    chunk.append(item)
+                    if len(chunk) >= LOAD_CHUNK:
+                        send(chunk)
+            except LoadLineError as exc:
+                stopped = exc
+            send(chunk)  # the lines read before a malformed one go too
+            outcomes = stream.drain()
+            stats = stream.stats()
+    except NodeUnreachable as exc:
+        raise CliError(f"{exc}; is `peerdb node run` running with this API address?", exitcodes.UNREACHABLE) from None
+    except NodeRefused as exc:
+        raise refusal_error(exc) from None
+    except StreamClosed as exc:
+        raise CliError(str(exc)) from None
+    elapsed = time.monotonic() - started
+    _report_load(ctx, file.name, wait, outcomes, lines, stats, elapsed, stopped)
+
+
+def _report_load(ctx: Ctx, name: str, wait: str | None, outcomes: list[TxOutcome], lines: dict[bytes, int],
+                 stats: StreamStats, elapsed: float, stopped: LoadLineError | None) -> None:
+    by_status = {s: [o for o in outcomes if o.status == s] for s in (ACCEPTED, DUPLICATE, REFUSED, TIMEOUT, LOST)}
+    problems = sorted((lines.get(o.txid, 0), o) for s in (REFUSED, TIMEOUT, LOST) for o in by_status[s])
+    answer: dict[str, Any] = {
+        "file": name, "submitted": len(outcomes), "accepted": len(by_status[ACCEPTED]),
+        "duplicates": len(by_status[DUPLICATE]), "refused": len(by_status[REFUSED]),
+        "timed_out": len(by_status[TIMEOUT]), "lost": len(by_status[LOST]), "wait": wait,
+        "reached": sum(1 for o in outcomes if o.ok) if wait else None,
+        "elapsed_s": round(elapsed, 3), "tx_per_s": round(len(outcomes) / elapsed, 1) if elapsed > 0 else None,
+        "frames": stats.frames_sent, "busy_frames": stats.busy_frames, "window_waits": stats.window_waits,
+        "problems": [{"line": line, "txid": o.txid.hex(), "status": o.status, "code": o.code, "message": o.message}
+                     for line, o in problems],
+        "stopped_at_line": stopped.line if stopped else None,
+    }
+    text = (f"loaded {answer['submitted']} lines of {name} in {answer['elapsed_s']} s ({answer['tx_per_s']} tx/s, "
+            f"{stats.frames_sent} frames): {answer['accepted']} accepted, {answer['duplicates']} duplicates, "
+            f"{answer['refused']} refused")
+    if wait:
+        text += f"; {answer['reached']} reached {wait}"
+    if stats.busy_frames or stats.window_waits:
+        text += f"; back-pressure: {stats.busy_frames} busy frames, {stats.window_waits} window waits"
+    for line, o in problems[:LOAD_SHOWN_PROBLEMS]:
+        text += f"\n  line {line}: {o.status} {o.code or ''}: {o.message or ''}"
+    if len(problems) > LOAD_SHOWN_PROBLEMS:
+        text += f"\n  ... and {len(problems) - LOAD_SHOWN_PROBLEMS} more (--json lists them all)"
+    ctx.emit(answer, text)
+    if stopped is not None:
+        raise CliError(f"{name}: {stopped}; the lines before it were submitted", exitcodes.USAGE)
+    if by_status[REFUSED]:
+        raise CliError(f"{len(by_status[REFUSED])} line(s) refused by the node", exitcodes.REJECTED)
+    if by_status[TIMEOUT] or by_status[LOST]:
+        raise CliError(f"{len(by_status[TIMEOUT]) + len(by_status[LOST])} line(s) not confirmed "
+                       f"{'in ' + wait if wait else 'admitted'} (still pending, or unknown after the stream closed: "
+                       "check with peerdb tx TXID)", exitcodes.TIMEOUT)

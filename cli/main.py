@@ -15,7 +15,7 @@ import click
 from .audit import anchors_verify, audit
 from .context import Ctx, json_option, pass_ctx
 from .errors import JsonError
-from .data import delete, get, history, propose, put
+from .data import delete, get, history, load, propose, put
 from .founding import member
 from .governance import governance
 from .inspection import anchors, blocks, evidence, forks, objections, status, tx_cmd
@@ -24,7 +24,7 @@ from .params import AddressType
 
 anchors.add_command(anchors_verify)  # the auditor's check, kept with the other audit code
 
-COMMANDS = (keygen, member, consortium, node, demo, put, delete, get, history, propose, status, blocks, evidence,
+COMMANDS = (keygen, member, consortium, node, demo, put, delete, get, history, propose, load, status, blocks, evidence,
             anchors, forks, objections, tx_cmd, audit, governance)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -59,7 +59,7 @@ def main(ctx: Ctx, config: str | None, api: str | None, token: str | None) -> No
     \b
     Founding:    peerdb member init | consortium init|show | node init
     Operators:   peerdb keygen | node run | status
-    Data:        peerdb put | delete | get | history | propose
+    Data:        peerdb put | delete | get | history | propose | load
     Inspection:  peerdb blocks list|show | evidence list|show | anchors list|show
                  | forks | objections | tx TXID
     Auditors:    peerdb audit export|verify|diff | anchors verify

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from peerdb.client import NodeClient, NodeError, NodeRefused, NodeUnreachable
+from peerdb.client import NodeClient, NodeError, NodeRefused, NodeUnreachable, SyncStream, TxSigner
 from peerdb.consortium_file import load_consortium
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import ConfigError
@@ -104,6 +104,17 @@ class Member:
     def blocks(self, start: int, end: int) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call(self.node.blocks, start, end)
         return result
+
+    def stream(self, views: tuple[str, ...], timeout_s: float) -> SyncStream:
+        """A write stream to this member's node (docs/stream.md), signing with the firm's client
+        key from its node config: for writing at rate, many transactions in flight."""
+        try:
+            signer = TxSigner.from_node_config(self.config.path)
+        except ConfigError as exc:
+            raise ExampleError(str(exc)) from None
+        stream: SyncStream = self._call(SyncStream, self.node.url, self.node.token, views=views, timeout_s=timeout_s,
+                                        signer=signer)
+        return stream
 
     def close(self) -> None:
         self.node.close()

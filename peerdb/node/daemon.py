@@ -39,6 +39,7 @@ from .config import NodeConfig, load_node_config
 from .engine import Engine
 from .identity import MemberRemoved, removed_at
 from .service import ALERT_HOOK_TIMEOUT_S, NodeService, wall_clock_ms
+from ..stream_frames import MAX_FRAME_BYTES as STREAM_MAX_FRAME_BYTES
 
 log = logging.getLogger("peerdb.node")
 
@@ -124,6 +125,9 @@ def http_config(listen: str) -> HypercornConfig:
     hconfig.backlog = API_BACKLOG
     hconfig.keep_alive_timeout = API_KEEP_ALIVE_S
     hconfig.errorlog = logging.getLogger("hypercorn.error")
+    # The write stream refuses a frame over MAX_FRAME_BYTES with an error frame; one over twice
+    # that is cut off by hypercorn itself (close 1009) before it is buffered whole.
+    hconfig.websocket_max_message_size = 2 * STREAM_MAX_FRAME_BYTES
     return hconfig
 
 

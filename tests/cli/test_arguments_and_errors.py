@@ -88,7 +88,7 @@ LEAVES = sorted(_leaf_commands(main))
 def test_the_command_list_is_the_documented_one() -> None:
     assert {" ".join(p) for p in LEAVES} == {
         "demo", "keygen", "member init", "consortium init", "consortium show", "node init", "node run", "node check",
-        "put", "delete", "get", "history", "propose", "status",
+        "put", "delete", "get", "history", "propose", "load", "status",
         "blocks list", "blocks show", "evidence list", "evidence show", "anchors list", "anchors show",
         "anchors verify", "forks", "objections", "tx",
         "audit export", "audit verify", "audit diff",

@@ -44,6 +44,9 @@ REQUIRED_KEYS = {
     "peerdb_tps_majority",
     "peerdb_tps_unanimous_signed",
     "peerdb_latency_ms",
+    "peerdb_stream_tps_majority",
+    "peerdb_stream_tps_unanimous_signed",
+    "peerdb_stream_latency_ms",
     "etcd_tps",
     "etcd_latency_ms",
     "pysyncobj_tps",
@@ -105,6 +108,8 @@ def test_smoke_run_writes_json_with_every_key(tmp_path: Path) -> None:
     for key in (
         "peerdb_tps_majority",
         "peerdb_tps_unanimous_signed",
+        "peerdb_stream_tps_majority",
+        "peerdb_stream_tps_unanimous_signed",
         "etcd_tps",
         "pysyncobj_tps",
         "audit_verify_tps",
@@ -114,10 +119,11 @@ def test_smoke_run_writes_json_with_every_key(tmp_path: Path) -> None:
         assert data[key] is None or (_is_number(data[key]) and data[key] >= 0), key
     _check_latency_summary("etcd", data["etcd_latency_ms"])
     _check_latency_summary("pysyncobj", data["pysyncobj_latency_ms"])
-    if data["peerdb_latency_ms"] is not None:
-        assert set(data["peerdb_latency_ms"]) == {"majority", "unanimous_signed"}
-        for level, summary in data["peerdb_latency_ms"].items():
-            _check_latency_summary(f"peerdb {level}", summary)
+    for system in ("peerdb", "peerdb_stream"):
+        if data[f"{system}_latency_ms"] is not None:
+            assert set(data[f"{system}_latency_ms"]) == {"majority", "unanimous_signed"}
+            for level, summary in data[f"{system}_latency_ms"].items():
+                _check_latency_summary(f"{system} {level}", summary)
 
     machine = data["machine"]
     assert isinstance(machine["cpu_model"], str) and machine["cpu_model"]
@@ -129,12 +135,12 @@ def test_smoke_run_writes_json_with_every_key(tmp_path: Path) -> None:
     for name in ("etcd", "pysyncobj", "peerdb"):
         assert name in versions and (versions[name] is None or isinstance(versions[name], str)), name
 
-    assert set(data["systems"]) == {"peerdb", "etcd", "pysyncobj"}
+    assert set(data["systems"]) == {"peerdb", "peerdb_stream", "etcd", "pysyncobj"}
     for name, entry in data["systems"].items():
         assert entry["status"] in {"measured", "skipped", "failed"}, name
         if entry["status"] == "measured":
             assert entry["steps"], name
-            tps_key = "peerdb_tps_unanimous_signed" if name == "peerdb" else f"{name}_tps"
+            tps_key = f"{name}_tps_unanimous_signed" if name.startswith("peerdb") else f"{name}_tps"
             assert _is_number(data[tps_key]), tps_key
         else:
             assert isinstance(entry["reason"], str) and entry["reason"], name

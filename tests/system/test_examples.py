@@ -96,11 +96,23 @@ def test_exposure_registry_flags_the_planted_concentration(consortium_dir: Path)
     assert "1 concentration flag(s) over 25%" in out
 
 
+def test_payment_feed_streams_payments_the_payee_reads_back(consortium_dir: Path) -> None:
+    result = run_example("payment_feed.py", "--dir", str(consortium_dir), "--payments", "600")
+    assert result.returncode == 0, explain(result)
+    out = result.stdout
+    assert "firm-a streams 600 payments to firm-b through its own node" in out
+    assert "600/600 in the majority view" in out and "back-pressure:" in out
+    assert "firm-b reads 20/20 sampled payments from its own node at majority: exactly what firm-a wrote" in out
+
+
 def test_examples_say_when_no_node_answers(tmp_path: Path) -> None:
     init_consortium(tmp_path, "stopped", ["firm-a", "firm-b"], base_port=1, api_base_port=9)
     result = run_example("exposure_registry.py", "--dir", str(tmp_path))
     assert result.returncode == 3, explain(result)
     assert "cannot reach firm-a's node" in result.stderr
+    stream = run_example("payment_feed.py", "--dir", str(tmp_path))
+    assert stream.returncode == 3, explain(stream)
+    assert "cannot reach firm-a's node" in stream.stderr
 
     missing = run_example("supply_chain.py", "--dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1, explain(missing)
@@ -123,7 +135,8 @@ def test_supply_chain_without_rules_says_so_and_forges_nothing(tmp_path: Path) -
     assert len(versions) == 1, versions
 
 
-@pytest.mark.parametrize("script", ["accounting_books.py", "supply_chain.py", "exposure_registry.py"])
+@pytest.mark.parametrize("script", ["accounting_books.py", "supply_chain.py", "exposure_registry.py",
+                                    "payment_feed.py"])
 def test_every_example_is_a_click_command_on_the_client_library(script: str) -> None:
     """The examples are written as the `peerdb` command is: click for the command line, and
     PeerDB's client library (peerdb.client) for the API, never hand-rolled HTTP."""

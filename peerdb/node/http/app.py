@@ -28,14 +28,15 @@ from starlette.responses import Response
 from ...core.keys import SigningKey
 from ..service import NodeService
 from ...anchor.planner import AnchorStatus
-from . import explorer, routes_audit, routes_chain, routes_governance, routes_private, routes_read, routes_write
+from . import explorer, routes_audit, routes_chain, routes_governance, routes_private, routes_read, routes_write, stream
 from .context import ApiContext
 from .errors import error_response
 from .private import PrivateValues
 
 log = logging.getLogger("peerdb.api")
 
-ROUTE_MODULES = (routes_write, routes_read, routes_chain, routes_audit, routes_governance, routes_private, explorer)
+ROUTE_MODULES = (routes_write, routes_read, routes_chain, routes_audit, routes_governance, routes_private, explorer,
+                 stream)
 """Every route module, each with ``routes(ctx) -> list[Route]``."""
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -114,9 +115,13 @@ class Api:
         return None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
+            # A WebSocket handshake (the write stream) has no method: only the application token opens it.
             response = self._refusal(scope)
             if response is not None:
-                await response(scope, receive, send)
+                if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
+                    await response(scope, receive, send)  # a WebSocket refusal answers the handshake with it
+                else:
+                    await send({"type": "websocket.close", "code": 1008})
                 return
         await self.app(scope, receive, send)

@@ -173,13 +173,21 @@ class ApiContext:
             try:
                 reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout, levels)
             finally:
-                with trio.CancelScope(shield=True):
-                    if not await self.service.read(self._all_in_blocks, result.accepted):
-                        await self.service.call(self.engine.persist, result.accepted)
+                await self.make_durable(result.accepted)
             answer["wait"] = {"view": view.value, "reached": reached, "levels_ms": levels}
             if not reached:
                 answer["wait"]["message"] = f"not yet in the {view.value} view after {timeout} s; it is still pending"
         return Submitted(answer, result)
+
+    async def make_durable(self, txids: list[bytes]) -> None:
+        """Persist those of ``txids`` still pending, unless all are in stored blocks: a client
+        that waited for a view is answered (or left) only once what it was told is accepted is
+        durable. Shielded: it runs also when the waiting client was cancelled or went away."""
+        if not txids:
+            return
+        with trio.CancelScope(shield=True):
+            if not await self.service.read(self._all_in_blocks, txids):
+                await self.service.call(self.engine.persist, txids)
 
     def _all_in_blocks(self, txids: list[bytes]) -> bool:
         return len(self.engine.store.included(txids)) == len(txids)

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from .core.errors import ConfigError
+from ..core.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 30.0
 """Seconds one request may take unless the call says otherwise."""
@@ -55,7 +55,7 @@ class NodeRefused(NodeError):
 def node_config_endpoint(path: str | Path, *, audit: bool = False) -> tuple[str, str]:
     """(API URL, token) of a node config; ``audit``: the auditor token. ConfigError if the
     config has none, or a port the client cannot know (0: any free port)."""
-    from .node.config import load_node_config
+    from ..node.config import load_node_config
     cfg = load_node_config(path)
     if cfg.api_listen.endswith(":0"):
         raise ConfigError(f"{path}: api.listen is {cfg.api_listen} (any free port): the node logs the port it got "
