@@ -22,9 +22,9 @@ SIDEWAYS = {("audit", "anchor")}
 """Imports allowed between different subpackages of one rank: the auditor checks anchor proofs
 with the anchoring code's own verifier, so that both agree on what a valid proof is."""
 
-UPWARD = {("peerdb.client", "peerdb.node.config")}
-"""The one upward import: the client library reads a node's config file (address and token) with
-the node's own parser, so that a config the node accepts is one the client understands."""
+UPWARD = {("peerdb.client.http", "peerdb.node.config"), ("peerdb.client.signer", "peerdb.node.config")}
+"""The one upward import: the client library reads a node's config file (address, token, client
+key) with the node's own parser, so that a config the node accepts is one the client understands."""
 
 
 def _modules() -> dict[str, Path]:
