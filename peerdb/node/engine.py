@@ -43,6 +43,7 @@ from .chainkeeper import ChainKeeper
 from .counters import EngineCounters, Reorg
 from .identity import Identity, network_members, removed_at, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
+from .trace import BlockTrace
 from .messages import (
     BlocksMsg,
     EvidenceMsg,
@@ -94,14 +95,16 @@ class Outgoing:
 class Engine:
     def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
                  now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: TxSignatureChecker | None = None,
-                 idle_block_ms: int | None = None) -> None:
+                 idle_block_ms: int | None = None, trace: BlockTrace | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
         self.identity = Identity(me, keys)
         self.keyring = self.identity.keyring
         self.store = store
-        self.mempool = Mempool(mempool_max)
+        self.trace = trace or BlockTrace()
+        """Stage timings and block timelines (thread-safe, its own lock; :mod:`peerdb.node.trace`)."""
+        self.mempool = Mempool(mempool_max, clock=self.trace.clock)
         self.idle_block_ms = idle_block_ms
         """With an empty pool, propose an empty block only after this long without a block (None:
         every heartbeat). Node policy, not a validity rule: see docs/protocol.md §8.2."""
@@ -128,6 +131,8 @@ class Engine:
         self.corrupt: OrderedDict[bytes, CorruptionError] = OrderedDict()
         """Stored items found corrupt when read (for the alert), until a good copy replaces them."""
         self.tip_seen_ms = now_ms
+        self.tip_seen_at = self.trace.now()
+        """When the best tip last changed, on the trace's clock (for ``pool.wait``)."""
         self.objection_count = 0
         self.counters = EngineCounters()
         """Events counted for the metrics (read under the service's lock at scrape time)."""
@@ -309,6 +314,7 @@ class Engine:
 
     def on_proposal(self, peer: str | None, proposal: ProposalMsg, now_ms: int) -> None:
         sig = proposal.signature
+        received = self.trace.now()
         try:
             # The header first (a few hundred bytes): a proposal its proposer did not sign costs
             # us no decoding of its body.
@@ -328,15 +334,20 @@ class Engine:
             if peer is None or proposal.signature.member == peer:
                 self._object_if_attributable(proposal, str(exc))
             return
+        if block.hash not in self.tree:
+            self.trace.block_seen(block.hash, block.height, block.header.proposer, len(block.txs), own=False,
+                                  at=received)
+            self.trace.since("cosign.decode", received)
         # Only the proposer's own copy is attributable to it: a relayer could swap a transaction
         # signature without changing the block hash (txids cover bodies, not signatures).
         self._accept_block(block, (proposal.signature,), peer, now_ms,
-                           object_on_failure=peer in (None, block.header.proposer))
+                           object_on_failure=peer in (None, block.header.proposer), traced=True)
         self._after_change(now_ms)
 
     def _accept_block(self, block: Block, sigs: Sequence[BlockSignature], peer: str | None, now_ms: int,
-                      object_on_failure: bool) -> bool:
-        """Validate and store one block; returns True if it was new and valid."""
+                      object_on_failure: bool, traced: bool = False) -> bool:
+        """Validate and store one block; returns True if it was new and valid. ``traced``: a
+        proposal, whose validation and commit the trace times (catch-up blocks are not traced)."""
         if block.hash in self.tree:
             if block.hash in self.corrupt and self.store.repair_block(block):
                 del self.corrupt[block.hash]
@@ -372,6 +383,7 @@ class Engine:
                 self._request_catchup(peer, max(block.height, self.tree.best_tip.height + 1), now_ms)
             return False
         parent = self.tree.header(block.header.prev)
+        validating = self.trace.now()
         try:
             self.verifier.verify(block.txs)
             state = self.state_for(parent.hash, block.height)
@@ -387,7 +399,11 @@ class Engine:
             if object_on_failure:
                 self._object(block.hash, str(exc))
             return False
+        if traced:
+            validating = self.trace.since("cosign.validate", validating)
         self._store_new_block(block, proposer_sig, effects, cosign_now=object_on_failure)
+        if traced:
+            self.trace.block_event(block.hash, "committed", self.trace.since("cosign.commit", validating))
         for sig in sigs:
             if sig is not proposer_sig:
                 self._accept_sigs([sig], peer, now_ms)
@@ -538,6 +554,7 @@ class Engine:
         if tip != self._last_tip:
             self._last_tip = tip
             self.tip_seen_ms = now_ms
+            self.tip_seen_at = self.trace.now()
 
     def _maybe_sign_tip(self, now_ms: int) -> None:
         tip = self.tree.best_tip
@@ -624,6 +641,7 @@ class Engine:
                 continue
             self._check_double_sign(self.tree.header(sig.block_hash), sig)
             self._tree_sign(sig.block_hash, sig.member)
+            self.trace.signature_received(sig.block_hash, sig.member)
             fresh.append(sig)
         if first_forged is not None:  # one line per message, however many it carries
             log.warning("rejected %d signature(s) from %s that do not verify with the signer's key at that height "
@@ -792,7 +810,13 @@ class Engine:
             return None
         height, round_, _ = self.current_turn(now_ms)
         tip = self.tree.best_tip
+        trace = self.trace
+        started = trace.now()
+        if self.mempool:
+            trace.observe("pool.wait", started - max(self.tip_seen_at, started - self.mempool.oldest_age()))
         block = self._build_block(tip, height, round_, now_ms)
+        trace.block_seen(block.hash, height, self.me, len(block.txs), own=True, at=started)
+        built = trace.since("propose.build", started)
         self.proposed.add((height, round_))
         key = self.key_at(height)
         assert key is not None  # proposal_due checked it
@@ -803,6 +827,7 @@ class Engine:
         except DoubleSignRefused as exc:
             log.error("signing guard refused our own proposal at height %d: %s", height, exc)
             return None
+        trace.block_event(block.hash, "committed", trace.since("propose.commit", built))
         self._send(ProposalMsg(block.raw, sig))
         log.info("proposed block %d round %d with %d txs %s", height, round_, len(block.txs), block.hash.hex()[:16])
         self._after_change(now_ms)
@@ -881,6 +906,7 @@ class Engine:
     def on_blocks(self, peer: str | None, msg: BlocksMsg, now_ms: int) -> None:
         last_height = 0
         progress = False
+        started = self.trace.now()
         # The whole batch is one durable commit (not one per block); any signature we release at
         # the end leaves only after it, when the outbox is flushed.
         with self.store.batch():
@@ -896,6 +922,7 @@ class Engine:
                 last_height = block.height
             self._after_change(now_ms)
         if msg.items:
+            self.trace.since("catchup.batch", started)
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
         if progress and peer is not None:
             # Ask for the next batch at once only when this one moved us forward; otherwise the

@@ -39,7 +39,7 @@ from ..net.inbox import FairInbox
 from .alerts import Alert, AlertBook, AlertEvent
 from .engine import Engine
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
+from .messages import AnchorMsg, Message, ProposalMsg, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
@@ -65,6 +65,10 @@ _SLICEABLE = (TxsMsg, SigsMsg, AnchorMsg)
 
 ALERT_HOOK_TIMEOUT_S = 30
 """Longest an alert webhook or command may run before it is abandoned."""
+
+TX_STAGES = {"tentative": "tx.block", "majority": "tx.majority", "unanimous_signed": "tx.unanimous_signed"}
+"""The trace's stage for a waiting client's transactions reaching each view (tentative: in a block)."""
+
 
 class Network(Protocol):
     """What the service needs from :mod:`peerdb.net` (real TLS or in-memory)."""
@@ -93,6 +97,8 @@ def trio_clock_ms() -> int:
 class _PendingSubmit:
     raws: list[bytes]
     durable: bool
+    queued: float
+    """When it was handed to admission (the trace's clock)."""
     done: trio.Event = field(default_factory=trio.Event)
     result: SubmitResult | MempoolFull | None = None
 
@@ -103,6 +109,8 @@ class _Waiter:
     goal: int
     start: float
     levels_ms: dict[str, float]
+    traced_from: float
+    """When the wait began, on the trace's clock."""
     done: trio.Event = field(default_factory=trio.Event)
     located: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # txid -> (height, block)
 
@@ -178,9 +186,22 @@ class NodeService:
         """Member -> the tip height its latest status message advertised (``/readyz``: caught up)."""
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        trace = self.engine.trace
+        asked = trace.now()
         async with self._lock:
+            locked = trace.now()
+            trace.observe("call.lock", locked - asked)
             if self.offload:
-                result = await trio.to_thread.run_sync(fn, *args)
+                ran: list[float] = []
+
+                def timed() -> T:
+                    start = trace.now()
+                    try:
+                        return fn(*args)
+                    finally:
+                        ran.append(trace.now() - start)
+                result = await trio.to_thread.run_sync(timed)
+                trace.observe("call.hop", trace.now() - locked - sum(ran))
             else:
                 result = fn(*args)
             self._flush()
@@ -227,14 +248,25 @@ class NodeService:
 
     def _flush(self) -> None:
         self._follow_members()
+        trace = self.engine.trace
+        me = self.engine.me
         for out in self.engine.take_outbox():
             wire = to_wire(out.msg)
             if out.to is None:
                 self.network.broadcast(wire)
             else:
                 self.network.send(out.to, wire)
+            if isinstance(out.msg, ProposalMsg):
+                trace.proposal_sent(out.msg.signature.block_hash)
+            elif isinstance(out.msg, SigsMsg) and out.to is None:
+                for sig in out.msg.sigs:
+                    if sig.member == me:
+                        trace.signature_sent(sig.block_hash)
         self._update_waiters()
         self.view = EngineView.of(self.engine)
+        heads = self.view.heads
+        trace.heads_moved({"majority": heads.majority, "unanimous_signed": heads.unanimous_signed},
+                          self.engine.tree.on_best_chain)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -276,6 +308,7 @@ class NodeService:
                 batch = await incoming.take_batch(INBOX_BATCH, INBOX_BATCH_BYTES)
             except trio.EndOfChannel:
                 return
+            taken = self.engine.trace.now()
             work: list[tuple[Callable[[str, Any, int], None], str, Message]] = []
             for peer, raw, size in batch:
                 if isinstance(raw, _SLICEABLE):
@@ -299,7 +332,7 @@ class NodeService:
                     continue
                 work.append((self.engine.handle, peer, msg))
             if work:
-                await self.call(self._dispatch, work, self.clock_ms())
+                await self.call(self._dispatch, work, self.clock_ms(), taken)
 
     def _slice(self, peer: str, msg: TxsMsg | SigsMsg | AnchorMsg, size: int) -> Message:
         """The first INBOX_BATCH_BYTES (pro rata) of ``msg``'s items; the rest goes back to the
@@ -313,9 +346,12 @@ class NodeService:
         self.network.incoming.put_back(peer, type(msg)(items[take:]), rest_size)
         return type(msg)(items[:take])
 
-    @staticmethod
-    def _dispatch(work: list[tuple[Callable[[str, Any, int], None], str, Message]], now_ms: int) -> None:
+    def _dispatch(self, work: list[tuple[Callable[[str, Any, int], None], str, Message]], now_ms: int,
+                  taken: float) -> None:
+        trace = self.engine.trace
         for handler, peer, msg in work:
+            if isinstance(msg, ProposalMsg):
+                trace.since("cosign.queue", taken)
             handler(peer, msg, now_ms)
 
     def _trio_deadline(self, deadline_ms: int, now_ms: int) -> float:
@@ -372,7 +408,7 @@ class NodeService:
     async def submit(self, raws: list[bytes], durable: bool = True) -> SubmitResult:
         """Hand a client's transactions to the admission task and wait for its group commit
         (``durable`` False: see :meth:`Engine.submit_many`)."""
-        pending = _PendingSubmit(raws, durable)
+        pending = _PendingSubmit(raws, durable, self.engine.trace.now())
         self._admissions.append(pending)
         self._admission_wakeup.set()
         await pending.done.wait()
@@ -389,11 +425,17 @@ class NodeService:
             batch, self._admissions = self._admissions, []
             if not batch:
                 continue
+            trace = self.engine.trace
+            started = trace.now()
+            for p in batch:
+                trace.observe("tx.admit_wait", started - p.queued)
             try:
                 results = await self.call(self.engine.submit_many, [p.raws for p in batch], None, self.clock_ms(),
                                           [p.durable for p in batch])
+                admitted = trace.now()
                 for p, result in zip(batch, results):
                     p.result = result
+                    trace.observe("tx.admit", admitted - started)
             finally:
                 for p in batch:
                     p.done.set()  # on a crash the waiters see no result; the node is stopping
@@ -425,11 +467,18 @@ class NodeService:
             return
         heads = self.engine.heads()
         tree = self.engine.tree
+        trace = self.engine.trace
         now = trio.current_time()
+        traced = trace.now()
         for waiter in list(self._waiters):
             level = waiter.level(self.engine.store, tree, heads, self.LEVELS)
             for i in range(level + 1):
-                waiter.levels_ms.setdefault(self.LEVELS[i].value, round((now - waiter.start) * 1000, 3))
+                name = self.LEVELS[i].value
+                if name not in waiter.levels_ms:
+                    waiter.levels_ms[name] = round((now - waiter.start) * 1000, 3)
+                    stage = TX_STAGES.get(name)
+                    if stage is not None:
+                        trace.observe(stage, traced - waiter.traced_from)
             if level >= waiter.goal:
                 waiter.done.set()
                 self._waiters.discard(waiter)
@@ -439,7 +488,7 @@ class NodeService:
         """Wait until all ``txids`` are in ``view``; record in ``levels_ms`` when each weaker
         view was reached (ms after the call), so clients can see the whole path."""
         waiter = _Waiter(list(txids), self.LEVELS.index(view), trio.current_time(),
-                         levels_ms if levels_ms is not None else {})
+                         levels_ms if levels_ms is not None else {}, self.engine.trace.now())
         self._waiters.add(waiter)
         try:
             await self.read(self._update_waiters)

@@ -44,6 +44,7 @@ REQUIRED_KEYS = {
     "peerdb_tps_majority",
     "peerdb_tps_unanimous_signed",
     "peerdb_latency_ms",
+    "peerdb_stages_ms",
     "etcd_tps",
     "etcd_latency_ms",
     "pysyncobj_tps",
@@ -118,6 +119,14 @@ def test_smoke_run_writes_json_with_every_key(tmp_path: Path) -> None:
         assert set(data["peerdb_latency_ms"]) == {"majority", "unanimous_signed"}
         for level, summary in data["peerdb_latency_ms"].items():
             _check_latency_summary(f"peerdb {level}", summary)
+
+    if data["systems"]["peerdb"]["status"] == "measured":
+        light = data["peerdb_stages_ms"]["light"]
+        # The light step's transactions went through every stage of the write path.
+        for stage in ("tx.parse", "tx.admit", "tx.block", "tx.unanimous_signed", "tx.total", "propose.commit",
+                      "cosign.commit", "block.unanimous_signed"):
+            assert light[stage]["count"] > 0, stage
+            assert 0 <= light[stage]["p50_ms"] <= light[stage]["p99_ms"], stage
 
     machine = data["machine"]
     assert isinstance(machine["cpu_model"], str) and machine["cpu_model"]
