@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..core.blockbody import Admit, header_template, select_body
 from ..core.chain import BlockTree, SettledConflict, ViewHeads
@@ -75,10 +75,12 @@ MAX_CORRUPT_ITEMS = 64
 """Corrupt stored items remembered for the alert (more than that: the disk is failing anyway)."""
 UNSAVED_SIGS_MAX = 4096
 """Peers' signatures held in memory before a write of their own is forced (see _accept_sigs)."""
+APPLIED_FEED_MAX = 4096
+"""Applied blocks the feed holds between two takes (a service takes it after every call)."""
 MAX_CONFLICTS = 64
 """Blocks leaving out our final block whose signers we remember for the finality alert."""
 
-__all__ = ["Engine", "Outgoing"]
+__all__ = ["AppliedFeed", "Engine", "Outgoing"]
 
 
 def final_signers(engine: "Engine", final: Header) -> frozenset[str]:
@@ -90,6 +92,26 @@ def final_signers(engine: "Engine", final: Header) -> frozenset[str]:
 class Outgoing:
     to: str | None  # None: every other member
     msg: Message
+
+
+@dataclass
+class AppliedFeed:
+    """What changed on the best chain during engine calls, for the service to learn where
+    transactions landed without reading the store (:meth:`Engine.take_applied`)."""
+
+    blocks: list[Block] = field(default_factory=list)
+    """Blocks applied to the head, in order (their objects are the engine's own: no copies)."""
+    rolled_back: bool = False
+    """Some block left the best chain (or the feed overflowed): whoever follows transactions
+    must look them up again."""
+
+    def add(self, block: Block) -> None:
+        if len(self.blocks) >= APPLIED_FEED_MAX:
+            # Nobody took the feed for a long while (an engine driven without a service): keep
+            # memory bounded; the taker then looks its transactions up in the store.
+            self.blocks.clear()
+            self.rolled_back = True
+        self.blocks.append(block)
 
 
 class Engine:
@@ -118,6 +140,8 @@ class Engine:
         up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
         self._gov_tip = b""
         self.outbox: list[Outgoing] = []
+        self.applied_feed = AppliedFeed()
+        """Blocks applied to the head since the service last took them (its waiting clients)."""
         self.recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self.unsaved_sigs: list[BlockSignature] = []
         self.orphans: OrderedDict[bytes, tuple[Block, BlockSignature]] = OrderedDict()
@@ -295,6 +319,12 @@ class Engine:
     def take_outbox(self) -> list[Outgoing]:
         out, self.outbox = self.outbox, []
         return out
+
+    def take_applied(self) -> AppliedFeed:
+        """The blocks applied since the last call (taken after every engine call, so the feed
+        holds at most one call's worth)."""
+        feed, self.applied_feed = self.applied_feed, AppliedFeed()
+        return feed
 
     def heads(self) -> ViewHeads:
         return self.tree.heads()
@@ -535,10 +565,13 @@ class Engine:
 
     def _applied(self, applied: Sequence[bytes], rolled_back: Sequence[bytes], returned: Sequence[Tx]) -> None:
         self.counters.blocks_applied += len(applied)
+        if rolled_back:
+            self.applied_feed.rolled_back = True
         for block_hash in applied:
             block = self.recent_blocks.get(block_hash) or self.store.block(block_hash)
             if block is not None:
                 self.counters.txs_applied += len(block.txs)
+                self.applied_feed.add(block)
                 for tx in block.txs:
                     self.mempool.drop(tx.txid)
         for tx in returned:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -37,7 +37,7 @@ from ..core.membership import ConsortiumState
 from ..core.model import Header
 from ..net.inbox import FairInbox
 from .alerts import Alert, AlertBook, AlertEvent
-from .engine import Engine
+from .engine import AppliedFeed, Engine
 from .mempool import MempoolFull, SubmitResult
 from .messages import AnchorMsg, Message, ProposalMsg, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
 
@@ -114,21 +114,33 @@ class _Waiter:
     done: trio.Event = field(default_factory=trio.Event)
     located: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # txid -> (height, block)
 
-    def level(self, store: Any, tree: Any, heads: Any, levels: tuple[View, ...]) -> int:
-        """Strongest view index holding every transaction (-1 while one is not in a block)."""
-        top = 0
+    @property
+    def missing(self) -> int:
+        """Transactions not (yet) in a block of the best chain."""
+        return len(self.txids) - len(self.located)
+
+    def locate(self, store: Any) -> list[bytes]:
+        """Look every transaction up in the store (after a reorganisation, or when the wait
+        begins); returns those not in a block yet."""
+        self.located.clear()
+        missing = []
         for txid in self.txids:
-            where = self.located.get(txid)
-            if where is None or not tree.on_best_chain(where[1]):
-                location = store.tx_location(txid)
-                if location is None:
-                    self.located.pop(txid, None)
-                    return -1
-                where = self.located[txid] = (location.height, location.block_hash)
-            top = max(top, where[0])
+            location = store.tx_location(txid)
+            if location is None:
+                missing.append(txid)
+            else:
+                self.located[txid] = (location.height, location.block_hash)
+        return missing
+
+    def level(self, heights: Sequence[int]) -> int:
+        """Strongest view index holding every transaction (-1 while one is not in a block);
+        ``heights``: the head height of each of :attr:`NodeService.LEVELS`."""
+        if self.missing:
+            return -1
+        top = max(height for height, _ in self.located.values())
         level = -1
-        for i, view in enumerate(levels):
-            if heads.height(view) >= top:
+        for i, height in enumerate(heights):
+            if height >= top:
                 level = i
         return level
 
@@ -172,6 +184,12 @@ class NodeService:
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
         self._admissions: list[_PendingSubmit] = []
         self._waiters: set[_Waiter] = set()
+        self._unlocated: dict[bytes, set[_Waiter]] = {}
+        """Txid -> the waiters whose transaction it is, while it is in no block of the best chain."""
+        self._waiters_heads: ViewHeads | None = None
+        """The view heads of the last pass over the waiters."""
+        self._trace_heads: ViewHeads | None = None
+        """The view heads the trace was last told."""
         self._admission_wakeup = trio.Event()
         self.on_members: Callable[[tuple[tuple[str, bytes], ...]], None] | None = None
         """Called with :meth:`Engine.network_members` when it changes, before the network
@@ -262,11 +280,13 @@ class NodeService:
                 for sig in out.msg.sigs:
                     if sig.member == me:
                         trace.signature_sent(sig.block_hash)
-        self._update_waiters()
+        self._update_waiters(self.engine.take_applied())
         self.view = EngineView.of(self.engine)
         heads = self.view.heads
-        trace.heads_moved({"majority": heads.majority, "unanimous_signed": heads.unanimous_signed},
-                          self.engine.tree.on_best_chain)
+        if heads != self._trace_heads:
+            self._trace_heads = heads
+            trace.heads_moved({"majority": heads.majority, "unanimous_signed": heads.unanimous_signed},
+                              self.engine.tree.on_best_chain)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -456,32 +476,72 @@ class NodeService:
 
     LEVELS = (View.TENTATIVE, View.MAJORITY, View.UNANIMOUS_SIGNED, View.UNANIMOUS)
 
-    def _update_waiters(self) -> None:
-        """One pass over the waiting clients after an engine change (under the lock).
+    def _update_waiters(self, feed: AppliedFeed) -> None:
+        """Move the waiting clients on after an engine change (under the lock).
 
-        Each waiter remembers where its transactions landed, so a pass costs a dict lookup per
-        waiter and a store read only for transactions not yet in a block: hundreds of waiting
-        clients do not turn every signature into hundreds of database reads.
+        A pass costs nothing when neither the best chain nor a view head moved; otherwise a
+        dict lookup per transaction of the blocks just applied (which is how a waiter learns
+        where its transactions landed, without reading the store) and a comparison per waiter.
+        Only a reorganisation makes every waiter look its transactions up in the store again.
         """
         if not self._waiters:
             return
-        heads = self.engine.heads()
-        tree = self.engine.tree
-        trace = self.engine.trace
-        now = trio.current_time()
-        traced = trace.now()
+        engine = self.engine
+        if feed.rolled_back:
+            self._unlocated.clear()
+            for waiter in self._waiters:
+                for txid in waiter.locate(engine.store):
+                    self._unlocated.setdefault(txid, set()).add(waiter)
+        else:
+            unlocated = self._unlocated
+            for block in feed.blocks:
+                for tx in block.txs:
+                    found = unlocated.pop(tx.txid, None)
+                    if found:
+                        for waiter in found:
+                            waiter.located[tx.txid] = (block.height, block.hash)
+        heads = engine.heads()
+        if heads == self._waiters_heads and not feed.blocks and not feed.rolled_back:
+            return
+        self._waiters_heads = heads
+        heights = (heads.tentative, heads.majority, heads.unanimous_signed, heads.unanimous)
         for waiter in list(self._waiters):
-            level = waiter.level(self.engine.store, tree, heads, self.LEVELS)
-            for i in range(level + 1):
-                name = self.LEVELS[i].value
-                if name not in waiter.levels_ms:
-                    waiter.levels_ms[name] = round((now - waiter.start) * 1000, 3)
-                    stage = TX_STAGES.get(name)
-                    if stage is not None:
-                        trace.observe(stage, traced - waiter.traced_from)
-            if level >= waiter.goal:
-                waiter.done.set()
-                self._waiters.discard(waiter)
+            self._advance(waiter, heights)
+
+    def _advance(self, waiter: _Waiter, heights: Sequence[int]) -> None:
+        """Record the views ``waiter`` reached; wake it once it reached the one it waits for."""
+        level = waiter.level(heights)
+        if level < 0:
+            return
+        now = trio.current_time()
+        traced = self.engine.trace.now()
+        for i in range(level + 1):
+            name = self.LEVELS[i].value
+            if name not in waiter.levels_ms:
+                waiter.levels_ms[name] = round((now - waiter.start) * 1000, 3)
+                stage = TX_STAGES.get(name)
+                if stage is not None:
+                    self.engine.trace.observe(stage, traced - waiter.traced_from)
+        if level >= waiter.goal:
+            waiter.done.set()
+            self._forget(waiter)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        self._waiters.discard(waiter)
+        for txid in waiter.txids:
+            others = self._unlocated.get(txid)
+            if others is not None:
+                others.discard(waiter)
+                if not others:
+                    del self._unlocated[txid]
+
+    def _register(self, waiter: _Waiter) -> None:
+        """Start following ``waiter`` (under the lock, so no applied block is missed)."""
+        self._waiters.add(waiter)
+        for txid in waiter.locate(self.engine.store):
+            self._unlocated.setdefault(txid, set()).add(waiter)
+        heads = self.engine.heads()
+        self._advance(waiter, (heads.tentative, heads.majority, heads.unanimous_signed, heads.unanimous))
 
     async def wait_for(self, txids: list[bytes], view: View, timeout_s: float,
                        levels_ms: dict[str, float] | None = None) -> bool:
@@ -489,11 +549,10 @@ class NodeService:
         view was reached (ms after the call), so clients can see the whole path."""
         waiter = _Waiter(list(txids), self.LEVELS.index(view), trio.current_time(),
                          levels_ms if levels_ms is not None else {}, self.engine.trace.now())
-        self._waiters.add(waiter)
         try:
-            await self.read(self._update_waiters)
+            await self.read(self._register, waiter)
             with trio.move_on_after(timeout_s):
                 await waiter.done.wait()
         finally:
-            self._waiters.discard(waiter)
+            self._forget(waiter)  # on the trio thread, like every use of the waiters
         return waiter.done.is_set()
