@@ -18,6 +18,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..core.blockbody import Admit, header_template, select_body
 from ..core.chain import BlockTree, SettledConflict, ViewHeads
@@ -35,7 +36,8 @@ from ..core.merkle import merkle_root
 from ..core.model import (Block, BlockSignature, Evidence, Header, Objection, Tx, block_ns_tx_root, consortium_id,
                           genesis_header)
 from ..core.state import BlockRun, Effects, check_tx_time
-from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
+from ..core.validate import (check_block, check_evidence, check_proposer_signature, may_extend, proposer_for,
+                             round_at)
 from ..store import Store
 from .alerts import Alert, chain_alerts, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
@@ -58,6 +60,8 @@ from .messages import (
 from .verify import TxSignatureChecker
 
 log = logging.getLogger("peerdb.node")
+
+T = TypeVar("T")
 
 MAX_ORPHANS = 256
 """Proposals whose parent we lack, kept until catch-up brings the parent."""
@@ -140,6 +144,8 @@ class Engine:
         up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
         self._gov_tip = b""
         self.outbox: list[Outgoing] = []
+        self._uncommitted: list[tuple[bytes, str, float]] = []
+        """Traced blocks written in the open batch: (hash, commit stage, write began)."""
         self.applied_feed = AppliedFeed()
         """Blocks applied to the head since the service last took them (its waiting clients)."""
         self.recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
@@ -433,7 +439,7 @@ class Engine:
             validating = self.trace.since("cosign.validate", validating)
         self._store_new_block(block, proposer_sig, effects, cosign_now=object_on_failure)
         if traced:
-            self.trace.block_event(block.hash, "committed", self.trace.since("cosign.commit", validating))
+            self._written(block.hash, "cosign.commit", validating)
         for sig in sigs:
             if sig is not proposer_sig:
                 self._accept_sigs([sig], peer, now_ms)
@@ -830,13 +836,50 @@ class Engine:
         params = self.params
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
-        parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
+        pipeline_open = may_extend(tip.height, self.tree.heads().majority)
         empty_due = now_ms >= round_start + params.heartbeat_ms and now_ms >= self.tip_seen_ms + self._idle_ms(params)
-        if not ((self.mempool and parent_endorsed) or empty_due):
+        if not ((self.mempool and pipeline_open) or empty_due):
             return False
         if tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms > now_ms:
             return False  # by the parent's clock this round has not begun: peers would refuse the block
         return not self.store.guard_locked()  # restored data directory: no signing until caught up
+
+    def run_and_propose(self, now_ms: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` (message handlers, an admission), then propose if that made our
+        turn come, all as ONE durable store commit.
+
+        A proposal that arrives and makes us the next proposer, transactions that fill an empty
+        pool on our turn, a signature that opens the pipeline: each used to be one engine call
+        (and one commit), and then another call from the turn loop to propose (a second commit,
+        and a thread hop). Here the block we co-sign and the block we propose on it are written
+        together. Signatures and proposals still leave only after the commit: the service sends
+        the outbox when the call has returned. A write that fails inside (the signing guard's
+        refusal) is undone alone, as each write is a child transaction of the batch."""
+        try:
+            with self.store.batch():
+                result = fn(*args)
+                self.maybe_propose(now_ms)
+        except BaseException:
+            self._uncommitted.clear()  # nothing of the batch was written
+            raise
+        self._committed()
+        return result
+
+    def _written(self, block_hash: bytes, stage: str, started: float) -> None:
+        """A traced block's write (begun at ``started``) returned; it is durable now, or when
+        the batch it is part of commits (:meth:`_committed`)."""
+        if self.store.in_batch():
+            self._uncommitted.append((block_hash, stage, started))
+        else:
+            self.trace.block_event(block_hash, "committed", self.trace.since(stage, started))
+
+    def _committed(self) -> None:
+        if self._uncommitted:
+            done = self.trace.now()
+            for block_hash, stage, started in self._uncommitted:
+                self.trace.observe(stage, done - started)
+                self.trace.block_event(block_hash, "committed", done)
+            self._uncommitted.clear()
 
     def maybe_propose(self, now_ms: int) -> Block | None:
         if not self.proposal_due(now_ms):
@@ -860,7 +903,7 @@ class Engine:
         except DoubleSignRefused as exc:
             log.error("signing guard refused our own proposal at height %d: %s", height, exc)
             return None
-        trace.block_event(block.hash, "committed", trace.since("propose.commit", built))
+        self._written(block.hash, "propose.commit", built)
         self._send(ProposalMsg(block.raw, sig))
         log.info("proposed block %d round %d with %d txs %s", height, round_, len(block.txs), block.hash.hex()[:16])
         self._after_change(now_ms)

@@ -352,7 +352,8 @@ class NodeService:
                     continue
                 work.append((self.engine.handle, peer, msg))
             if work:
-                await self.call(self._dispatch, work, self.clock_ms(), taken)
+                now = self.clock_ms()
+                await self.call(self.engine.run_and_propose, now, self._dispatch, work, now, taken)
 
     def _slice(self, peer: str, msg: TxsMsg | SigsMsg | AnchorMsg, size: int) -> Message:
         """The first INBOX_BATCH_BYTES (pro rata) of ``msg``'s items; the rest goes back to the
@@ -450,8 +451,9 @@ class NodeService:
             for p in batch:
                 trace.observe("tx.admit_wait", started - p.queued)
             try:
-                results = await self.call(self.engine.submit_many, [p.raws for p in batch], None, self.clock_ms(),
-                                          [p.durable for p in batch])
+                now = self.clock_ms()
+                results = await self.call(self.engine.run_and_propose, now, self.engine.submit_many,
+                                          [p.raws for p in batch], None, now, [p.durable for p in batch])
                 admitted = trace.now()
                 for p, result in zip(batch, results):
                     p.result = result
