@@ -37,7 +37,8 @@ from ..core.membership import ConsortiumState
 from ..core.model import Header
 from ..net.inbox import FairInbox
 from .alerts import Alert, AlertBook, AlertEvent
-from .engine import AppliedFeed, Engine
+from .engine import Engine
+from .waiters import LEVELS, Follower, FollowerBook
 from .mempool import MempoolFull, SubmitResult
 from .messages import AnchorMsg, Message, ProposalMsg, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
 
@@ -103,48 +104,6 @@ class _PendingSubmit:
     result: SubmitResult | MempoolFull | None = None
 
 
-@dataclass(eq=False)
-class _Waiter:
-    txids: list[bytes]
-    goal: int
-    start: float
-    levels_ms: dict[str, float]
-    traced_from: float
-    """When the wait began, on the trace's clock."""
-    done: trio.Event = field(default_factory=trio.Event)
-    located: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # txid -> (height, block)
-
-    @property
-    def missing(self) -> int:
-        """Transactions not (yet) in a block of the best chain."""
-        return len(self.txids) - len(self.located)
-
-    def locate(self, store: Any) -> list[bytes]:
-        """Look every transaction up in the store (after a reorganisation, or when the wait
-        begins); returns those not in a block yet."""
-        self.located.clear()
-        missing = []
-        for txid in self.txids:
-            location = store.tx_location(txid)
-            if location is None:
-                missing.append(txid)
-            else:
-                self.located[txid] = (location.height, location.block_hash)
-        return missing
-
-    def level(self, heights: Sequence[int]) -> int:
-        """Strongest view index holding every transaction (-1 while one is not in a block);
-        ``heights``: the head height of each of :attr:`NodeService.LEVELS`."""
-        if self.missing:
-            return -1
-        top = max(height for height, _ in self.located.values())
-        level = -1
-        for i, height in enumerate(heights):
-            if height >= top:
-                level = i
-        return level
-
-
 @dataclass(frozen=True)
 class EngineView:
     """An immutable picture of the engine for readers on the trio thread (see the module doc)."""
@@ -183,11 +142,8 @@ class NodeService:
         self.started_ms = clock_ms()
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
         self._admissions: list[_PendingSubmit] = []
-        self._waiters: set[_Waiter] = set()
-        self._unlocated: dict[bytes, set[_Waiter]] = {}
-        """Txid -> the waiters whose transaction it is, while it is in no block of the best chain."""
-        self._waiters_heads: ViewHeads | None = None
-        """The view heads of the last pass over the waiters."""
+        self.followers = FollowerBook()
+        """Clients following their transactions through the views (:meth:`follow`)."""
         self._trace_heads: ViewHeads | None = None
         """The view heads the trace was last told."""
         self._admission_wakeup = trio.Event()
@@ -280,7 +236,9 @@ class NodeService:
                 for sig in out.msg.sigs:
                     if sig.member == me:
                         trace.signature_sent(sig.block_hash)
-        self._update_waiters(self.engine.take_applied())
+        feed = self.engine.take_applied()
+        if len(self.followers) or feed.rolled_back:
+            self.followers.update(feed.blocks, feed.rolled_back, self.engine.store, self.engine.heads())
         self.view = EngineView.of(self.engine)
         heads = self.view.heads
         if heads != self._trace_heads:
@@ -476,85 +434,51 @@ class NodeService:
                 return height, view.value
         return height, None
 
-    LEVELS = (View.TENTATIVE, View.MAJORITY, View.UNANIMOUS_SIGNED, View.UNANIMOUS)
+    async def follow(self, txids: Sequence[bytes], until: View,
+                     on_view: Callable[[Follower, View, int], None] | None = None) -> Follower:
+        """Follow transactions already admitted (by :meth:`submit`) through the views, up to
+        ``until``: the one entry point for telling a client when its transactions reach a view.
 
-    def _update_waiters(self, feed: AppliedFeed) -> None:
-        """Move the waiting clients on after an engine change (under the lock).
+        ``on_view(follower, view, height)`` is called once per view all of ``txids`` reached,
+        weakest first (tentative: they are in blocks of the best chain; ``height`` is the
+        highest of those blocks), up to ``until``; views they are already in are told before
+        this returns. It runs on the trio thread inside the engine's flush, under the service
+        lock, so it must only record or hand over (``send_nowait``, an append), never block or
+        await. The returned :class:`Follower` has ``done`` (a :class:`trio.Event`, set once
+        ``until`` is reached) and ``reached`` (the views told so far); :meth:`unfollow` it when
+        the client goes away. After a reorganisation a follower is told again only views it had
+        not been told; ``done`` needs ``until`` on the new best chain.
 
-        A pass costs nothing when neither the best chain nor a view head moved; otherwise a
-        dict lookup per transaction of the blocks just applied (which is how a waiter learns
-        where its transactions landed, without reading the store) and a comparison per waiter.
-        Only a reorganisation makes every waiter look its transactions up in the store again.
+        The HTTP write route (``wait``) is :meth:`wait_for` on top of this; a streaming
+        connection follows each of its transactions with its own ``on_view``.
         """
-        if not self._waiters:
-            return
-        engine = self.engine
-        if feed.rolled_back:
-            self._unlocated.clear()
-            for waiter in self._waiters:
-                for txid in waiter.locate(engine.store):
-                    self._unlocated.setdefault(txid, set()).add(waiter)
-        else:
-            unlocated = self._unlocated
-            for block in feed.blocks:
-                for tx in block.txs:
-                    found = unlocated.pop(tx.txid, None)
-                    if found:
-                        for waiter in found:
-                            waiter.located[tx.txid] = (block.height, block.hash)
-        heads = engine.heads()
-        if heads == self._waiters_heads and not feed.blocks and not feed.rolled_back:
-            return
-        self._waiters_heads = heads
-        heights = (heads.tentative, heads.majority, heads.unanimous_signed, heads.unanimous)
-        for waiter in list(self._waiters):
-            self._advance(waiter, heights)
+        follower = Follower(tuple(txids), LEVELS.index(until), on_view)
+        await self.read(lambda: self.followers.add(follower, self.engine.store, self.engine.heads()))
+        return follower
 
-    def _advance(self, waiter: _Waiter, heights: Sequence[int]) -> None:
-        """Record the views ``waiter`` reached; wake it once it reached the one it waits for."""
-        level = waiter.level(heights)
-        if level < 0:
-            return
-        now = trio.current_time()
-        traced = self.engine.trace.now()
-        for i in range(level + 1):
-            name = self.LEVELS[i].value
-            if name not in waiter.levels_ms:
-                waiter.levels_ms[name] = round((now - waiter.start) * 1000, 3)
-                stage = TX_STAGES.get(name)
-                if stage is not None:
-                    self.engine.trace.observe(stage, traced - waiter.traced_from)
-        if level >= waiter.goal:
-            waiter.done.set()
-            self._forget(waiter)
-
-    def _forget(self, waiter: _Waiter) -> None:
-        self._waiters.discard(waiter)
-        for txid in waiter.txids:
-            others = self._unlocated.get(txid)
-            if others is not None:
-                others.discard(waiter)
-                if not others:
-                    del self._unlocated[txid]
-
-    def _register(self, waiter: _Waiter) -> None:
-        """Start following ``waiter`` (under the lock, so no applied block is missed)."""
-        self._waiters.add(waiter)
-        for txid in waiter.locate(self.engine.store):
-            self._unlocated.setdefault(txid, set()).add(waiter)
-        heads = self.engine.heads()
-        self._advance(waiter, (heads.tentative, heads.majority, heads.unanimous_signed, heads.unanimous))
+    def unfollow(self, follower: Follower) -> None:
+        """Stop following (the client gave up or went away); harmless once it is done."""
+        self.followers.cancel(follower)
 
     async def wait_for(self, txids: list[bytes], view: View, timeout_s: float,
                        levels_ms: dict[str, float] | None = None) -> bool:
         """Wait until all ``txids`` are in ``view``; record in ``levels_ms`` when each weaker
         view was reached (ms after the call), so clients can see the whole path."""
-        waiter = _Waiter(list(txids), self.LEVELS.index(view), trio.current_time(),
-                         levels_ms if levels_ms is not None else {}, self.engine.trace.now())
+        start = trio.current_time()
+        traced_from = self.engine.trace.now()
+        levels = levels_ms if levels_ms is not None else {}
+        trace = self.engine.trace
+
+        def reached(_follower: Follower, level: View, _height: int) -> None:
+            levels[level.value] = round((trio.current_time() - start) * 1000, 3)
+            stage = TX_STAGES.get(level.value)
+            if stage is not None:
+                trace.observe(stage, trace.now() - traced_from)
+
+        follower = await self.follow(txids, view, reached)
         try:
-            await self.read(self._register, waiter)
             with trio.move_on_after(timeout_s):
-                await waiter.done.wait()
+                await follower.done.wait()
         finally:
-            self._forget(waiter)  # on the trio thread, like every use of the waiters
-        return waiter.done.is_set()
+            self.unfollow(follower)
+        return view in follower.reached

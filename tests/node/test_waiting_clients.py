@@ -36,7 +36,7 @@ async def test_many_waiting_clients_are_each_woken_in_view_order(
         async with trio.open_nursery() as clients:
             for i in range(len(txs)):
                 clients.start_soon(client, i)
-        assert not service._waiters and not service._unlocated  # nothing left behind
+        assert service.followers.idle()  # nothing left behind
         await cluster.close()
         nursery.cancel_scope.cancel()
     assert sorted(outcomes) == list(range(len(txs)))
