@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..core.blockbody import Admit, header_template, select_body
+from ..core.blockdecode import decode_block_fast
 from ..core.chain import BlockTree, SettledConflict, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
@@ -364,7 +365,7 @@ class Engine:
             log.warning("rejected proposal from %s: %s", peer, exc)
             return
         try:
-            block = Block.decode(proposal.block, self.mempool.by_raw)
+            block = decode_block_fast(proposal.block, self.mempool.by_raw)
         except (DecodeError, ValidationError) as exc:
             log.warning("rejected proposal from %s: %s", peer, exc)
             if peer is None or proposal.signature.member == peer:
@@ -988,7 +989,7 @@ class Engine:
         with self.store.batch():
             for raw, sigs in msg.items:
                 try:
-                    block = Block.decode(raw, self.mempool.by_raw)
+                    block = decode_block_fast(raw, self.mempool.by_raw)
                 except (DecodeError, ValidationError) as exc:
                     log.warning("catch-up from %s: bad block: %s", peer, exc)
                     break
