@@ -984,20 +984,32 @@ class Engine:
         last_height = 0
         progress = False
         started = self.trace.now()
-        # The whole batch is one durable commit (not one per block); any signature we release at
-        # the end leaves only after it, when the outbox is flushed.
-        with self.store.batch():
-            for raw, sigs in msg.items:
-                try:
-                    block = decode_block_fast(raw, self.mempool.by_raw)
-                except (DecodeError, ValidationError) as exc:
-                    log.warning("catch-up from %s: bad block: %s", peer, exc)
-                    break
-                progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
-                if block.hash not in self.tree:
-                    break
-                last_height = block.height
-            self._after_change(now_ms)
+        # Every block is decoded first and all their client signatures go to the checking pool in
+        # one call, so the pool checks the next blocks while this thread applies the state of
+        # the previous ones. The whole batch is one durable commit (not one per block); any
+        # signature we release at the end leaves only after it, when the outbox is flushed.
+        blocks: list[tuple[Block, tuple[BlockSignature, ...]]] = []
+        for raw, sigs in msg.items:
+            try:
+                blocks.append((decode_block_fast(raw, self.mempool.by_raw), sigs))
+            except (DecodeError, ValidationError) as exc:
+                log.warning("catch-up from %s: bad block: %s", peer, exc)
+                break
+        self.verifier.prefetch([tx for block, _ in blocks if block.hash not in self.tree for tx in block.txs])
+        try:
+            with self.store.batch():
+                for block, sigs in blocks:
+                    progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
+                    if block.hash not in self.tree:
+                        break
+                    last_height = block.height
+                    # The governance state follows block by block (from the effects just
+                    # computed), so the next block's rules and keys come from memory, not from
+                    # a state read in the store.
+                    self._follow_tip()
+                self._after_change(now_ms)
+        finally:
+            self.verifier.drop_prefetched()
         if msg.items:
             self.trace.since("catchup.batch", started)
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
