@@ -19,8 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from ..core.consortium import Consortium, parse_address
 from ..core.errors import ConfigError, DecodeError, PeerDBError
@@ -34,6 +32,7 @@ from .alerts import REMOVED, AlertEvent
 from .anchoring import AnchorBook, NodeAnchoring
 from .http import Api
 from .http.monitor import MonitorApp
+from .http.server import serve_http
 from .metrics import NodeMetrics
 from .config import NodeConfig, load_node_config
 from .engine import Engine
@@ -46,7 +45,7 @@ API_BACKLOG = 1024
 """Pending client connections the API accepts; applications open hundreds of connections."""
 API_KEEP_ALIVE_S = 120
 """Idle keep-alive connections are kept this long, so a client reusing a pooled connection does
-not race the server closing it (hypercorn's default is 5 s)."""
+not race the server closing it (HTTP servers' usual default is 5 s)."""
 
 
 class _JsonishFormatter(logging.Formatter):
@@ -86,7 +85,6 @@ def setup_logging(level: str, member: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
 
 
 def task_tree() -> str:
@@ -116,15 +114,9 @@ async def _dump_on_usr1() -> None:
                 log.warning("task: %s", line)
 
 
-def http_config(listen: str) -> HypercornConfig:
-    """Hypercorn's settings for one of the node's HTTP listeners (the API, the metrics)."""
-    hconfig = HypercornConfig()
-    hconfig.bind = [listen]
-    hconfig.accesslog = None
-    hconfig.backlog = API_BACKLOG
-    hconfig.keep_alive_timeout = API_KEEP_ALIVE_S
-    hconfig.errorlog = logging.getLogger("hypercorn.error")
-    return hconfig
+def http_server(app: Any, listen: str) -> Callable[..., Any]:
+    """One of the node's HTTP listeners (the API, the metrics), for ``nursery.start``."""
+    return functools.partial(serve_http, app, listen, backlog=API_BACKLOG, keep_alive_s=API_KEEP_ALIVE_S)
 
 
 def run_daemon(config_path: str, *, accept_restored: bool = False) -> None:
@@ -325,30 +317,24 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
             metrics.anchor_status = anchor_status
         api = Api(service, cfg.api_token, cfg.load_client_key(), extras, read_token=cfg.api_read_token,
                   anchor_status=anchor_status, audit_token=cfg.api_audit_token)
-        hconfig = http_config(cfg.api_listen)
-        stop = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_dump_on_usr1)
                 await nursery.start(service.run)
                 if anchoring is not None:
                     await nursery.start(anchoring.run)
-                serve_api = functools.partial(hypercorn_serve, api, hconfig, shutdown_trigger=stop.wait)
-                bound = await nursery.start(serve_api)
+                bound = await nursery.start(http_server(api, cfg.api_listen))
                 log.info("client API listening on %s (explorer: http://%s/explorer)", bound if bound else cfg.api_listen,
                          cfg.api_listen)
                 if metrics is not None and cfg.metrics_listen is not None:
                     monitor = MonitorApp(service, metrics, engine.params)
-                    serve_monitor = functools.partial(hypercorn_serve, monitor, http_config(cfg.metrics_listen),
-                                                      shutdown_trigger=stop.wait)
-                    await nursery.start(serve_monitor)
+                    await nursery.start(http_server(monitor, cfg.metrics_listen))
                     log.info("metrics on http://%s/metrics, health on /healthz and /readyz", cfg.metrics_listen)
                 task_status.started(service)
                 nursery.start_soon(watch_removal, service, removal_announced)
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
                         log.info("received %s: shutting down", signal.Signals(signum).name)
-                        stop.set()
                         nursery.cancel_scope.cancel()
                         break
         except* MemberRemoved as removed:  # one task's ending, not a crash: the plain error for the exit code
