@@ -191,6 +191,24 @@ def _envelope(data: bytes) -> tuple[bytes, list[bytes]]:
     return header, txs
 
 
+def peek_header_fast(data: bytes) -> Header:
+    """Only the header of an encoded block, reading nothing of the body but its envelope's
+    first head (``Block.peek_header`` also checks the body's structure; whoever decodes the
+    block checks everything). Falls back to ``Block.peek_header`` for any other layout."""
+    if type(data) is bytes:
+        try:
+            n = len(data)
+            if n > MAX_BLOCK_BYTES or n < 4 or data[0] != 0x83:
+                raise _Deviation
+            hlen, pos = _length(data, 1, 0x40)
+            if pos + hlen > n:
+                raise _Deviation
+            return Header.decode(data[pos:pos + hlen])
+        except (_Deviation, IndexError, DecodeError, ValidationError):
+            pass
+    return Block.peek_header(data)
+
+
 def decode_tx_fast(data: bytes) -> Tx:
     """Decode an encoded transaction: the same :class:`Tx`, or the same error, as
     ``Tx.decode(data)``, reading the canonical layout directly (about five times faster). A

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..core.blockbody import Admit, header_template, select_body
-from ..core.blockdecode import decode_block_fast
+from ..core.blockdecode import decode_block_fast, peek_header_fast
 from ..core.chain import BlockTree, SettledConflict, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
@@ -956,6 +956,7 @@ class Engine:
 
     def _request_catchup(self, peer: str, to_height: int, now_ms: int) -> None:
         if self.catchup.may_ask(peer, now_ms):
+            self.catchup.outstanding.add(peer)
             start = self.tree.heads().unanimous_signed + 1
             self._send(GetBlocksMsg(start, max(start, to_height)), to=peer)
 
@@ -1013,12 +1014,38 @@ class Engine:
         if msg.items:
             self.trace.since("catchup.batch", started)
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
+        asked_ahead = self.catchup.ahead.pop(peer, None) if peer is not None else None
         if progress and peer is not None:
             # Ask for the next batch at once only when this one moved us forward; otherwise the
             # retry interval applies (a peer advertising what it cannot deliver is not a loop).
             self.catchup.answered(peer)
-            if last_height and msg.peer_height > last_height:
+            if last_height and msg.peer_height > last_height and asked_ahead != last_height + 1:
                 self._request_catchup(peer, msg.peer_height, now_ms)
+            elif asked_ahead == last_height + 1:
+                self.catchup.asked[peer] = now_ms  # the next batch is on its way: that request stands
+        elif peer is not None:
+            # No progress: an answer still on its way asks for nothing more ahead; the retry
+            # interval applies as for any answer that brought nothing.
+            self.catchup.outstanding.discard(peer)
+
+    def catchup_ahead(self, peer: str, msg: BlocksMsg, now_ms: int) -> GetBlocksMsg | None:
+        """The request for the batch after ``msg``, to send before ``msg`` is handled, so that the
+        peer reads and sends it while this member checks and applies ``msg`` (None: ``msg`` is the
+        last batch, or empty). A cheap read, under the service lock, without a thread hop: the
+        last block's header is peeked at, nothing is validated. If ``msg`` turns out bad, the
+        next batch's blocks are orphans and catch-up asks again as usual."""
+        if not msg.items or msg.peer_height <= self.tree.best_tip.height or peer not in self.catchup.outstanding:
+            return None  # nothing more to ask for, or an answer we did not ask for
+        try:
+            header = peek_header_fast(msg.items[-1][0])
+        except (DecodeError, ValidationError):
+            return None
+        last = header.height
+        if msg.peer_height <= last or last < self.tree.best_tip.height or header.hash in self.tree:
+            return None  # the last batch, or one that brings nothing new
+        self.catchup.ahead[peer] = last + 1
+        self.catchup.asked[peer] = now_ms
+        return GetBlocksMsg(last + 1, msg.peer_height)
 
     def status_message(self) -> StatusMsg:
         return status_message(self.tree)

@@ -40,7 +40,7 @@ from .alerts import Alert, AlertBook, AlertEvent
 from .engine import Engine
 from .waiters import LEVELS, Follower, FollowerBook
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, ProposalMsg, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
+from .messages import AnchorMsg, BlocksMsg, Message, ProposalMsg, SigsMsg, StatusMsg, TxsMsg, from_wire, to_wire
 
 log = logging.getLogger("peerdb.node")
 
@@ -302,6 +302,10 @@ class NodeService:
                         await trio.lowlevel.checkpoint()
                 if isinstance(msg, StatusMsg):
                     self.peer_heights[peer] = msg.height
+                if isinstance(msg, BlocksMsg) and msg.items:
+                    ahead = await self.read(self.engine.catchup_ahead, peer, msg, self.clock_ms())
+                    if ahead is not None:
+                        self.network.send(peer, to_wire(ahead))
                 if size > INBOX_BATCH_BYTES and isinstance(msg, _SLICEABLE):
                     msg = self._slice(peer, msg, size)
                 if isinstance(msg, AnchorMsg):
