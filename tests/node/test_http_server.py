@@ -33,12 +33,16 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="application/octet-stream")
 
 
+async def hello(request: Request) -> Response:
+    return Response(b"hello", media_type="text/plain")  # never reads the request body
+
+
 async def fail(request: Request) -> Response:
     raise RuntimeError("the app broke")
 
 
 APP = Starlette(routes=[Route("/echo/{rest:path}", echo, methods=["GET", "POST"]), Route("/stream", stream),
-                        Route("/fail", fail)])
+                        Route("/hello", hello), Route("/fail", fail)])
 
 
 @asynccontextmanager
@@ -69,6 +73,24 @@ async def test_requests_share_a_keep_alive_connection_and_bodies_arrive_whole() 
         assert r1.status_code == 200 and r1.json() == {"method": "POST", "path": "/echo/a b", "query": "x=1",
                                                         "bytes": 300_000, "client": True}
         assert r2.json()["path"] == "/echo/again" and r1.headers["content-length"] == str(len(r1.content))
+
+
+async def test_requests_whose_body_the_app_does_not_read_keep_the_connection() -> None:
+    """A GET's (empty) body ends with an event of its own that the app never asks for; the
+    connection must stay usable, or the client's next request on it would be reset."""
+    async with server() as url:
+        host, port = url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        answers = b""
+        for i in range(3):
+            await stream.send_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            with trio.fail_after(10):
+                while answers.count(b"hello") < i + 1:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, f"the server closed the connection after {i} answers"
+                    answers += chunk
+        await stream.aclose()
+        assert answers.count(b"HTTP/1.1 200 OK") == 3
 
 
 async def test_a_streamed_answer_is_chunked_and_complete() -> None:

@@ -1,5 +1,5 @@
-"""The client API: HTTP/JSON for the firm's applications, a Starlette app served by hypercorn
-on trio (docs/api.md).
+"""The client API: HTTP/JSON for the firm's applications, a Starlette app served on trio by
+:mod:`.server` (h11) (docs/api.md).
 
 :mod:`.app` assembles it; :mod:`.errors` maps error types to statuses in one table;
 :mod:`.context` is what the route modules (``routes_*``) are given instead of the app;

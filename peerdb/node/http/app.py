@@ -53,7 +53,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class Api:
-    """The ASGI app hypercorn serves (``Api(service, token, client_key, extras, audit_token)``).
+    """The ASGI app :mod:`.server` serves (``Api(service, token, client_key, extras, audit_token)``).
 
     ``extras`` are sections the daemon adds to ``GET /v1/status`` (name → function);
     ``read_token`` is a second token that may only read (GET); ``audit_token`` opens

@@ -1,10 +1,11 @@
 """The node's HTTP/1.1 server: its ASGI apps (the client API, the monitoring endpoints) served
 on trio by h11, with a loop of our own around it.
 
-Why not hypercorn, which served them before: measured on the project's machine, hypercorn spent
-about 600 us of CPU per small request (a task, memory channels and cancel scopes per request,
-and two writes per response), h11 driven directly about 120 us; at the member a client writes
-to, that was the largest single cost of a transaction (docs/performance.md). h11 still does all
+Why not hypercorn, which served them before: measured on the project's machine with the same
+Starlette app, hypercorn spent about 460 us of CPU per small request (a task, memory channels
+and cancel scopes per request, two writes per answer), this server about 220 us; at the member
+a client writes to, the HTTP server was the largest single cost of a transaction
+(docs/performance.md). h11 still does all
 of HTTP/1.1 (parsing, framing, keep-alive, chunked bodies, what may follow what); this module
 only moves bytes and ASGI messages between it and the app.
 
@@ -38,8 +39,11 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
 MAX_HEAD_BYTES = 16 * 1024
-"""Largest request line plus headers accepted (hypercorn's limit too); a larger one is refused
-with 431 before the app sees it."""
+"""Largest request target plus headers accepted (the usual servers' limit); a larger one is
+refused with 431 before the app sees it."""
+DRAIN_BYTES = 1024 * 1024
+"""Request body an app left unread that is read and dropped to keep the connection; beyond
+this the connection is closed instead (reading it all would be work for nothing)."""
 RECEIVE_BYTES = 64 * 1024
 """Bytes read from the socket at a time."""
 WRITE_TIMEOUT_S = 60.0
@@ -84,9 +88,24 @@ class _Connection:
                 await self._write(_plain(431, b"request head too large"))  # it came whole in one read
                 return
             await _Exchange(self, event).run()
-            if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-                return  # must close, or the app left the request body unread
+            if self.h11.our_state is not h11.DONE or not await self._drain():
+                return  # must close, or the app left too much of the request body unread
             self.h11.start_next_cycle()
+
+    async def _drain(self) -> bool:
+        """Read what is left of the request (a GET's empty body ends with an event of its own
+        that an app not reading the body never asks for); False if the connection must close
+        (the client closed, or more than :data:`DRAIN_BYTES` were left unread)."""
+        left = DRAIN_BYTES
+        while self.h11.their_state is h11.SEND_BODY:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                left -= len(event.data)
+                if left < 0:
+                    return False
+            elif not isinstance(event, h11.EndOfMessage):
+                return False
+        return self.h11.their_state is h11.DONE
 
     async def _next_event(self) -> Any:
         """The next h11 event, reading as needed; None if the client stayed silent too long."""
