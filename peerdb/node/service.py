@@ -389,8 +389,12 @@ class NodeService:
     # --- client operations ---------------------------------------------------------------------
 
     async def submit(self, raws: list[bytes], durable: bool = True) -> SubmitResult:
-        """Hand a client's transactions to the admission task and wait for its group commit
-        (``durable`` False: see :meth:`Engine.submit_many`)."""
+        """Admit a client's transactions: the one admission entry point, for the HTTP write
+        route and a streaming connection alike. Hands them to the admission task, which admits
+        every request that arrived meanwhile in one engine call (one signature batch, one
+        commit, and our proposal if that made our turn come), and waits for it. ``durable``
+        False skips persisting them in the pool: for a client that waits for a view (see
+        :meth:`Engine.submit_many`), which then follows the accepted txids with :meth:`follow`."""
         pending = _PendingSubmit(raws, durable, self.engine.trace.now())
         self._admissions.append(pending)
         self._admission_wakeup.set()
