@@ -210,6 +210,27 @@ class PeerDBDriver:
             time.sleep(0.1)
         return None
 
+    def trace_counts(self) -> dict[str, dict[int, int]] | None:
+        """Every member's block-cycle trace histograms (``GET /v1/trace``), summed: stage ->
+        bucket index -> count. Two of these subtract into one load step's stage breakdown."""
+        from peerdb.node.trace import bucket_counts
+        if self._workdir is None:
+            return None
+        total: dict[str, dict[int, int]] = {}
+        for name in self._procs:
+            cfg = tomllib.loads((self._workdir / f"{name}.toml").read_text())
+            try:
+                r = httpx.get(f"http://{cfg['api']['listen']}/v1/trace", params={"blocks": 0},
+                              headers={"Authorization": f"Bearer {cfg['api']['token']}"}, timeout=10)
+                r.raise_for_status()
+            except httpx.HTTPError:
+                return None  # a member that does not answer: no breakdown rather than a partial one
+            for stage, counts in bucket_counts(r.json()).items():
+                into = total.setdefault(stage, {})
+                for index, n in counts.items():
+                    into[index] = into.get(index, 0) + n
+        return total
+
     def _first_api(self) -> tuple[str, str]:
         assert self._workdir is not None
         cfg = tomllib.loads((self._workdir / "firm-a.toml").read_text())

@@ -48,6 +48,28 @@ def latency_summary(steps: Sequence[Mapping[str, Any]], level: str) -> dict[str,
     }
 
 
+def stage_breakdown(before: Mapping[str, Mapping[int, int]],
+                    after: Mapping[str, Mapping[int, int]]) -> dict[str, dict[str, Any]]:
+    """Per block-cycle stage, ``count``, ``p50_ms`` and ``p99_ms`` of the observations made
+    between two trace snapshots (summed over the members); stages not seen are left out."""
+    from peerdb.node.trace import difference, summarise
+    out = {}
+    for stage, counts in difference(after, before).items():
+        if counts:
+            out[stage] = summarise(counts)
+    return out
+
+
+def stages_table(stages: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """The stage breakdown of one step as printed lines (``stage  count  p50  p99``)."""
+    if not stages:
+        return []
+    lines = [f"  {'stage':<24} {'count':>8} {'p50 ms':>9} {'p99 ms':>9}"]
+    for stage, row in stages.items():
+        lines.append(f"  {stage:<24} {row['count']:>8} {_fmt(row['p50_ms'], 2):>9} {_fmt(row['p99_ms'], 2):>9}")
+    return lines
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -96,6 +118,10 @@ def table(result: Mapping[str, Any]) -> str:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
     for key in ("audit_verify_tps", "catchup_tps", "bytes_per_tx"):
         lines.append(f"{key}: {_fmt(result.get(key))}")
+    for role, stages in (result.get("peerdb_stages_ms") or {}).items():
+        if stages:
+            lines.append(f"peerdb block-cycle stages, {role} step (all members):")
+            lines.extend(stages_table(stages))
     return "\n".join(lines)
 
 

@@ -152,8 +152,13 @@ class SystemRun:
             value_bytes=VALUE_BYTES,
             key_prefix=f"bench/{self.driver.name}/{len(self.steps)}",
         )
+        traced = getattr(self.driver, "trace_counts", None)
+        before = traced() if traced is not None else None
         result = run_step(self.procs, load, REPO_ROOT, self.workdir / "loadgen.log")
         result["role"] = role
+        after = traced() if traced is not None else None
+        if before is not None and after is not None:
+            result["stages_ms"] = report.stage_breakdown(before, after)
         self.steps.append(result)
         top = result["levels"][self.driver.levels[-1]]
         log(
@@ -271,6 +276,11 @@ def headline(systems: dict[str, dict[str, Any]], extras: dict[str, Any]) -> dict
     out["peerdb_stream_latency_ms"] = (
         {level: report.latency_summary(stream, level) for level in ("majority", "unanimous_signed")}
         if stream
+        else None
+    )
+    out["peerdb_stages_ms"] = (
+        {role: (report.step_by_role(peerdb, role) or {}).get("stages_ms") for role in (report.LIGHT, report.AT_80)}
+        if peerdb
         else None
     )
     for name in ("etcd", "pysyncobj"):

@@ -1,9 +1,10 @@
-"""Block decoding that accepts exactly what :meth:`Block.decode` accepts, about three times faster.
+"""Block and transaction decoding that accepts exactly what :meth:`Block.decode` and
+:meth:`Tx.decode` accept, about three (blocks) to five (transactions) times faster.
 
 The reference decoder checks each transaction through the hardened decoder twice (the ``[body,
 signature]`` envelope, then the body), each time scanning, decoding, walking and re-encoding.
-Whoever replays every transaction of a chain pays that per transaction: the auditor (which
-uses this module), and a member receiving blocks from its peers (which could). A valid
+Whoever replays every transaction of a chain pays that per transaction: the auditor, and a
+member admitting transactions and receiving blocks (both use this module). A valid
 transaction has exactly one encoding, so this module reads that one layout directly from the
 bytes:
 
@@ -188,6 +189,37 @@ def _envelope(data: bytes) -> tuple[bytes, list[bytes]]:
     if data[pos:] != _NO_EVIDENCE:  # blocks carrying evidence take the reference path
         raise _Deviation
     return header, txs
+
+
+def peek_header_fast(data: bytes) -> Header:
+    """Only the header of an encoded block, reading nothing of the body but its envelope's
+    first head (``Block.peek_header`` also checks the body's structure; whoever decodes the
+    block checks everything). Falls back to ``Block.peek_header`` for any other layout."""
+    if type(data) is bytes:
+        try:
+            n = len(data)
+            if n > MAX_BLOCK_BYTES or n < 4 or data[0] != 0x83:
+                raise _Deviation
+            hlen, pos = _length(data, 1, 0x40)
+            if pos + hlen > n:
+                raise _Deviation
+            return Header.decode(data[pos:pos + hlen])
+        except (_Deviation, IndexError, DecodeError, ValidationError):
+            pass
+    return Block.peek_header(data)
+
+
+def decode_tx_fast(data: bytes) -> Tx:
+    """Decode an encoded transaction: the same :class:`Tx`, or the same error, as
+    ``Tx.decode(data)``, reading the canonical layout directly (about five times faster). A
+    member decodes every transaction it admits with this (once: a block body reuses the pool's
+    objects)."""
+    if type(data) is not bytes:
+        return Tx.decode(data)
+    try:
+        return _tx(data)
+    except (_Deviation, IndexError, DecodeError, ValidationError):
+        return Tx.decode(data)  # not the canonical layout: the reference names the fault
 
 
 def decode_block_fast(data: bytes, known_txs: Mapping[bytes, Tx] | None = None) -> Block:

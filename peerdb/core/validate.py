@@ -32,6 +32,28 @@ def round_at(elapsed_ms: int, turn_timeout_ms: int) -> int:
     return min(elapsed_ms // turn_timeout_ms, MAX_ROUND)
 
 
+PIPELINE_DEPTH = 2
+"""Blocks of the best chain a proposer with transactions may leave above the majority head,
+counting the one it proposes (node policy, docs/protocol.md §8.2: not a validity rule).
+
+1 was the rule before pipelining: propose only on a majority-endorsed tip, so each block waited
+for the previous one's signatures to come back. 2 lets the next proposer build as soon as it
+holds and has checked its parent: one block gathers signatures while its child is proposed, and
+the child's proposer signature endorses the parent, so the parent reaches a majority no later
+than it would have. With four members that is enough for the cycle never to wait: when the
+member after next receives the child, the parent already has three endorsements (its proposer,
+the child's proposer through the child, and its own co-signature). The bound keeps the work that
+can still be rolled back small when signatures stop coming (members down or partitioned):
+at most this many blocks of transactions wait above the majority head."""
+
+
+def may_extend(tip_height: int, majority_height: int, depth: int = PIPELINE_DEPTH) -> bool:
+    """Whether a proposer with transactions waiting may propose on a best tip at ``tip_height``
+    while the majority head is at ``majority_height``: at most ``depth`` best-chain blocks
+    above the majority head once its block is added (genesis is always endorsed)."""
+    return tip_height == 0 or tip_height + 1 - majority_height <= depth
+
+
 def check_header(header: Header, parent: Header, consortium: Consortium, now_ms: int) -> None:
     """Rules on the header alone: linkage, turn, time. Raises ValidationError naming the rule."""
     where = f"block at height {header.height} round {header.round}"

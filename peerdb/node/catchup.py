@@ -80,10 +80,16 @@ def missing_signatures(tree: BlockTree, status: StatusMsg, signatures: Signature
 
 
 class CatchupThrottle:
-    """When we last asked each peer for blocks (one entry per member: bounded)."""
+    """When we last asked each peer for blocks, and what we asked ahead (one entry per member:
+    bounded)."""
 
     def __init__(self) -> None:
         self.asked: dict[str, int] = {}
+        self.ahead: dict[str, int] = {}
+        """Peer -> the first height of the batch asked for before the previous one was handled."""
+        self.outstanding: set[str] = set()
+        """Peers whose answers we asked for and that still bring blocks: only their answers make
+        us ask for the next batch ahead."""
 
     def may_ask(self, peer: str, now_ms: int) -> bool:
         last = self.asked.get(peer)

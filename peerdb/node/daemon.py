@@ -315,6 +315,7 @@ async def run_node(cfg: NodeConfig, consortium: Consortium, keys: list[SigningKe
         metrics = NodeMetrics() if cfg.metrics_listen else None
         if metrics is not None:
             store.on_commit = metrics.observe_commit
+            engine.trace.sink = metrics.observe_stage
 
         def follow_members(pairs: tuple[tuple[str, bytes], ...]) -> None:
             transport.set_members(trust_list(pairs), engine.transport_key().seed, other_seeds)

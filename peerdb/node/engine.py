@@ -23,9 +23,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..core.blockbody import Admit, header_template, select_body
+from ..core.blockdecode import decode_block_fast, peek_header_fast
 from ..core.chain import BlockTree, SettledConflict, ViewHeads
 from ..core.consortium import Consortium, Params
 from ..core.errors import (
@@ -41,7 +43,8 @@ from ..core.merkle import merkle_root
 from ..core.model import (Block, BlockSignature, Evidence, Header, Objection, Tx, block_ns_tx_root, consortium_id,
                           genesis_header)
 from ..core.state import BlockRun, Effects, check_tx_time
-from ..core.validate import check_block, check_evidence, check_proposer_signature, proposer_for, round_at
+from ..core.validate import (check_block, check_evidence, check_proposer_signature, may_extend, proposer_for,
+                             round_at)
 from ..store import Store
 from .alerts import Alert, chain_alerts, not_signing, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
@@ -49,6 +52,7 @@ from .chainkeeper import ChainKeeper
 from .counters import EngineCounters, Reorg
 from .identity import Identity, network_members, removed_at, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
+from .trace import BlockTrace
 from .messages import (
     BlocksMsg,
     EvidenceMsg,
@@ -63,6 +67,8 @@ from .messages import (
 from .verify import TxSignatureChecker
 
 log = logging.getLogger("peerdb.node")
+
+T = TypeVar("T")
 
 MAX_ORPHANS = 256
 """Proposals whose parent we lack, kept until catch-up brings the parent."""
@@ -91,10 +97,12 @@ MAX_CORRUPT_ITEMS = 64
 """Corrupt stored items remembered for the alert (more than that: the disk is failing anyway)."""
 UNSAVED_SIGS_MAX = 4096
 """Peers' signatures held in memory before a write of their own is forced (see _accept_sigs)."""
+APPLIED_FEED_MAX = 4096
+"""Applied blocks the feed holds between two takes (a service takes it after every call)."""
 MAX_CONFLICTS = 64
 """Blocks leaving out our final block whose signers we remember for the finality alert."""
 
-__all__ = ["Engine", "Outgoing"]
+__all__ = ["AppliedFeed", "Engine", "Outgoing"]
 
 
 def final_signers(engine: "Engine", final: Header) -> frozenset[str]:
@@ -108,17 +116,39 @@ class Outgoing:
     msg: Message
 
 
+@dataclass
+class AppliedFeed:
+    """What changed on the best chain during engine calls, for the service to learn where
+    transactions landed without reading the store (:meth:`Engine.take_applied`)."""
+
+    blocks: list[Block] = field(default_factory=list)
+    """Blocks applied to the head, in order (their objects are the engine's own: no copies)."""
+    rolled_back: bool = False
+    """Some block left the best chain (or the feed overflowed): whoever follows transactions
+    must look them up again."""
+
+    def add(self, block: Block) -> None:
+        if len(self.blocks) >= APPLIED_FEED_MAX:
+            # Nobody took the feed for a long while (an engine driven without a service): keep
+            # memory bounded; the taker then looks its transactions up in the store.
+            self.blocks.clear()
+            self.rolled_back = True
+        self.blocks.append(block)
+
+
 class Engine:
     def __init__(self, consortium: Consortium, me: str, keys: SigningKey | Iterable[SigningKey], store: Store,
                  now_ms: int, *, mempool_max: int = DEFAULT_MEMPOOL_TXS, verifier: TxSignatureChecker | None = None,
-                 idle_block_ms: int | None = None) -> None:
+                 idle_block_ms: int | None = None, trace: BlockTrace | None = None) -> None:
         self.consortium = consortium
         self.cid = consortium_id(consortium)
         self.me = me
         self.identity = Identity(me, keys)
         self.keyring = self.identity.keyring
         self.store = store
-        self.mempool = Mempool(mempool_max)
+        self.trace = trace or BlockTrace()
+        """Stage timings and block timelines (thread-safe, its own lock; :mod:`peerdb.node.trace`)."""
+        self.mempool = Mempool(mempool_max, clock=self.trace.clock)
         self.idle_block_ms = idle_block_ms
         """With an empty pool, propose an empty block only after this long without a block (None:
         every heartbeat). Node policy, not a validity rule: see docs/protocol.md §8.2."""
@@ -132,6 +162,10 @@ class Engine:
         up to the tip's height + GOVERNANCE_DELAY on the best chain (see :meth:`_follow_tip`)."""
         self._gov_tip = b""
         self.outbox: list[Outgoing] = []
+        self._uncommitted: list[tuple[bytes, str, float]] = []
+        """Traced blocks written in the open batch: (hash, commit stage, write began)."""
+        self.applied_feed = AppliedFeed()
+        """Blocks applied to the head since the service last took them (its waiting clients)."""
         self.recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self.unsaved_sigs: list[BlockSignature] = []
         self.orphans: OrderedDict[bytes, tuple[Block, BlockSignature]] = OrderedDict()
@@ -145,6 +179,8 @@ class Engine:
         self.corrupt: OrderedDict[bytes, CorruptionError] = OrderedDict()
         """Stored items found corrupt when read (for the alert), until a good copy replaces them."""
         self.tip_seen_ms = now_ms
+        self.tip_seen_at = self.trace.now()
+        """When the best tip last changed, on the trace's clock (for ``pool.wait``)."""
         self.objection_count = 0
         self.counters = EngineCounters()
         """Events counted for the metrics (read under the service's lock at scrape time)."""
@@ -308,6 +344,12 @@ class Engine:
         out, self.outbox = self.outbox, []
         return out
 
+    def take_applied(self) -> AppliedFeed:
+        """The blocks applied since the last call (taken after every engine call, so the feed
+        holds at most one call's worth)."""
+        feed, self.applied_feed = self.applied_feed, AppliedFeed()
+        return feed
+
     def heads(self) -> ViewHeads:
         return self.tree.heads()
 
@@ -326,6 +368,7 @@ class Engine:
 
     def on_proposal(self, peer: str | None, proposal: ProposalMsg, now_ms: int) -> None:
         sig = proposal.signature
+        received = self.trace.now()
         try:
             # The header first (a few hundred bytes): a proposal its proposer did not sign costs
             # us no decoding of its body.
@@ -339,21 +382,26 @@ class Engine:
             log.warning("rejected proposal from %s: %s", peer, exc)
             return
         try:
-            block = Block.decode(proposal.block, self.mempool.by_raw)
+            block = decode_block_fast(proposal.block, self.mempool.by_raw)
         except (DecodeError, ValidationError) as exc:
             log.warning("rejected proposal from %s: %s", peer, exc)
             if peer is None or proposal.signature.member == peer:
                 self._object_if_attributable(proposal, str(exc))
             return
+        if block.hash not in self.tree:
+            self.trace.block_seen(block.hash, block.height, block.header.proposer, len(block.txs), own=False,
+                                  at=received)
+            self.trace.since("cosign.decode", received)
         # Only the proposer's own copy is attributable to it: a relayer could swap a transaction
         # signature without changing the block hash (txids cover bodies, not signatures).
         self._accept_block(block, (proposal.signature,), peer, now_ms,
-                           object_on_failure=peer in (None, block.header.proposer))
+                           object_on_failure=peer in (None, block.header.proposer), traced=True)
         self._after_change(now_ms)
 
     def _accept_block(self, block: Block, sigs: Sequence[BlockSignature], peer: str | None, now_ms: int,
-                      object_on_failure: bool) -> bool:
-        """Validate and store one block; returns True if it was new and valid."""
+                      object_on_failure: bool, traced: bool = False) -> bool:
+        """Validate and store one block; returns True if it was new and valid. ``traced``: a
+        proposal, whose validation and commit the trace times (catch-up blocks are not traced)."""
         if block.hash in self.tree:
             if block.hash in self.corrupt and self.store.repair_block(block):
                 del self.corrupt[block.hash]
@@ -389,6 +437,7 @@ class Engine:
                 self._request_catchup(peer, max(block.height, self.tree.best_tip.height + 1), now_ms)
             return False
         parent = self.tree.header(block.header.prev)
+        validating = self.trace.now()
         try:
             self.verifier.verify(block.txs)
             state = self.state_for(parent.hash, block.height)
@@ -404,7 +453,11 @@ class Engine:
             if object_on_failure:
                 self._object(block.hash, str(exc))
             return False
+        if traced:
+            validating = self.trace.since("cosign.validate", validating)
         self._store_new_block(block, proposer_sig, effects, cosign_now=object_on_failure)
+        if traced:
+            self._written(block.hash, "cosign.commit", validating)
         for sig in sigs:
             if sig is not proposer_sig:
                 self._accept_sigs([sig], peer, now_ms)
@@ -536,10 +589,13 @@ class Engine:
 
     def _applied(self, applied: Sequence[bytes], rolled_back: Sequence[bytes], returned: Sequence[Tx]) -> None:
         self.counters.blocks_applied += len(applied)
+        if rolled_back:
+            self.applied_feed.rolled_back = True
         for block_hash in applied:
             block = self.recent_blocks.get(block_hash) or self.store.block(block_hash)
             if block is not None:
                 self.counters.txs_applied += len(block.txs)
+                self.applied_feed.add(block)
                 for tx in block.txs:
                     self.mempool.drop(tx.txid)
         for tx in returned:
@@ -555,6 +611,7 @@ class Engine:
         if tip != self._last_tip:
             self._last_tip = tip
             self.tip_seen_ms = now_ms
+            self.tip_seen_at = self.trace.now()
 
     def _maybe_sign_tip(self, now_ms: int) -> None:
         tip = self.tree.best_tip
@@ -641,6 +698,7 @@ class Engine:
                 continue
             self._check_double_sign(self.tree.header(sig.block_hash), sig)
             self._tree_sign(sig.block_hash, sig.member)
+            self.trace.signature_received(sig.block_hash, sig.member)
             fresh.append(sig)
         if first_forged is not None:  # one line per message, however many it carries
             log.warning("rejected %d signature(s) from %s that do not verify with the signer's key at that height "
@@ -808,20 +866,63 @@ class Engine:
         params = self.params
         tip = self.tree.best_tip
         round_start = self.tip_seen_ms + round_ * params.turn_timeout_ms
-        parent_endorsed = tip.height == 0 or self.tree.heads().majority >= tip.height
+        pipeline_open = may_extend(tip.height, self.tree.heads().majority)
         empty_due = now_ms >= round_start + params.heartbeat_ms and now_ms >= self.tip_seen_ms + self._idle_ms(params)
-        if not ((self.mempool and parent_endorsed) or empty_due):
+        if not ((self.mempool and pipeline_open) or empty_due):
             return False
         if tip.time_ms + round_ * params.turn_timeout_ms - params.clock_skew_ms > now_ms:
             return False  # by the parent's clock this round has not begun: peers would refuse the block
         return not self.store.guard_locked()  # restored data directory: no signing until caught up
+
+    def run_and_propose(self, now_ms: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` (message handlers, an admission), then propose if that made our
+        turn come, all as ONE durable store commit.
+
+        A proposal that arrives and makes us the next proposer, transactions that fill an empty
+        pool on our turn, a signature that opens the pipeline: each used to be one engine call
+        (and one commit), and then another call from the turn loop to propose (a second commit,
+        and a thread hop). Here the block we co-sign and the block we propose on it are written
+        together. Signatures and proposals still leave only after the commit: the service sends
+        the outbox when the call has returned. A write that fails inside (the signing guard's
+        refusal) is undone alone, as each write is a child transaction of the batch."""
+        try:
+            with self.store.batch():
+                result = fn(*args)
+                self.maybe_propose(now_ms)
+        except BaseException:
+            self._uncommitted.clear()  # nothing of the batch was written
+            raise
+        self._committed()
+        return result
+
+    def _written(self, block_hash: bytes, stage: str, started: float) -> None:
+        """A traced block's write (begun at ``started``) returned; it is durable now, or when
+        the batch it is part of commits (:meth:`_committed`)."""
+        if self.store.in_batch():
+            self._uncommitted.append((block_hash, stage, started))
+        else:
+            self.trace.block_event(block_hash, "committed", self.trace.since(stage, started))
+
+    def _committed(self) -> None:
+        if self._uncommitted:
+            done = self.trace.now()
+            for block_hash, stage, started in self._uncommitted:
+                self.trace.observe(stage, done - started)
+                self.trace.block_event(block_hash, "committed", done)
+            self._uncommitted.clear()
 
     def maybe_propose(self, now_ms: int) -> Block | None:
         if not self.proposal_due(now_ms):
             return None
         height, round_, _ = self.current_turn(now_ms)
         tip = self.tree.best_tip
+        trace = self.trace
+        started = trace.now()
+        if self.mempool:
+            trace.observe("pool.wait", started - max(self.tip_seen_at, started - self.mempool.oldest_age()))
         block = self._build_block(tip, height, round_, now_ms)
+        trace.block_seen(block.hash, height, self.me, len(block.txs), own=True, at=started)
+        built = trace.since("propose.build", started)
         self.proposed.add((height, round_))
         key = self.key_at(height)
         assert key is not None  # proposal_due checked it
@@ -832,6 +933,7 @@ class Engine:
         except DoubleSignRefused as exc:
             log.error("signing guard refused our own proposal at height %d: %s", height, exc)
             return None
+        self._written(block.hash, "propose.commit", built)
         self._send(ProposalMsg(block.raw, sig))
         log.info("proposed block %d round %d with %d txs %s", height, round_, len(block.txs), block.hash.hex()[:16])
         self._after_change(now_ms)
@@ -883,6 +985,7 @@ class Engine:
 
     def _request_catchup(self, peer: str, to_height: int, now_ms: int) -> None:
         if self.catchup.may_ask(peer, now_ms):
+            self.catchup.outstanding.add(peer)
             start = self.tree.heads().unanimous_signed + 1
             self._send(GetBlocksMsg(start, max(start, to_height)), to=peer)
 
@@ -910,28 +1013,68 @@ class Engine:
     def on_blocks(self, peer: str | None, msg: BlocksMsg, now_ms: int) -> None:
         last_height = 0
         progress = False
-        # The whole batch is one durable commit (not one per block); any signature we release at
-        # the end leaves only after it, when the outbox is flushed.
-        with self.store.batch():
-            for raw, sigs in msg.items:
-                try:
-                    block = Block.decode(raw, self.mempool.by_raw)
-                except (DecodeError, ValidationError) as exc:
-                    log.warning("catch-up from %s: bad block: %s", peer, exc)
-                    break
-                progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
-                if block.hash not in self.tree:
-                    break
-                last_height = block.height
-            self._after_change(now_ms)
+        started = self.trace.now()
+        # Every block is decoded first and all their client signatures go to the checking pool in
+        # one call, so the pool checks the next blocks while this thread applies the state of
+        # the previous ones. The whole batch is one durable commit (not one per block); any
+        # signature we release at the end leaves only after it, when the outbox is flushed.
+        blocks: list[tuple[Block, tuple[BlockSignature, ...]]] = []
+        for raw, sigs in msg.items:
+            try:
+                blocks.append((decode_block_fast(raw, self.mempool.by_raw), sigs))
+            except (DecodeError, ValidationError) as exc:
+                log.warning("catch-up from %s: bad block: %s", peer, exc)
+                break
+        self.verifier.prefetch([tx for block, _ in blocks if block.hash not in self.tree for tx in block.txs])
+        try:
+            with self.store.batch():
+                for block, sigs in blocks:
+                    progress |= self._accept_block(block, sigs, peer, now_ms, object_on_failure=False)
+                    if block.hash not in self.tree:
+                        break
+                    last_height = block.height
+                    # The governance state follows block by block (from the effects just
+                    # computed), so the next block's rules and keys come from memory, not from
+                    # a state read in the store.
+                    self._follow_tip()
+                self._after_change(now_ms)
+        finally:
+            self.verifier.drop_prefetched()
         if msg.items:
+            self.trace.since("catchup.batch", started)
             log.info("catch-up from %s: now at height %d of %d", peer, self.tree.best_tip.height, msg.peer_height)
+        asked_ahead = self.catchup.ahead.pop(peer, None) if peer is not None else None
         if progress and peer is not None:
             # Ask for the next batch at once only when this one moved us forward; otherwise the
             # retry interval applies (a peer advertising what it cannot deliver is not a loop).
             self.catchup.answered(peer)
-            if last_height and msg.peer_height > last_height:
+            if last_height and msg.peer_height > last_height and asked_ahead != last_height + 1:
                 self._request_catchup(peer, msg.peer_height, now_ms)
+            elif asked_ahead == last_height + 1:
+                self.catchup.asked[peer] = now_ms  # the next batch is on its way: that request stands
+        elif peer is not None:
+            # No progress: an answer still on its way asks for nothing more ahead; the retry
+            # interval applies as for any answer that brought nothing.
+            self.catchup.outstanding.discard(peer)
+
+    def catchup_ahead(self, peer: str, msg: BlocksMsg, now_ms: int) -> GetBlocksMsg | None:
+        """The request for the batch after ``msg``, to send before ``msg`` is handled, so that the
+        peer reads and sends it while this member checks and applies ``msg`` (None: ``msg`` is the
+        last batch, or empty). A cheap read, under the service lock, without a thread hop: the
+        last block's header is peeked at, nothing is validated. If ``msg`` turns out bad, the
+        next batch's blocks are orphans and catch-up asks again as usual."""
+        if not msg.items or msg.peer_height <= self.tree.best_tip.height or peer not in self.catchup.outstanding:
+            return None  # nothing more to ask for, or an answer we did not ask for
+        try:
+            header = peek_header_fast(msg.items[-1][0])
+        except (DecodeError, ValidationError):
+            return None
+        last = header.height
+        if msg.peer_height <= last or last < self.tree.best_tip.height or header.hash in self.tree:
+            return None  # the last batch, or one that brings nothing new
+        self.catchup.ahead[peer] = last + 1
+        self.catchup.asked[peer] = now_ms
+        return GetBlocksMsg(last + 1, msg.peer_height)
 
     def status_message(self) -> StatusMsg:
         return status_message(self.tree)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..core.blockbody import block_size, header_size, header_template
+from ..core.blockdecode import decode_tx_fast
 from ..core.consortium import Consortium
 from ..core.errors import DecodeError, RemoteError, SignatureError, ValidationError
 from ..core.governance import parse_request
@@ -142,7 +143,7 @@ class Mempool:
             for i, raw in enumerate(raws):
                 try:
                     known = self.by_raw.get(raw)
-                    tx = known if known is not None else Tx.decode(raw)
+                    tx = known if known is not None else decode_tx_fast(raw)
                     check_tx_static(tx, current, governance=True)
                     check_includable(tx, current)
                     check_tx_envelopes(tx, current)

@@ -17,9 +17,9 @@ Two kinds, so that the hot path pays almost nothing:
 No loop polls anything for the metrics: a node nobody scrapes does no metrics work beyond the
 integer increments and the two observations.
 
-Block-cycle stages: ``peerdb_block_stage_seconds{stage}`` is registered with its buckets and
-filled by whoever times a stage (:meth:`NodeMetrics.observe_stage`): the place for the
-fast-path trace's histograms (propose, validate, commit, co-sign, ...), one label value per stage.
+Block-cycle stages: ``peerdb_block_stage_seconds{stage}`` is filled by the block-cycle trace
+(:mod:`peerdb.node.trace`, whose ``sink`` the daemon points at :meth:`NodeMetrics.observe_stage`),
+one label value per stage of :data:`peerdb.node.trace.STAGES`.
 """
 
 from __future__ import annotations

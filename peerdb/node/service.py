@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -38,8 +38,10 @@ from ..core.model import Header
 from ..net.inbox import FairInbox
 from .alerts import Alert, AlertBook, AlertEvent
 from .engine import Engine
+from .waiters import LEVELS, Follower, FollowerBook
 from .mempool import MempoolFull, SubmitResult
-from .messages import AnchorMsg, Message, SigsMsg, StatusMsg, TxsMsg, UnknownMessageType, from_wire, to_wire
+from .messages import (AnchorMsg, BlocksMsg, Message, ProposalMsg, SigsMsg, StatusMsg, TxsMsg, UnknownMessageType,
+                       from_wire, to_wire)
 
 log = logging.getLogger("peerdb.node")
 
@@ -68,6 +70,10 @@ _SLICEABLE = (TxsMsg, SigsMsg, AnchorMsg)
 ALERT_HOOK_TIMEOUT_S = 30
 """Longest an alert webhook or command may run before it is abandoned."""
 
+TX_STAGES = {"tentative": "tx.block", "majority": "tx.majority", "unanimous_signed": "tx.unanimous_signed"}
+"""The trace's stage for a waiting client's transactions reaching each view (tentative: in a block)."""
+
+
 class Network(Protocol):
     """What the service needs from :mod:`peerdb.net` (real TLS or in-memory)."""
 
@@ -95,36 +101,10 @@ def trio_clock_ms() -> int:
 class _PendingSubmit:
     raws: list[bytes]
     durable: bool
+    queued: float
+    """When it was handed to admission (the trace's clock)."""
     done: trio.Event = field(default_factory=trio.Event)
     result: SubmitResult | MempoolFull | None = None
-
-
-@dataclass(eq=False)
-class _Waiter:
-    txids: list[bytes]
-    goal: int
-    start: float
-    levels_ms: dict[str, float]
-    done: trio.Event = field(default_factory=trio.Event)
-    located: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # txid -> (height, block)
-
-    def level(self, store: Any, tree: Any, heads: Any, levels: tuple[View, ...]) -> int:
-        """Strongest view index holding every transaction (-1 while one is not in a block)."""
-        top = 0
-        for txid in self.txids:
-            where = self.located.get(txid)
-            if where is None or not tree.on_best_chain(where[1]):
-                location = store.tx_location(txid)
-                if location is None:
-                    self.located.pop(txid, None)
-                    return -1
-                where = self.located[txid] = (location.height, location.block_hash)
-            top = max(top, where[0])
-        level = -1
-        for i, view in enumerate(levels):
-            if heads.height(view) >= top:
-                level = i
-        return level
 
 
 @dataclass(frozen=True)
@@ -165,7 +145,10 @@ class NodeService:
         self.started_ms = clock_ms()
         self.anchor_handler: Callable[[str, AnchorMsg, int], None] | None = None
         self._admissions: list[_PendingSubmit] = []
-        self._waiters: set[_Waiter] = set()
+        self.followers = FollowerBook()
+        """Clients following their transactions through the views (:meth:`follow`)."""
+        self._trace_heads: ViewHeads | None = None
+        """The view heads the trace was last told."""
         self._admission_wakeup = trio.Event()
         self.on_members: Callable[[tuple[tuple[str, bytes], ...]], None] | None = None
         """Called with :meth:`Engine.network_members` when it changes, before the network
@@ -183,9 +166,22 @@ class NodeService:
         """Member -> the tip height its latest status message advertised (``/readyz``: caught up)."""
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        trace = self.engine.trace
+        asked = trace.now()
         async with self._lock:
+            locked = trace.now()
+            trace.observe("call.lock", locked - asked)
             if self.offload:
-                result = await trio.to_thread.run_sync(fn, *args)
+                ran: list[float] = []
+
+                def timed() -> T:
+                    start = trace.now()
+                    try:
+                        return fn(*args)
+                    finally:
+                        ran.append(trace.now() - start)
+                result = await trio.to_thread.run_sync(timed)
+                trace.observe("call.hop", trace.now() - locked - sum(ran))
             else:
                 result = fn(*args)
             self._flush()
@@ -232,14 +228,29 @@ class NodeService:
 
     def _flush(self) -> None:
         self._follow_members()
+        trace = self.engine.trace
+        me = self.engine.me
         for out in self.engine.take_outbox():
             wire = to_wire(out.msg)
             if out.to is None:
                 self.network.broadcast(wire)
             else:
                 self.network.send(out.to, wire)
-        self._update_waiters()
+            if isinstance(out.msg, ProposalMsg):
+                trace.proposal_sent(out.msg.signature.block_hash)
+            elif isinstance(out.msg, SigsMsg) and out.to is None:
+                for sig in out.msg.sigs:
+                    if sig.member == me:
+                        trace.signature_sent(sig.block_hash)
+        feed = self.engine.take_applied()
+        if len(self.followers) or feed.rolled_back:
+            self.followers.update(feed.blocks, feed.rolled_back, self.engine.store, self.engine.heads())
         self.view = EngineView.of(self.engine)
+        heads = self.view.heads
+        if heads != self._trace_heads:
+            self._trace_heads = heads
+            trace.heads_moved({"majority": heads.majority, "unanimous_signed": heads.unanimous_signed},
+                              self.engine.tree.on_best_chain)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -281,6 +292,7 @@ class NodeService:
                 batch = await incoming.take_batch(INBOX_BATCH, INBOX_BATCH_BYTES)
             except trio.EndOfChannel:
                 return
+            taken = self.engine.trace.now()
             work: list[tuple[Callable[[str, Any, int], None], str, Message]] = []
             for peer, raw, size in batch:
                 if isinstance(raw, _SLICEABLE):
@@ -299,6 +311,10 @@ class NodeService:
                         await trio.lowlevel.checkpoint()
                 if isinstance(msg, StatusMsg):
                     self.peer_heights[peer] = msg.height
+                if isinstance(msg, BlocksMsg) and msg.items:
+                    ahead = await self.read(self.engine.catchup_ahead, peer, msg, self.clock_ms())
+                    if ahead is not None:
+                        self.network.send(peer, to_wire(ahead))
                 if size > INBOX_BATCH_BYTES and isinstance(msg, _SLICEABLE):
                     msg = self._slice(peer, msg, size)
                 if isinstance(msg, AnchorMsg):
@@ -307,7 +323,8 @@ class NodeService:
                     continue
                 work.append((self.engine.handle, peer, msg))
             if work:
-                await self.call(self._dispatch, work, self.clock_ms())
+                now = self.clock_ms()
+                await self.call(self.engine.run_and_propose, now, self._dispatch, work, now, taken)
 
     def _note_unknown(self, peer: str, kind: str) -> None:
         """Skip a message type this node does not know (a peer that upgraded first), logging each
@@ -331,9 +348,12 @@ class NodeService:
         self.network.incoming.put_back(peer, type(msg)(items[take:]), rest_size)
         return type(msg)(items[:take])
 
-    @staticmethod
-    def _dispatch(work: list[tuple[Callable[[str, Any, int], None], str, Message]], now_ms: int) -> None:
+    def _dispatch(self, work: list[tuple[Callable[[str, Any, int], None], str, Message]], now_ms: int,
+                  taken: float) -> None:
+        trace = self.engine.trace
         for handler, peer, msg in work:
+            if isinstance(msg, ProposalMsg):
+                trace.since("cosign.queue", taken)
             handler(peer, msg, now_ms)
 
     def _trio_deadline(self, deadline_ms: int, now_ms: int) -> float:
@@ -388,9 +408,13 @@ class NodeService:
     # --- client operations ---------------------------------------------------------------------
 
     async def submit(self, raws: list[bytes], durable: bool = True) -> SubmitResult:
-        """Hand a client's transactions to the admission task and wait for its group commit
-        (``durable`` False: see :meth:`Engine.submit_many`)."""
-        pending = _PendingSubmit(raws, durable)
+        """Admit a client's transactions: the one admission entry point, for the HTTP write
+        route and a streaming connection alike. Hands them to the admission task, which admits
+        every request that arrived meanwhile in one engine call (one signature batch, one
+        commit, and our proposal if that made our turn come), and waits for it. ``durable``
+        False skips persisting them in the pool: for a client that waits for a view (see
+        :meth:`Engine.submit_many`), which then follows the accepted txids with :meth:`follow`."""
+        pending = _PendingSubmit(raws, durable, self.engine.trace.now())
         self._admissions.append(pending)
         self._admission_wakeup.set()
         await pending.done.wait()
@@ -407,11 +431,18 @@ class NodeService:
             batch, self._admissions = self._admissions, []
             if not batch:
                 continue
+            trace = self.engine.trace
+            started = trace.now()
+            for p in batch:
+                trace.observe("tx.admit_wait", started - p.queued)
             try:
-                results = await self.call(self.engine.submit_many, [p.raws for p in batch], None, self.clock_ms(),
-                                          [p.durable for p in batch])
+                now = self.clock_ms()
+                results = await self.call(self.engine.run_and_propose, now, self.engine.submit_many,
+                                          [p.raws for p in batch], None, now, [p.durable for p in batch])
+                admitted = trace.now()
                 for p, result in zip(batch, results):
                     p.result = result
+                    trace.observe("tx.admit", admitted - started)
             finally:
                 for p in batch:
                     p.done.set()  # on a crash the waiters see no result; the node is stopping
@@ -430,39 +461,51 @@ class NodeService:
                 return height, view.value
         return height, None
 
-    LEVELS = (View.TENTATIVE, View.MAJORITY, View.UNANIMOUS_SIGNED, View.UNANIMOUS)
+    async def follow(self, txids: Sequence[bytes], until: View,
+                     on_view: Callable[[Follower, View, int], None] | None = None) -> Follower:
+        """Follow transactions already admitted (by :meth:`submit`) through the views, up to
+        ``until``: the one entry point for telling a client when its transactions reach a view.
 
-    def _update_waiters(self) -> None:
-        """One pass over the waiting clients after an engine change (under the lock).
+        ``on_view(follower, view, height)`` is called once per view all of ``txids`` reached,
+        weakest first (tentative: they are in blocks of the best chain; ``height`` is the
+        highest of those blocks), up to ``until``; views they are already in are told before
+        this returns. It runs on the trio thread inside the engine's flush, under the service
+        lock, so it must only record or hand over (``send_nowait``, an append), never block or
+        await. The returned :class:`Follower` has ``done`` (a :class:`trio.Event`, set once
+        ``until`` is reached) and ``reached`` (the views told so far); :meth:`unfollow` it when
+        the client goes away. After a reorganisation a follower is told again only views it had
+        not been told; ``done`` needs ``until`` on the new best chain.
 
-        Each waiter remembers where its transactions landed, so a pass costs a dict lookup per
-        waiter and a store read only for transactions not yet in a block: hundreds of waiting
-        clients do not turn every signature into hundreds of database reads.
+        The HTTP write route (``wait``) is :meth:`wait_for` on top of this; a streaming
+        connection follows each of its transactions with its own ``on_view``.
         """
-        if not self._waiters:
-            return
-        heads = self.engine.heads()
-        tree = self.engine.tree
-        now = trio.current_time()
-        for waiter in list(self._waiters):
-            level = waiter.level(self.engine.store, tree, heads, self.LEVELS)
-            for i in range(level + 1):
-                waiter.levels_ms.setdefault(self.LEVELS[i].value, round((now - waiter.start) * 1000, 3))
-            if level >= waiter.goal:
-                waiter.done.set()
-                self._waiters.discard(waiter)
+        follower = Follower(tuple(txids), LEVELS.index(until), on_view)
+        await self.read(lambda: self.followers.add(follower, self.engine.store, self.engine.heads()))
+        return follower
+
+    def unfollow(self, follower: Follower) -> None:
+        """Stop following (the client gave up or went away); harmless once it is done."""
+        self.followers.cancel(follower)
 
     async def wait_for(self, txids: list[bytes], view: View, timeout_s: float,
                        levels_ms: dict[str, float] | None = None) -> bool:
         """Wait until all ``txids`` are in ``view``; record in ``levels_ms`` when each weaker
         view was reached (ms after the call), so clients can see the whole path."""
-        waiter = _Waiter(list(txids), self.LEVELS.index(view), trio.current_time(),
-                         levels_ms if levels_ms is not None else {})
-        self._waiters.add(waiter)
+        start = trio.current_time()
+        traced_from = self.engine.trace.now()
+        levels = levels_ms if levels_ms is not None else {}
+        trace = self.engine.trace
+
+        def reached(_follower: Follower, level: View, _height: int) -> None:
+            levels[level.value] = round((trio.current_time() - start) * 1000, 3)
+            stage = TX_STAGES.get(level.value)
+            if stage is not None:
+                trace.observe(stage, trace.now() - traced_from)
+
+        follower = await self.follow(txids, view, reached)
         try:
-            await self.read(self._update_waiters)
             with trio.move_on_after(timeout_s):
-                await waiter.done.wait()
+                await follower.done.wait()
         finally:
-            self._waiters.discard(waiter)
-        return waiter.done.is_set()
+            self.unfollow(follower)
+        return view in follower.reached

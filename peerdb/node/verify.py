@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..core.model import Tx
 
 PARALLEL_MIN_BATCH = 64
 """Below this many signatures the thread hand-off costs more than it saves."""
+PREFETCH_CHUNK = 256
+"""Signatures per pool task when a whole catch-up batch is checked ahead (:meth:`prefetch`):
+small enough that the first block's checks finish early and its state can be applied while
+the pool checks the next blocks, large enough that the hand-off is a small part (~15 ms of
+checks per task)."""
+MAX_PREFETCHED = 64 * 5000
+"""Signatures checked ahead at most: one catch-up answer (64 blocks of 5,000 transactions)."""
 VERIFIED_CACHE = 500_000
 """Transactions whose signatures we already checked (mempool admission, then the block): about
 60 MB (txid and signature bytes per entry); a hit saves one 60 us verification per transaction."""
@@ -34,6 +41,8 @@ class TxSignatureChecker:
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="verify") if self.threads > 1 else None
         self._verified: OrderedDict[bytes, bytes] = OrderedDict()
         """txid -> the signature that verified for it."""
+        self._ahead: dict[bytes, tuple[Future[list[bool]], int, bytes]] = {}
+        """txid -> (the pool task checking it, its index there, the signature it checks)."""
         self.checked = 0
         """Signatures verified so far (cache hits not counted): the metrics' verify rate."""
 
@@ -50,12 +59,52 @@ class TxSignatureChecker:
         while len(self._verified) > VERIFIED_CACHE:
             self._verified.popitem(last=False)
 
+    def prefetch(self, txs: Sequence[Tx]) -> None:
+        """Start checking ``txs`` in the pool now (a whole catch-up answer in one call): the
+        caller goes on applying blocks while the pool checks the next ones, and :meth:`verify`
+        takes the results as it reaches each block. Without a pool this does nothing."""
+        if self._pool is None:
+            return
+        todo = [tx for tx in txs if not self.known(tx) and tx.txid not in self._ahead]
+        todo = todo[:max(0, MAX_PREFETCHED - len(self._ahead))]
+        cid = self.cid
+        for start in range(0, len(todo), PREFETCH_CHUNK):
+            part = todo[start:start + PREFETCH_CHUNK]
+            future = self._pool.submit(lambda p: [tx.signature_valid(cid) for tx in p], part)
+            for index, tx in enumerate(part):
+                self._ahead[tx.txid] = (future, index, tx.signature)
+
+    def drop_prefetched(self) -> None:
+        """Forget checks started ahead and not used (a catch-up answer that stopped early)."""
+        for future, _index, _sig in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+
     def verify(self, txs: Sequence[Tx]) -> list[bool]:
-        """Check signatures of ``txs`` (skipping ones already verified); remember the good ones."""
+        """Check signatures of ``txs`` (skipping ones already verified, taking the results of
+        checks started by :meth:`prefetch`); remember the good ones."""
         todo = [i for i, tx in enumerate(txs) if not self.known(tx)]
         results = [True] * len(txs)
         if not todo:
             return results
+        if self._ahead:
+            rest = []
+            good_ahead = []
+            for i in todo:
+                tx = txs[i]
+                ahead = self._ahead.pop(tx.txid, None)
+                if ahead is None or ahead[2] != tx.signature or ahead[0].cancelled():
+                    rest.append(i)
+                    continue
+                self.checked += 1
+                ok = ahead[0].result()[ahead[1]]
+                results[i] = ok
+                if ok:
+                    good_ahead.append(tx)
+            self.remember(good_ahead)
+            todo = rest
+            if not todo:
+                return results
         self.checked += len(todo)
         if self._pool is None or len(todo) < PARALLEL_MIN_BATCH:
             checked = [txs[i].signature_valid(self.cid) for i in todo]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
+from peerdb.core.blockdecode import decode_tx_fast
 from peerdb.core.codec import decode
 from peerdb.core.consortium import Consortium
 from peerdb.core.errors import CorruptionError, DecodeError, StorageError, ValidationError
@@ -499,7 +500,7 @@ def _signature(key: bytes, value: bytes) -> BlockSignature:
 
 def _decode_tx(raw: bytes) -> Tx:
     try:
-        return Tx.decode(raw)
+        return decode_tx_fast(raw)
     except DecodeError as exc:
         raise StorageError(f"stored mempool transaction is corrupt: {exc}") from None
 

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,13 @@ if TYPE_CHECKING:
     from .tables import Txn
 
 
+@dataclass
+class _Batch:
+    head_before: Header
+    txn: "Txn | None" = None
+    """Begun at the batch's first write."""
+
+
 class Store(StoreQueries):
     """Blocks of every branch, signatures, evidence, objections, best-chain state with history,
     anchors, the mempool and the signing guard, for one member of one consortium. The reads are
@@ -91,7 +99,8 @@ class Store(StoreQueries):
         self.instance_id = instance_id
         self._head = head
         self._write_lock = threading.Lock()
-        self._batch: tuple[int, Txn] | None = None
+        self._local = threading.local()
+        """``batch``: this thread's open :meth:`batch` (a :class:`_Batch`), if any."""
         self.on_commit: Callable[[float], None] | None = None
         """Called with the seconds each durable commit took (its fsync, with ``sync``): the
         node's metrics set it; it runs in the writing thread, so it must be thread-safe."""
@@ -178,36 +187,65 @@ class Store(StoreQueries):
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Run several writes as ONE durable transaction (catch-up stores a whole batch of blocks
-        with one commit instead of one per block). Inside, this thread's reads see the batch's
-        own writes; other threads see nothing of it until the commit. All or nothing: an
-        exception aborts every write of the batch."""
-        if self._batch_txn_here() is not None:
+        with one commit instead of one per block; the node's engine calls write the block they
+        co-sign and the block they propose together). Inside, this thread's reads see the
+        batch's own writes; other threads see nothing of it until the commit. All or nothing: an
+        exception aborts every write of the batch. The write transaction begins at the first
+        write: a batch that writes nothing costs nothing (no commit, no writer lock)."""
+        local = self._local
+        if getattr(local, "batch", None) is not None:
             yield  # nested: the outer batch commits
             return
-        with self._write_lock, lmdb_errors(str(self.path)):
-            txn = self._environment().begin(write=True)
-            head_before = self._head
-            self._batch = (threading.get_ident(), txn)
+        batch = _Batch(self._head)
+        local.batch = batch
+        with lmdb_errors(str(self.path)):
             try:
                 yield
             except BaseException:
-                self._batch = None
-                self._head = head_before
-                txn.abort()
+                local.batch = None
+                if batch.txn is not None:
+                    self._head = batch.head_before
+                    batch.txn.abort()
+                    self._write_lock.release()
                 raise
-            self._batch = None
-            self._commit(txn)
+            local.batch = None
+            if batch.txn is not None:
+                try:
+                    self._commit(batch.txn)
+                except BaseException:
+                    self._head = batch.head_before
+                    raise
+                finally:
+                    self._write_lock.release()
+
+    def in_batch(self) -> bool:
+        """Whether this thread has a :meth:`batch` open (its writes become durable when it ends)."""
+        return getattr(self._local, "batch", None) is not None
 
     def _batch_txn_here(self) -> Txn | None:
-        batch = self._batch
-        if batch is not None and batch[0] == threading.get_ident():
-            return batch[1]
-        return None
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        return batch.txn if batch is not None else None
+
+    def _batch_txn_for_write(self) -> Txn | None:
+        """This thread's batch transaction, begun now if the batch has not written yet."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is None:
+            return None
+        if batch.txn is None:
+            self._write_lock.acquire()
+            try:
+                with lmdb_errors(str(self.path)):
+                    batch.txn = self._environment().begin(write=True)
+            except BaseException:
+                self._write_lock.release()
+                raise
+            batch.head_before = self._head
+        return batch.txn
 
     @contextmanager
     def _write(self) -> Iterator[Txn]:
         """One durable write transaction; the head cache follows the committed head."""
-        batch = self._batch_txn_here()
+        batch = self._batch_txn_for_write()
         if batch is not None:
             # A child of the batch transaction: a write that fails leaves nothing behind, one that
             # succeeds becomes durable when the whole batch commits.

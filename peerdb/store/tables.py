@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import lmdb
 
+from peerdb.core.blockdecode import decode_block_fast
 from peerdb.core.errors import CorruptionError, DecodeError, DiskFullError, PeerDBError, StorageError
 from peerdb.core.model import Block, Header
 
@@ -76,7 +77,7 @@ def read_block(txn: Txn, t: Tables, block_hash: bytes) -> Block | None:
     if raw is None:
         return None
     try:
-        block = Block.decode(raw)
+        block = decode_block_fast(raw)
     except PeerDBError as exc:  # decode errors, and roots that do not match the body
         raise CorruptionError(f"stored block {block_hash.hex()[:16]} is corrupt: {exc}", "block", block_hash) from None
     if block.hash != block_hash:

@@ -1,17 +1,18 @@
-"""The fast block decoder against the reference: for any transaction fields, valid or not, in a
-block whose header commits to them, both accept the same bytes and build equal objects, or both
-refuse them with the same error. (Mutated and spliced bytes of valid blocks: tests/test_audit_bundle.py.)"""
+"""The fast block and transaction decoders against the reference: for any transaction fields,
+valid or not, alone or in a block whose header commits to them, and for mutated bytes of a valid
+transaction, both accept the same bytes and build equal objects, or both refuse them with the
+same error. (Mutated and spliced bytes of valid blocks: tests/test_audit_bundle.py.)"""
 
 from __future__ import annotations
 
 from typing import Any
 from unittest import mock
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from peerdb.core import codec
-from peerdb.core.blockdecode import decode_block_fast
+from peerdb.core.blockdecode import decode_block_fast, decode_tx_fast
 from peerdb.core.errors import PeerDBError
 from peerdb.core.limits import MAX_OPS_PER_TX
 from peerdb.core.merkle import EMPTY_ROOT, merkle_root
@@ -109,3 +110,57 @@ def test_other_byte_types_are_judged_as_the_reference_judges_them() -> None:
     data = block_of([tx.raw], [tx.txid])
     for other in (bytearray(data), memoryview(data)):
         assert outcome(decode_block_fast, other) == outcome(Block.decode, other)  # type: ignore[arg-type]
+
+
+# --- transactions alone (what a member decodes when it admits one) ------------------------------
+
+def tx_outcome(fn: Any, data: bytes) -> tuple[object, ...]:
+    try:
+        tx = fn(data)
+        return (tx, tx.raw, tx.txid, tx.body)
+    except PeerDBError as exc:
+        return (type(exc), str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies(), mostly(st.binary(min_size=64, max_size=64), st.binary(max_size=65)))
+def test_any_transaction_is_judged_alone_as_the_reference_judges_it(body: bytes, sig: bytes) -> None:
+    data = codec.encode([body, sig])
+    assert tx_outcome(decode_tx_fast, data) == tx_outcome(Tx.decode, data)
+
+
+VALID_TX = CB.tx("m0", [("books", "a" * 30, b"v" * 150), ("books", "gone", None)]).raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, len(VALID_TX) - 1), st.integers(0, 255), st.sampled_from(["replace", "cut", "insert", "append"]))
+@example(0, 0x83, "replace")  # a three-item array where the envelope has two
+@example(1, 0x58, "replace")  # the body's length head in a longer form than needed
+@example(len(VALID_TX) - 65, 0x41, "replace")  # a 1-byte signature head
+@example(len(VALID_TX) - 1, 0, "cut")  # the signature one byte short
+@example(len(VALID_TX) - 1, 0, "append")  # a trailing byte
+@example(3, 0x00, "replace")  # a different body version
+def test_mutated_bytes_of_a_valid_transaction_are_judged_as_the_reference_judges_them(
+        pos: int, byte: int, how: str) -> None:
+    raw = bytearray(VALID_TX)
+    if how == "replace":
+        raw[pos] = byte
+    elif how == "cut":
+        del raw[pos:]
+    elif how == "insert":
+        raw.insert(pos, byte)
+    else:
+        raw.append(byte)
+    data = bytes(raw)
+    assert tx_outcome(decode_tx_fast, data) == tx_outcome(Tx.decode, data)
+
+
+def test_a_valid_transaction_takes_the_fast_path() -> None:
+    tx = CB.tx("m1", [("books", "k", b"v"), Op(OP_PUT, GOV_NAMESPACE, "propose", b"\x01")])
+    with mock.patch.object(Tx, "decode", side_effect=AssertionError("took the reference path")):
+        assert decode_tx_fast(tx.raw) == tx
+
+
+def test_other_byte_types_are_judged_alone_as_the_reference_judges_them() -> None:
+    for other in (bytearray(VALID_TX), memoryview(VALID_TX), "text"):
+        assert tx_outcome(decode_tx_fast, other) == tx_outcome(Tx.decode, other)  # type: ignore[arg-type]

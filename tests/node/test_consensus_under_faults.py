@@ -1,12 +1,14 @@
 """Consensus among four members in one process (memory hub, autojump clock), in normal flow and
 under faults: writes reach unanimous-signed everywhere; a crashed proposer's turn passes and the
 majority keeps going; a restarted member catches up and signs again; a partitioned member
-heals and catches up; and a two-two partition, once healed, loses no transaction.
+heals and catches up (asking for each next batch before handling the current one); and a
+two-two partition, once healed, loses no transaction.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -110,3 +112,46 @@ async def test_two_two_partition_then_heal_loses_no_transaction(tmp_path: Path,
         await cluster.wait_until(cluster.same_tip, what="same tip")
         await cluster.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_catch_up_asks_for_the_next_batch_before_handling_the_current_one(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A member far behind asks for batch k+1 as soon as batch k arrives, so its peer reads and
+    sends the next blocks while it checks and applies these (one request per batch, no more)."""
+    from peerdb.core.blockdecode import peek_header_fast
+    from peerdb.node.messages import MAX_CATCHUP_BLOCKS, BlocksMsg, GetBlocksMsg, from_wire
+
+    cluster = Cluster(tmp_path, idle_block_ms=0)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        await cluster.crash("firm-d")
+        a = cluster.nodes["firm-a"].engine
+        await cluster.wait_until(lambda: a.heads().majority >= 3 * MAX_CATCHUP_BLOCKS, timeout=600,
+                                 what="three catch-up batches of empty blocks")
+        await cluster.start_node("firm-d")
+        d = cluster.nodes["firm-d"]
+        events: list[tuple[str, int]] = []
+        send = d.network.send
+
+        def spy_send(peer: str, wire: Any) -> None:
+            msg = from_wire(wire)
+            if isinstance(msg, GetBlocksMsg):
+                events.append(("ask", msg.from_height))
+            send(peer, wire)
+        d.network.send = spy_send  # type: ignore[method-assign, assignment]
+        on_blocks = d.engine.on_blocks
+
+        def spy_blocks(peer: str | None, msg: BlocksMsg, now_ms: int) -> None:
+            if msg.items and msg.peer_height > (last := peek_header_fast(msg.items[-1][0]).height):
+                events.append(("handle", last))  # a batch with more after it
+            on_blocks(peer, msg, now_ms)
+        d.engine.on_blocks = spy_blocks  # type: ignore[method-assign]
+        await cluster.wait_until(lambda: d.engine.tree.best_tip.height >= 3 * MAX_CATCHUP_BLOCKS, timeout=600,
+                                 what="firm-d caught up")
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+    handled = [i for i, (kind, _) in enumerate(events) if kind == "handle"]
+    assert len(handled) >= 2
+    for i in handled:
+        # The batch after this one was asked for before this one was handled.
+        assert ("ask", events[i][1] + 1) in events[:i], events

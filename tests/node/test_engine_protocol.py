@@ -17,7 +17,7 @@ from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, bod
 from peerdb.core.state import apply_txs
 from peerdb.node.engine import Engine
 from peerdb.node.mempool import MempoolFull
-from peerdb.node.messages import EvidenceMsg, Message, ProposalMsg, SigsMsg, from_wire, to_wire
+from peerdb.node.messages import BlocksMsg, EvidenceMsg, Message, ProposalMsg, SigsMsg, from_wire, to_wire
 from peerdb.store import Store
 
 from tests.helpers.consortium import MEMBER_NAMES, seeded_consortium
@@ -283,3 +283,37 @@ def test_block_over_the_agreed_limits_is_objected_to_not_a_crash(tmp_path: Path)
         assert "max_block_txs" in objection.reason
     finally:
         net.close()
+
+
+def test_a_catch_up_answer_is_checked_whole_and_stops_at_a_forged_client_signature(net: Net) -> None:
+    """The client signatures of a whole catch-up answer are checked ahead in one pool call; the
+    block whose transaction carries other signature bytes (same txid, so the same block hash) is
+    refused there, with everything after it, and the blocks before it are kept."""
+    net.cut.add("firm-d")
+    for round_ in range(3):
+        txs = [net.tx("firm-a", f"r{round_}k{i}") for i in range(40)]
+        net.engines["firm-a"].submit([t.raw for t in txs], None, net.now)
+        run_until(net, lambda: len(net.engines["firm-a"].mempool) == 0)
+    a, d = net.engines["firm-a"], net.engines["firm-d"]
+    heights = [h for h in range(1, a.tree.best_tip.height + 1)
+               if (b := a.store.block(a.tree.best_chain_hash(h) or b"")) is not None and b.txs]
+    assert len(heights) >= 3
+    items = []
+    forged_at = heights[1]
+    for height in range(1, a.tree.best_tip.height + 1):
+        block_hash = a.tree.best_chain_hash(height)
+        assert block_hash is not None
+        block = a.store.block(block_hash)
+        assert block is not None
+        if height == forged_at:
+            first = block.txs[0]
+            bad = Tx.from_parts(first.body, bytes([first.signature[0] ^ 1]) + first.signature[1:])
+            block = Block(block.header, (bad, *block.txs[1:]))
+            assert block.hash == block_hash
+        items.append((block.raw, tuple(a.store.signatures(block_hash))))
+    assert d.verifier.threads > 1  # the pool that checks ahead
+    d.handle("firm-a", BlocksMsg(tuple(items), a.tree.best_tip.height), net.now)
+    assert d.tree.best_tip.height == forged_at - 1
+    refused = a.tree.best_chain_hash(forged_at)
+    assert refused is not None and refused not in d.tree
+    assert d.tree.best_chain_hash(forged_at - 1) == a.tree.best_chain_hash(forged_at - 1)

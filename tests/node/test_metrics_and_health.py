@@ -45,6 +45,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def monitor(node: MemberNode) -> AsyncIterator[httpx.AsyncClient]:
     metrics = NodeMetrics()
     node.store.on_commit = metrics.observe_commit
+    node.engine.trace.sink = metrics.observe_stage  # as the daemon wires it
     app = MonitorApp(node.service, metrics, node.engine.params)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://monitor") as client:
         yield client
@@ -86,6 +87,12 @@ async def test_metrics_move_when_blocks_are_made(tmp_path: Path, autojump_clock:
         assert value(after, "peerdb_mempool_transactions") == 0
         assert value(after, "peerdb_store_file_bytes") > 0
         assert value(after, "peerdb_reorgs_total") == 0 and value(after, "peerdb_reorg_depth_blocks_count") == 0
+        # The block-cycle trace's stages: firm-a either proposed a block or co-signed one, and
+        # every block it saw reached unanimous_signed.
+        stages = {dict(labels)["stage"]: v for (name, labels), v in after.items()
+                  if name == "peerdb_block_stage_seconds_count"}
+        assert stages.get("block.unanimous_signed", 0) >= 1
+        assert stages.get("propose.commit", 0) + stages.get("cosign.commit", 0) >= 1
         await cluster.close()
         nursery.cancel_scope.cancel()
 

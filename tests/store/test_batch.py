@@ -46,3 +46,41 @@ def test_a_failing_batch_leaves_nothing(tmp_path: Path) -> None:
     assert store.head().hash == first.hash
     assert not any(store.has_block(b.hash) for b in rest)
     store.close()
+
+
+def test_a_batch_that_writes_nothing_commits_nothing_and_holds_no_writer_lock(tmp_path: Path) -> None:
+    cb = ChainBuilder(n_members=4)
+    [block] = cb.chain(1, txs_per_block=1)
+    store = Store.open(tmp_path / "s", cb.consortium, cb.members[0], sync=True)
+    commits: list[float] = []
+    store.on_commit = commits.append
+    written_meanwhile: list[bool] = []
+    with store.batch():
+        assert store.in_batch()
+        store.head()  # reads only
+        # Another thread may write while this batch has not written: no writer lock is held yet.
+        other = threading.Thread(target=lambda: written_meanwhile.append(
+            store.add_block(block, cb.sign_all(block), make_head=True) is not None))
+        other.start()
+        other.join()
+    assert not store.in_batch()
+    assert written_meanwhile == [True]
+    assert len(commits) == 1  # the other thread's write; the empty batch committed nothing
+    store.close()
+
+
+def test_a_batch_is_per_thread(tmp_path: Path) -> None:
+    """A batch open in one thread does not capture another thread's writes."""
+    cb = ChainBuilder(n_members=4)
+    first, second = cb.chain(2, txs_per_block=1)
+    store = Store.open(tmp_path / "s", cb.consortium, cb.members[0], sync=True)
+    with store.batch():
+        store.add_block(first, cb.sign_all(first), make_head=True)
+        seen: list[bool] = []
+        other = threading.Thread(target=lambda: seen.append(store.in_batch()))
+        other.start()
+        other.join()
+        assert seen == [False]
+    store.add_block(second, cb.sign_all(second), make_head=True)
+    assert store.head().hash == second.hash
+    store.close()

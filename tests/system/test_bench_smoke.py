@@ -47,6 +47,7 @@ REQUIRED_KEYS = {
     "peerdb_stream_tps_majority",
     "peerdb_stream_tps_unanimous_signed",
     "peerdb_stream_latency_ms",
+    "peerdb_stages_ms",
     "etcd_tps",
     "etcd_latency_ms",
     "pysyncobj_tps",
@@ -124,6 +125,14 @@ def test_smoke_run_writes_json_with_every_key(tmp_path: Path) -> None:
             assert set(data[f"{system}_latency_ms"]) == {"majority", "unanimous_signed"}
             for level, summary in data[f"{system}_latency_ms"].items():
                 _check_latency_summary(f"{system} {level}", summary)
+
+    if data["systems"]["peerdb"]["status"] == "measured":
+        light = data["peerdb_stages_ms"]["light"]
+        # The light step's transactions went through every stage of the write path.
+        for stage in ("tx.parse", "tx.admit", "tx.block", "tx.unanimous_signed", "tx.total", "propose.commit",
+                      "cosign.commit", "block.unanimous_signed"):
+            assert light[stage]["count"] > 0, stage
+            assert 0 <= light[stage]["p50_ms"] <= light[stage]["p99_ms"], stage
 
     machine = data["machine"]
     assert isinstance(machine["cpu_model"], str) and machine["cpu_model"]

@@ -155,11 +155,15 @@ class ApiContext:
         return Tx.create(self.require_client_key(why), engine.cid, engine.me, secrets.randbits(63),
                          self.now_ms() + CLIENT_TX_TTL_MS, ops)
 
-    async def submit_and_wait(self, raws: list[bytes], data: dict[str, Any]) -> Submitted:
+    async def submit_and_wait(self, raws: list[bytes], data: dict[str, Any], started: float | None = None) -> Submitted:
         """Submit transactions; if the body asks (``wait``, ``timeout_s``), wait until they are
         in that view. The refusals keep their error objects (:attr:`Submitted.first_refusal`):
-        the caller raises what its endpoint answers with."""
+        the caller raises what its endpoint answers with. ``started``: when the request's
+        handler began, on the trace's clock (for the ``tx.*`` stages)."""
         view, timeout = wait_options(data)
+        trace = self.engine.trace
+        if started is not None:
+            trace.since("tx.parse", started)
         # A waiting client is answered only once its transactions are in a durably stored block
         # (or, on timeout, after they were persisted below), so admission need not fsync.
         result = await self.service.submit(raws, durable=view is None)
@@ -170,6 +174,7 @@ class ApiContext:
         }
         if view is not None and (result.accepted or result.duplicates):
             levels: dict[str, float] = {}
+            waited = trio.current_time()
             try:
                 reached = await self.service.wait_for(result.accepted + result.duplicates, view, timeout, levels)
             finally:
@@ -177,6 +182,10 @@ class ApiContext:
             answer["wait"] = {"view": view.value, "reached": reached, "levels_ms": levels}
             if not reached:
                 answer["wait"]["message"] = f"not yet in the {view.value} view after {timeout} s; it is still pending"
+            elif view.value in levels:
+                trace.observe("tx.answer", trio.current_time() - waited - levels[view.value] / 1000)
+        if started is not None:
+            trace.since("tx.total", started)
         return Submitted(answer, result)
 
     async def make_durable(self, txids: list[bytes]) -> None:

@@ -1,5 +1,5 @@
 """Reads of the chain and the node: blocks, status, alerts, peers, evidence, objections,
-Bitcoin anchors and the consortium in force."""
+Bitcoin anchors, the consortium in force and the block-cycle trace."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ...anchor.hashes import to_display
 from ...anchor.proof import AnchorProof
 from ...core.model import Block
 from ..identity import removed_at
+from ..trace import TIMELINES
 from .context import ApiContext, parse_int
 from .errors import ApiError, json_endpoint
 from .refs import block_ref
@@ -168,7 +169,13 @@ def routes(ctx: ApiContext) -> list[Route]:
                 "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers),
                                 **({"private": True} if r.private else {})} for r in c.namespaces]}
 
+    async def get_trace(request: Request) -> Any:
+        # The trace is thread-safe on its own (its lock, not the engine's): no engine read.
+        blocks = parse_int(request.query_params.get("blocks"), "blocks")
+        return engine.trace.snapshot(TIMELINES if blocks is None else min(blocks, TIMELINES))
+
     return [Route("/v1/blocks", json_endpoint(get_blocks)),
+            Route("/v1/trace", json_endpoint(get_trace)),
             Route("/v1/blocks/{ref}", json_endpoint(get_block)),
             Route("/v1/status", json_endpoint(get_status)),
             Route("/v1/alerts", json_endpoint(get_alerts)),

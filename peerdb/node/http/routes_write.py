@@ -50,6 +50,7 @@ def parse_ops(raw: Any) -> list[Op]:
 
 def routes(ctx: ApiContext) -> list[Route]:
     async def post_txs(request: Request) -> Any:
+        started = ctx.engine.trace.now()
         data = await json_body(request)
         items = data.get("txs")
         if not isinstance(items, list) or not items:
@@ -58,7 +59,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             raws = [base64.b64decode(str(t), validate=True) for t in items]
         except binascii.Error as exc:
             raise ApiError(400, "bad_request", f"txs: not base64 ({exc})") from None
-        submitted = await ctx.submit_and_wait(raws, data)
+        submitted = await ctx.submit_and_wait(raws, data, started)
         refusal = submitted.first_refusal
         if refusal is not None and not (submitted.result.accepted or submitted.result.duplicates):
             raise Refused(refusal, submitted.answer)  # every one refused: the request failed
@@ -66,10 +67,11 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def post_write(request: Request) -> Any:
         ctx.require_client_key(WRITE_NEEDS_KEY)  # before the body: no key, nothing else matters
+        started = ctx.engine.trace.now()
         data = await json_body(request)
         ops = parse_ops(data.get("ops"))
         ops = await ctx.service.read(ctx.private.seal_ops, ops)  # plaintext never reaches the pool or a peer
-        submitted = await ctx.submit_and_wait([ctx.sign(ops, WRITE_NEEDS_KEY).raw], data)
+        submitted = await ctx.submit_and_wait([ctx.sign(ops, WRITE_NEEDS_KEY).raw], data, started)
         if submitted.first_refusal is not None:
             raise Refused(submitted.first_refusal)
         return submitted.answer
