@@ -15,6 +15,11 @@ A sender task packs whatever is queued into frames (up to the node's limits) and
 transaction per frame when it is light, large frames under load. A receiver task applies the node's
 acknowledgements (docs/stream.md). Everything runs on the caller's trio thread;
 :mod:`peerdb.client.sync` wraps it for plain Python.
+
+Why one module of this size: the writer's state (the queue, the frames in flight, the window and
+the per-transaction pending acks) is one state machine driven by one sender and one receiver task;
+splitting the sender from the receiver would spread one invariant (every queued transaction ends
+in exactly one outcome) across modules.
 """
 
 from __future__ import annotations
