@@ -80,6 +80,15 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _disk_line(disk: Mapping[str, Any] | None) -> str:
+    if not disk:
+        return "durable-write floor: not measured"
+    commits = next((v for k, v in disk.items() if k.startswith("lmdb_sync_commit")), {})
+    return (f"durable-write floor (data directory's disk): 4 KiB + fdatasync p50/p99 "
+            f"{disk['fdatasync_4k_ms']['p50']} / {disk['fdatasync_4k_ms']['p99']} ms; LMDB synced commit "
+            f"p50/p99 {commits.get('p50')} / {commits.get('p99')} ms")
+
+
 def table(result: Mapping[str, Any]) -> str:
     """The human-readable summary printed at the end of a run."""
     sig = result.get("signature") or {}
@@ -91,6 +100,8 @@ def table(result: Mapping[str, Any]) -> str:
         f"(Ed25519 verify/s: 1 thread {_fmt(sig.get('verify_per_s_1_thread'))}, "
         f"{sig.get('cores', '?')} threads {_fmt(sig.get('verify_per_s_all_threads'))}, "
         f"{sig.get('cores', '?')} processes {_fmt(sig.get('verify_per_s_all_processes'))})",
+        _disk_line(result.get("disk_floor")),
+        f"load average at end: {machine.get('load_average_1m_at_end')}",
         "",
     ]
     header = ("system", "level", "peak tx/s", "light p50/p99 ms", "80% peak p50/p99 ms", "80% load")

@@ -39,6 +39,7 @@ from bench import report, sigbound  # noqa: E402
 from bench.drivers import SYSTEM_NAMES, ClientSpec, Driver, make_driver  # noqa: E402
 from bench.errors import BenchError, SystemSkipped  # noqa: E402
 from bench.loadgen import LoadSpec, run_step  # noqa: E402
+from bench import diskfloor  # noqa: E402
 from bench.machine import describe_machine, software_versions  # noqa: E402
 from bench.peerdb_driver import MEMBERS as CONSORTIUM_MEMBERS  # noqa: E402
 from bench.peerdb_driver import PRELOAD_ENV  # noqa: E402
@@ -345,6 +346,9 @@ def main(argv: list[str]) -> int:
         log("signature bound:")
         signature = sigbound.measure(CONSORTIUM_MEMBERS, mode.signature_s)
         log(f"  {signature['bound_tps']} tx/s ({signature['verify_per_s_all_threads']} verify/s)")
+        disk = diskfloor.measure(workdir)
+        log(f"durable-write floor: 4 KiB + fdatasync p50 {disk['fdatasync_4k_ms']['p50']} ms, LMDB synced commit "
+            f"of {diskfloor.PUTS_PER_COMMIT} puts p50 {disk[f'lmdb_sync_commit_{diskfloor.PUTS_PER_COMMIT}_puts_ms']['p50']} ms")
         with ManagedProcesses() as procs:
             for name in args.system_list:
                 entry, more = measure_system(name, mode, concurrency, install, procs, workdir)
@@ -376,6 +380,7 @@ def main(argv: list[str]) -> int:
         "members": CONSORTIUM_MEMBERS,
         "signature": signature,
         "bound_tps": signature["bound_tps"],
+        "disk_floor": disk,
         **headline(systems, extras),
         "load_shape": {
             "value_bytes": VALUE_BYTES,
@@ -406,6 +411,7 @@ def main(argv: list[str]) -> int:
     else:
         result["plot_note"] = note
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    machine["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(report.table(result))
     print(f"\nJSON: {out}" + (f"\nplot: {png}" if note is None else f"\nno plot: {note}"))

@@ -41,6 +41,7 @@ GRANDCHILD_EXIT_S = 10.0
 
 REQUIRED_KEYS = {
     "bound_tps",
+    "disk_floor",
     "peerdb_tps_majority",
     "peerdb_tps_unanimous_signed",
     "peerdb_latency_ms",
@@ -139,6 +140,10 @@ def test_smoke_run_writes_json_with_every_key(tmp_path: Path) -> None:
     assert isinstance(machine["cores"], int) and machine["cores"] >= 1
     assert isinstance(machine["memory_bytes"], int) and machine["memory_bytes"] > 0
     assert isinstance(machine["kernel"], str) and machine["kernel"]
+    assert _is_number(machine["load_average_1m_at_end"]) and machine["load_average_1m_at_end"] >= 0
+    disk = data["disk_floor"]  # the durable-write floor, measured in the same run
+    for key in ("fdatasync_4k_ms", "lmdb_sync_commit_50_puts_ms"):
+        assert 0 < disk[key]["p50"] <= disk[key]["p99"], key
     versions = data["versions"]
     assert isinstance(versions["python"], str) and isinstance(versions["pynacl"], str)
     for name in ("etcd", "pysyncobj", "peerdb"):
