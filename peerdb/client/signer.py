@@ -9,8 +9,6 @@ transactions are written for. :func:`ops_from_json` reads operations in the API'
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 import time
 from collections.abc import Sequence
@@ -19,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..consortium_file import load_consortium
-from ..core.errors import ConfigError, DecodeError
+from ..core.errors import ConfigError
 from ..core.keys import SigningKey
 from ..core.model import OP_DELETE, OP_PUT, Op, Tx, consortium_id
 from ..keyfile import read_key
 from ..node.config import load_node_config
+from ..ops_json import op_from_json
 
 DEFAULT_TTL_MS = 10 * 60 * 1000
 """Expiry of the transactions a signer makes, from the moment it signs them (as the node gives
@@ -82,28 +81,5 @@ def ops_from_json(raw: Any) -> list[Op]:
     items = raw if isinstance(raw, list) else [raw]
     if not items:
         raise ValueError("no operations")
-    ops = []
-    for i, item in enumerate(items):
-        where = f"ops[{i}]" if isinstance(raw, list) else "operation"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where}: must be an object")
-        kind = item.get("op", "put")
-        namespace, key = item.get("namespace"), item.get("key")
-        if not isinstance(namespace, str) or not isinstance(key, str):
-            raise ValueError(f"{where}: 'namespace' and 'key' must be text")
-        try:
-            if kind == "put":
-                if "value_b64" in item:
-                    value = base64.b64decode(str(item["value_b64"]), validate=True)
-                elif isinstance(item.get("value"), str):
-                    value = item["value"].encode("utf-8")
-                else:
-                    raise ValueError(f"{where}: a put needs 'value' (text) or 'value_b64'")
-                ops.append(Op(OP_PUT, namespace, key, value))
-            elif kind == "delete":
-                ops.append(Op(OP_DELETE, namespace, key))
-            else:
-                raise ValueError(f"{where}.op: must be 'put' or 'delete', got {kind!r}")
-        except (DecodeError, binascii.Error) as exc:
-            raise ValueError(f"{where}: {exc}") from None
-    return ops
+    return [op_from_json(item, f"ops[{i}]" if isinstance(raw, list) else "operation")
+            for i, item in enumerate(items)]

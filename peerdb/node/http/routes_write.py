@@ -14,8 +14,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ...core.errors import DecodeError
-from ...core.model import OP_DELETE, OP_PUT, Op
+from ...core.model import Op
+from ...ops_json import op_from_json
 from .context import ApiContext, json_body
 from .errors import ApiError, Refused, json_endpoint
 
@@ -25,27 +25,10 @@ WRITE_NEEDS_KEY = "sign transactions yourself and POST them to /v1/txs"
 def parse_ops(raw: Any) -> list[Op]:
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "bad_request", "ops: must be a non-empty list")
-    ops = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise ApiError(400, "bad_request", f"ops[{i}]: must be an object")
-        kind = item.get("op", "put")
-        try:
-            if kind == "put":
-                if "value_b64" in item:
-                    value = base64.b64decode(str(item["value_b64"]), validate=True)
-                elif isinstance(item.get("value"), str):
-                    value = item["value"].encode("utf-8")
-                else:
-                    raise ApiError(400, "bad_request", f"ops[{i}]: a put needs 'value' (text) or 'value_b64'")
-                ops.append(Op(OP_PUT, item.get("namespace"), item.get("key"), value))  # type: ignore[arg-type]
-            elif kind == "delete":
-                ops.append(Op(OP_DELETE, item.get("namespace"), item.get("key")))  # type: ignore[arg-type]
-            else:
-                raise ApiError(400, "bad_request", f"ops[{i}].op: must be 'put' or 'delete', got {kind!r}")
-        except (DecodeError, binascii.Error) as exc:
-            raise ApiError(400, "bad_request", f"ops[{i}]: {exc}") from None
-    return ops
+    try:
+        return [op_from_json(item, f"ops[{i}]") for i, item in enumerate(raw)]
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
 
 
 def routes(ctx: ApiContext) -> list[Route]:
