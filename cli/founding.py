@@ -117,6 +117,8 @@ def init_from_cards(ctx: Ctx, cards: tuple[str, ...], name: str, out: str, names
         "send the file to every firm; each runs `peerdb consortium show FILE` and compares the id over a "
         "channel it trusts",
     ]))
+    if info["turn_race"]:
+        click.echo(f"warning: {info['turn_race']}", err=True)
 
 
 # --- peerdb consortium show ----------------------------------------------------------------------
@@ -149,6 +151,8 @@ def consortium_show(ctx: Ctx, file: str) -> None:
         lines.append(f"  {i + 1}. {m['name']:<14} key {m['key']}  at {m['address']}  "
                      f"{len(m['clients'])} client key(s)  cert {m['cert']}")
     lines.append("params: " + ", ".join(f"{k}={v}" for k, v in info["params"].items()))
+    if info["turn_race"]:
+        lines.append(f"WARNING: {info['turn_race']}")
     rules = [f"  {r['name']}: writers {','.join(r['writers'])}  readers {','.join(r['readers'])}"
              f"{'  PRIVATE (encrypted for its readers)' if r['private'] else ''}" for r in info["namespaces"]]
     lines.append(f"namespaces without a rule: {'open to every member' if info['open_namespaces'] else 'closed'}")

@@ -34,7 +34,7 @@ from .core.consortium import (
     Consortium,
     Member,
     NamespaceRule,
-    Params,
+    founding_params,
     check_name,
     consortium_to_toml_data,
     member_to_toml_data,
@@ -177,7 +177,7 @@ def consortium_from_cards(name: str, cards: Sequence[Member], *, params: dict[st
     """The consortium of the members on ``cards``, in that order (the turn order)."""
     check_name(name, "consortium name")
     return Consortium(name, int(time.time() * 1000) if genesis_time_ms is None else genesis_time_ms,
-                      tuple(cards), Params(**(params or {})), tuple(namespaces), open_namespaces)
+                      tuple(cards), founding_params(params), tuple(namespaces), open_namespaces)
 
 
 def write_consortium_file(path: Path, consortium: Consortium, *, overwrite: bool = False) -> None:
@@ -205,6 +205,7 @@ def describe(consortium: Consortium) -> dict[str, Any]:
     return {"name": consortium.name, "id": consortium_id(consortium).hex(), "protocol": consortium.protocol,
             "genesis_time_ms": consortium.genesis_time_ms, "members": members,
             "params": {k: getattr(consortium.params, k) for k in consortium.params.__dataclass_fields__},
+            "turn_race": consortium.params.turn_race_problem,
             "open_namespaces": consortium.open_namespaces,
             "namespaces": [{"name": r.name, "writers": list(r.writers), "readers": list(r.readers),
                             "private": r.private} for r in consortium.namespaces]}

@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from .core.consortium import EVERYONE, Consortium, Member, NamespaceRule, Params, check_name
+from .core.consortium import EVERYONE, Consortium, Member, NamespaceRule, check_name, founding_params
 from .core.errors import ConfigError
 from .core.keys import SigningKey
 from .founding import write_consortium_file, write_private
@@ -36,7 +36,7 @@ def init_consortium(directory: Path, name: str, member_names: list[str], *, host
         check_name(member, "member name")
     if len(set(member_names)) != len(member_names):
         raise ConfigError(f"member names must differ: {member_names}")
-    agreed = Params(**(params or {}))  # validate everything before the first file is written
+    agreed = founding_params(params)  # validate everything before the first file is written
     for rule in namespaces:
         for who in rule.writers + rule.readers:
             if who != EVERYONE and who not in member_names:

@@ -145,6 +145,47 @@ class Params:
     def id_fields(self) -> list[Any]:
         return [[f.name, getattr(self, f.name)] for f in fields(self)]
 
+    @property
+    def turn_race_problem(self) -> str | None:
+        """Why these parameters let a member take the turns of those before it, or None.
+
+        A round-``r`` block is valid once ``now >= parent time + r * turn - 2 * skew``
+        (protocol.md §8.3). Unless ``2 * clock_skew_ms < turn_timeout_ms``, the member of round 1
+        (or later) may propose at once, beside the round-0 proposer, and whichever block the
+        others see first is the one they sign: a member that always races takes turns that are
+        not its own. Not a validity rule (existing consortia keep their id and their chain);
+        the founding commands write parameters without the problem, and a node whose consortium
+        has it says so (the ``turn_race`` alert)."""
+        if 2 * self.clock_skew_ms < self.turn_timeout_ms:
+            return None
+        return (f"params.clock_skew_ms ({self.clock_skew_ms}) is not below half of turn_timeout_ms "
+                f"({self.turn_timeout_ms}): a member may propose a later round's block as soon as the parent "
+                "exists and so take the turns of the members before it (protocol.md §8.3); vote to set "
+                f"clock_skew_ms={safe_clock_skew_ms(self.turn_timeout_ms)} (`peerdb governance propose params "
+                f"--set clock_skew_ms={safe_clock_skew_ms(self.turn_timeout_ms)}`) or a larger turn_timeout_ms")
+
+
+FOUNDING_CLOCK_SKEW_MS = 1000
+"""The clock skew a new consortium file gets when its founders do not choose one: NTP keeps
+servers within milliseconds; a second leaves room for a bad day and is below half the default
+turn. (:class:`Params`' own default stays 5000 so that files without the field keep their id.)"""
+
+
+def safe_clock_skew_ms(turn_timeout_ms: int) -> int:
+    """The largest skew up to :data:`FOUNDING_CLOCK_SKEW_MS` without a turn race at this turn."""
+    return max(0, min(FOUNDING_CLOCK_SKEW_MS, (turn_timeout_ms - 1) // 2))
+
+
+def founding_params(params: Mapping[str, int] | None) -> Params:
+    """The parameters of a new consortium: the founders' choices, and where they did not choose
+    a clock skew, one without a turn race (:attr:`Params.turn_race_problem`)."""
+    chosen = dict(params or {})
+    if "clock_skew_ms" not in chosen:
+        turn = chosen.get("turn_timeout_ms", Params.turn_timeout_ms)
+        if type(turn) is int:  # anything else is refused, with its name, by Params itself
+            chosen["clock_skew_ms"] = safe_clock_skew_ms(turn)
+    return Params(**chosen)
+
 
 @dataclass(frozen=True)
 class NamespaceRule:

@@ -30,7 +30,7 @@ ALERT_REPEAT_MS = 60_000
 class Alert:
     kind: str
     """majority_without_me | minority_chain | double_sign | stalled | peer_down | anchor_pending |
-    key_missing | removed"""
+    key_missing | removed | not_signing | settled_conflict | corrupt_data | turn_race"""
     message: str
     subject: str = ""
     """What the alert is about (a member name, a block hash), so repeats can be told apart."""
@@ -42,7 +42,10 @@ class Alert:
 
 
 REMOVED = "removed"
-IMMEDIATE = frozenset({"double_sign", REMOVED})
+TURN_RACE = "turn_race"
+"""The consortium's parameters let a member take the turns of those before it
+(:attr:`peerdb.core.consortium.Params.turn_race_problem`): a standing fact until a vote changes them."""
+IMMEDIATE = frozenset({"double_sign", REMOVED, TURN_RACE})
 """Kinds raised at once, without waiting for the condition to last: facts on the chain, not
 states that may pass."""
 

@@ -46,7 +46,7 @@ from ..core.state import BlockRun, Effects, check_tx_time
 from ..core.validate import (check_block, check_evidence, check_proposer_signature, may_extend, proposer_for,
                              round_at)
 from ..store import Store
-from .alerts import Alert, chain_alerts, not_signing, removed_alert, waiting_for
+from .alerts import TURN_RACE, Alert, chain_alerts, not_signing, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
 from .chainkeeper import ChainKeeper
 from .counters import EngineCounters, Reorg
@@ -1117,6 +1117,11 @@ class Engine:
         problem = self.key_problem()
         if problem is not None:
             alerts.append(Alert("key_missing", problem, subject=self.me))
+        race = params.turn_race_problem
+        if race is not None:
+            alerts.append(Alert(TURN_RACE, race, subject="params",
+                                details={"clock_skew_ms": params.clock_skew_ms,
+                                         "turn_timeout_ms": params.turn_timeout_ms}))
         for key, exc in self.corrupt.items():
             alerts.append(Alert("corrupt_data", f"{exc}; refused to readers and peers{remedy(exc.item)}",
                                 subject=key.hex(), details={"item": exc.item}))

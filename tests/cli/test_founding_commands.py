@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from cli import exitcodes
 from cli.main import main
 from peerdb.consortium_file import load_consortium
-from peerdb.core.consortium import EVERYONE, NamespaceRule
+from peerdb.core.consortium import EVERYONE, FOUNDING_CLOCK_SKEW_MS, NamespaceRule
 from peerdb.core.errors import ConfigError
 from peerdb.core.model import consortium_id
 from peerdb.founding import parse_namespace_spec, read_card
@@ -233,3 +233,23 @@ def test_node_init_for_a_firm_not_in_the_file_names_the_members(tmp_path: Path) 
     found(tmp_path, dirs)
     result = invoke("node", "init", "--member", "firm-z", "--dir", str(dirs["firm-a"]))
     assert result.exit_code == exitcodes.CONFIG and "firm-a, firm-b, firm-c" in result.stderr
+
+
+def test_a_new_consortium_gets_a_clock_skew_without_a_turn_race_and_a_chosen_race_is_pointed_out(
+        tmp_path: Path) -> None:
+    """Params' own default skew (5000 ms, kept so that old files keep their id) is larger than half
+    the default turn (3000 ms): a later round's member could take the turn of the one before it."""
+    dirs = firms(tmp_path)
+    safe = load_consortium(found(tmp_path, dirs))
+    assert safe.params.clock_skew_ms == FOUNDING_CLOCK_SKEW_MS and safe.params.turn_race_problem is None
+    shown = ok_json(invoke("--json", "consortium", "show", str(tmp_path / "coordinator" / "consortium.toml")))
+    assert shown["turn_race"] is None
+
+    out = tmp_path / "racy.toml"
+    cards = [arg for name in FIRMS for arg in ("--member-card", str(dirs[name] / f"{name}.card"))]
+    chosen = invoke("consortium", "init", "--name", "trade", *cards, "--out", str(out), "--param", "clock_skew_ms=2000")
+    assert chosen.exit_code == 0, chosen.output
+    assert "warning: params.clock_skew_ms (2000) is not below half of turn_timeout_ms (3000)" in chosen.stderr
+    assert load_consortium(out).params.clock_skew_ms == 2000  # the founders' choice stands
+    text = invoke("consortium", "show", str(out))
+    assert text.exit_code == 0 and "WARNING: params.clock_skew_ms (2000)" in text.stdout

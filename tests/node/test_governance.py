@@ -4,6 +4,7 @@ who must sign for unanimity, and the parameters every member follows, from the a
 from __future__ import annotations
 
 import base64
+import dataclasses
 from pathlib import Path
 
 import trio
@@ -12,7 +13,8 @@ from peerdb.core.governance import PASSED, PENDING, REJECTED
 from peerdb.core.proposals import RemoveMembers, SetParams
 from peerdb.core.keys import SigningKey
 from peerdb.net.certs import member_certificate
-from tests.helpers.node_harness import Cluster, api_clients, passed_height, propose, record_status, vote
+from peerdb.node.service import trio_clock_ms
+from tests.helpers.node_harness import FAST_PARAMS, Cluster, api_clients, passed_height, propose, record_status, vote
 
 
 async def test_removed_member_no_longer_takes_turns_or_blocks_unanimity(
@@ -236,5 +238,39 @@ async def test_a_removed_members_node_shows_the_removal_not_a_stalled_chain(
         async with api_clients(cluster) as api:
             assert (await api["firm-c"].get("/v1/status")).json()["removed_at"] == effective
             assert (await api["firm-a"].get("/v1/status")).json()["removed_at"] is None
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_consortium_whose_skew_lets_members_race_for_turns_is_told_and_can_vote_it_away(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Parameters from before the founding commands wrote a safe skew (2 * clock_skew_ms >=
+    turn_timeout_ms): every node raises ``turn_race`` naming the vote that fixes it; the API will
+    not start a vote that keeps the race; the vote that ends it clears the alert from its height."""
+    racy = dataclasses.replace(FAST_PARAMS, clock_skew_ms=FAST_PARAMS.turn_timeout_ms // 2)
+    cluster = Cluster(tmp_path, names=("firm-a", "firm-b", "firm-c"), params=racy)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for node in cluster.nodes.values():
+            (alert,) = [a for a in node.engine.alert_conditions(trio_clock_ms(), lambda _p: True) if a.kind == "turn_race"]
+            assert "clock_skew_ms (500)" in alert.message and "--set clock_skew_ms=499" in alert.message
+        async with api_clients(cluster) as api:
+            r = await api["firm-a"].post("/v1/governance/propose", json={"kind": "set_params",
+                                                                         "params": {"clock_skew_ms": 600}})
+            assert r.status_code == 400 and "not below half of turn_timeout_ms" in r.json()["error"]["message"]
+            # A change to other parameters is not held hostage by the existing race.
+            r = await api["firm-a"].post("/v1/governance/propose", json={"kind": "set_params",
+                                                                         "params": {"anchor_interval_s": 120}})
+            assert r.status_code == 200, r.text
+        proposal = await propose(cluster, "firm-b", SetParams((("clock_skew_ms", 400),)))
+        await vote(cluster, cluster.names, proposal)
+        await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PASSED for n in cluster.names),
+                                 what="the skew change passed everywhere")
+        effective = passed_height(cluster, "firm-a", proposal)
+        await cluster.wait_until(lambda: all(n.engine.tree.best_tip.height >= effective for n in cluster.nodes.values()),
+                                 what="the chain at the effective height")
+        for node in cluster.nodes.values():
+            assert node.engine.params.clock_skew_ms == 400
+            assert "turn_race" not in {a.kind for a in node.engine.alert_conditions(trio_clock_ms(), lambda _p: True)}
         await cluster.close()
         nursery.cancel_scope.cancel()

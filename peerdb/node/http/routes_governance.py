@@ -233,9 +233,14 @@ def routes(ctx: ApiContext) -> list[Route]:
         """The early check of protocol §20.4 (propose, rule 3), plus a fresh id."""
         state = engine.gov
         try:
-            apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
+            after = apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
         except ValidationError as exc:
             raise BadProposal(str(exc)) from None
+        timing = {"clock_skew_ms", "turn_timeout_ms"}
+        if isinstance(proposal.change, SetParams) and timing & {name for name, _ in proposal.change.values}:
+            race = after.params.turn_race_problem  # node policy, not validity: see Params.turn_race_problem
+            if race is not None:
+                raise BadProposal(f"after this change {race}")
         if engine.store.get(GOV_NAMESPACE, f"proposal/{proposal.id.hex()}")[0] is not None:
             raise BadProposal(f"proposal {proposal.id.hex()[:16]} was already made; give another nonce")
 
