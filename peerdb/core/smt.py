@@ -23,6 +23,10 @@ changed paths, ``O(changed entries × log n)``. No maintained Python library off
 versioned node store, which is what the node needs (proofs at any height, side branches
 without copying): so it is here, small, with the reference definition above in the tests.
 
+Why one module of this size: the hashing, the node records, the update walk and the proof
+walk all read the same record layout and the same bit order; a split would put one
+consensus-critical definition in several files that must change together.
+
 Storage. A node is a record addressed by ``be64(version) || hash``; ``version`` is the height of
 the block that wrote it, so that one block's new nodes sit together in the store's key order
 (one run of pages per block instead of one random page per node). Records:

@@ -18,6 +18,10 @@ Who owns what (the rule every task and thread of a node follows):
 Tests on trio's memory streams and autojump clock run engine calls inline so time only moves
 when every task waits. After each call the outbox is flushed to the network and waiters are
 woken.
+
+Why one module of this size: it is the one place the ownership rule above is enforced — the
+lock, the calls and reads, the flush after each call, and the loops that feed the engine; the
+pieces with their own state live beside it (:mod:`.waiters`, :mod:`.alerts`, :mod:`.trace`).
 """
 
 from __future__ import annotations
