@@ -76,8 +76,9 @@ MAX_PENDING_SIG_BLOCKS = 4096
 """Unknown blocks for which we hold early signatures (signatures can overtake their block)."""
 EFFECTS_CACHE = 256
 """Effects of recently validated blocks, so applying them to the head does not recompute them."""
-REFETCHED = frozenset({"block", "header"})
-"""Stored items a node replaces by a good copy from its peers (a block's id is its hash)."""
+REFETCHED = frozenset({"block", "header", "signature"})
+"""Stored items a node replaces by a good copy from its peers (a block's id is its hash; a
+signature is checked with its member's key)."""
 SIGNED_ITEMS = frozenset({"signature", "objection"})
 """Stored signed items checked against their member's keys before they leave the node."""
 REMEDY = {"refetch": "; a good copy is being fetched from peers (run `peerdb node check --deep` offline to check "
@@ -85,11 +86,15 @@ REMEDY = {"refetch": "; a good copy is being fetched from peers (run `peerdb nod
           "signed": "; it is left out of what the node sends and exports (the tree still counts it: it verified "
                     "when it arrived); run `peerdb node check --deep` offline and restore the data directory or "
                     "resync it from peers (docs/operations-restore.md)",
+          "signature": "; it is left out of what the node sends and exports (the tree still counts it: it verified "
+                       "when it arrived) until a good copy, fetched from peers, replaces it",
           "state": "; the node's state disagrees with its chain: stop it, run `peerdb node check --deep`, and "
                    "restore the data directory or resync it from peers (docs/operations-restore.md)"}
 
 
 def remedy(item: str) -> str:
+    if item == "signature":
+        return REMEDY["signature"]
     return REMEDY["refetch" if item in REFETCHED else "signed" if item in SIGNED_ITEMS else "state"]
 
 
@@ -672,6 +677,8 @@ class Engine:
                 log.warning("rejected signature from %s: %s is not a member", peer, sig.member)
                 continue
             if sig.member in self.tree.signers(sig.block_hash):
+                if sig.block_hash + sig.member.encode() in self.corrupt:
+                    self._repair_signature(sig, peer)
                 log.debug("ignored %s's signature on %s from %s: already known (duplicate or replay)",
                           sig.member, sig.block_hash.hex()[:16], peer)
                 continue
@@ -710,6 +717,17 @@ class Engine:
             self.unsaved_sigs.extend(fresh)
             if len(self.unsaved_sigs) >= UNSAVED_SIGS_MAX:
                 self.flush_signatures()
+
+    def _repair_signature(self, sig: BlockSignature, peer: str | None) -> None:
+        """A good copy of a signature our store holds damaged: checked with the member's key at the
+        block's height, it replaces ours."""
+        key = self._key_for(sig.member, sig.block_hash)
+        if key is None or not sig.valid(self.cid, key):
+            return
+        self.store.repair_signature(sig)
+        del self.corrupt[sig.block_hash + sig.member.encode()]
+        log.warning("repaired the stored signature of %s on block %d %s with a good copy from %s", sig.member,
+                    self.tree.header(sig.block_hash).height, sig.block_hash.hex()[:16], peer)
 
     def flush_signatures(self) -> None:
         """Write peers' signatures still held in memory (called every heartbeat, and on demand)."""
@@ -1006,8 +1024,10 @@ class Engine:
         while len(self.corrupt) > MAX_CORRUPT_ITEMS:
             self.corrupt.popitem(last=False)
         log.error("CORRUPT STORE: %s; refusing to serve it%s", exc, remedy(exc.item))
-        if exc.item in REFETCHED and exc.key in self.tree:
-            height = self.tree.header(exc.key).height
+        block_hash = exc.key[:32] if exc.item == "signature" else exc.key
+        if exc.item in REFETCHED and block_hash in self.tree:
+            # A block answer carries the block and its signatures, each good copy checked on arrival.
+            height = self.tree.header(block_hash).height
             self._send(GetBlocksMsg(height, height))
 
     def on_blocks(self, peer: str | None, msg: BlocksMsg, now_ms: int) -> None:

@@ -457,6 +457,17 @@ class Store(StoreQueries):
             txn.put(block.hash, block.header.raw, db=self._t.headers)
             return True
 
+    def repair_signature(self, signature: BlockSignature) -> bool:
+        """Replace a stored block signature whose copy is corrupt by a good one (verified by the
+        caller with the member's key). Returns True if a copy was replaced."""
+        key = signature.block_hash + signature.member.encode("utf-8")
+        with self._write() as txn:
+            stored = txn.get(key, db=self._t.signatures)
+            if stored is None or stored == signature.signature:
+                return False
+            txn.put(key, signature.signature, db=self._t.signatures)
+            return True
+
     def save_meta(self, key: bytes, value: bytes) -> None:
         """Record a node-local scalar (the block tree's snapshot): one small synced commit."""
         with self._write() as txn:

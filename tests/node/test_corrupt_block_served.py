@@ -120,27 +120,37 @@ async def test_a_value_the_disk_changed_is_never_served_as_good(
         nursery.cancel_scope.cancel()
 
 
+async def damage_a_signature(cluster: Cluster) -> tuple[bytes, int, bytes, bytes]:
+    """firm-b's stored signature on the block of a fresh write, flipped in firm-a's store:
+    (block hash, height, store key, the good signature bytes)."""
+    a = cluster.nodes["firm-a"]
+    tx = cluster.tx("firm-a", "balance", b"100")
+    await cluster.submit("firm-a", [tx])
+    await cluster.wait_until(lambda: cluster.included("firm-a", [tx], "unanimous_signed"), what="the write")
+    location = a.store.tx_location(tx.txid)
+    assert location is not None
+    await a.service.call(a.engine.flush_signatures)
+    key = location.block_hash + b"firm-b"
+    with a.store._environment().begin(write=True) as txn:
+        good = txn.get(key, db=a.store._t.signatures)
+        assert good is not None
+        txn.put(key, bytes([good[0] ^ 0x01]) + good[1:], db=a.store._t.signatures)
+    return location.block_hash, location.height, key, bytes(good)
+
+
 async def test_a_signature_the_disk_changed_is_never_sent_proven_or_exported_as_the_members(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """A co-signature verified when it arrived; read back damaged, it would make firm-a look like
     a forger to whoever receives it. Catch-up answers leave it out, read proofs and audit exports
-    refuse it by name, and an alert says what to do."""
+    refuse it by name, and an alert says what to do (the peers are stopped here, so no good copy
+    arrives: the next test shows the repair)."""
     cluster = Cluster(tmp_path)
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         a = cluster.nodes["firm-a"]
-        tx = cluster.tx("firm-a", "balance", b"100")
-        await cluster.submit("firm-a", [tx])
-        await cluster.wait_until(lambda: cluster.included("firm-a", [tx], "unanimous_signed"), what="the write")
-        location = a.store.tx_location(tx.txid)
-        assert location is not None
-        victim, height = location.block_hash, location.height
-        await a.service.call(a.engine.flush_signatures)
-        key = victim + b"firm-b"
-        with a.store._environment().begin(write=True) as txn:
-            good = txn.get(key, db=a.store._t.signatures)
-            assert good is not None
-            txn.put(key, bytes([good[0] ^ 0x01]) + good[1:], db=a.store._t.signatures)
+        victim, height, key, _good = await damage_a_signature(cluster)
+        for name in ("firm-b", "firm-c", "firm-d"):
+            await cluster.crash(name)
 
         sent: list[tuple[str | None, object]] = []
         original = a.engine._send
@@ -167,5 +177,43 @@ async def test_a_signature_the_disk_changed_is_never_sent_proven_or_exported_as_
         alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
         alert = next(x for x in alerts if x.kind == "corrupt_data")
         assert "firm-b" in alert.message and "left out of what the node sends" in alert.message
+        assert "fetched from peers" in alert.message
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_signature_the_disk_changed_is_replaced_by_a_good_copy_from_a_peer(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Found damaged, the signature is asked for again (the block's answer carries every
+    signature the peers hold); a copy that verifies with firm-b's key replaces firm-a's, the alert
+    clears, and firm-a serves it again."""
+    cluster = Cluster(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        a = cluster.nodes["firm-a"]
+        victim, height, key, good = await damage_a_signature(cluster)
+        sent: list[tuple[str | None, object]] = []
+        original = a.engine._send
+
+        def spy(msg: object, to: str | None = None) -> None:
+            sent.append((to, msg))
+            original(msg, to)  # type: ignore[arg-type]
+        a.engine._send = spy  # type: ignore[method-assign]
+        await a.service.call(a.engine.handle, "firm-c", GetBlocksMsg(height, height), a.service.clock_ms())
+        assert any(isinstance(m, GetBlocksMsg) and m.from_height == height and to is None for to, m in sent)
+
+        def stored() -> bytes | None:
+            with a.store._environment().begin() as txn:
+                value = txn.get(key, db=a.store._t.signatures)
+                return None if value is None else bytes(value)
+        await cluster.wait_until(lambda: stored() == good and key not in a.engine.corrupt,
+                                 what="the signature repaired from a peer")
+        alerts = await a.service.read(a.engine.alert_conditions, a.service.clock_ms(), lambda _m: True)
+        assert not any(x.kind == "corrupt_data" for x in alerts)
+        sent.clear()
+        await a.service.call(a.engine.handle, "firm-c", GetBlocksMsg(height, height), a.service.clock_ms())
+        answer = next(m for to, m in sent if to == "firm-c" and isinstance(m, BlocksMsg))
+        (_raw, sigs), = answer.items
+        assert {s.member for s in sigs} == {"firm-a", "firm-b", "firm-c", "firm-d"}
         await cluster.close()
         nursery.cancel_scope.cancel()
