@@ -151,6 +151,9 @@ def card_body(kind: str, card: str, given: tuple[str | None, ...]) -> dict[str, 
 @click.option("--reader", "readers", multiple=True, help="namespace: a member that may read ('*': everyone).")
 @click.option("--private", is_flag=True, help="namespace: values are encrypted for the readers.")
 @click.option("--note", default="", help="Why: shown to the members asked to vote.")
+@click.option("--confirm", is_flag=True,
+              help="Propose even what the node warns about (a clock skew or turn that lets a member take the "
+                   "turns of those before it), without being asked.")
 @wait_options("proposal")
 @json_option
 @pass_ctx
@@ -158,7 +161,7 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
                 card: str | None, address: str | None,
                 clients: tuple[str, ...], api_address: str | None, settings: tuple[str, ...],
                 namespace: str | None, writers: tuple[str, ...], readers: tuple[str, ...], private: bool,
-                note: str, wait: str | None, timeout: float) -> None:
+                note: str, confirm: bool, wait: str | None, timeout: float) -> None:
     """Propose a change KIND (remove, add, rotate, update, params, namespace).
 
     \b
@@ -176,7 +179,8 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
         body = body_for(kind, members, name, key, address, clients, api_address, settings, namespace, writers,
                         readers, private, cert)
     body["note"] = note
-    answer = ctx.post_waiting("/v1/governance/propose", body, wait, timeout)
+    answer = post_confirming(ctx, "/v1/governance/propose", body, confirm, wait, timeout, "Propose it anyway?",
+                             "not proposed")
     ctx.emit_waited(answer, f"proposed {answer['kind']}: {answer['proposal']}\n"
                          f"members vote with: peerdb governance vote {answer['proposal']} --yes|--no")
 
@@ -186,7 +190,8 @@ def propose_cmd(ctx: Ctx, kind: str, members: tuple[str, ...], name: str | None,
 @click.option("--yes/--no", "approve", default=None, help="Approve or reject (required).")
 @click.option("--confirm", is_flag=True,
               help="Approve even what the node warns about (rotating this member's key to one its node does "
-                   "not hold), without being asked.")
+                   "not hold; a clock skew or turn that lets a member take the turns of those before it), "
+                   "without being asked.")
 @wait_options("vote")
 @json_option
 @pass_ctx
@@ -204,20 +209,27 @@ def vote_cmd(ctx: Ctx, proposal: str, approve: bool | None, confirm: bool, wait:
     if approve is None:
         raise CliError("say --yes or --no", exitcodes.USAGE)
     body: dict[str, Any] = {"proposal": proposal, "approve": approve}
+    answer = post_confirming(ctx, "/v1/governance/vote", body, confirm, wait, timeout, "Vote yes anyway?", "not voted")
+    ctx.emit_waited(answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
+
+
+def post_confirming(ctx: Ctx, path: str, body: dict[str, Any], confirm: bool, wait: str | None, timeout: float,
+                    question: str, declined: str) -> dict[str, Any]:
+    """POST a governance request; one the node warns about (409 needs_confirmation) is asked
+    about at a terminal and sent again with "confirm": true, or refused with the warning."""
     if confirm:
-        body["confirm"] = True
+        body = {**body, "confirm": True}
     try:
-        answer = ctx.post_waiting("/v1/governance/vote", body, wait, timeout)
+        return ctx.post_waiting(path, body, wait, timeout)
     except CliError as exc:
         if exc.api_code != NEEDS_CONFIRMATION:
             raise
         if ctx.as_json or not interactive():
-            raise CliError(f"{exc.message}\n(pass --confirm to approve anyway)", exc.code, exc.api_code) from None
+            raise CliError(f"{exc.message}\n(pass --confirm to go ahead anyway)", exc.code, exc.api_code) from None
         click.echo(f"WARNING: {exc.message.removeprefix('node refused: ')}", err=True)
-        if not click.confirm("Vote yes anyway?", default=False, err=True):
-            raise CliError("not voted", exitcodes.ERROR) from None
-        answer = ctx.post_waiting("/v1/governance/vote", {**body, "confirm": True}, wait, timeout)
-    ctx.emit_waited(answer, f"voted {'yes' if approve else 'no'} on {answer['proposal'][:16]}")
+        if not click.confirm(question, default=False, err=True):
+            raise CliError(declined, exitcodes.ERROR) from None
+        return ctx.post_waiting(path, {**body, "confirm": True}, wait, timeout)
 
 
 def _short(key: str | None) -> str:

@@ -154,9 +154,9 @@ def consortium_init(click_ctx: click.Context, ctx: Ctx, cards: tuple[str, ...], 
              f"  consortium file: {result['consortium_file']}"]
     for member, cfg in result["configs"].items():
         lines.append(f"  {member}: peerdb node run --config {cfg}")
-    ctx.emit(result, "\n".join(lines))
     from peerdb.core.consortium import founding_params
     race = founding_params({**dict(settings), **overrides}).turn_race_problem
+    ctx.emit({**result, "turn_race": race}, "\n".join(lines))
     if race is not None:
         click.echo(f"warning: {race}", err=True)
 

@@ -20,20 +20,22 @@ def op_from_json(item: Any, where: str) -> Op:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: must be an object")
     kind = item.get("op", "put")
+    if kind not in ("put", "delete"):
+        raise ValueError(f"{where}.op: must be 'put' or 'delete', got {kind!r}")
     namespace, key = item.get("namespace"), item.get("key")
     if not isinstance(namespace, str) or not isinstance(key, str):
         raise ValueError(f"{where}: 'namespace' and 'key' must be text")
     try:
         if kind == "put":
             if "value_b64" in item:
-                value = base64.b64decode(str(item["value_b64"]), validate=True)
+                if not isinstance(item["value_b64"], str):
+                    raise ValueError(f"{where}: 'value_b64' must be text (base64)")
+                value = base64.b64decode(item["value_b64"], validate=True)
             elif isinstance(item.get("value"), str):
                 value = item["value"].encode("utf-8")
             else:
                 raise ValueError(f"{where}: a put needs 'value' (text) or 'value_b64'")
             return Op(OP_PUT, namespace, key, value)
-        if kind == "delete":
-            return Op(OP_DELETE, namespace, key)
-    except (DecodeError, binascii.Error) as exc:
+        return Op(OP_DELETE, namespace, key)
+    except (DecodeError, binascii.Error, UnicodeError) as exc:
         raise ValueError(f"{where}: {exc}") from None
-    raise ValueError(f"{where}.op: must be 'put' or 'delete', got {kind!r}")

@@ -150,30 +150,33 @@ class Params:
         """Why these parameters let a member take the turns of those before it, or None.
 
         A round-``r`` block is valid once ``now >= parent time + r * turn - 2 * skew``
-        (protocol.md §8.3). Unless ``2 * clock_skew_ms < turn_timeout_ms``, the member of round 1
-        (or later) may propose at once, beside the round-0 proposer, and whichever block the
-        others see first is the one they sign: a member that always races takes turns that are
-        not its own. Not a validity rule (existing consortia keep their id and their chain);
-        the founding commands write parameters without the problem, and a node whose consortium
-        has it says so (the ``turn_race`` alert)."""
-        if 2 * self.clock_skew_ms < self.turn_timeout_ms:
+        (protocol.md §8.3), so round ``r - 1`` has ``turn - 2 * skew`` of its round to itself.
+        Unless that is at least half the round (``4 * clock_skew_ms <= turn_timeout_ms``), the
+        member of the next round may propose while the round's own proposer is still within one
+        network round trip or one pipelined block of proposing, and whichever block the others
+        see first is the one they sign: a member that always races takes turns that are not its
+        own, and nothing convicts it (nobody signed twice). Not a validity rule (existing
+        consortia keep their id and their chain): the founding commands write parameters without
+        the problem, and a node whose consortium has it says so (the ``turn_race`` alert)."""
+        if 4 * self.clock_skew_ms <= self.turn_timeout_ms:
             return None
-        return (f"params.clock_skew_ms ({self.clock_skew_ms}) is not below half of turn_timeout_ms "
-                f"({self.turn_timeout_ms}): a member may propose a later round's block as soon as the parent "
-                "exists and so take the turns of the members before it (protocol.md §8.3); vote to set "
-                f"clock_skew_ms={safe_clock_skew_ms(self.turn_timeout_ms)} (`peerdb governance propose params "
-                f"--set clock_skew_ms={safe_clock_skew_ms(self.turn_timeout_ms)}`) or a larger turn_timeout_ms")
+        safe = safe_clock_skew_ms(self.turn_timeout_ms)
+        return (f"params.clock_skew_ms ({self.clock_skew_ms}) is more than a quarter of turn_timeout_ms "
+                f"({self.turn_timeout_ms}): the next round's member may propose within the first half of a round "
+                "and so take the turns of the members before it (protocol.md §8.3); vote to set "
+                f"clock_skew_ms={safe} (`peerdb governance propose params --set clock_skew_ms={safe}`) or a larger "
+                "turn_timeout_ms")
 
 
-FOUNDING_CLOCK_SKEW_MS = 1000
-"""The clock skew a new consortium file gets when its founders do not choose one: NTP keeps
-servers within milliseconds; a second leaves room for a bad day and is below half the default
-turn. (:class:`Params`' own default stays 5000 so that files without the field keep their id.)"""
+FOUNDING_CLOCK_SKEW_MS = 750
+"""The largest clock skew a new consortium file gets when its founders do not choose one: NTP
+keeps servers within milliseconds, and 750 ms is a quarter of the default turn. (:class:`Params`'
+own default stays 5000 so that files without the field keep their consortium id.)"""
 
 
 def safe_clock_skew_ms(turn_timeout_ms: int) -> int:
     """The largest skew up to :data:`FOUNDING_CLOCK_SKEW_MS` without a turn race at this turn."""
-    return max(0, min(FOUNDING_CLOCK_SKEW_MS, (turn_timeout_ms - 1) // 2))
+    return max(0, min(FOUNDING_CLOCK_SKEW_MS, turn_timeout_ms // 4))
 
 
 def founding_params(params: Mapping[str, int] | None) -> Params:

@@ -207,7 +207,8 @@ def test_consortium_init_writes_everything_a_node_needs(tmp_path: Path) -> None:
                      "--turn-timeout-ms", "1000", "--json"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
-    assert set(answer) == {"configs", "consortium_file", "consortium_id", "members"}
+    assert set(answer) == {"configs", "consortium_file", "consortium_id", "members", "turn_race"}
+    assert answer["turn_race"] is None  # the founding commands write a skew without a turn race
     assert answer["members"] == ["bank-a", "regulator"] and HEX64.match(answer["consortium_id"])
     assert answer["consortium_file"] == str(target / "consortium.toml")
     assert answer["configs"] == {m: str(target / f"{m}.toml") for m in ("bank-a", "regulator")}

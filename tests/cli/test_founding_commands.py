@@ -249,7 +249,7 @@ def test_a_new_consortium_gets_a_clock_skew_without_a_turn_race_and_a_chosen_rac
     cards = [arg for name in FIRMS for arg in ("--member-card", str(dirs[name] / f"{name}.card"))]
     chosen = invoke("consortium", "init", "--name", "trade", *cards, "--out", str(out), "--param", "clock_skew_ms=2000")
     assert chosen.exit_code == 0, chosen.output
-    assert "warning: params.clock_skew_ms (2000) is not below half of turn_timeout_ms (3000)" in chosen.stderr
+    assert "warning: params.clock_skew_ms (2000) is more than a quarter of turn_timeout_ms (3000)" in chosen.stderr
     assert load_consortium(out).params.clock_skew_ms == 2000  # the founders' choice stands
     text = invoke("consortium", "show", str(out))
     assert text.exit_code == 0 and "WARNING: params.clock_skew_ms (2000)" in text.stdout

@@ -156,3 +156,40 @@ def test_a_joining_firms_member_card_is_all_an_add_proposal_needs(tmp_path: Path
     assert certificate_public_key(der).hex() == info["public"] and certificate_name(der) == "firm-e"
     mixed = CliRunner().invoke(main, ["governance", "propose", "add", "--card", info["card"], "--name", "firm-x"])
     assert mixed.exit_code == exitcodes.USAGE and "leave those options out" in mixed.output
+
+
+class _RaceNode:
+    """A node that warns about a parameter change leaving a turn race (409 needs_confirmation)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        self.bodies.append(body)
+        if not body.get("confirm"):
+            raise CliError("node refused: this proposal would leave params.clock_skew_ms (900) is more than a quarter "
+                           "of turn_timeout_ms (3000)", exitcodes.REJECTED, NEEDS_CONFIRMATION)
+        return {"proposal": "cd" * 32, "kind": "set_params", "accepted": ["ab"], "duplicates": [], "rejected": []}
+
+
+@pytest.mark.parametrize("at_a_terminal, answer, args, sent, code", [
+    (True, "y\n", (), [None, True], 0),
+    (True, "n\n", (), [None], exitcodes.ERROR),
+    (False, "", (), [None], exitcodes.REJECTED),
+    (False, "", ("--confirm",), [True], 0),
+])
+def test_a_proposal_the_node_warns_about_is_confirmed_like_a_vote(
+        monkeypatch: pytest.MonkeyPatch, at_a_terminal: bool, answer: str, args: tuple[str, ...],
+        sent: list[bool | None], code: int) -> None:
+    node = _RaceNode()
+    monkeypatch.setattr(Ctx, "client", property(lambda self: node))
+    monkeypatch.setattr("cli.governance.interactive", lambda: at_a_terminal)
+    result = CliRunner().invoke(main, ["governance", "propose", "params", "--set", "clock_skew_ms=900", *args],
+                                input=answer)
+    assert result.exit_code == code, result.output
+    assert [b.get("confirm") for b in node.bodies] == sent
+    assert all(b["params"] == {"clock_skew_ms": 900} for b in node.bodies)
+    if code == exitcodes.ERROR:
+        assert "not proposed" in result.output
+    if code == exitcodes.REJECTED:
+        assert "--confirm" in result.output and "more than a quarter" in result.output

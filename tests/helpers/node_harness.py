@@ -35,7 +35,7 @@ from peerdb.store import Store
 
 from tests.helpers.consortium import MEMBER_NAMES, seeded_consortium
 
-FAST_PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=400, anchor_interval_s=60)
+FAST_PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=250, anchor_interval_s=60)
 NET = NetConfig(backoff_initial=0.05, backoff_max=0.5, ping_interval=1.0, idle_timeout=4.0, stable_after=1.0,
                 decode_offload_bytes=None)
 """Frames decoded inline, like engine calls (``offload=False``): on the autojump clock virtual

@@ -244,25 +244,38 @@ async def test_a_removed_members_node_shows_the_removal_not_a_stalled_chain(
 
 async def test_a_consortium_whose_skew_lets_members_race_for_turns_is_told_and_can_vote_it_away(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    """Parameters from before the founding commands wrote a safe skew (2 * clock_skew_ms >=
-    turn_timeout_ms): every node raises ``turn_race`` naming the vote that fixes it; the API will
-    not start a vote that keeps the race; the vote that ends it clears the alert from its height."""
+    """Parameters from before the founding commands wrote a safe skew (4 * clock_skew_ms >
+    turn_timeout_ms): every node raises ``turn_race`` naming the vote that fixes it; the API asks
+    for confirmation before proposing, or voting yes to, a change of the skew or the turn that
+    keeps the race; the vote that ends it clears the alert from its height."""
     racy = dataclasses.replace(FAST_PARAMS, clock_skew_ms=FAST_PARAMS.turn_timeout_ms // 2)
     cluster = Cluster(tmp_path, names=("firm-a", "firm-b", "firm-c"), params=racy)
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         for node in cluster.nodes.values():
             (alert,) = [a for a in node.engine.alert_conditions(trio_clock_ms(), lambda _p: True) if a.kind == "turn_race"]
-            assert "clock_skew_ms (500)" in alert.message and "--set clock_skew_ms=499" in alert.message
+            assert "clock_skew_ms (500)" in alert.message and "--set clock_skew_ms=250" in alert.message
         async with api_clients(cluster) as api:
-            r = await api["firm-a"].post("/v1/governance/propose", json={"kind": "set_params",
-                                                                         "params": {"clock_skew_ms": 600}})
-            assert r.status_code == 400 and "not below half of turn_timeout_ms" in r.json()["error"]["message"]
+            for params in ({"clock_skew_ms": 400}, {"turn_timeout_ms": 1500}):  # 4 * 400 > 1000; 4 * 500 > 1500
+                r = await api["firm-a"].post("/v1/governance/propose", json={"kind": "set_params", "params": params})
+                assert r.status_code == 409, (params, r.text)
+                assert r.json()["error"]["code"] == "needs_confirmation"
+                assert "more than a quarter of turn_timeout_ms" in r.json()["error"]["message"]
             # A change to other parameters is not held hostage by the existing race.
             r = await api["firm-a"].post("/v1/governance/propose", json={"kind": "set_params",
                                                                          "params": {"anchor_interval_s": 120}})
             assert r.status_code == 200, r.text
-        proposal = await propose(cluster, "firm-b", SetParams((("clock_skew_ms", 400),)))
+            # Written by hand (not through this API), a racy proposal reaches the chain; a yes to
+            # it through the API needs confirmation too, a no does not.
+            by_hand = await propose(cluster, "firm-c", SetParams((("turn_timeout_ms", 1500),)))
+            ballot = {"proposal": by_hand.id.hex(), "approve": True}
+            r = await api["firm-b"].post("/v1/governance/vote", json=ballot)
+            assert r.status_code == 409 and r.json()["error"]["code"] == "needs_confirmation", r.text
+            r = await api["firm-b"].post("/v1/governance/vote", json={**ballot, "approve": False})
+            assert r.status_code == 200, r.text
+            r = await api["firm-a"].post("/v1/governance/vote", json={**ballot, "confirm": True})
+            assert r.status_code == 200, r.text
+        proposal = await propose(cluster, "firm-b", SetParams((("clock_skew_ms", 250),)))
         await vote(cluster, cluster.names, proposal)
         await cluster.wait_until(lambda: all(record_status(cluster, n, proposal) == PASSED for n in cluster.names),
                                  what="the skew change passed everywhere")
@@ -270,7 +283,7 @@ async def test_a_consortium_whose_skew_lets_members_race_for_turns_is_told_and_c
         await cluster.wait_until(lambda: all(n.engine.tree.best_tip.height >= effective for n in cluster.nodes.values()),
                                  what="the chain at the effective height")
         for node in cluster.nodes.values():
-            assert node.engine.params.clock_skew_ms == 400
+            assert node.engine.params.clock_skew_ms == 250
             assert "turn_race" not in {a.kind for a in node.engine.alert_conditions(trio_clock_ms(), lambda _p: True)}
         await cluster.close()
         nursery.cancel_scope.cancel()

@@ -64,8 +64,10 @@ RECENT_PROPOSALS = 50
 few questions a month; older ones stay readable by id."""
 GOVERNANCE_NEEDS_KEY = "governance requests travel in transactions signed by the node's client key"
 NEEDS_CONFIRMATION = "needs_confirmation"
-"""The code of a vote the node takes only with ``"confirm": true``: a yes to rotating this
-member's own key to one its node does not hold."""
+"""The code of a request the node takes only with ``"confirm": true``: a yes to rotating this
+member's own key to one its node does not hold; a proposal of, or a yes to, parameters with a
+turn race (:attr:`peerdb.core.consortium.Params.turn_race_problem`)."""
+TIMING_PARAMS = frozenset({"clock_skew_ms", "turn_timeout_ms"})
 
 
 class BadProposal(ValidationError):
@@ -233,16 +235,29 @@ def routes(ctx: ApiContext) -> list[Route]:
         """The early check of protocol §20.4 (propose, rule 3), plus a fresh id."""
         state = engine.gov
         try:
-            after = apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
+            apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
         except ValidationError as exc:
             raise BadProposal(str(exc)) from None
-        timing = {"clock_skew_ms", "turn_timeout_ms"}
-        if isinstance(proposal.change, SetParams) and timing & {name for name, _ in proposal.change.values}:
-            race = after.params.turn_race_problem  # node policy, not validity: see Params.turn_race_problem
-            if race is not None:
-                raise BadProposal(f"after this change {race}")
         if engine.store.get(GOV_NAMESPACE, f"proposal/{proposal.id.hex()}")[0] is not None:
             raise BadProposal(f"proposal {proposal.id.hex()[:16]} was already made; give another nonce")
+
+    def race_after(change: Any) -> str | None:
+        """The turn race a parameter change would leave in force (against the parameters of
+        the changes passed so far), if it changes the skew or the turn: node policy, not validity."""
+        if not isinstance(change, SetParams) or not TIMING_PARAMS & {name for name, _ in change.values}:
+            return None
+        state = engine.gov
+        try:
+            after = apply_change(state.latest(), change, state.used_names, state.used_keys)
+        except ValidationError:
+            return None  # refused elsewhere, with its reason
+        return after.params.turn_race_problem
+
+    def confirm_race(change: Any, data: dict[str, Any], doing: str) -> None:
+        race = race_after(change)
+        if race is not None and data.get("confirm") is not True:
+            raise ApiError(409, NEEDS_CONFIRMATION, f"{doing} would leave {race[0].lower()}{race[1:]}; send it again "
+                           "with \"confirm\": true to go ahead anyway")
 
     async def propose(request: Request) -> Any:
         data = await json_body(request)
@@ -259,6 +274,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise BadProposal(str(exc)) from None
         await service.read(check_new, proposal)
         change = proposal.change
+        await service.read(confirm_race, change, data, "this proposal")
         check_certificate(change, service.view.gov.latest())
         if isinstance(change, RotateKey) and change.name == engine.me and change.key not in engine.keyring:
             # Once in force, this node could sign nothing: refuse before the others vote.
@@ -293,6 +309,8 @@ def routes(ctx: ApiContext) -> list[Route]:
                 "not hold: once in force, this node could sign nothing. Add the new key's file to "
                 "node.extra_key_files and restart the node first; vote again with \"confirm\": true to approve "
                 "anyway"))
+        if approve:
+            await service.read(confirm_race, change, data, "a yes to this proposal")
         key = await service.read(lambda: engine.key)  # the key in force depends on the chain: its lock
         ballot = Vote.create(key, engine.cid, pid, engine.me, approve)
         answer = await submit([vote_op(ballot)], data)
