@@ -1,8 +1,8 @@
 """The durable-write floor of this run's disk, measured in the same run as everything else.
 
 A transaction acknowledged at ``unanimous_signed`` has passed two durable commits (the
-proposer's, then each co-signer's). What one costs differs by two orders of magnitude between
-machines of the same kind (0.24 ms and 4.6 ms for the same 4 KiB fdatasync), so a latency can
+proposer's, then each co-signer's). What one costs differs twenty-fold or more between machines
+of the same kind (0.12–0.24 ms and 4.6 ms for the same 4 KiB fdatasync), so a latency can
 be explained only by the floor measured beside it: a 4 KiB write plus ``fdatasync`` in the data
 directory's filesystem, and an LMDB write transaction of 50 small puts committed with ``sync``
 (the shape of a co-signer's block commit).
