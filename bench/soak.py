@@ -49,14 +49,19 @@ SAMPLE_EVERY_S = 15.0
 CHECK_CONCURRENCY = 16
 
 
-def rss_kib(pid: int) -> int | None:
+def rss_kib(pid: int) -> dict[str, int]:
+    """Resident memory by kind: ``RssAnon`` is the process's own (the heap: what a leak grows);
+    ``RssFile`` is mostly LMDB's memory-mapped store, pages the kernel may drop at any time, so
+    it follows the store's size and the reads, not the process's health."""
+    found = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+            key = line.split(":", 1)[0]
+            if key in ("RssAnon", "RssFile"):
+                found[key] = int(line.split()[1])
     except OSError:
-        return None
-    return None
+        pass
+    return found
 
 
 class Soak:
@@ -84,7 +89,7 @@ class Soak:
         self.acked: list[tuple[str, bytes]] = []
         self.unacked = 0
         self.kills: list[dict[str, Any]] = []
-        self.rss: list[tuple[float, int | None]] = []
+        self.rss: list[tuple[float, dict[str, int]]] = []
         self.nonce = itertools.count(random.getrandbits(40))
 
     # --- members -------------------------------------------------------------------------------
@@ -244,10 +249,11 @@ def main() -> int:
                   "keeper_rss_kib": soak.rss, "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
                   **result}
     print(json.dumps({k: v for k, v in report.items() if k != "keeper_rss_kib"}, indent=1))
-    rss = [kib for _t, kib in report["keeper_rss_kib"] if kib]
-    if rss:
-        print(f"{KEEPER} RSS: first {rss[0] / 1024:.0f} MiB, max {max(rss) / 1024:.0f} MiB, last {rss[-1] / 1024:.0f} MiB "
-              f"({len(rss)} samples every {SAMPLE_EVERY_S:g} s)")
+    for kind in ("RssAnon", "RssFile"):
+        rss = [kib[kind] for _t, kib in report["keeper_rss_kib"] if kind in kib]
+        if rss:
+            print(f"{KEEPER} {kind}: first {rss[0] / 1024:.0f} MiB, max {max(rss) / 1024:.0f} MiB, "
+                  f"last {rss[-1] / 1024:.0f} MiB ({len(rss)} samples every {SAMPLE_EVERY_S:g} s)")
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     print("SOAK: OK" if not report["problems"] else "SOAK: FAILED\n  " + "\n  ".join(report["problems"]))
