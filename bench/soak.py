@@ -220,8 +220,13 @@ class Soak:
                 if len(hashes) != 1:
                     problems.append(f"height {h}: members hold different blocks: {sorted(hashes)}")
         tracebacks = {n: (self.dir / f"{n}.log").read_text(errors="replace").count("Traceback") for n in MEMBERS}
+        keeper_dir = self.dir / "data" / KEEPER
+        store_bytes = sum(f.stat().st_size for f in keeper_dir.rglob("*") if f.is_file())
+        store_used = sum(f.stat().st_blocks * 512 for f in keeper_dir.rglob("*") if f.is_file())
         problems += [f"{n}'s log holds {c} traceback(s)" for n, c in tracebacks.items() if c]
         return {"heads": heads, "lost": len(lost), "checked_blocks": len(heights), "tracebacks": tracebacks,
+                "keeper_store_bytes": store_bytes, "keeper_store_disk_bytes": store_used,
+                "keeper_store_bytes_per_block": round(store_used / max(1, heads[KEEPER]["tentative"])),
                 "problems": problems}
 
 
