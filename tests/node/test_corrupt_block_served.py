@@ -17,6 +17,7 @@ import trio
 
 from peerdb.audit.bundle import read_items
 from peerdb.audit.errors import AuditFailure
+from peerdb.node.engine import Engine
 from peerdb.node.http import Api
 from peerdb.node.messages import BlocksMsg, GetBlocksMsg
 from peerdb.store import layout
@@ -24,6 +25,18 @@ from tests.helpers.node_harness import Cluster
 
 TOKEN = "t" * 32
 AUDIT_TOKEN = "a" * 32
+
+
+def spy_on_sends(engine: Engine) -> list[tuple[str | None, object]]:
+    """Every message the engine sends from now on, as (to, message), still sent."""
+    sent: list[tuple[str | None, object]] = []
+    original = engine._send
+
+    def spy(msg: object, to: str | None = None) -> None:
+        sent.append((to, msg))
+        original(msg, to)  # type: ignore[arg-type]
+    engine._send = spy  # type: ignore[method-assign]
+    return sent
 
 
 async def test_a_corrupt_block_is_refused_alerted_and_repaired_from_peers(
@@ -49,13 +62,7 @@ async def test_a_corrupt_block_is_refused_alerted_and_repaired_from_peers(
             with a.store._environment().begin(write=True) as txn:
                 txn.put(victim, bytes(damaged), db=a.store._t.blocks)
 
-        sent: list[tuple[str | None, object]] = []
-        original = a.engine._send
-
-        def spy(msg: object, to: str | None = None) -> None:
-            sent.append((to, msg))
-            original(msg, to)  # type: ignore[arg-type]
-        a.engine._send = spy  # type: ignore[method-assign]
+        sent = spy_on_sends(a.engine)
 
         # The API refuses it by name, and the node asks its peers for a good copy.
         damage()
@@ -152,13 +159,7 @@ async def test_a_signature_the_disk_changed_is_never_sent_proven_or_exported_as_
         for name in ("firm-b", "firm-c", "firm-d"):
             await cluster.crash(name)
 
-        sent: list[tuple[str | None, object]] = []
-        original = a.engine._send
-
-        def spy(msg: object, to: str | None = None) -> None:
-            sent.append((to, msg))
-            original(msg, to)  # type: ignore[arg-type]
-        a.engine._send = spy  # type: ignore[method-assign]
+        sent = spy_on_sends(a.engine)
         await a.service.call(a.engine.handle, "firm-c", GetBlocksMsg(height, height), a.service.clock_ms())
         answer = next(m for to, m in sent if to == "firm-c" and isinstance(m, BlocksMsg))
         (_raw, sigs), = answer.items
@@ -192,13 +193,7 @@ async def test_a_signature_the_disk_changed_is_replaced_by_a_good_copy_from_a_pe
         await cluster.start(nursery)
         a = cluster.nodes["firm-a"]
         victim, height, key, good = await damage_a_signature(cluster)
-        sent: list[tuple[str | None, object]] = []
-        original = a.engine._send
-
-        def spy(msg: object, to: str | None = None) -> None:
-            sent.append((to, msg))
-            original(msg, to)  # type: ignore[arg-type]
-        a.engine._send = spy  # type: ignore[method-assign]
+        sent = spy_on_sends(a.engine)
         await a.service.call(a.engine.handle, "firm-c", GetBlocksMsg(height, height), a.service.clock_ms())
         assert any(isinstance(m, GetBlocksMsg) and m.from_height == height and to is None for to, m in sent)
 

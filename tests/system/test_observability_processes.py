@@ -46,6 +46,13 @@ def probe(node: NodeProcess, path: str) -> tuple[int, dict[str, Any]]:
     return r.status_code, r.json()
 
 
+def alert_loop_turned_since(node: NodeProcess, since: float) -> bool:
+    """Whether the node's alert loop began a turn after ``since`` (this process's monotonic clock)."""
+    _status, health = probe(node, "/healthz")
+    ago: float = health["loops_last_turned_s_ago"]["alert"]
+    return time.monotonic() - ago > since
+
+
 def events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -96,7 +103,11 @@ def test_metrics_health_and_alert_hooks_of_real_daemons(tmp_path: Path) -> None:
         net.start("firm-d")
         wait_for(lambda: any(e["event"] == "cleared" and e["subject"] == "firm-d" for e in events(hooked)),
                  "peer_down cleared at the hook", timeout=WAIT_S + ALERT_CLEAR_HOLD_MS / 1000)
-        time.sleep(2)  # nothing more follows for this outage
+        # Nothing more follows for this outage: three turns of firm-a's alert loop after the clear
+        # (each turn stamps itself, then evaluates the conditions and starts their hooks).
+        for _ in range(3):
+            since = time.monotonic()
+            wait_for(lambda: alert_loop_turned_since(a, since), "firm-a's alert loop turned")
         outage = [e for e in events(hooked) if e["subject"] == "firm-d"]
         assert [(e["event"], e["kind"]) for e in outage] == [("raised", "peer_down"), ("cleared", "peer_down")]
         raised, cleared = outage
