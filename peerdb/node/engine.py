@@ -79,23 +79,19 @@ EFFECTS_CACHE = 256
 REFETCHED = frozenset({"block", "header", "signature"})
 """Stored items a node replaces by a good copy from its peers (a block's id is its hash; a
 signature is checked with its member's key)."""
-SIGNED_ITEMS = frozenset({"signature", "objection"})
-"""Stored signed items checked against their member's keys before they leave the node."""
-REMEDY = {"refetch": "; a good copy is being fetched from peers (run `peerdb node check --deep` offline to check "
-                     "the whole store)",
-          "signed": "; it is left out of what the node sends and exports (the tree still counts it: it verified "
-                    "when it arrived); run `peerdb node check --deep` offline and restore the data directory or "
-                    "resync it from peers (docs/operations-restore.md)",
+REMEDY = {"block": "; a good copy is being fetched from peers (run `peerdb node check --deep` offline to check "
+                   "the whole store)",
           "signature": "; it is left out of what the node sends and exports (the tree still counts it: it verified "
                        "when it arrived) until a good copy, fetched from peers, replaces it",
+          "objection": "; it is left out of what the node sends and exports; run `peerdb node check --deep` offline "
+                       "and restore the data directory or resync it from peers (docs/operations-restore.md)",
           "state": "; the node's state disagrees with its chain: stop it, run `peerdb node check --deep`, and "
                    "restore the data directory or resync it from peers (docs/operations-restore.md)"}
+"""What the operator is told for each kind of damaged item (a header as a block; anything else is state)."""
 
 
 def remedy(item: str) -> str:
-    if item == "signature":
-        return REMEDY["signature"]
-    return REMEDY["refetch" if item in REFETCHED else "signed" if item in SIGNED_ITEMS else "state"]
+    return REMEDY.get("block" if item == "header" else item, REMEDY["state"])
 
 
 MAX_CORRUPT_ITEMS = 64
@@ -677,7 +673,7 @@ class Engine:
                 log.warning("rejected signature from %s: %s is not a member", peer, sig.member)
                 continue
             if sig.member in self.tree.signers(sig.block_hash):
-                if sig.block_hash + sig.member.encode() in self.corrupt:
+                if self.corrupt and sig.block_hash + sig.member.encode() in self.corrupt:
                     self._repair_signature(sig, peer)
                 log.debug("ignored %s's signature on %s from %s: already known (duplicate or replay)",
                           sig.member, sig.block_hash.hex()[:16], peer)

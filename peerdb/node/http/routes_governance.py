@@ -231,30 +231,33 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise submitted.first_refusal  # the pool's error object: its type gives the status
         return submitted.answer
 
-    def check_new(proposal: Proposal) -> None:
-        """The early check of protocol §20.4 (propose, rule 3), plus a fresh id."""
+    def check_new(proposal: Proposal) -> Consortium:
+        """The early check of protocol §20.4 (propose, rule 3), plus a fresh id; the consortium
+        after the change (against the changes passed so far)."""
         state = engine.gov
         try:
-            apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
+            after = apply_change(state.latest(), proposal.change, state.used_names, state.used_keys)
         except ValidationError as exc:
             raise BadProposal(str(exc)) from None
         if engine.store.get(GOV_NAMESPACE, f"proposal/{proposal.id.hex()}")[0] is not None:
             raise BadProposal(f"proposal {proposal.id.hex()[:16]} was already made; give another nonce")
+        return after
 
-    def race_after(change: Any) -> str | None:
-        """The turn race a parameter change would leave in force (against the parameters of
-        the changes passed so far), if it changes the skew or the turn: node policy, not validity."""
-        if not isinstance(change, SetParams) or not TIMING_PARAMS & {name for name, _ in change.values}:
-            return None
+    def after_passed(change: Any) -> Consortium | None:
+        """The consortium after ``change`` against the changes passed so far (None: it cannot
+        apply, which is refused elsewhere with its reason)."""
         state = engine.gov
         try:
-            after = apply_change(state.latest(), change, state.used_names, state.used_keys)
+            return apply_change(state.latest(), change, state.used_names, state.used_keys)
         except ValidationError:
-            return None  # refused elsewhere, with its reason
-        return after.params.turn_race_problem
+            return None
 
-    def confirm_race(change: Any, data: dict[str, Any], doing: str) -> None:
-        race = race_after(change)
+    def confirm_race(change: Any, after: Consortium | None, data: dict[str, Any], doing: str) -> None:
+        """A parameter change of the skew or the turn that leaves a turn race in force needs
+        ``"confirm": true`` (node policy, not validity: see Params.turn_race_problem)."""
+        if after is None or not isinstance(change, SetParams) or not TIMING_PARAMS & {n for n, _ in change.values}:
+            return
+        race = after.params.turn_race_problem
         if race is not None and data.get("confirm") is not True:
             raise ApiError(409, NEEDS_CONFIRMATION, f"{doing} would leave {race[0].lower()}{race[1:]}; send it again "
                            "with \"confirm\": true to go ahead anyway")
@@ -272,9 +275,9 @@ def routes(ctx: ApiContext) -> list[Route]:
             Proposal.decode(proposal.raw)  # canonical (sorted, bounded) exactly as peers will check
         except DecodeError as exc:
             raise BadProposal(str(exc)) from None
-        await service.read(check_new, proposal)
+        after = await service.read(check_new, proposal)
         change = proposal.change
-        await service.read(confirm_race, change, data, "this proposal")
+        confirm_race(change, after, data, "this proposal")
         check_certificate(change, service.view.gov.latest())
         if isinstance(change, RotateKey) and change.name == engine.me and change.key not in engine.keyring:
             # Once in force, this node could sign nothing: refuse before the others vote.
@@ -310,7 +313,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                 "node.extra_key_files and restart the node first; vote again with \"confirm\": true to approve "
                 "anyway"))
         if approve:
-            await service.read(confirm_race, change, data, "a yes to this proposal")
+            confirm_race(change, await service.read(after_passed, change), data, "a yes to this proposal")
         key = await service.read(lambda: engine.key)  # the key in force depends on the chain: its lock
         ballot = Vote.create(key, engine.cid, pid, engine.me, approve)
         answer = await submit([vote_op(ballot)], data)
