@@ -28,16 +28,12 @@ Prints one line per run and the load average before each, since the machine may 
 from __future__ import annotations
 
 import argparse
-import base64
-import itertools
 import os
-import random
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from peerdb.consortium_file import load_consortium  # noqa: E402
-from peerdb.core.model import OP_PUT, Op, Tx, consortium_id  # noqa: E402
-from peerdb.keyfile import read_key  # noqa: E402
-from peerdb.localnet import LocalConsortium, poll_until  # noqa: E402
+from peerdb.localnet import LocalConsortium  # noqa: E402
+
+from bench.peerdb_batches import BatchWorkload  # noqa: E402
 
 LIGHT_SAMPLES = 20
 
@@ -73,53 +68,24 @@ def one_run(config: str, n: int, batch: int, interval: float) -> dict[str, Any]:
             net.write_files()
             net.start_all()
             net.wait_ready()
-            consortium = load_consortium(net.directory / "consortium.toml")
-            cid = consortium_id(consortium)
-            names = list(net.nodes)
-            keys = {m: read_key(net.directory / "keys" / f"{m}-client.key")[0] for m in names}
-            nonce = itertools.count(random.getrandbits(40))
-            expires = int(time.time() * 1000) + 600_000
-            txs = [Tx.create(keys[names[i % 4]], cid, names[i % 4], next(nonce), expires,
-                             [Op(OP_PUT, "bench", f"k{i}", b"x" * 150)]) for i in range(n)]
-            clients = {m: net.nodes[m].client(timeout=120) for m in names}
-            stop, scrapes = threading.Event(), []
+            workload = BatchWorkload(net, n)
+            stop = threading.Event()
+            scrapes: list[float] = []
             thread = None
             if config == "on":
                 thread = threading.Thread(target=scraper, args=(net, interval, stop, scrapes), daemon=True)
                 thread.start()
             try:
-                def submit(chunk: list[Tx]) -> None:
-                    r = clients[chunk[0].member].post(
-                        "/v1/txs", json={"txs": [base64.b64encode(t.raw).decode() for t in chunk]})
-                    r.raise_for_status()
                 start = time.perf_counter()
-                with ThreadPoolExecutor(4) as pool:
-                    list(pool.map(submit, [txs[i:i + batch] for i in range(0, n, batch)]))
-
-                def done() -> bool:
-                    for tx in (txs[0], txs[n // 2], txs[-1]):
-                        info = clients["firm-a"].get(f"/v1/tx/{tx.txid.hex()}").json()
-                        if info.get("status") not in ("unanimous_signed", "unanimous"):
-                            return False
-                    return bool(clients["firm-a"].get("/v1/status").json()["mempool"] == 0)
-                poll_until(done, 600, "every batch unanimous-signed")
+                workload.post(batch)
+                workload.wait_all_signed(600)
                 total = time.perf_counter() - start
-                latencies = []
-                for i in range(LIGHT_SAMPLES):
-                    tx = Tx.create(keys["firm-a"], cid, "firm-a", next(nonce), int(time.time() * 1000) + 600_000,
-                                   [Op(OP_PUT, "bench", f"light{i}", b"y" * 150)])
-                    t0 = time.perf_counter()
-                    r = clients["firm-a"].post("/v1/txs", json={"txs": [base64.b64encode(tx.raw).decode()],
-                                                                "wait": "unanimous_signed", "timeout_s": 30})
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                    if not r.json()["wait"]["reached"]:
-                        raise SystemExit("a light-load transaction did not reach unanimous_signed")
+                latencies = workload.light_latencies(LIGHT_SAMPLES)
             finally:
                 stop.set()
                 if thread is not None:
                     thread.join(timeout=60)
-                for c in clients.values():
-                    c.close()
+                workload.close()
     return {"config": config, "load_avg_1m": round(load, 2), "tps": round(n / total),
             "light_p50_ms": round(statistics.median(latencies), 1), "light_max_ms": round(max(latencies), 1),
             "scrapes": len(scrapes),
