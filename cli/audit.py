@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import click
 import httpx
@@ -26,6 +27,8 @@ from . import exitcodes
 from .client import refusal
 from .context import Ctx, json_option, pass_ctx
 from .errors import CliError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXPORT_READ_TIMEOUT_S = 600.0
 """Longest pause between two chunks of a streamed export: a batch of blocks is read in well under
@@ -121,18 +124,26 @@ def _refused(response: httpx.Response) -> None:
     raise refusal(response)
 
 
+def bitcoin_check_options(whose: str, of: str) -> Callable[[F], F]:
+    """``--bitcoin-rpc``, ``--check-pow`` and ``--network``: how a command checks anchors
+    against Bitcoin (``audit verify`` for every anchor, ``anchors verify`` for one)."""
+    def decorate(f: F) -> F:
+        f = click.option("--network", type=click.Choice(["main", "test", "testnet4", "signet", "regtest"]),
+                         default=None, help="Bitcoin network whose proof-of-work limit --check-pow applies "
+                                            "(default: the --bitcoin-rpc node's network, else main).")(f)
+        f = click.option("--check-pow", is_flag=True, help=f"Check the proof of work of {of} Bitcoin headers "
+                         "(Bitcoin networks; not the tests' scrypt regtest).")(f)
+        return click.option("--bitcoin-rpc", metavar="URL",
+                            help=f"Also check that {whose} Bitcoin headers are in this node's best chain "
+                                 "(http://user:password@host:port).")(f)
+    return decorate
+
+
 # --- verify --------------------------------------------------------------------------------------
 
 @audit.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--bitcoin-rpc", metavar="URL",
-              help="Also check that every anchor's Bitcoin headers are in this node's best chain "
-                   "(http://user:password@host:port).")
-@click.option("--check-pow", is_flag=True, help="Check the proof of work of the anchors' Bitcoin headers "
-              "(Bitcoin networks; not the tests' scrypt regtest).")
-@click.option("--network", type=click.Choice(["main", "test", "testnet4", "signet", "regtest"]), default=None,
-              help="Bitcoin network whose proof-of-work limit --check-pow applies "
-                   "(default: the --bitcoin-rpc node's network, else main).")
+@bitcoin_check_options("every anchor's", "the anchors'")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Signature-checking threads (default: one per CPU).")
 @click.option("--processes", is_flag=True,
@@ -237,14 +248,7 @@ def diff(ctx: Ctx, a: str, b: str, strict: bool, no_verify: bool, threads: int |
 @click.argument("ref")
 @click.option("--bundle", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Take the proof from this audit bundle instead of asking the node.")
-@click.option("--bitcoin-rpc", metavar="URL",
-              help="Also check that the anchor's Bitcoin headers are in this node's best chain "
-                   "(http://user:password@host:port).")
-@click.option("--check-pow", is_flag=True, help="Check the proof of work of the anchor's Bitcoin headers "
-              "(Bitcoin networks; not the tests' scrypt regtest).")
-@click.option("--network", type=click.Choice(["main", "test", "testnet4", "signet", "regtest"]), default=None,
-              help="Bitcoin network whose proof-of-work limit --check-pow applies "
-                   "(default: the --bitcoin-rpc node's network, else main).")
+@bitcoin_check_options("the anchor's", "the anchor's")
 @json_option
 @pass_ctx
 def anchors_verify(ctx: Ctx, ref: str, bundle: str | None, bitcoin_rpc: str | None, check_pow: bool,
