@@ -76,6 +76,9 @@ MAX_PENDING_SIG_BLOCKS = 4096
 """Unknown blocks for which we hold early signatures (signatures can overtake their block)."""
 EFFECTS_CACHE = 256
 """Effects of recently validated blocks, so applying them to the head does not recompute them."""
+STATE_FOLD_BLOCKS = 8
+"""How far above the block :attr:`Engine.gov` follows a child's parent may be for its governance
+state to be folded from cached effects instead of read from the store (pipelined children)."""
 REFETCHED = frozenset({"block", "header", "signature"})
 """Stored items a node replaces by a good copy from its peers (a block's id is its hash; a
 signature is checked with its member's key)."""
@@ -280,26 +283,53 @@ class Engine:
             self._set_gov(ConsortiumState.load(self.consortium, reader, self.gov_states), tip.hash)
 
     def state_for(self, parent: bytes, height: int) -> ConsortiumState:
-        """A governance state exact at ``height`` for a block whose parent is ``parent``.
+        """The governance state after block ``parent``, for validating or building its child at
+        ``height``. It must be *that* state, not merely one that agrees at ``height``: a child
+        that passes a change appends it to this state's change list, and a proposal is checked
+        against the names and keys this state has used.
 
-        :attr:`gov` (the state after block G) serves it when G and ``parent`` share an ancestor
-        F with ``height <= F.height + GOVERNANCE_DELAY``: a change passed above F takes effect
-        after that. So every child of a best-chain block, and children up to two heights above
-        G, are answered from memory; other branches read their own state from the store
-        (cached by its digest)."""
+        :attr:`gov` (the state after block G) is exactly it when ``parent`` is G, or an
+        ancestor of G below every change G's chain passed (a change passed in block ``H``
+        records ``H + GOVERNANCE_DELAY``). For a descendant of G within a few blocks, G's state
+        plus those blocks' changes (from the effects cache) is. Other parents read their state
+        from the store (cached by its digest)."""
         g = self._gov_tip
+        gov = self.gov
         if parent == g:
-            return self.gov
-        if g == self.tree.best_tip.hash:
-            if self.tree.on_best_chain(parent):
-                return self.gov
-        elif g in self.tree and self._is_ancestor(parent, g):
-            return self.gov
-        if g in self.tree and height <= self.tree.header(g).height + GOVERNANCE_DELAY \
-                and self._is_ancestor(g, parent):
-            return self.gov
+            return gov
+        if parent in self.tree:
+            parent_height = self.tree.header(parent).height
+            passed_above = bool(gov.changes) and \
+                gov.changes[-1].effective_height - GOVERNANCE_DELAY > parent_height
+            if not passed_above:
+                if g == self.tree.best_tip.hash:
+                    if self.tree.on_best_chain(parent):
+                        return gov
+                elif g in self.tree and self._is_ancestor(parent, g):
+                    return gov
+            if g in self.tree and height <= self.tree.header(g).height + STATE_FOLD_BLOCKS:
+                folded = self._fold_cached_changes(g, parent)
+                if folded is not None:
+                    return folded
         with self.store.state_reader_at(parent, self.effects_cache) as reader:
             return ConsortiumState.load(self.consortium, reader, self.gov_states)
+
+    def _fold_cached_changes(self, g: bytes, block_hash: bytes) -> ConsortiumState | None:
+        """:attr:`gov` (the state after ``g``) followed up to ``block_hash``, a descendant of
+        ``g``, through the cached effects of the blocks between; None if it is not one or an
+        effect is not cached."""
+        path: list[Effects] = []
+        cursor = block_hash
+        while cursor != g:
+            effects = self.effects_cache.get(cursor)
+            if effects is None or cursor not in self.tree or len(path) > STATE_FOLD_BLOCKS:
+                return None
+            path.append(effects)
+            cursor = self.tree.header(cursor).prev
+        state = self.gov
+        for effects in reversed(path):
+            state = state.after_writes(effects.writes)
+        return state
 
     # --- identity: the member keys this node holds, by height (peerdb.node.identity) ------------
 

@@ -72,7 +72,11 @@ _SLICEABLE = (TxsMsg, SigsMsg, AnchorMsg)
 """Messages whose items are independent, so that handling them in slices changes nothing."""
 
 ALERT_HOOK_TIMEOUT_S = 30
-"""Longest an alert webhook or command may run before it is abandoned."""
+"""Longest an alert webhook or command may run before it is abandoned (and the next event goes)."""
+ALERT_HOOK_QUEUE = 256
+"""Alert events waiting for the hooks, at most. Hooks hear events one at a time, in the order
+they happened (a ``cleared`` never overtakes its ``raised``); while a hook hangs, events wait
+here, and past this many the newest are logged and dropped (the alert history keeps them)."""
 
 TX_STAGES = {"tentative": "tx.block", "majority": "tx.majority", "unanimous_signed": "tx.unanimous_signed"}
 """The trace's stage for a waiting client's transactions reaching each view (tentative: in a block)."""
@@ -382,15 +386,22 @@ class NodeService:
                 await self.call(self.engine.flush_signatures)
 
     async def _alert_loop(self) -> None:
+        send, receive = trio.open_memory_channel[AlertEvent](ALERT_HOOK_QUEUE)
         async with trio.open_nursery() as hooks:
+            hooks.start_soon(self._deliver_alerts, receive)
             while True:
                 self.loop_turned["alert"] = trio.current_time()
                 await trio.sleep(self.view.params.heartbeat_ms / 1000)
                 now = self.clock_ms()
                 conditions = await self.read(self._alert_conditions, now)
                 for event in self.alerts.update(conditions, now):
-                    if self.on_alert is not None:
-                        hooks.start_soon(self._deliver_alert, event)
+                    if self.on_alert is None:
+                        continue
+                    try:
+                        send.send_nowait(event)
+                    except trio.WouldBlock:
+                        log.warning("alert hooks are %d events behind: %s %s (%s) not sent to them",
+                                    ALERT_HOOK_QUEUE, event.kind, event.event, event.subject)
 
     def _alert_conditions(self, now_ms: int) -> list[Alert]:
         """Every alert condition, read under the lock (the anchoring part reads the tree too)."""
@@ -399,15 +410,20 @@ class NodeService:
             conditions.extend(self.extra_status().get("alerts", []))
         return conditions
 
-    async def _deliver_alert(self, event: AlertEvent) -> None:
-        """A webhook or command that hangs must not hold up later alerts: each delivery runs on
-        its own and is abandoned after ALERT_HOOK_TIMEOUT_S."""
-        assert self.on_alert is not None
-        with trio.move_on_after(ALERT_HOOK_TIMEOUT_S) as scope:
-            await self.on_alert(event)
-        if scope.cancelled_caught:
-            log.warning("alert hook for %s %s (%s) did not finish within %d s; abandoned", event.kind,
-                        event.event, event.subject, ALERT_HOOK_TIMEOUT_S)
+    async def _deliver_alerts(self, receive: trio.MemoryReceiveChannel[AlertEvent]) -> None:
+        """One event at a time, in order, so that a receiver never sees an alert cleared before
+        it was raised (or two command runs write over each other). A webhook or command that
+        hangs is abandoned after ALERT_HOOK_TIMEOUT_S: it holds the next events up that long
+        at most."""
+        async for event in receive:
+            hook = self.on_alert
+            if hook is None:
+                continue
+            with trio.move_on_after(ALERT_HOOK_TIMEOUT_S) as scope:
+                await hook(event)
+            if scope.cancelled_caught:
+                log.warning("alert hook for %s %s (%s) did not finish within %d s; abandoned", event.kind,
+                            event.event, event.subject, ALERT_HOOK_TIMEOUT_S)
 
     # --- client operations ---------------------------------------------------------------------
 

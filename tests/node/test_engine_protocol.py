@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from peerdb.core.consortium import Params
+from peerdb.core.governance import propose_op, vote_op
+from peerdb.core.membership import ConsortiumState
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, body_header
+from peerdb.core.proposals import Proposal, SetParams, Vote
 from peerdb.core.state import apply_txs
+from peerdb.core.validate import proposer_for
 from peerdb.node.engine import Engine
 from peerdb.node.mempool import MempoolFull
 from peerdb.node.messages import BlocksMsg, EvidenceMsg, Message, ProposalMsg, SigsMsg, from_wire, to_wire
@@ -317,3 +321,45 @@ def test_a_catch_up_answer_is_checked_whole_and_stops_at_a_forged_client_signatu
     refused = a.tree.best_chain_hash(forged_at)
     assert refused is not None and refused not in d.tree
     assert d.tree.best_chain_hash(forged_at - 1) == a.tree.best_chain_hash(forged_at - 1)
+
+
+def gov_tx(net: Net, member: str, op: Op) -> Tx:
+    return Tx.create(net.clients[member], net.cid, member, next(net.nonce), net.now + 600_000, [op])
+
+
+def test_a_competing_block_that_passes_the_same_change_is_valid(net: Net) -> None:
+    """Two blocks at one height (a late round-0 proposal and the round-1 one) carry the same last
+    vote, so both pass the same change. A node whose best tip is one of them validates the other
+    against *its parent's* governance state: the change list the other block appends to must not
+    already hold the change its sibling passed (it was wrongly taken from the best tip's state, so
+    a member back from a restart refused the consortium's chain forever)."""
+    run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+    proposal = Proposal(SetParams((("heartbeat_ms", 300),)), "slower heartbeat")
+    net.engines["firm-a"].submit([gov_tx(net, "firm-a", propose_op(proposal)).raw], None, net.now)
+    run_until(net, lambda: len(net.engines["firm-a"].mempool) == 0)
+    for voter in ("firm-b", "firm-c"):
+        vote = Vote.create(net.keys[voter], net.cid, proposal.id, voter, True)
+        net.engines[voter].submit([gov_tx(net, voter, vote_op(vote)).raw], None, net.now)
+    run_until(net, lambda: all(len(e.mempool) == 0 for e in net.engines.values()))
+    last = gov_tx(net, "firm-d", vote_op(Vote.create(net.keys["firm-d"], net.cid, proposal.id, "firm-d", True)))
+    a = net.engines["firm-a"]
+    parent = a.tree.best_tip
+    net.now = parent.time_ms + PARAMS.turn_timeout_ms + 10
+    first, first_sig = net.craft(a.current_turn(net.now)[2], [last], parent=parent, round_=1)
+    for name in NAMES:
+        if name != first.header.proposer:
+            net.engines[name].on_proposal(first.header.proposer, ProposalMsg(first.raw, first_sig), net.now)
+    net.deliver()
+    assert a.tree.best_tip.hash == first.hash and a.gov.changes, "the change passed on firm-a's best chain"
+    late_proposer = proposer_for(NAMES, parent.height + 1, 0)
+    late, late_sig = net.craft(late_proposer, [last], parent=parent, round_=0, time_ms=parent.time_ms + 10)
+    assert late.header.state_root == first.header.state_root
+    a.on_proposal(late_proposer, ProposalMsg(late.raw, late_sig), net.now)
+    assert late.hash in a.tree
+    assert net.stores["firm-a"].objections(late.hash) == []
+    # Whatever block a child hangs from, the state the engine hands out is that block's own.
+    run_until(net, lambda: a.tree.best_tip.height >= parent.height + 4)
+    for header in a.tree.headers():
+        with a.store.state_reader_at(header.hash) as reader:
+            stored = ConsortiumState.load(net.consortium, reader)
+        assert a.state_for(header.hash, header.height + 1).digest == stored.digest, header.height
