@@ -13,7 +13,7 @@ from peerdb.core.blockbody import evidence_size
 from peerdb.core.consortium import Params
 from peerdb.core.merkle import merkle_root
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Evidence, Header, Op, Tx
-from tests.node.test_engine_protocol import NAMES, Net, run_until
+from tests.helpers.engine_net import NAMES, Net, run_until
 
 LIMIT = 64 * 1024
 PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000, max_block_bytes=LIMIT)

@@ -16,7 +16,7 @@ from pathlib import Path
 from peerdb.core.model import BlockSignature
 from peerdb.core.validate import proposer_for
 from peerdb.node.messages import ProposalMsg, SigsMsg
-from tests.node.test_engine_protocol import NAMES, Net, run_until
+from tests.helpers.engine_net import NAMES, Net, run_until
 
 
 def settled_world(tmp_path: Path) -> Net:

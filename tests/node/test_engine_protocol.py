@@ -6,8 +6,7 @@ malicious or malformed message it is about and check that nothing changed.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,92 +14,13 @@ import pytest
 from peerdb.core.consortium import Params
 from peerdb.core.governance import propose_op, vote_op
 from peerdb.core.membership import ConsortiumState
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, body_header
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Op, Tx
 from peerdb.core.proposals import Proposal, SetParams, Vote
-from peerdb.core.state import apply_txs
 from peerdb.core.validate import proposer_for
-from peerdb.node.engine import Engine
 from peerdb.node.mempool import MempoolFull
-from peerdb.node.messages import BlocksMsg, EvidenceMsg, Message, ProposalMsg, SigsMsg, from_wire, to_wire
-from peerdb.store import Store
+from peerdb.node.messages import BlocksMsg, EvidenceMsg, ProposalMsg, SigsMsg
 
-from tests.helpers.consortium import MEMBER_NAMES, seeded_consortium
-
-NAMES = MEMBER_NAMES
-PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
-
-
-class Net:
-    def __init__(self, tmp_path: Path, mempool_max: int = 1000, params: Params = PARAMS) -> None:
-        seeded = seeded_consortium(NAMES, name="test", genesis_time_ms=0, params=params)
-        self.keys = seeded.keys
-        self.clients = seeded.client_keys
-        self.consortium = seeded.consortium
-        self.cid = seeded.cid
-        self.now = 1000
-        self.stores = {n: Store.open(tmp_path / n, self.consortium, n, sync=False) for n in NAMES}
-        self.engines = {n: Engine(self.consortium, n, self.keys[n], self.stores[n], self.now,
-                                  mempool_max=mempool_max) for n in NAMES}
-        self.cut: set[str] = set()
-        self.nonce = itertools.count(1)
-
-    def close(self) -> None:
-        for e in self.engines.values():
-            e.verifier.close()
-        for s in self.stores.values():
-            s.close()
-
-    def deliver(self) -> None:
-        """Deliver every queued message (through the wire encoding) until nothing moves."""
-        for _ in range(1000):
-            moved = False
-            for sender, engine in self.engines.items():
-                for out in engine.take_outbox():
-                    moved = True
-                    if sender in self.cut:
-                        continue
-                    targets = [out.to] if out.to else [n for n in NAMES if n != sender]
-                    for target in targets:
-                        if target in self.cut:
-                            continue
-                        msg = from_wire(to_wire(out.msg))
-                        self.dispatch(target, sender, msg)
-            if not moved:
-                return
-        raise AssertionError("messages never settled")
-
-    def dispatch(self, target: str, sender: str, msg: Message) -> None:
-        self.engines[target].handle(sender, msg, self.now)
-
-    def step(self, ms: int = 10) -> None:
-        """Advance time; let whoever's turn it is propose; deliver everything."""
-        self.now += ms
-        for name, engine in self.engines.items():
-            if name not in self.cut:
-                engine.maybe_propose(self.now)
-        self.deliver()
-
-    def tx(self, member: str, key: str) -> Tx:
-        return Tx.create(self.clients[member], self.cid, member, next(self.nonce), self.now + 600_000,
-                         [Op(OP_PUT, "ns", key, b"v")])
-
-    def craft(self, proposer: str, txs: list[Tx], *, height: int | None = None, round_: int = 0,
-              parent: Header | None = None, time_ms: int | None = None) -> tuple[Block, BlockSignature]:
-        """A block signed by ``proposer``'s key, valid unless the arguments make it otherwise."""
-        engine = self.engines[proposer]
-        parent = parent or engine.tree.best_tip
-        height = parent.height + 1 if height is None else height
-        time_ms = self.now if time_ms is None else time_ms
-        with self.stores[proposer].state_reader_at(parent.hash) as reader:
-            effects = apply_txs(reader, txs, self.consortium, self.cid, time_ms, parent.state_root,
-                                signature_ok=lambda tx: True, height=parent.height + 1)
-        header = body_header(height, round_, parent.hash, proposer, time_ms, txs, effects.state_root)
-        block = Block(header, tuple(txs))
-        return block, BlockSignature.create(self.keys[proposer], self.cid, proposer, block.hash)
-
-    def snapshot(self, name: str) -> tuple[bytes, int, int]:
-        e = self.engines[name]
-        return e.tree.best_tip.hash, sum(1 for _ in e.tree.headers()), len(e.mempool)
+from tests.helpers.engine_net import NAMES, PARAMS, Net, run_until
 
 
 @pytest.fixture
@@ -108,14 +28,6 @@ def net(tmp_path: Path) -> Iterator[Net]:
     n = Net(tmp_path)
     yield n
     n.close()
-
-
-def run_until(net: Net, predicate: Callable[[], bool], steps: int = 500) -> None:
-    for _ in range(steps):
-        if predicate():
-            return
-        net.step(50)
-    raise AssertionError("condition not reached")
 
 
 def test_signatures_on_a_descendant_endorse_its_ancestors(net: Net) -> None:
