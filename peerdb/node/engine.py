@@ -360,6 +360,19 @@ class Engine:
     def _signed_by_some_key(self, member: str, check: Callable[[bytes], bool]) -> bool:
         return signed_by_some_key(self.gov, member, check)
 
+    def _signed_by_proposer(self, header: Header, sig: BlockSignature) -> bool:
+        """Whether ``sig`` is the proposer's signature on ``header``. With the parent held, it
+        must verify with the proposer's key at the block's height on the block's own branch: a
+        rotation passed on that branch only (a competing block carried the last vote) is in
+        force there and not on our best chain. Without the parent, any key our best chain ever
+        gave the proposer will do for now: the block is checked again once its parent is in."""
+        if sig.member != header.proposer or sig.block_hash != header.hash:
+            return False
+        if header.prev in self.tree:
+            key = self.state_for(header.prev, header.height).key_at(sig.member, header.height)
+            return key is not None and sig.valid(self.cid, key)
+        return self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k))
+
     def _tree_sign(self, block_hash: bytes, member: str) -> bool:
         added = self.chain.sign(block_hash, member)
         if added:
@@ -404,8 +417,7 @@ class Engine:
             # The header first (a few hundred bytes): a proposal its proposer did not sign costs
             # us no decoding of its body.
             header = Block.peek_header(proposal.block)
-            if sig.member != header.proposer or sig.block_hash != header.hash \
-                    or not self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k)):
+            if not self._signed_by_proposer(header, sig):
                 log.warning("rejected proposal %d %s from %s: not signed by its proposer %s", header.height,
                             header.hash.hex()[:16], peer, header.proposer)
                 return
@@ -673,9 +685,7 @@ class Engine:
             header = Block.peek_header(proposal.block)
         except (DecodeError, ValidationError):
             return
-        sig = proposal.signature
-        if sig.member == header.proposer and sig.block_hash == header.hash \
-                and self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k)):
+        if self._signed_by_proposer(header, proposal.signature):
             self._object(header.hash, reason)
 
     def _object(self, block_hash: bytes, reason: str) -> None:

@@ -132,12 +132,15 @@ class Net:
     def craft(self, proposer: str, txs: list[Tx], *, height: int | None = None, round_: int = 0,
               parent: Header | None = None, time_ms: int | None = None,
               key: SigningKey | None = None) -> tuple[Block, BlockSignature]:
-        """A block signed by ``proposer``'s key, valid unless the arguments make it otherwise."""
+        """A block signed by ``proposer``'s key (or ``key``), valid unless the arguments make it
+        otherwise. Its effects are computed in the store of ``proposer``, or of any member that
+        holds ``parent``."""
         engine = self.engines[proposer]
         parent = parent or engine.tree.best_tip
         height = parent.height + 1 if height is None else height
         time_ms = self.now if time_ms is None else time_ms
-        with self.stores[proposer].state_reader_at(parent.hash) as reader:
+        store = next(self.stores[n] for n in (proposer, *NAMES) if self.stores[n].header(parent.hash) is not None)
+        with store.state_reader_at(parent.hash) as reader:
             effects = apply_txs(reader, txs, self.consortium, self.cid, time_ms, parent.state_root,
                                 signature_ok=lambda tx: True, height=parent.height + 1)
         header = body_header(height, round_, parent.hash, proposer, time_ms, txs, effects.state_root)

@@ -15,11 +15,12 @@ from peerdb.core.consortium import Params
 from peerdb.core.governance import propose_op, vote_op
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Op, Tx
-from peerdb.core.proposals import Proposal, SetParams, Vote
+from peerdb.core.proposals import Proposal, RotateKey, SetParams, Vote
 from peerdb.core.validate import proposer_for
 from peerdb.node.mempool import MempoolFull
 from peerdb.node.messages import BlocksMsg, EvidenceMsg, ProposalMsg, SigsMsg
 
+from tests.helpers.consortium import seed_key
 from tests.helpers.engine_net import NAMES, PARAMS, Net, run_until
 
 
@@ -275,3 +276,55 @@ def test_a_competing_block_that_passes_the_same_change_is_valid(net: Net) -> Non
         with a.store.state_reader_at(header.hash) as reader:
             stored = ConsortiumState.load(net.consortium, reader)
         assert a.state_for(header.hash, header.height + 1).digest == stored.digest, header.height
+
+
+def test_a_proposal_signed_with_a_key_rotated_on_its_own_branch_is_taken(tmp_path: Path) -> None:
+    """Two blocks compete at one height and only one of them (the late round-0 block) carries
+    the last vote of a key rotation. A member whose best tip is the other one must still take a
+    proposal on the rotating branch signed with the new key: the block is checked against its
+    parent's state, in which that key is in force (it was refused as "not signed by its
+    proposer", and a member on the other branch never heard of the branch's blocks)."""
+    rotated = "firm-c"
+    new_key = seed_key("member/firm-c/rotation/0")
+    net = Net(tmp_path, extra_keys={rotated: [new_key]})
+    try:
+        run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
+        proposal = Proposal(RotateKey(rotated, new_key.public), "new key")
+        net.engines["firm-a"].submit([gov_tx(net, "firm-a", propose_op(proposal)).raw], None, net.now)
+        run_until(net, lambda: len(net.engines["firm-a"].mempool) == 0)
+        for voter in ("firm-b", "firm-c"):
+            vote = Vote.create(net.keys[voter], net.cid, proposal.id, voter, True)
+            net.engines[voter].submit([gov_tx(net, voter, vote_op(vote)).raw], None, net.now)
+        run_until(net, lambda: all(len(e.mempool) == 0 for e in net.engines.values()))
+        last = gov_tx(net, "firm-d", vote_op(Vote.create(net.keys["firm-d"], net.cid, proposal.id, "firm-d", True)))
+        watcher = net.engines["firm-b"]
+        parent = watcher.tree.best_tip
+        height = parent.height + 1
+        net.now = parent.time_ms + 3 * PARAMS.turn_timeout_ms
+        # The round-1 block, without the last vote, wins the height everywhere.
+        late_proposer = proposer_for(NAMES, height, 0)
+        net.cut.add(late_proposer)  # it proposes its own block, not knowing this one
+        on_time, on_time_sig = net.craft(proposer_for(NAMES, height, 1), [], parent=parent, round_=1)
+        for name in NAMES:
+            if name != late_proposer:
+                net.engines[name].on_proposal(on_time.header.proposer, ProposalMsg(on_time.raw, on_time_sig), net.now)
+        net.deliver()
+        assert watcher.tree.best_tip.hash == on_time.hash and not watcher.gov.changes
+        # The late round-0 block passes the rotation (in force from height + 2 on its branch).
+        late, late_sig = net.craft(late_proposer, [last], parent=parent,
+                                   time_ms=parent.time_ms + 10)
+        watcher.on_proposal(late.header.proposer, ProposalMsg(late.raw, late_sig), net.now)
+        assert late.hash in watcher.tree and watcher.tree.best_tip.hash == on_time.hash
+        assert net.state_of("firm-b", late.hash).key_at(rotated, height + 2) == new_key.public
+        child, child_sig = net.craft(proposer_for(NAMES, height + 1, 0), [], parent=late.header,
+                                     time_ms=late.header.time_ms + 10)
+        watcher.on_proposal(child.header.proposer, ProposalMsg(child.raw, child_sig), net.now)
+        assert child.hash in watcher.tree
+        round_ = (NAMES.index(rotated) - (height + 1)) % len(NAMES)
+        grandchild, grandchild_sig = net.craft(rotated, [], parent=child.header, round_=round_, key=new_key,
+                                               time_ms=child.header.time_ms + round_ * PARAMS.turn_timeout_ms)
+        watcher.on_proposal(rotated, ProposalMsg(grandchild.raw, grandchild_sig), net.now)
+        assert grandchild.hash in watcher.tree, "a block signed with the key in force on its branch was refused"
+        assert net.stores["firm-b"].objections(grandchild.hash) == []
+    finally:
+        net.close()
