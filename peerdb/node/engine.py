@@ -34,7 +34,9 @@ from ..core.errors import (
     CorruptionError,
     DecodeError,
     DoubleSignRefused,
+    LocalError,
     SignatureError,
+    StorageError,
     ValidationError,
 )
 from ..core.keys import SigningKey
@@ -495,6 +497,16 @@ class Engine:
                         block.header.proposer, peer, exc)
             if object_on_failure:
                 self._object(block.hash, str(exc))
+            return False
+        except LocalError as exc:
+            if isinstance(exc, StorageError):
+                raise  # the disk: the node's own handling (alerts, stopping) applies
+            # A fault of this node's own (a state it got wrong), not of the proposer: no objection,
+            # and no crash that the same peer message would repeat after every restart. The block
+            # is checked again when it comes back (catch-up, the status exchange).
+            log.error("could not check block %d %s by %s (from %s): %s; a fault of this node, not the "
+                      "proposer's: please report it", block.height, block.hash.hex()[:16], block.header.proposer,
+                      peer, exc)
             return False
         if traced:
             validating = self.trace.since("cosign.validate", validating)

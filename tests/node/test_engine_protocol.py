@@ -14,7 +14,7 @@ import pytest
 from peerdb.core.consortium import Params
 from peerdb.core.governance import propose_op, vote_op
 from peerdb.core.membership import ConsortiumState
-from peerdb.core.model import OP_PUT, Block, BlockSignature, Op, Tx
+from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx
 from peerdb.core.proposals import Proposal, RotateKey, SetParams, Vote
 from peerdb.core.validate import proposer_for
 from peerdb.node.mempool import MempoolFull
@@ -240,12 +240,10 @@ def gov_tx(net: Net, member: str, op: Op) -> Tx:
     return Tx.create(net.clients[member], net.cid, member, next(net.nonce), net.now + 600_000, [op])
 
 
-def test_a_competing_block_that_passes_the_same_change_is_valid(net: Net) -> None:
-    """Two blocks at one height (a late round-0 proposal and the round-1 one) carry the same last
-    vote, so both pass the same change. A node whose best tip is one of them validates the other
-    against *its parent's* governance state: the change list the other block appends to must not
-    already hold the change its sibling passed (it was wrongly taken from the best tip's state, so
-    a member back from a restart refused the consortium's chain forever)."""
+def two_blocks_passing_one_change(net: Net) -> tuple[Header, Block, Block, BlockSignature]:
+    """A change approved by all but firm-d; firm-d's vote goes into a round-1 block that every
+    member takes (firm-a's best tip), and into a late round-0 sibling, returned unsent with its
+    proposer's signature: (their parent, the round-1 block, the late block, its signature)."""
     run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
     proposal = Proposal(SetParams((("heartbeat_ms", 300),)), "slower heartbeat")
     net.engines["firm-a"].submit([gov_tx(net, "firm-a", propose_op(proposal)).raw], None, net.now)
@@ -263,11 +261,22 @@ def test_a_competing_block_that_passes_the_same_change_is_valid(net: Net) -> Non
         if name != first.header.proposer:
             net.engines[name].on_proposal(first.header.proposer, ProposalMsg(first.raw, first_sig), net.now)
     net.deliver()
-    assert a.tree.best_tip.hash == first.hash and a.gov.changes, "the change passed on firm-a's best chain"
     late_proposer = proposer_for(NAMES, parent.height + 1, 0)
     late, late_sig = net.craft(late_proposer, [last], parent=parent, round_=0, time_ms=parent.time_ms + 10)
+    return parent, first, late, late_sig
+
+
+def test_a_competing_block_that_passes_the_same_change_is_valid(net: Net) -> None:
+    """Two blocks at one height (a late round-0 proposal and the round-1 one) carry the same last
+    vote, so both pass the same change. A node whose best tip is one of them validates the other
+    against *its parent's* governance state: the change list the other block appends to must not
+    already hold the change its sibling passed (it was wrongly taken from the best tip's state, so
+    a member back from a restart refused the consortium's chain forever)."""
+    parent, first, late, late_sig = two_blocks_passing_one_change(net)
+    a = net.engines["firm-a"]
+    assert a.tree.best_tip.hash == first.hash and a.gov.changes, "the change passed on firm-a's best chain"
     assert late.header.state_root == first.header.state_root
-    a.on_proposal(late_proposer, ProposalMsg(late.raw, late_sig), net.now)
+    a.on_proposal(late.header.proposer, ProposalMsg(late.raw, late_sig), net.now)
     assert late.hash in a.tree
     assert net.stores["firm-a"].objections(late.hash) == []
     # Whatever block a child hangs from, the state the engine hands out is that block's own.
@@ -276,6 +285,21 @@ def test_a_competing_block_that_passes_the_same_change_is_valid(net: Net) -> Non
         with a.store.state_reader_at(header.hash) as reader:
             stored = ConsortiumState.load(net.consortium, reader)
         assert a.state_for(header.hash, header.height + 1).digest == stored.digest, header.height
+
+
+def test_a_fault_of_the_nodes_own_while_checking_a_block_is_logged_not_raised_nor_objected(
+        net: Net, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block that cannot be checked because this node got its own state wrong (here: the best
+    tip's governance state handed out for a sibling, the fault fixed above) is not the proposer's
+    fault: no objection, and no exception out of the handler, which a peer resending the block
+    would turn into a crash after every restart."""
+    _, _, late, late_sig = two_blocks_passing_one_change(net)
+    a = net.engines["firm-a"]
+    monkeypatch.setattr(a, "state_for", lambda _parent, _height: a.gov)  # the wrong state
+    a.on_proposal(late.header.proposer, ProposalMsg(late.raw, late_sig), net.now)
+    assert late.hash not in a.tree
+    assert net.stores["firm-a"].objections(late.hash) == []
+    assert any("a fault of this node" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
 def test_a_proposal_signed_with_a_key_rotated_on_its_own_branch_is_taken(tmp_path: Path) -> None:

@@ -69,7 +69,6 @@ class ForkMachine(RuleBasedStateMachine):
         """Members whose messages are lost (in both directions)."""
         self.isolated: set[str] = set()
         """One side of a partition: messages between it and the rest wait until :meth:`heal`."""
-        """Members whose messages wait (in both directions) until :meth:`heal`."""
         self.held: list[tuple[str, str, Wire]] = []
         """(target, sender, wire form) of messages waiting for an isolated member."""
         self.proposals: list[Proposal] = []
