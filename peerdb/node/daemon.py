@@ -37,7 +37,7 @@ from .http.monitor import MonitorApp
 from .metrics import NodeMetrics
 from .config import NodeConfig, load_node_config
 from .engine import Engine
-from .identity import MemberRemoved, removed_at
+from .identity import MemberRemoved
 from .service import ALERT_HOOK_TIMEOUT_S, NodeService, wall_clock_ms
 from ..stream_frames import MAX_FRAME_BYTES as STREAM_MAX_FRAME_BYTES
 
@@ -260,7 +260,7 @@ async def watch_removal(service: NodeService, announced: trio.Event) -> None:
     the hooks (or could not within their time), raise :class:`MemberRemoved`."""
     engine = service.engine
     while True:
-        height = await service.read(lambda: removed_at(engine.gov, engine.me, engine.tree.best_tip.height + 1))
+        height = await service.read(engine.removed_at)
         if height is not None:
             break
         await trio.sleep(REMOVAL_CHECK_S)

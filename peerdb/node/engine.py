@@ -52,7 +52,7 @@ from .alerts import TURN_RACE, Alert, chain_alerts, not_signing, removed_alert, 
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
 from .chainkeeper import ChainKeeper
 from .counters import EngineCounters, Reorg
-from .identity import Identity, network_members, removed_at, signed_by_some_key
+from .identity import Identity, network_members, removal_settled, signed_by_some_key
 from .mempool import DEFAULT_MEMPOOL_TXS, Mempool, MempoolFull, SubmitResult
 from .trace import BlockTrace
 from .messages import (
@@ -1164,8 +1164,13 @@ class Engine:
 
     # --- alerts ---------------------------------------------------------------------------------
 
+    def removed_at(self) -> int | None:
+        """The height from which this member is removed, once that is settled enough to stop
+        for (:func:`~peerdb.node.identity.removal_settled`); None while it is a member."""
+        return removal_settled(self.gov, self.me, self.tree.best_tip.height, self.tree.heads().majority)
+
     def alert_conditions(self, now_ms: int, peers_up: Callable[[str], bool]) -> list[Alert]:
-        removed = removed_at(self.gov, self.me, self.tree.best_tip.height + 1)
+        removed = self.removed_at()
         if removed is not None:  # the one thing to say: not stalled, not peers down
             return [removed_alert(self.me, removed)]
         alerts = chain_alerts(self.tree, self.me)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from ..core.errors import PeerDBError
 from ..core.keys import SigningKey
-from ..core.membership import ConsortiumState
+from ..core.membership import GOVERNANCE_DELAY, ConsortiumState
 from ..core.model import BlockSignature, Objection
 
 log = logging.getLogger("peerdb.node")
@@ -82,6 +82,20 @@ def removed_at(state: ConsortiumState, me: str, next_height: int) -> int | None:
     if len(history) < 2 or history[-1][1] is not None or history[-1][0] > next_height:
         return None
     return history[-1][0]
+
+
+def removal_settled(state: ConsortiumState, me: str, tip_height: int, majority_height: int) -> int | None:
+    """:func:`removed_at` for a node deciding to stop: the removal in force at the next height
+    on the best chain (``state`` is its tip's), *and* passed in a block a majority endorses (at
+    or below the majority head). A removal passed only on a branch short of a majority may still
+    lose to a sibling where this member stays one; a node that stopped for it (exit 9, which the
+    service manager does not restart) would leave the consortium a member short for good. A
+    majority-endorsed block is given up only if members sign two blocks at one height, which
+    excludes them."""
+    removed = removed_at(state, me, tip_height + 1)
+    if removed is None or removed - GOVERNANCE_DELAY > majority_height:
+        return None
+    return removed
 
 
 def network_members(state: ConsortiumState, next_height: int) -> tuple[tuple[str, bytes], ...]:

@@ -88,7 +88,6 @@ class ForkMachine(RuleBasedStateMachine):
         self.stopped: set[str] = set()
         """Members whose node stopped: their best chain put their removal in force (as
         :func:`peerdb.node.daemon.watch_removal` does); they never run again."""
-        self.strict_stop = False
         """Also fail when a member's node stopped for a removal that the chain the others agree
         on does not have (see :meth:`_stopped_only_if_removed`)."""
         self.sig_ok: dict[tuple[bytes, bytes], bool] = {}
@@ -129,7 +128,7 @@ class ForkMachine(RuleBasedStateMachine):
 
     def _check_removed(self, name: str) -> None:
         engine = self.net.engines[name]
-        if name not in self.stopped and removed_at(engine.gov, name, engine.tree.best_tip.height + 1) is not None:
+        if name not in self.stopped and engine.removed_at() is not None:  # the daemon's rule
             self.stopped.add(name)
 
     def _deliver(self) -> None:
@@ -452,12 +451,9 @@ class ForkMachine(RuleBasedStateMachine):
                    for e in engines[1:] for h in range(max(0, top - 8), top + 1))
 
     def _stopped_only_if_removed(self) -> None:
-        """A member whose node stopped should be removed on the chain the others agree on. Not
-        so today (checked with ``strict_stop``): the node stops as soon as its *best tip* puts
-        the removal in force, and a removal that only a losing branch passed stops it for good
-        (:func:`peerdb.node.daemon.watch_removal`; the pinned case is a strict xfail below)."""
-        if not self.strict_stop:
-            return
+        """A member whose node stopped is removed on the chain the others agree on: a node
+        stops only for a removal passed in a block a majority endorses
+        (:func:`peerdb.node.identity.removal_settled`), never for one only a losing branch passed."""
         engine = self.net.engines[self._participants()[0]]
         for name in sorted(self.stopped):
             assert removed_at(engine.gov, name, engine.tree.best_tip.height + 1) is not None, \
@@ -642,16 +638,9 @@ def test_a_removal_passed_by_one_of_two_competing_blocks_splits_the_members_by_b
     run_machine(lambda m: m.remove_on_one_branch("firm-c", "firm-d", "firm-a", False, "firm-a", 5, set(), True))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a node stops for a removal as soon as its best tip puts the removal in force "
-    "(peerdb.node.daemon.watch_removal reads the tentative tip); when only a losing branch passed "
-    "the removal, the member stays a member on the chain the others keep, but its node has "
-    "stopped for good (exit 9, not restarted), so the consortium runs one member short; the fix "
-    "(stop only once the removal is settled, e.g. recorded at or below the final block) changes "
-    "documented node behaviour and its tests, so it is left to a decision"))
 def test_a_member_removed_only_on_a_losing_branch_keeps_its_node_running() -> None:
     """The last vote removing firm-a lands only in firm-c's late round-0 block; firm-a, apart
-    with firm-c, builds on it past the effective height, so its best tip says it is removed and
-    its node stops. The others' round-1 sibling wins: there firm-a is still a member."""
-    run_machine(lambda m: setattr(m, "strict_stop", True),
-                lambda m: m.remove_on_one_branch("firm-c", "firm-d", "firm-a", True, "firm-a", 5, set(), True))
+    with firm-c, builds on it past the effective height, so its best tip says it is removed. Two
+    of four endorse that branch, not a majority: firm-a's node must not stop, because the others'
+    round-1 sibling wins and there firm-a is still a member."""
+    run_machine(lambda m: m.remove_on_one_branch("firm-c", "firm-d", "firm-a", True, "firm-a", 5, set(), True))

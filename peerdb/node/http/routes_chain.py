@@ -13,7 +13,6 @@ from ...anchor.anchortx import parse_tx, txid
 from ...anchor.hashes import to_display
 from ...anchor.proof import AnchorProof
 from ...core.model import Block
-from ..identity import removed_at
 from ..trace import TIMELINES
 from .context import ApiContext, parse_int
 from .errors import ApiError, json_endpoint
@@ -98,7 +97,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             "uptime_s": (now - service.started_ms) / 1000,
             "data_dir": {"instance_id": engine.store.instance_id.hex(), "signing_locked": engine.store.guard_locked(),
                          "guard_floor": engine.store.guard_floor()},
-            "removed_at": removed_at(engine.gov, engine.me, engine.tree.best_tip.height + 1),
+            "removed_at": engine.removed_at(),
         }
         for name, fn in ctx.extras.items():
             answer[name] = fn()
