@@ -89,12 +89,9 @@ def removal_settled(state: ConsortiumState, me: str, tip_height: int, majority_h
     on the best chain (``state`` is its tip's), *and* passed in a block a majority endorses (at
     or below the majority head). A removal passed only on a branch short of a majority may still
     lose to a sibling where this member stays one; a node that stopped for it (exit 9, which the
-    service manager does not restart) would leave the consortium a member short for good. Among
-    branches with the same members, a majority-endorsed block is given up only if members sign two
-    blocks at one height, which excludes them. A majority is counted over the members of the
-    block's own branch, though: when competing branches already differ in who the members are (two
-    removals racing), each can look majority-endorsed from its side, and a node may still stop for
-    a removal the others do not keep (found by tests/node/test_forks_randomized.py's search)."""
+    service manager does not restart) would leave the consortium a member short for good. A
+    majority-endorsed block is given up only if members sign two blocks at one height, which
+    excludes them."""
     removed = removed_at(state, me, tip_height + 1)
     if removed is None or removed - GOVERNANCE_DELAY > majority_height:
         return None

@@ -83,7 +83,6 @@ class ForkMachine(RuleBasedStateMachine):
         self.stash: list[tuple[str, Tx]] = []
         """Transactions (with their member) kept back for the next late proposal."""
         self.rotations = dict.fromkeys(NAMES, 0)
-        self.strict_stop = False
         self.removal: str | None = None
         """The member a removal was proposed for (one per run: the consortium keeps three)."""
         self.stopped: set[str] = set()
@@ -454,13 +453,7 @@ class ForkMachine(RuleBasedStateMachine):
     def _stopped_only_if_removed(self) -> None:
         """A member whose node stopped is removed on the chain the others agree on: a node
         stops only for a removal passed in a block a majority endorses
-        (:func:`peerdb.node.identity.removal_settled`), never for one only a losing branch passed
-        by a minority. Checked with ``strict_stop`` only: a majority is counted over the members
-        of the block's own branch, so when two branches differ in who the members are (two
-        removals on competing branches), each can look majority-endorsed to the members on it, and
-        the random search found a node stopping for a removal the others did not keep."""
-        if not self.strict_stop:
-            return
+        (:func:`peerdb.node.identity.removal_settled`), never for one only a losing branch passed."""
         engine = self.net.engines[self._participants()[0]]
         for name in sorted(self.stopped):
             assert removed_at(engine.gov, name, engine.tree.best_tip.height + 1) is not None, \
@@ -650,5 +643,4 @@ def test_a_member_removed_only_on_a_losing_branch_keeps_its_node_running() -> No
     with firm-c, builds on it past the effective height, so its best tip says it is removed. Two
     of four endorse that branch, not a majority: firm-a's node must not stop, because the others'
     round-1 sibling wins and there firm-a is still a member."""
-    run_machine(lambda m: setattr(m, "strict_stop", True),
-                lambda m: m.remove_on_one_branch("firm-c", "firm-d", "firm-a", True, "firm-a", 5, set(), True))
+    run_machine(lambda m: m.remove_on_one_branch("firm-c", "firm-d", "firm-a", True, "firm-a", 5, set(), True))
