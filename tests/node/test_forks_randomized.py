@@ -351,8 +351,12 @@ class ForkMachine(RuleBasedStateMachine):
         self.isolated |= {late, partner}
         stash, self.stash = self.stash, []
         for member, tx in stash:
-            target = late if stash_to_late else next(n for n in NAMES if n not in self._away())
-            if target not in self.stopped:
+            # To the others' pools: any of them still here (none, when the late proposer and its
+            # partner were the last: the transaction stays stashed for the next late proposal).
+            target = late if stash_to_late else next((n for n in NAMES if n not in self._away()), None)
+            if target is None:
+                self.stash.append((member, tx))
+            elif target not in self.stopped:
                 self.net.engines[target].submit([tx.raw], None, self.net.now)
         self._deliver()
         self._step(first_wait)
@@ -649,3 +653,23 @@ def test_a_member_removed_only_on_a_losing_branch_keeps_its_node_running() -> No
     of four endorse that branch, not a majority: firm-a's node must not stop, because the others'
     round-1 sibling wins and there firm-a is still a member."""
     run_machine(lambda m: m.remove_on_one_branch("firm-c", "firm-d", "firm-a", True, "firm-a", 5, set(), True))
+
+
+def test_a_late_proposal_with_nobody_else_here_keeps_the_stashed_vote() -> None:
+    """The late proposer is the only member still reachable when a vote kept back for the
+    others' pools is handed out: nobody can take it, so it stays kept back (the machine used to
+    fail here itself, before any engine was asked anything; found in CI's derandomized run)."""
+    def everyone_but_the_late_proposer_cut(m: ForkMachine) -> None:
+        engine = m.net.engines["firm-a"]
+        height = engine.tree.best_tip.height + 1
+        late = proposer_for(engine.gov.at(height).member_names, height, 0)
+        for name in NAMES:
+            if name != late:
+                m.partition(name, lose=True)
+        m.late_round_zero_proposal(set(), 10, 0, False, stash_to_late=False, partner=late, away_steps=0)
+        assert len(m.stash) == 1
+
+    run_machine(lambda m: m.pass_change_but_one_vote("params", "firm-a", "firm-b", 300, stash=True),
+                lambda m: m.step(10),
+                everyone_but_the_late_proposer_cut,
+                lambda m: m.heal(newest_first=False))
