@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from peerdb.core.consortium import Params
+from peerdb.core.governance import propose_op, vote_op
 from peerdb.core.keys import SigningKey
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx, body_header
+from peerdb.core.proposals import Change, Proposal, Vote
 from peerdb.core.state import apply_txs
 from peerdb.node.engine import Engine
 from peerdb.node.messages import Message, StatusMsg, from_wire, to_wire
@@ -119,6 +121,18 @@ class Net:
 
     def gov_tx(self, member: str, op: Op) -> Tx:
         return Tx.create(self.clients[member], self.cid, member, next(self.nonce), self.now + 600_000, [op])
+
+    def approved_but_one(self, change: Change, note: str) -> Tx:
+        """``change`` proposed by firm-a and approved by firm-b and firm-c, each in a block of
+        its own; returns firm-d's yes vote, the last one needed, unsent."""
+        proposal = Proposal(change, note)
+        self.engines["firm-a"].submit([self.gov_tx("firm-a", propose_op(proposal)).raw], None, self.now)
+        run_until(self, lambda: len(self.engines["firm-a"].mempool) == 0)
+        for voter in ("firm-b", "firm-c"):
+            vote = Vote.create(self.keys[voter], self.cid, proposal.id, voter, True)
+            self.engines[voter].submit([self.gov_tx(voter, vote_op(vote)).raw], None, self.now)
+        run_until(self, lambda: all(len(e.mempool) == 0 for e in self.engines.values()))
+        return self.gov_tx("firm-d", vote_op(Vote.create(self.keys["firm-d"], self.cid, proposal.id, "firm-d", True)))
 
     def state_of(self, name: str, block_hash: bytes) -> ConsortiumState:
         """The governance state after ``block_hash`` as ``name``'s store records it (the oracle

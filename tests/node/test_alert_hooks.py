@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,25 @@ async def test_unreachable_webhook_is_logged_not_raised(tmp_path: Path, caplog: 
     assert any(f"alert webhook {url} failed" in r.getMessage() for r in caplog.records)
 
 
+async def two_peers_go_down(tmp_path: Path, hook: Callable[[AlertEvent], Awaitable[None]],
+                            reached: list[AlertEvent], delivered: list[AlertEvent]) -> None:
+    """firm-a's service with ``hook`` as its alert hook: firm-d goes down, and once its alert
+    has reached the hook (``reached``), firm-c; returns when firm-c's alert is in ``delivered``."""
+    cluster = Cluster(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.nodes["firm-a"].service.on_alert = hook
+        await cluster.crash("firm-d")
+        await cluster.wait_until(lambda: bool(reached), what="the first alert reaches the hook")
+        await cluster.crash("firm-c")
+        await cluster.wait_until(lambda: any(e.kind == "peer_down" and e.subject == "firm-c" for e in delivered),
+                                 timeout=3 * ALERT_HOOK_TIMEOUT_S, what="the later alert reaches the hook")
+        await cluster.close()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_hanging_alert_hook_is_abandoned_and_later_alerts_still_reach_it_in_order(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    cluster = Cluster(tmp_path)
     hooked: list[AlertEvent] = []
 
     async def hang(alert: AlertEvent) -> None:
@@ -103,25 +120,14 @@ async def test_a_hanging_alert_hook_is_abandoned_and_later_alerts_still_reach_it
         if len(hooked) == 1:
             await trio.sleep_forever()  # a command that never exits, the first time
 
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        a = cluster.nodes["firm-a"].service
-        a.on_alert = hang
-        await cluster.crash("firm-d")
-        await cluster.wait_until(lambda: bool(hooked), what="the first alert reaches the hook")
-        assert hooked[0].kind == "peer_down" and hooked[0].subject == "firm-d"
-        await cluster.crash("firm-c")
-        await cluster.wait_until(lambda: any(e.kind == "peer_down" and e.subject == "firm-c" for e in hooked),
-                                 timeout=3 * ALERT_HOOK_TIMEOUT_S, what="the later alert reaches the hook")
-        # One delivery at a time, in the order the events happened.
-        assert [e.at_ms for e in hooked] == sorted(e.at_ms for e in hooked)
-        await cluster.close()
-        nursery.cancel_scope.cancel()
+    await two_peers_go_down(tmp_path, hang, hooked, hooked)
+    assert hooked[0].kind == "peer_down" and hooked[0].subject == "firm-d"
+    # One delivery at a time, in the order the events happened.
+    assert [e.at_ms for e in hooked] == sorted(e.at_ms for e in hooked)
 
 
 async def test_a_slow_alert_hook_hears_the_events_in_the_order_they_happened(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    cluster = Cluster(tmp_path)
     started: list[AlertEvent] = []
     finished: list[AlertEvent] = []
 
@@ -131,16 +137,6 @@ async def test_a_slow_alert_hook_hears_the_events_in_the_order_they_happened(
             await trio.sleep(ALERT_HOOK_TIMEOUT_S - 1)  # slow, but within its time
         finished.append(alert)
 
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        a = cluster.nodes["firm-a"].service
-        a.on_alert = slow
-        await cluster.crash("firm-d")
-        await cluster.wait_until(lambda: bool(started), what="the first alert reaches the hook")
-        await cluster.crash("firm-c")
-        await cluster.wait_until(lambda: any(e.subject == "firm-c" for e in finished),
-                                 timeout=3 * ALERT_HOOK_TIMEOUT_S, what="the later alert reaches the hook")
-        assert finished[0].subject == "firm-d", [(e.kind, e.subject) for e in finished]
-        assert started == finished[:len(started)]
-        await cluster.close()
-        nursery.cancel_scope.cancel()
+    await two_peers_go_down(tmp_path, slow, started, finished)
+    assert finished[0].subject == "firm-d", [(e.kind, e.subject) for e in finished]
+    assert started == finished[:len(started)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,47 +24,46 @@ from peerdb.localnet import LocalConsortium, poll_until
 from peerdb.node.anchoring import AnchorBook
 from peerdb.node.messages import AnchorMsg
 from tests.helpers.anchor_proofs import make_anchor
-from tests.node.test_engine_signing_guard import PARAMS, Four
+from tests.helpers.engine_net import PARAMS, Net, run_until
 
 
 @pytest.fixture
-def four(tmp_path: Path) -> Four:
+def net(tmp_path: Path) -> Iterator[Net]:
     # The consortium wants two confirmations of an anchor (the shallow proof below has one).
-    return Four(tmp_path, dataclasses.replace(PARAMS, anchor_confirmations=2))
+    n = Net(tmp_path, params=dataclasses.replace(PARAMS, anchor_confirmations=2))
+    yield n
+    n.close()
 
 
-def _anchored_world(four: Four) -> tuple[AnchorBook, list[bytes], list[AnchorProof]]:
-    four.engines["firm-a"].submit([four.tx("firm-a", "k").raw], None, four.now)
-    four.run_until_majority(2)
-    engine = four.engines["firm-a"]
+def _anchored_world(net: Net) -> tuple[AnchorBook, list[bytes], list[AnchorProof]]:
+    net.engines["firm-a"].submit([net.tx("firm-a", "k").raw], None, net.now)
+    run_until(net, lambda: net.engines["firm-a"].heads().majority >= 2)
+    engine = net.engines["firm-a"]
     hashes = [engine.tree.best_chain_hash(h) or b"" for h in (1, 2)]
     return AnchorBook(engine, check_pow=False, rpc=None), hashes, make_anchor(hashes, depth=3)
 
 
-def test_peer_anchor_proofs_are_checked_before_they_count(four: Four, caplog: pytest.LogCaptureFixture) -> None:
+def test_peer_anchor_proofs_are_checked_before_they_count(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="peerdb.anchor")
-    try:
-        book, hashes, proofs = _anchored_world(four)
-        engine, store = book.engine, four.stores["firm-a"]
-        good, other = proofs
-        wrong_path = dataclasses.replace(good, path=((good.path[0][0], bytes(32)),) + good.path[1:])
-        wrong_block = dataclasses.replace(other, block_hash=good.block_hash)  # block 2's path, block 1's hash
-        shallow = make_anchor(hashes, depth=1)[0]
-        assert book.min_depth == 2
-        book.on_anchor_message("firm-b", AnchorMsg((b"\x00garbage", wrong_path.encode(), wrong_block.encode(),
-                                                    shallow.encode())), four.now)
-        refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected anchor proof from firm-b")]
-        assert len(refusals) == 4, refusals
-        assert "anchor_proof" in refusals[0]
-        assert all("Merkle path from the block hash does not lead to the anchored root" in r for r in refusals[1:3])
-        assert "depth 1 below the required 2" in refusals[3]
-        assert store.anchor(good.block_hash) is None and engine.heads().anchored == 0
-        book.on_anchor_message("firm-b", AnchorMsg((good.encode(), other.encode())), four.now)
-        assert store.anchor(good.block_hash) == good.encode() and engine.heads().anchored == 2
-        # Received proofs are not gossiped on (the duty member shares its own).
-        assert not [o for o in engine.take_outbox() if isinstance(o.msg, AnchorMsg)]
-    finally:
-        four.close()
+    book, hashes, proofs = _anchored_world(net)
+    engine, store = book.engine, net.stores["firm-a"]
+    good, other = proofs
+    wrong_path = dataclasses.replace(good, path=((good.path[0][0], bytes(32)),) + good.path[1:])
+    wrong_block = dataclasses.replace(other, block_hash=good.block_hash)  # block 2's path, block 1's hash
+    shallow = make_anchor(hashes, depth=1)[0]
+    assert book.min_depth == 2
+    book.on_anchor_message("firm-b", AnchorMsg((b"\x00garbage", wrong_path.encode(), wrong_block.encode(),
+                                                shallow.encode())), net.now)
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected anchor proof from firm-b")]
+    assert len(refusals) == 4, refusals
+    assert "anchor_proof" in refusals[0]
+    assert all("Merkle path from the block hash does not lead to the anchored root" in r for r in refusals[1:3])
+    assert "depth 1 below the required 2" in refusals[3]
+    assert store.anchor(good.block_hash) is None and engine.heads().anchored == 0
+    book.on_anchor_message("firm-b", AnchorMsg((good.encode(), other.encode())), net.now)
+    assert store.anchor(good.block_hash) == good.encode() and engine.heads().anchored == 2
+    # Received proofs are not gossiped on (the duty member shares its own).
+    assert not [o for o in engine.take_outbox() if isinstance(o.msg, AnchorMsg)]
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from peerdb.core.consortium import Params
-from peerdb.core.governance import propose_op, vote_op
 from peerdb.core.membership import ConsortiumState
 from peerdb.core.model import OP_PUT, Block, BlockSignature, Header, Op, Tx
-from peerdb.core.proposals import Proposal, RotateKey, SetParams, Vote
+from peerdb.core.proposals import RotateKey, SetParams
 from peerdb.core.validate import proposer_for
 from peerdb.node.mempool import MempoolFull
 from peerdb.node.messages import BlocksMsg, EvidenceMsg, ProposalMsg, SigsMsg
@@ -236,23 +235,12 @@ def test_a_catch_up_answer_is_checked_whole_and_stops_at_a_forged_client_signatu
     assert d.tree.best_chain_hash(forged_at - 1) == a.tree.best_chain_hash(forged_at - 1)
 
 
-def gov_tx(net: Net, member: str, op: Op) -> Tx:
-    return Tx.create(net.clients[member], net.cid, member, next(net.nonce), net.now + 600_000, [op])
-
-
 def two_blocks_passing_one_change(net: Net) -> tuple[Header, Block, Block, BlockSignature]:
     """A change approved by all but firm-d; firm-d's vote goes into a round-1 block that every
     member takes (firm-a's best tip), and into a late round-0 sibling, returned unsent with its
     proposer's signature: (their parent, the round-1 block, the late block, its signature)."""
     run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
-    proposal = Proposal(SetParams((("heartbeat_ms", 300),)), "slower heartbeat")
-    net.engines["firm-a"].submit([gov_tx(net, "firm-a", propose_op(proposal)).raw], None, net.now)
-    run_until(net, lambda: len(net.engines["firm-a"].mempool) == 0)
-    for voter in ("firm-b", "firm-c"):
-        vote = Vote.create(net.keys[voter], net.cid, proposal.id, voter, True)
-        net.engines[voter].submit([gov_tx(net, voter, vote_op(vote)).raw], None, net.now)
-    run_until(net, lambda: all(len(e.mempool) == 0 for e in net.engines.values()))
-    last = gov_tx(net, "firm-d", vote_op(Vote.create(net.keys["firm-d"], net.cid, proposal.id, "firm-d", True)))
+    last = net.approved_but_one(SetParams((("heartbeat_ms", 300),)), "slower heartbeat")
     a = net.engines["firm-a"]
     parent = a.tree.best_tip
     net.now = parent.time_ms + PARAMS.turn_timeout_ms + 10
@@ -313,14 +301,7 @@ def test_a_proposal_signed_with_a_key_rotated_on_its_own_branch_is_taken(tmp_pat
     net = Net(tmp_path, extra_keys={rotated: [new_key]})
     try:
         run_until(net, lambda: net.engines["firm-a"].heads().unanimous_signed >= 1)
-        proposal = Proposal(RotateKey(rotated, new_key.public), "new key")
-        net.engines["firm-a"].submit([gov_tx(net, "firm-a", propose_op(proposal)).raw], None, net.now)
-        run_until(net, lambda: len(net.engines["firm-a"].mempool) == 0)
-        for voter in ("firm-b", "firm-c"):
-            vote = Vote.create(net.keys[voter], net.cid, proposal.id, voter, True)
-            net.engines[voter].submit([gov_tx(net, voter, vote_op(vote)).raw], None, net.now)
-        run_until(net, lambda: all(len(e.mempool) == 0 for e in net.engines.values()))
-        last = gov_tx(net, "firm-d", vote_op(Vote.create(net.keys["firm-d"], net.cid, proposal.id, "firm-d", True)))
+        last = net.approved_but_one(RotateKey(rotated, new_key.public), "new key")
         watcher = net.engines["firm-b"]
         parent = watcher.tree.best_tip
         height = parent.height + 1
