@@ -35,7 +35,6 @@ from ..core.errors import (
     DecodeError,
     DoubleSignRefused,
     LocalError,
-    SignatureError,
     StorageError,
     ValidationError,
 )
@@ -45,8 +44,7 @@ from ..core.merkle import merkle_root
 from ..core.model import (Block, BlockSignature, Evidence, Header, Objection, Tx, block_ns_tx_root, consortium_id,
                           genesis_header)
 from ..core.state import BlockRun, Effects, check_tx_time
-from ..core.validate import (check_block, check_evidence, check_proposer_signature, may_extend, proposer_for,
-                             round_at)
+from ..core.validate import check_block, check_evidence, may_extend, proposer_for, round_at
 from ..store import Store
 from .alerts import TURN_RACE, Alert, chain_alerts, not_signing, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
@@ -303,31 +301,31 @@ class Engine:
             parent_height = self.tree.header(parent).height
             passed_above = bool(gov.changes) and \
                 gov.changes[-1].effective_height - GOVERNANCE_DELAY > parent_height
-            if not passed_above:
-                if g == self.tree.best_tip.hash:
-                    if self.tree.on_best_chain(parent):
-                        return gov
-                elif g in self.tree and self._is_ancestor(parent, g):
-                    return gov
-            if g in self.tree and height <= self.tree.header(g).height + STATE_FOLD_BLOCKS:
-                folded = self._fold_cached_changes(g, parent)
+            if not passed_above and (self.tree.on_best_chain(parent) if g == self.tree.best_tip.hash
+                                     else g in self.tree and self._is_ancestor(parent, g)):
+                return gov
+            above_g = parent_height - self.tree.header(g).height if g in self.tree else 0
+            if 0 < above_g <= STATE_FOLD_BLOCKS:
+                folded = self._fold_cached_changes(g, parent, above_g)
                 if folded is not None:
                     return folded
         with self.store.state_reader_at(parent, self.effects_cache) as reader:
             return ConsortiumState.load(self.consortium, reader, self.gov_states)
 
-    def _fold_cached_changes(self, g: bytes, block_hash: bytes) -> ConsortiumState | None:
-        """:attr:`gov` (the state after ``g``) followed up to ``block_hash``, a descendant of
-        ``g``, through the cached effects of the blocks between; None if it is not one or an
-        effect is not cached."""
+    def _fold_cached_changes(self, g: bytes, block_hash: bytes, steps: int) -> ConsortiumState | None:
+        """:attr:`gov` (the state after ``g``) followed up to ``block_hash``, ``steps`` blocks
+        above ``g``, through the cached effects of the blocks between; None if ``block_hash``
+        does not descend from ``g`` or an effect is not cached."""
         path: list[Effects] = []
         cursor = block_hash
-        while cursor != g:
+        for _ in range(steps):
             effects = self.effects_cache.get(cursor)
-            if effects is None or cursor not in self.tree or len(path) > STATE_FOLD_BLOCKS:
+            if effects is None:
                 return None
             path.append(effects)
             cursor = self.tree.header(cursor).prev
+        if cursor != g:
+            return None
         state = self.gov
         for effects in reversed(path):
             state = state.after_writes(effects.writes)
@@ -440,13 +438,16 @@ class Engine:
         # Only the proposer's own copy is attributable to it: a relayer could swap a transaction
         # signature without changing the block hash (txids cover bodies, not signatures).
         self._accept_block(block, (proposal.signature,), peer, now_ms,
-                           object_on_failure=peer in (None, block.header.proposer), traced=True)
+                           object_on_failure=peer in (None, block.header.proposer), traced=True, proposer_checked=True)
         self._after_change(now_ms)
 
     def _accept_block(self, block: Block, sigs: Sequence[BlockSignature], peer: str | None, now_ms: int,
-                      object_on_failure: bool, traced: bool = False) -> bool:
+                      object_on_failure: bool, traced: bool = False, proposer_checked: bool = False) -> bool:
         """Validate and store one block; returns True if it was new and valid. ``traced``: a
-        proposal, whose validation and commit the trace times (catch-up blocks are not traced)."""
+        proposal, whose validation and commit the trace times (catch-up blocks are not traced).
+        ``proposer_checked``: the proposer's signature in ``sigs`` passed
+        :meth:`_signed_by_proposer` already (a proposal's header is checked before its body is
+        decoded), so it is not verified twice."""
         if block.hash in self.tree:
             if block.hash in self.corrupt and self.store.repair_block(block):
                 del self.corrupt[block.hash]
@@ -461,16 +462,9 @@ class Engine:
             log.warning("rejected block %d %s from %s: no proposer signature", block.height,
                         block.hash.hex()[:16], peer)
             return False
-        try:
-            if block.header.prev in self.tree:
-                here = self.state_for(block.header.prev, block.height).at(block.height)
-                check_proposer_signature(block, proposer_sig, here, self.cid)
-            elif not self._signed_by_some_key(proposer_sig.member,
-                                              lambda k: proposer_sig.valid(self.cid, k)):
-                raise SignatureError(f"block at height {block.height}: proposer signature of "
-                                     f"{proposer_sig.member} does not verify")
-        except (ValidationError, DecodeError) as exc:
-            log.warning("rejected block %d from %s: %s", block.height, peer, exc)
+        if not proposer_checked and not self._signed_by_proposer(block.header, proposer_sig):
+            log.warning("rejected block %d %s from %s: not signed by its proposer %s", block.height,
+                        block.hash.hex()[:16], peer, block.header.proposer)
             return False
         if not self._within_reach(block.header, proposer_sig, peer):
             return False
