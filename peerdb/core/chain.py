@@ -823,6 +823,17 @@ class BlockTree:
             return held
         return held + [h for h in self.archive.signed_at(member, height) if h not in held]
 
+    def stranded(self) -> tuple[str, ...]:
+        """Eligible members whose highest signature is on a block beside the best chain, at or
+        above the best tip's height. Such a member cannot sign the best chain's block at that
+        height (it would be its second signature there), so its endorsement of the tip can only
+        come from a later block: a chain that rests now leaves the tip short of
+        ``unanimous_signed`` until the next block."""
+        tip = self.best_tip.height
+        return tuple(m for m in self.eligible()
+                     if (latest := self._latest.get(m)) is not None and latest[0] >= tip
+                     and not self.on_best_chain(latest[1]))
+
     def latest_signed(self, member: str) -> bytes | None:
         """The block of ``member``'s highest signature held in memory."""
         latest = self._latest.get(member)

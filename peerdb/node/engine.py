@@ -904,8 +904,14 @@ class Engine:
         return tip.height + 1, round_, proposer_for(here.member_names, tip.height + 1, round_)
 
     def _idle_ms(self, params: Params) -> int:
-        """How long the chain may rest without a block when nothing waits in the pool."""
-        return max(params.heartbeat_ms, self.idle_block_ms if self.idle_block_ms is not None else 0)
+        """How long the chain may rest without a block when nothing waits in the pool: the
+        idle interval, but only a heartbeat while a member signed a block beside the tip
+        (:meth:`BlockTree.stranded`). Its endorsement can then only come from a later block,
+        and a write waiting for ``unanimous_signed`` would otherwise wait the idle interval
+        (a minute by default) after every lost race for a height."""
+        if self.idle_block_ms is None or self.tree.stranded():
+            return params.heartbeat_ms
+        return max(params.heartbeat_ms, self.idle_block_ms)
 
     def next_deadline_ms(self, now_ms: int) -> int:
         """When the turn situation next changes by itself (an empty block due, or a round timeout)."""

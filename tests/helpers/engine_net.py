@@ -36,7 +36,8 @@ PARAMS = Params(heartbeat_ms=200, turn_timeout_ms=1000, clock_skew_ms=1000)
 
 class Net:
     def __init__(self, tmp_path: Path, mempool_max: int = 1000, params: Params = PARAMS,
-                 extra_keys: Mapping[str, Iterable[SigningKey]] | None = None) -> None:
+                 extra_keys: Mapping[str, Iterable[SigningKey]] | None = None,
+                 idle_block_ms: int | None = None) -> None:
         seeded = seeded_consortium(NAMES, name="test", genesis_time_ms=0, params=params)
         self.keys = seeded.keys
         self.keyrings: dict[str, list[SigningKey]] = {
@@ -47,6 +48,7 @@ class Net:
         self.cid = seeded.cid
         self.now = 1000
         self.mempool_max = mempool_max
+        self.idle_block_ms = idle_block_ms
         self.paths = {n: tmp_path / n for n in NAMES}
         self.stores = {n: Store.open(self.paths[n], self.consortium, n, sync=False) for n in NAMES}
         self.engines = {n: self._engine(n) for n in NAMES}
@@ -56,7 +58,7 @@ class Net:
     def _engine(self, name: str) -> Engine:
         keys = self.keyrings[name]
         return Engine(self.consortium, name, keys[0] if len(keys) == 1 else keys, self.stores[name], self.now,
-                      mempool_max=self.mempool_max)
+                      mempool_max=self.mempool_max, idle_block_ms=self.idle_block_ms)
 
     def close(self) -> None:
         for e in self.engines.values():

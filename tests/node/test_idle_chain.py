@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from tests.helpers.engine_net import PARAMS, Net, run_until
 from tests.helpers.node_harness import FAST_PARAMS, Cluster
 
 IDLE_MS = 20_000
@@ -56,3 +57,42 @@ async def test_a_stall_is_still_reported_when_work_waits(tmp_path: Path,
         assert [x for x in alerts if x.kind == "stalled"], alerts
         nursery.cancel_scope.cancel()
     a.store.close()
+
+
+def test_a_member_that_signed_a_lost_sibling_gets_a_block_to_endorse_without_waiting_the_idle_interval(
+        tmp_path: Path) -> None:
+    """The race CI's three-firm founding run lost: two blocks at one height, the write in both.
+    The member that signed the losing one cannot sign the winner (a second signature at that
+    height), so only a later block brings its endorsement. With the pool empty the chain used to
+    rest for the whole idle interval, and a write waiting for ``unanimous_signed`` timed out."""
+    net = Net(tmp_path, idle_block_ms=IDLE_MS)
+    try:
+        tx = net.tx("firm-a", "raced")
+        net.cut.add("firm-d")
+        for name in ("firm-a", "firm-d"):
+            net.engines[name].submit([tx.raw], None, net.now)
+        a, d = net.engines["firm-a"], net.engines["firm-d"]
+        run_until(net, lambda: a.tree.heads().majority >= 1)
+        while not d.tree.signed_at("firm-d", 1):  # firm-d, alone, proposes at its own turn
+            net.step(50)
+            d.maybe_propose(net.now)
+        lost = d.tree.best_chain_hash(1)
+        assert lost is not None and lost != a.tree.best_chain_hash(1)  # firm-d signed its own block 1
+
+        net.cut.clear()
+        net.exchange_status()
+        healed = net.now
+        for engine in net.engines.values():
+            assert engine.tree.best_chain_hash(1) == a.tree.best_chain_hash(1)
+        assert a.tree.stranded() == ("firm-d",)
+        run_until(net, lambda: all(e.tree.heads().unanimous_signed >= 1 for e in net.engines.values()))
+        assert net.now - healed < PARAMS.turn_timeout_ms + 2 * PARAMS.heartbeat_ms  # not IDLE_MS
+        assert a.tree.stranded() == ()
+
+        # One block was enough: the chain rests again.
+        height = a.tree.best_tip.height
+        for _ in range(IDLE_MS // 2 // 50):
+            net.step(50)
+        assert a.tree.best_tip.height == height
+    finally:
+        net.close()

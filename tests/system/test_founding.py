@@ -149,6 +149,10 @@ def test_three_firms_found_a_consortium_by_the_documented_commands_and_run_it(
         report = peerdb_json(b, "audit", "verify", "firm-b.pdbaudit", "--bitcoin-rpc", regtest.rpc_url)
         assert report["ok"] is True and report["exporter"] == "firm-b" and report["anchored_blocks"] >= 1
         assert report["members"] == list(FIRMS)
+    except BaseException:
+        for firm in processes:  # what each node saw, for a failure in CI that does not reproduce here
+            print(f"--- {firm} node.log (tail) ---\n" + (dirs[firm] / "node.log").read_text()[-4000:])
+        raise
     finally:
         stop_mining.set()
         if miner.is_alive():
