@@ -75,12 +75,15 @@ def check_header(header: Header, parent: Header, consortium: Consortium, now_ms:
         raise ValidationError(f"{where}: {header.tx_count} transactions, more than max_block_txs={params.max_block_txs}")
 
 
-def check_proposer_signature(block: Block, sig: BlockSignature, consortium: Consortium, cid: bytes) -> None:
-    if sig.block_hash != block.hash or sig.member != block.header.proposer:
-        raise SignatureError(f"block at height {block.height}: proposal is not signed by its proposer")
+def check_proposer_signature(header: Header, sig: BlockSignature, consortium: Consortium, cid: bytes) -> None:
+    """``consortium``: the one in force at the block's height on the block's own branch. A
+    header is enough (the block hash is the header's), so a proposal is checked before its body
+    is decoded."""
+    if sig.block_hash != header.hash or sig.member != header.proposer:
+        raise SignatureError(f"block at height {header.height}: proposal is not signed by its proposer")
     member = consortium.member(sig.member)
     if member is None or not sig.valid(cid, member.key):
-        raise SignatureError(f"block at height {block.height}: proposer signature of {sig.member} does not verify")
+        raise SignatureError(f"block at height {header.height}: proposer signature of {sig.member} does not verify")
 
 
 def check_evidence(ev: Evidence, consortium: Consortium, cid: bytes,

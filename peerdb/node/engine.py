@@ -35,6 +35,7 @@ from ..core.errors import (
     DecodeError,
     DoubleSignRefused,
     LocalError,
+    SignatureError,
     StorageError,
     ValidationError,
 )
@@ -44,7 +45,8 @@ from ..core.merkle import merkle_root
 from ..core.model import (Block, BlockSignature, Evidence, Header, Objection, Tx, block_ns_tx_root, consortium_id,
                           genesis_header)
 from ..core.state import BlockRun, Effects, check_tx_time
-from ..core.validate import check_block, check_evidence, may_extend, proposer_for, round_at
+from ..core.validate import (check_block, check_evidence, check_proposer_signature, may_extend, proposer_for,
+                             round_at)
 from ..store import Store
 from .alerts import TURN_RACE, Alert, chain_alerts, not_signing, removed_alert, waiting_for
 from .catchup import CatchupThrottle, blocks_answer, missing_signatures, status_message
@@ -366,12 +368,15 @@ class Engine:
         rotation passed on that branch only (a competing block carried the last vote) is in
         force there and not on our best chain. Without the parent, any key our best chain ever
         gave the proposer will do for now: the block is checked again once its parent is in."""
-        if sig.member != header.proposer or sig.block_hash != header.hash:
-            return False
         if header.prev in self.tree:
-            key = self.state_for(header.prev, header.height).key_at(sig.member, header.height)
-            return key is not None and sig.valid(self.cid, key)
-        return self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k))
+            try:
+                check_proposer_signature(header, sig, self.state_for(header.prev, header.height).at(header.height),
+                                         self.cid)
+            except SignatureError:
+                return False
+            return True
+        return sig.member == header.proposer and sig.block_hash == header.hash \
+            and self._signed_by_some_key(sig.member, lambda k: sig.valid(self.cid, k))
 
     def _tree_sign(self, block_hash: bytes, member: str) -> bool:
         added = self.chain.sign(block_hash, member)

@@ -136,9 +136,9 @@ def test_old_signatures_verify_at_old_heights_and_the_new_key_after() -> None:
     for block in by_c:
         here = cs.at(block.height)
         right, wrong = (old_key, C_NEW) if block.height < rotated else (C_NEW, old_key)
-        check_proposer_signature(block, sign_at(right, chain, "firm-c", block.header), here, chain.cid)
+        check_proposer_signature(block.header, sign_at(right, chain, "firm-c", block.header), here, chain.cid)
         with pytest.raises(SignatureError):
-            check_proposer_signature(block, sign_at(wrong, chain, "firm-c", block.header), here, chain.cid)
+            check_proposer_signature(block.header, sign_at(wrong, chain, "firm-c", block.header), here, chain.cid)
 
 
 def evidence(key: SigningKey, chain: Chain, member: str, parent: Header) -> Evidence:

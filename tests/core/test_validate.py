@@ -124,7 +124,7 @@ def test_bad_headers(bad: object, error: type[Exception], fragments: tuple[str, 
 
 def test_proposer_signature() -> None:
     block, _ = make_block(GENESIS)
-    check_proposer_signature(block, sign_block("firm-a", block.hash), CONSORTIUM, CID)
+    check_proposer_signature(block.header, sign_block("firm-a", block.hash), CONSORTIUM, CID)
 
 
 @pytest.mark.parametrize("make_sig, fragments", [
@@ -141,14 +141,14 @@ def test_proposer_signature() -> None:
 def test_bad_proposer_signatures(make_sig: object, fragments: tuple[str, ...]) -> None:
     block, _ = make_block(GENESIS)
     with pytest.raises(SignatureError) as info:
-        check_proposer_signature(block, make_sig(block), CONSORTIUM, CID)  # type: ignore[operator]
+        check_proposer_signature(block.header, make_sig(block), CONSORTIUM, CID)  # type: ignore[operator]
     assert_names(info.value, "block at height 1", *fragments)
 
 
 def test_proposer_not_in_the_consortium() -> None:
     block, _ = make_block(GENESIS, proposer="firm-x")
     with pytest.raises(SignatureError) as info:
-        check_proposer_signature(block, sign_block("firm-x", block.hash), CONSORTIUM, CID)
+        check_proposer_signature(block.header, sign_block("firm-x", block.hash), CONSORTIUM, CID)
     assert_names(info.value, "firm-x", "does not verify")
 
 

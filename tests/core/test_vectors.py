@@ -118,13 +118,13 @@ def verify(kind: str, obj: Any, context: dict[str, Any]) -> None:
                     CONSORTIUM, CID, context["now_ms"])
         if "proposer_signature" in context:
             sig = DECODERS["block_signature"](bytes.fromhex(context["proposer_signature"]))
-            check_proposer_signature(obj, sig, CONSORTIUM, CID)
+            check_proposer_signature(obj.header, sig, CONSORTIUM, CID)
     elif kind in ("block_signature", "objection"):
         key = member_key(obj.member)
         if key is None or not obj.valid(CID, key):
             raise errors.SignatureError(f"{kind}: not {obj.member}'s signature")
         if "proposer_of" in context:
-            check_proposer_signature(REPLAY.blocks[bytes.fromhex(context["proposer_of"])], obj, CONSORTIUM, CID)
+            check_proposer_signature(REPLAY.blocks[bytes.fromhex(context["proposer_of"])].header, obj, CONSORTIUM, CID)
     elif kind == "evidence":
         check_evidence(obj, CONSORTIUM, CID)
     else:  # pragma: no cover - a vector kind this test does not know
